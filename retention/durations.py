@@ -1,0 +1,90 @@
+"""Parsing and rendering of durations, timestamps, and sizes for humans.
+
+Pure functions: no I/O, no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from retention.errors import UsageError
+
+_UNITS = {
+    "s": 1,
+    "m": 60,
+    "h": 3600,
+    "d": 86400,
+    "w": 7 * 86400,
+    "y": 365 * 86400,
+}
+_DURATION = re.compile(r"(\d+)\s*([smhdwy])")
+
+
+def parse_duration(text: str) -> timedelta:
+    """Parse ``180d``, ``12h``, ``2w``, ``1y``, ``30m``, ``45s`` or a sum like ``1d12h``.
+
+    A year is 365 days. Returns a positive `timedelta`; raises `UsageError` naming the
+    input for anything else (empty, negative, unknown unit, zero).
+    """
+    s = str(text).strip().lower()
+    pos = 0
+    total = 0
+    for m in _DURATION.finditer(s):
+        if m.start() != pos:
+            break
+        total += int(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not s or pos != len(s):
+        raise UsageError(
+            f"invalid duration {text!r}",
+            hint="use a number and a unit: s, m, h, d, w or y (e.g. 180d, 12h, 2w, 1y)",
+        )
+    if total <= 0:
+        raise UsageError(f"invalid duration {text!r}: must be greater than zero")
+    return timedelta(seconds=total)
+
+
+def format_duration(td: timedelta | float) -> str:
+    """Render a duration for people: ``3.4 s``, ``12 min``, ``5 h``, ``7 d``."""
+    secs = td.total_seconds() if isinstance(td, timedelta) else float(td)
+    if secs < 60:
+        return f"{secs:.1f} s" if secs < 10 else f"{secs:.0f} s"
+    if secs < 3600:
+        return f"{secs / 60:.0f} min"
+    if secs < 86400 * 2:
+        return f"{secs / 3600:.1f} h".replace(".0 h", " h")
+    return f"{secs / 86400:.1f} d".replace(".0 d", " d")
+
+
+def format_bytes(n: int) -> str:
+    """Render a byte count for people in binary units: ``0 B``, ``512 B``, ``1.2 GiB``."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def parse_instant(text: str) -> datetime:
+    """Parse an ISO-8601 instant given by a user (``--now``); naive means UTC.
+
+    Raises `UsageError` for anything that is not ISO-8601.
+    """
+    try:
+        dt = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"invalid time {text!r}", hint="use ISO-8601, e.g. 2026-03-01T12:00:00Z"
+        ) from None
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def format_instant(dt: datetime) -> str:
+    """Render an instant as ISO-8601 UTC with a ``Z`` suffix, second precision if exact."""
+    dt = dt.astimezone(UTC)
+    text = dt.isoformat(timespec="microseconds" if dt.microsecond else "seconds")
+    return text.replace("+00:00", "Z")

@@ -1,0 +1,58 @@
+"""Durations, instants and sizes: what users type and what they read."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from retention.durations import (
+    format_bytes,
+    format_duration,
+    format_instant,
+    parse_duration,
+    parse_instant,
+)
+from retention.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("180d", timedelta(days=180)),
+        ("12h", timedelta(hours=12)),
+        ("2w", timedelta(weeks=2)),
+        ("1y", timedelta(days=365)),
+        ("30m", timedelta(minutes=30)),
+        ("45s", timedelta(seconds=45)),
+        ("1d12h", timedelta(days=1, hours=12)),
+        (" 7D ", timedelta(days=7)),
+    ],
+)
+def test_parse_duration_accepts_units(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "d", "10", "-5d", "5x", "1.5d", "0d", "5d junk", "abc"])
+def test_parse_duration_rejects_bad_input_naming_it(text: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_duration(text)
+    assert repr(text) in info.value.message
+    assert info.value.exit_code == 2
+
+
+def test_parse_instant_naive_means_utc_and_zone_is_converted() -> None:
+    assert parse_instant("2026-03-01T12:00:00") == datetime(2026, 3, 1, 12, tzinfo=UTC)
+    assert parse_instant("2026-03-01T14:00:00+02:00") == datetime(2026, 3, 1, 12, tzinfo=UTC)
+    assert parse_instant("2026-03-01T12:00:00Z") == datetime(2026, 3, 1, 12, tzinfo=UTC)
+    with pytest.raises(UsageError):
+        parse_instant("yesterday")
+
+
+def test_human_formats() -> None:
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(1023) == "1023 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(int(1.2 * 1024**3)) == "1.2 GiB"
+    assert format_duration(3.41) == "3.4 s"
+    assert format_duration(timedelta(hours=24)) == "24 h"
+    assert format_duration(timedelta(days=7)) == "7 d"
+    assert format_instant(datetime(2026, 3, 1, 12, tzinfo=UTC)) == "2026-03-01T12:00:00Z"
