@@ -1,17 +1,182 @@
-"""The command-line interface: a thin click layer over the library."""
+"""The command-line interface: a thin click layer over the library.
+
+Every command parses options, calls one library function and renders its result. Errors a
+user can cause are `RetentionError`s, rendered once in `RetentionGroup.invoke` as
+``Error: <message>`` (plus ``Hint: ...``) on stderr with the error's exit code.
+"""
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
 import click
+import msgspec
 
-from retention import __version__
+from retention import __version__, views
+from retention.config import Config, load_config, render_config
+from retention.durations import parse_duration, parse_instant
+from retention.errors import EXIT_PARTIAL, RetentionError, UsageError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class RetentionGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RetentionError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            if exc.hint:
+                click.echo(f"Hint: {exc.hint}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _config(ctx: click.Context, **overrides: Any) -> Config:
+    return load_config(ctx.obj["config"], overrides=overrides)
+
+
+def _now(value: str | None) -> datetime:
+    return parse_instant(value) if value else datetime.now(UTC)
+
+
+def _duration_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            parse_duration(value)
+        except UsageError as exc:
+            raise click.BadParameter(exc.message) from None
+    return value
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    envvar="RETENTION_CONFIG",
+    type=click.Path(dir_okay=False),
+    help="Config file (default ./retention.toml; env RETENTION_CONFIG).",
+)
+
+
+@click.group(cls=RetentionGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="retention")
-def cli() -> None:
-    """Delete old runs (catalog rows plus artifact directories) safely."""
+@config_option
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Delete old runs (catalog rows plus artifact directories) safely.
+
+    \b
+    Exit codes: 0 ok, 2 usage/config, 3 done with skipped entries, 4 catalog,
+    5 manifest refused, 6 locked, 7 recovery, 8 filesystem, 9 undo refused.
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config"] = config_path
+
+
+def _config_opt(f: Any) -> Any:
+    """Allow --config after the subcommand too (``retention plan --config x.toml``)."""
+
+    def store(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        if value:
+            ctx.ensure_object(dict)["config"] = value
+
+    return click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        callback=store,
+        is_eager=True,
+        help="Config file (default ./retention.toml; env RETENTION_CONFIG).",
+    )(f)
+
+
+@cli.command()
+@_config_opt
+@click.option("--keep-last", type=click.IntRange(min=0), help="Keep the newest N runs.")
+@click.option(
+    "--max-age", callback=_duration_flag, help="Keep runs younger than this (180d, 12h, 2w, 1y)."
+)
+@click.option("--catalog", "catalog_path", help="Catalog file (overrides catalog.path).")
+@click.option("--artifact-root", help="Artifact root (overrides artifacts.root).")
+@click.option("--state-dir", help="State directory (overrides state.dir).")
+@click.option("--now", "now_text", help="Evaluate the policy at this ISO-8601 time.")
+@click.option("--allow-remove-all", is_flag=True, help="Allow a plan that removes every run.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write manifest here.")
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    keep_last: int | None,
+    max_age: str | None,
+    catalog_path: str | None,
+    artifact_root: str | None,
+    state_dir: str | None,
+    now_text: str | None,
+    allow_remove_all: bool,
+    output: str | None,
+) -> None:
+    """Evaluate the policy and write a signed deletion manifest (stdout or -o FILE).
+
+    Read-only: the catalog is opened read-only and no artifact is touched. A human summary
+    goes to stderr. Exit 3 if some candidates were left out (unreadable or outside the root).
+    """
+    from retention.planner import build_plan
+
+    cfg = _config(
+        ctx,
+        keep_last=keep_last,
+        max_age=max_age,
+        catalog_path=catalog_path,
+        artifact_root=artifact_root,
+        state_dir=state_dir,
+    )
+    result = build_plan(cfg, _now(now_text), allow_remove_all=allow_remove_all)
+    if output:
+        from retention.views import write_output
+
+        write_output(Path(output), result.manifest)
+    else:
+        sys.stdout.buffer.write(result.manifest)
+        sys.stdout.flush()
+    for line in views.plan_summary(result):
+        click.echo(line, err=True)
+    if result.skipped:
+        ctx.exit(EXIT_PARTIAL)
+
+
+@cli.command()
+@_config_opt
+@click.argument("manifest", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--top", default=10, show_default=True, help="How many of the largest to list.")
+@click.pass_context
+def show(ctx: click.Context, manifest: str, as_json: bool, top: int) -> None:
+    """Verify a manifest (signature, expiry, catalog) and show what it would delete."""
+    cfg = _config(ctx)
+    payload = views.load_verified(cfg, manifest, datetime.now(UTC))
+    if as_json:
+        sys.stdout.buffer.write(msgspec.json.encode(views.show_report(payload, top)) + b"\n")
+    else:
+        for line in views.show_lines(payload, top):
+            click.echo(line)
+
+
+@cli.command("config")
+@_config_opt
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.pass_context
+def config_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Print the effective configuration and where each value came from."""
+    cfg = _config(ctx)
+    if as_json:
+        sys.stdout.buffer.write(msgspec.json.encode(cfg, order="sorted") + b"\n")
+        return
+    click.echo(f"# config file: {cfg.config_file or '(none: built-in defaults)'}")
+    rows = render_config(cfg)
+    width = max(len(k) for k, _, _ in rows)
+    for key, value, source in rows:
+        click.echo(f"{key:<{width}}  {value}    # {source}")
 
 
 def main() -> None:
-    cli()
+    cli(prog_name="retention")

@@ -88,3 +88,52 @@ def format_instant(dt: datetime) -> str:
     dt = dt.astimezone(UTC)
     text = dt.isoformat(timespec="microseconds" if dt.microsecond else "seconds")
     return text.replace("+00:00", "Z")
+
+
+_MS_THRESHOLD = 100_000_000_000  # 1e11: as seconds that is year 5138, as milliseconds 1973
+
+
+def parse_stored_time(value: object, fmt: str = "auto") -> datetime | None:
+    """Interpret a timestamp as stored in a catalog; None when it cannot be parsed.
+
+    ``fmt`` is ``iso`` (ISO-8601 text, naive means UTC), ``epoch_s``, ``epoch_ms`` or
+    ``auto`` (numbers above 1e11 are milliseconds, text is ISO-8601 or a number). Never
+    raises: a value that is not a timestamp yields None, so the caller can keep the run.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    number: float | None = None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        if fmt != "iso":
+            try:
+                number = float(text)
+            except ValueError:
+                number = None
+        if number is None:
+            if fmt in ("epoch_s", "epoch_ms"):
+                return None
+            try:
+                dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+            except ValueError:
+                return None
+            return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    else:
+        return None
+    if fmt == "iso" or number != number or number in (float("inf"), float("-inf")):
+        return None
+    if fmt == "epoch_ms" or (fmt == "auto" and abs(number) >= _MS_THRESHOLD):
+        number /= 1000.0
+    try:
+        return datetime.fromtimestamp(number, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        return None

@@ -1,0 +1,91 @@
+"""Named crash points for crash testing, inert unless armed through the environment.
+
+Contract:
+
+* `declare(*names)` registers names (each package declares its own once, at import).
+* `failpoint(name)` raises `ValueError` for an undeclared name (a programming error, so a
+  typo never silently disables a crash test). Otherwise it counts the hit, appends
+  ``name\\n`` to the file named by ``FAILPOINT_LOG`` if set, and if ``FAILPOINT`` is
+  ``name`` or ``name@N`` and this is hit number N (1-based, default 1) it calls
+  ``os._exit(FAILPOINT_EXIT_CODE)`` at once: no flush, no atexit, no finally blocks, which is
+  the closest a test can get to a power cut without a VM.
+* The environment is read at every call, so tests may change it between calls.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+FAILPOINT_EXIT_CODE = 86
+
+JOURNAL_FAILPOINTS: tuple[str, ...] = (
+    "journal.append.before_write",
+    "journal.append.before_fsync",
+    "journal.append.after_fsync",
+    "journal.truncate.before_fsync",
+    "journal.reset.before_rename",
+)
+
+_declared: set[str] = set()
+_hits: Counter[str] = Counter()
+
+
+def declare(*names: str) -> None:
+    """Add `names` to the registry. Idempotent. Raises `ValueError` on an empty or
+    ``@``-containing name (``@`` separates the hit number in ``FAILPOINT``)."""
+    for name in names:
+        if not name or "@" in name:
+            raise ValueError(f"invalid failpoint name {name!r}")
+    _declared.update(names)
+
+
+def declared() -> frozenset[str]:
+    """Every declared failpoint name."""
+    return frozenset(_declared)
+
+
+def _parse_armed(spec: str) -> tuple[str, int]:
+    name, sep, count = spec.partition("@")
+    if not sep:
+        return name, 1
+    try:
+        n = int(count)
+    except ValueError:
+        raise ValueError(f"FAILPOINT={spec!r}: hit number must be an integer") from None
+    if n < 1:
+        raise ValueError(f"FAILPOINT={spec!r}: hit number is 1-based")
+    return name, n
+
+
+def failpoint(name: str) -> None:
+    """Count a hit of `name`; log it; exit the process with code 86 if armed for this hit.
+
+    Raises `ValueError` if `name` was never declared, or if ``FAILPOINT`` is malformed.
+    Returns normally otherwise (always, when nothing is armed).
+    """
+    if name not in _declared:
+        raise ValueError(f"undeclared failpoint {name!r}")
+    _hits[name] += 1
+    log = os.environ.get("FAILPOINT_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(name + "\n")
+    spec = os.environ.get("FAILPOINT")
+    if spec:
+        armed, nth = _parse_armed(spec)
+        if armed == name and _hits[name] == nth:
+            os._exit(FAILPOINT_EXIT_CODE)
+
+
+def hits() -> dict[str, int]:
+    """A copy of the per-process hit counters."""
+    return dict(_hits)
+
+
+def reset_hits() -> None:
+    """Zero every hit counter (declarations are kept)."""
+    _hits.clear()
+
+
+declare(*JOURNAL_FAILPOINTS)

@@ -1,0 +1,243 @@
+"""Durable file-system primitives. Every durable write goes through the same steps.
+
+Contracts:
+
+* `fsync_file` / `fsync_dir` turn a failed ``fsync`` into `FsyncError`, which callers must
+  treat as fatal and never retry: after a failed fsync Linux may already have dropped the
+  dirty pages and cleared the error flag, so a second fsync can succeed while the data is lost.
+* `write_atomic` leaves either the old file or the complete new file at `path`, never a
+  mix, and the new content and its directory entry are durable when it returns.
+* `rename_noreplace` never replaces an existing destination of any kind.
+* `ensure_dir` makes each directory it creates durable by fsyncing the parent.
+
+`stats` counts fsyncs (``stats["fsync_file"]``, ``stats["fsync_dir"]``) so tests can check
+that the expected number of barriers happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import platform
+from collections import Counter
+from collections.abc import Callable
+from typing import IO
+
+from journal.errors import FsyncError
+
+StrPath = str | os.PathLike[str] | bytes | os.PathLike[bytes]
+
+stats: Counter[str] = Counter()
+
+
+def _display(path: StrPath) -> str:
+    return os.fsdecode(path)
+
+
+def fsync_file(f: int | IO[bytes] | IO[str]) -> None:
+    """fsync an open file (fd or file object). Raises `FsyncError` on failure; never retries.
+
+    A file object is *not* flushed first: callers writing through a buffered object must
+    flush it themselves (the journal writes with ``os.write`` so there is no user buffer).
+    """
+    fd = f if isinstance(f, int) else f.fileno()
+    name = "" if isinstance(f, int) else str(getattr(f, "name", ""))
+    stats["fsync_file"] += 1
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        raise FsyncError(name or f"fd {fd}", e) from e
+
+
+def fsync_dir(path: StrPath) -> None:
+    """fsync a directory so entries created, renamed or removed in it are durable.
+
+    Raises `FsyncError` if the fsync itself fails; `OSError` (e.g. `FileNotFoundError`,
+    `NotADirectoryError`) if the directory cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        stats["fsync_dir"] += 1
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise FsyncError(_display(path), e) from e
+    finally:
+        os.close(fd)
+
+
+def _step_error(step: str, path: StrPath, e: OSError) -> OSError:
+    # OSError(errno, ...) instantiates the matching subclass (FileNotFoundError, ...), so
+    # callers can still catch by type; the message says which step failed.
+    return OSError(e.errno, f"{step}: {e.strerror}", _display(path))
+
+
+def write_atomic(
+    path: StrPath,
+    data: bytes,
+    mode: int = 0o644,
+    *,
+    before_rename: Callable[[], None] | None = None,
+) -> None:
+    """Replace `path` with `data` atomically and durably, with permission bits `mode`.
+
+    Steps: create ``.<basename>.tmp-<pid>`` in the same directory, fchmod, write all,
+    fsync, close, ``os.replace`` onto `path`, fsync the parent directory. On an error the
+    temp file is removed (best effort) and the error is raised: `FsyncError` for an fsync,
+    otherwise an `OSError` of the original errno whose message names the step. If the error
+    happens after the rename, `path` may already hold the new content (not yet durable).
+    `before_rename`, if given, is called after the temp file is durable and before the
+    rename (a hook for failpoints).
+    """
+    path_b = os.fsencode(path)
+    parent, base = os.path.split(path_b)
+    parent = parent or b"."
+    tmp = os.path.join(parent, b"." + base + b".tmp-" + str(os.getpid()).encode())
+    step = "create temp file"
+    renamed = False
+    try:
+        # O_NOFOLLOW: a planted symlink at the temp name must not redirect our write.
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode
+        )
+        try:
+            step = "chmod temp file"
+            os.fchmod(fd, mode)  # the umask applied at create time must not win
+            step = "write temp file"
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            step = "fsync temp file"
+            fsync_file(fd)
+        finally:
+            os.close(fd)
+        if before_rename is not None:
+            before_rename()
+        step = "rename temp file onto"
+        os.replace(tmp, path_b)
+        renamed = True
+        step = "fsync directory of"
+        fsync_dir(parent)
+    except FsyncError:
+        if not renamed:
+            _unlink_quietly(tmp)
+        raise
+    except OSError as e:
+        if not renamed:
+            _unlink_quietly(tmp)
+        raise _step_error(step, path, e) from e
+
+
+def _unlink_quietly(path: bytes) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_SYS_RENAMEAT2 = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276}
+
+
+def _load_renameat2() -> tuple[ctypes.CDLL | None, str | None]:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None, None
+    if hasattr(libc, "renameat2"):
+        return libc, "renameat2"
+    if hasattr(libc, "syscall") and platform.machine().lower() in _SYS_RENAMEAT2:
+        return libc, "syscall"
+    return libc, None
+
+
+_libc, _rename_impl = _load_renameat2()
+
+
+def _renameat2(src: bytes, dst: bytes) -> int:
+    """Return 0 on success, else the errno. Raise `NotImplementedError` if unavailable."""
+    if _libc is None or _rename_impl is None:
+        raise NotImplementedError
+    if _rename_impl == "renameat2":
+        fn = _libc.renameat2
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+        rc = fn(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE)
+    else:
+        fn = _libc.syscall
+        fn.restype = ctypes.c_long
+        nr = _SYS_RENAMEAT2[platform.machine().lower()]
+        rc = fn(
+            ctypes.c_long(nr),
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(src),
+            ctypes.c_int(_AT_FDCWD),
+            ctypes.c_char_p(dst),
+            ctypes.c_uint(_RENAME_NOREPLACE),
+        )
+    return 0 if rc == 0 else ctypes.get_errno()
+
+
+def rename_noreplace(src: StrPath, dst: StrPath) -> None:
+    """Rename `src` to `dst` atomically, refusing to replace anything at `dst`.
+
+    Raises `FileExistsError` (errno EEXIST, filename `dst`) if `dst` exists, whether file,
+    directory (even empty, which plain ``rename`` would silently replace) or symlink; other
+    failures raise `OSError` with errno set. Does not fsync: callers fsync the parent
+    directories they need durable.
+
+    Uses ``renameat2(RENAME_NOREPLACE)``. Where the kernel or file system lacks it (ENOSYS,
+    or EINVAL from a file system that rejects the flag) it falls back to
+    ``lexists(dst)`` then ``os.rename``: in that fallback a `dst` created by another process
+    between the check and the rename can still be replaced. Callers that need the guarantee
+    must hold a lock that excludes other writers of `dst`.
+    """
+    src_b, dst_b = os.fsencode(src), os.fsencode(dst)
+    try:
+        err = _renameat2(src_b, dst_b)
+    except NotImplementedError:
+        err = errno.ENOSYS
+    if err == 0:
+        return
+    if err == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), _display(dst))
+    if err not in (errno.ENOSYS, errno.EINVAL):
+        raise OSError(err, os.strerror(err), _display(src), None, _display(dst))
+    # Fallback: racy check-then-rename (see docstring).
+    if os.path.lexists(dst_b):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), _display(dst))
+    os.rename(src_b, dst_b)
+
+
+def ensure_dir(path: StrPath, mode: int = 0o700) -> bool:
+    """Create `path` and any missing parents (like ``mkdir -p``), each with `mode`
+    (subject to the umask), fsyncing the parent of every directory created.
+
+    Returns True if it created at least one directory, False if `path` already existed as a
+    directory. Raises `FileExistsError` / `NotADirectoryError` if a component is not a
+    directory, `FsyncError` if a parent fsync fails, `OSError` otherwise.
+    """
+    p = os.path.abspath(os.fsencode(path))
+    missing: list[bytes] = []
+    cur = p
+    while not os.path.isdir(cur):
+        missing.append(cur)
+        parent = os.path.dirname(cur)
+        if parent == cur:
+            break
+        cur = parent
+    created = False
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+            # created concurrently by someone else: they fsync its parent, but we do too
+            # since our callers rely on it being durable when we return
+        else:
+            created = True
+        fsync_dir(os.path.dirname(d))
+    return created

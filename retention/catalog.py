@@ -1,0 +1,345 @@
+"""The catalog seam, and its SQLite implementation.
+
+A catalog answers: which runs exist (with their timestamps), which rows of which tables
+belong to a run (through declared foreign keys, transitively, plus tables named in the
+config), a fingerprint of those rows, and — for apply and undo — one transaction that
+tombstones and deletes rows and records a txid. Today there is one implementation,
+`SqliteCatalog`; a PostgreSQL one will sit behind the same methods.
+
+The SQLite catalog belongs to the application: we never change its journal mode, and
+``plan`` opens it with ``mode=ro`` so that it cannot write at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import string
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+import sqlite_utils
+
+from retention.config import Config
+from retention.durations import parse_stored_time
+from retention.errors import CatalogError, ConfigError
+from retention.policy import Item, RunId
+
+OUR_PREFIX = "_retention_"
+IDS_TABLE = "temp._retention_ids"
+BUSY_TIMEOUT_MS = 5000
+
+
+def q(name: str) -> str:
+    """Quote an SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Hop:
+    """``child.child_cols`` references ``parent.parent_cols``."""
+
+    child: str
+    child_cols: tuple[str, ...]
+    parent: str
+    parent_cols: tuple[str, ...]
+
+
+@dataclass
+class Involved:
+    """A table whose rows belong to runs, with every chain of hops that leads to the runs table."""
+
+    table: str
+    depth: int
+    paths: list[tuple[Hop, ...]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Schema:
+    runs_table: str
+    id_column: str
+    runs_columns: list[str]
+    children: list[Involved]  # parents before children (restore order); reverse to delete
+
+    def involved_tables(self) -> list[str]:
+        return [self.runs_table, *(c.table for c in self.children)]
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names used by a path template such as ``{experiment_id}/{run_uuid}``."""
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"artifacts.path_template {template!r} is invalid: {exc}") from None
+    for name in names:
+        if not name or not name.isidentifier():
+            raise ConfigError(
+                f"artifacts.path_template {template!r}: {{{name}}} is not a column name"
+            )
+    return names
+
+
+class SqliteCatalog:
+    """A catalog stored in one SQLite file.
+
+    Opened read-only (``mode=ro``) for planning; read-write only by apply, undo and purge,
+    which use ``BEGIN IMMEDIATE`` and ``synchronous=FULL`` on their own connection.
+    """
+
+    def __init__(self, cfg: Config, *, readonly: bool = True) -> None:
+        self.cfg = cfg
+        self.path = Path(cfg.catalog_path)
+        self.readonly = readonly
+        if not self.path.exists():
+            raise CatalogError(
+                f"catalog {self.path} does not exist",
+                hint="set catalog.path in retention.toml, RETENTION_CATALOG_PATH or --catalog",
+            )
+        if self.path.is_dir():
+            raise CatalogError(f"catalog {self.path} is a directory, not an SQLite file")
+        uri = "file:" + quote(str(self.path.absolute())) + ("?mode=ro" if readonly else "?mode=rw")
+        try:
+            self.conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
+        self.db = sqlite_utils.Database(self.conn)
+        self.schema = self._load_schema()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SqliteCatalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- schema --------------------------------------------------------------------------
+
+    def _columns(self, table: str) -> list[str]:
+        return [r[1] for r in self.conn.execute(f"PRAGMA table_xinfo({q(table)})")]
+
+    def _check_sql(self, expr: str | None, setting: str) -> None:
+        if expr is None:
+            return
+        try:
+            self.conn.execute(
+                f"SELECT 1 FROM {q(self.cfg.runs_table)} WHERE ({expr}) LIMIT 0"
+            ).fetchall()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"{setting} {expr!r} is not valid SQL here: {exc}") from None
+
+    def _load_schema(self) -> Schema:
+        cfg = self.cfg
+        tables = set(self.db.table_names())
+        if cfg.runs_table not in tables:
+            raise CatalogError(f"catalog {self.path} has no table {cfg.runs_table!r}")
+        runs_cols = self._columns(cfg.runs_table)
+        needed = [("catalog.id_column", cfg.id_column)]
+        needed += [("catalog.time_columns", c) for c in cfg.time_columns]
+        if cfg.path_column:
+            needed.append(("artifacts.path_column", cfg.path_column))
+        elif cfg.path_template:
+            needed += [("artifacts.path_template", c) for c in template_fields(cfg.path_template)]
+        for setting, col in needed:
+            if col not in runs_cols:
+                raise CatalogError(
+                    f"table {cfg.runs_table!r} has no column {col!r} (named by {setting})"
+                )
+        self._check_sql(cfg.filter, "catalog.filter")
+        self._check_sql(cfg.protect, "catalog.protect")
+
+        # Walk foreign keys from the runs table down, breadth first; add configured tables.
+        involved: dict[str, Involved] = {}
+        frontier: list[tuple[str, tuple[Hop, ...]]] = [(cfg.runs_table, ())]
+        fks = {t: self.db.table(t).foreign_keys for t in tables if not _ours(t)}
+        extra = list(cfg.child_tables)
+        for ct in extra:
+            if ct.table not in tables:
+                raise CatalogError(
+                    f"catalog has no table {ct.table!r} (named in catalog.child_tables)"
+                )
+            parent = ct.parent_table or cfg.runs_table
+            if parent not in tables:
+                raise CatalogError(
+                    f"catalog has no table {parent!r} (named in catalog.child_tables)"
+                )
+            for t, col in ((ct.table, ct.column), (parent, ct.parent_column or cfg.id_column)):
+                if col not in self._columns(t):
+                    raise CatalogError(
+                        f"table {t!r} has no column {col!r} (named in catalog.child_tables)"
+                    )
+        depth = 0
+        while frontier and depth < 16:
+            depth += 1
+            nxt: list[tuple[str, tuple[Hop, ...]]] = []
+            for parent, path in frontier:
+                hops: list[Hop] = []
+                for child, keys in fks.items():
+                    for fk in keys:
+                        if fk.other_table != parent or child == cfg.runs_table:
+                            continue
+                        cols = tuple(fk.columns)
+                        pcols = tuple(c for c in fk.other_columns if c) or tuple(
+                            self.db.table(parent).pks
+                        )
+                        hops.append(Hop(child, cols, parent, pcols))
+                for ct in extra:
+                    if (ct.parent_table or cfg.runs_table) == parent:
+                        pcol = ct.parent_column or cfg.id_column
+                        hop = Hop(ct.table, (ct.column,), parent, (pcol,))
+                        if hop not in hops:
+                            hops.append(hop)
+                for hop in hops:
+                    if any(h.child == hop.child for h in path) or hop.child == cfg.runs_table:
+                        continue  # a cycle
+                    inv = involved.setdefault(hop.child, Involved(hop.child, depth))
+                    inv.depth = max(inv.depth, depth)
+                    new_path = (hop, *path)
+                    if new_path not in inv.paths:
+                        inv.paths.append(new_path)
+                        nxt.append((hop.child, new_path))
+            frontier = nxt
+        children = sorted(involved.values(), key=lambda i: (i.depth, i.table))
+        for inv in children:
+            inv.columns = self._columns(inv.table)
+            try:
+                self.conn.execute(f"SELECT rowid FROM {q(inv.table)} LIMIT 0").fetchall()
+            except sqlite3.OperationalError:
+                raise CatalogError(
+                    f"table {inv.table!r} is a WITHOUT ROWID table, which retention does not"
+                    " support yet"
+                ) from None
+        return Schema(cfg.runs_table, cfg.id_column, runs_cols, children)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f" WHERE ({self.cfg.filter})" if self.cfg.filter else ""
+
+    def iter_items(self) -> Iterator[Item]:
+        """Every run the policy may consider (those matching ``catalog.filter``), streamed.
+
+        Read-only. Timestamps follow ``catalog.time_columns`` in order: the first that parses
+        wins; a run where none parses has ``time=None`` (the policy keeps it).
+        """
+        cfg = self.cfg
+        cols = ", ".join(q(c) for c in cfg.time_columns)
+        protect = f"({cfg.protect})" if cfg.protect else "0"
+        sql = (
+            f"SELECT {q(cfg.id_column)}, {protect}, {cols} FROM {q(cfg.runs_table)}{self._where()}"
+        )
+        fmt = cfg.time_format
+        try:
+            for row in self.conn.execute(sql):
+                t = None
+                for value in row[2:]:
+                    t = parse_stored_time(value, fmt)
+                    if t is not None:
+                        break
+                yield Item(row[0], t, bool(row[1]))
+        except sqlite3.Error as exc:
+            raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
+
+    def load_ids(self, ids: Iterable[RunId]) -> int:
+        """Fill the temp table of run ids that later set-based statements join against."""
+        self.conn.execute(f"DROP TABLE IF EXISTS {IDS_TABLE}")
+        self.conn.execute(f"CREATE TEMP TABLE {IDS_TABLE.split('.')[1]} (id PRIMARY KEY)")
+        self.conn.executemany(
+            f"INSERT OR IGNORE INTO {IDS_TABLE} (id) VALUES (?)", ((i,) for i in ids)
+        )
+        return self.conn.execute(f"SELECT count(*) FROM {IDS_TABLE}").fetchone()[0]
+
+    def iter_run_rows(self) -> Iterator[dict[str, Any]]:
+        """Full rows of the runs table for the loaded ids, ordered by id (read-only)."""
+        cfg = self.cfg
+        cur = self.conn.execute(
+            f"SELECT r.* FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
+            f" ON r.{q(cfg.id_column)} = ids.id ORDER BY ids.id"
+        )
+        names = [d[0] for d in cur.description]
+        for row in cur:
+            yield dict(zip(names, row, strict=True))
+
+    def child_select(self, inv: Involved, what: str) -> str:
+        """SELECT ``__run, __rowid, <what>`` for rows of ``inv`` belonging to loaded runs.
+
+        One join chain per path from the table up to the runs table; paths are UNIONed.
+        """
+        cfg = self.cfg
+        parts = []
+        for path in inv.paths:
+            joins = []
+            for n, hop in enumerate(path):
+                on = " AND ".join(
+                    f"t{n}.{q(c)} = t{n + 1}.{q(p)}"
+                    for c, p in zip(hop.child_cols, hop.parent_cols, strict=True)
+                )
+                joins.append(f"JOIN {q(hop.parent)} AS t{n + 1} ON {on}")
+            last = len(path)
+            parts.append(
+                f"SELECT ids.id AS __run, t0.rowid AS __rowid, {what} FROM {q(inv.table)} AS t0 "
+                + " ".join(joins)
+                + f" JOIN {IDS_TABLE} AS ids ON t{last}.{q(cfg.id_column)} = ids.id"
+            )
+        return " UNION ".join(parts)
+
+    def fingerprints(self) -> dict[RunId, str]:
+        """A digest of every row (of every involved table) of each loaded run (read-only).
+
+        Rows are streamed in (run, rowid) order, so the digest is deterministic and memory
+        stays one hasher per run.
+        """
+        cfg = self.cfg
+        hashers: dict[RunId, Any] = {}
+        enc = msgspec.msgpack.Encoder()
+
+        def feed(sql: str, table: str) -> None:
+            for row in self.conn.execute(sql):
+                h = hashers.get(row[0])
+                if h is None:
+                    h = hashers[row[0]] = hashlib.sha256()
+                h.update(enc.encode([table, list(row[1:])]))
+
+        feed(
+            f"SELECT ids.id, r.rowid, r.* FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
+            f" ON r.{q(cfg.id_column)} = ids.id ORDER BY ids.id",
+            cfg.runs_table,
+        )
+        for inv in self.schema.children:
+            cols = ", ".join(f"t0.{q(c)}" for c in inv.columns)
+            feed(
+                f"SELECT * FROM ({self.child_select(inv, cols)}) ORDER BY __run, __rowid",
+                inv.table,
+            )
+        return {k: h.hexdigest() for k, h in hashers.items()}
+
+    # -- identity ------------------------------------------------------------------------
+
+    def stored_lineage(self) -> str | None:
+        """The lineage id recorded in the catalog by the first apply, if any (read-only)."""
+        if "_retention_meta" not in self.db.table_names():
+            return None
+        row = self.conn.execute(
+            "SELECT value FROM _retention_meta WHERE key = 'lineage_id'"
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def locator(self) -> str:
+        """Where this catalog is: the real path and inode of the file (for the binding)."""
+        st = self.path.stat()
+        return f"sqlite:{os.path.realpath(self.path)}#dev={st.st_dev},ino={st.st_ino}"
+
+
+def _ours(table: str) -> bool:
+    return table.startswith(OUR_PREFIX) or table.startswith("sqlite_")

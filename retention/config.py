@@ -1,0 +1,294 @@
+"""Configuration: built-in defaults < TOML file < environment (``RETENTION_*``) < flags.
+
+The built-in default is the laptop backtest layout (USERS.md scenario 1): a catalog at
+``data/catalog.db`` with a ``runs`` table (``run_id``, ``created_at``), a ``run_metrics``
+child table, and one artifact directory per run at ``data/backtests/{run_id}``.
+
+Relative paths in the file are relative to the file's directory; relative paths from the
+environment or flags are relative to the current directory; built-in defaults are relative
+to the config file's directory if there is one, else to the current directory.
+
+`load_config` reads the file and the environment it is given; it never writes.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from retention.durations import parse_duration
+from retention.errors import ConfigError
+
+CONFIG_ENV = "RETENTION_CONFIG"
+DEFAULT_CONFIG_NAME = "retention.toml"
+DEFAULT_KEEP_LAST = 100
+TIME_FORMATS = ("auto", "iso", "epoch_s", "epoch_ms")
+
+
+class ChildTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A table whose rows belong to a run but that declares no foreign key.
+
+    ``column`` in ``table`` references ``parent_column`` of ``parent_table`` (by default the
+    runs table and its id column).
+    """
+
+    table: str
+    column: str
+    parent_table: str | None = None
+    parent_column: str | None = None
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """The effective configuration. ``sources`` says where each value came from."""
+
+    config_file: str | None
+    catalog_path: str
+    runs_table: str
+    id_column: str
+    time_columns: tuple[str, ...]
+    time_format: str
+    filter: str | None
+    protect: str | None
+    child_tables: tuple[ChildTable, ...]
+    artifact_root: str
+    path_template: str | None
+    path_column: str | None
+    keep_last: int | None
+    max_age: str | None
+    state_dir: str
+    grace_period: str
+    manifest_ttl: str
+    sources: dict[str, str]
+
+    @property
+    def grace_seconds(self) -> int:
+        return int(parse_duration(self.grace_period).total_seconds())
+
+    @property
+    def manifest_ttl_seconds(self) -> int:
+        return int(parse_duration(self.manifest_ttl).total_seconds())
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _opt_str(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    return _str(value, where)
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{where}: expected a non-empty list of names, got {value!r}")
+    return tuple(_str(v, where) for v in value)
+
+
+def _count(value: Any, where: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected a whole number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    if value < 0:
+        raise ConfigError(f"{where}: must not be negative, got {value}")
+    return value
+
+
+def _duration(value: Any, where: str) -> str | None:
+    if value is None or value == "":
+        return None
+    text = _str(value, where)
+    try:
+        parse_duration(text)
+    except ConfigError:
+        raise
+    except Exception as exc:  # UsageError from parse_duration: re-raise naming the setting
+        raise ConfigError(f"{where}: {exc}", hint=getattr(exc, "hint", None)) from None
+    return text
+
+
+def _required_duration(value: Any, where: str) -> str:
+    text = _duration(value, where)
+    if text is None:
+        raise ConfigError(f"{where}: a duration is required")
+    return text
+
+
+def _time_format(value: Any, where: str) -> str:
+    text = _str(value, where)
+    if text not in TIME_FORMATS:
+        raise ConfigError(f"{where}: expected one of {', '.join(TIME_FORMATS)}, got {text!r}")
+    return text
+
+
+def _children(value: Any, where: str) -> tuple[ChildTable, ...]:
+    if isinstance(value, str):  # env form: "table:column,table2:column2"
+        items: list[Any] = []
+        for part in value.split(","):
+            if part.strip():
+                table, _, column = part.strip().partition(":")
+                items.append({"table": table, "column": column or None})
+        value = items
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{where}: expected a list of {{table, column}} tables")
+    try:
+        return tuple(msgspec.convert(v, ChildTable) for v in value)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str  # "<toml section>.<name>"
+    field: str  # Config attribute
+    default: Any
+    parse: Callable[[Any, str], Any]
+    is_path: bool = False
+
+    @property
+    def env(self) -> str:
+        return "RETENTION_" + self.field.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("catalog.path", "catalog_path", "data/catalog.db", _str, is_path=True),
+    Setting("catalog.runs_table", "runs_table", "runs", _str),
+    Setting("catalog.id_column", "id_column", "run_id", _str),
+    Setting("catalog.time_columns", "time_columns", ("created_at",), _str_list),
+    Setting("catalog.time_format", "time_format", "auto", _time_format),
+    Setting("catalog.filter", "filter", None, _opt_str),
+    Setting("catalog.protect", "protect", None, _opt_str),
+    Setting(
+        "catalog.child_tables",
+        "child_tables",
+        (ChildTable("run_metrics", "run_id"),),
+        _children,
+    ),
+    Setting("artifacts.root", "artifact_root", "data/backtests", _str, is_path=True),
+    Setting("artifacts.path_template", "path_template", "{run_id}", _opt_str),
+    Setting("artifacts.path_column", "path_column", None, _opt_str),
+    Setting("policy.keep_last", "keep_last", None, _count),
+    Setting("policy.max_age", "max_age", None, _duration),
+    Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
+    Setting("state.grace_period", "grace_period", "24h", _required_duration),
+    Setting("manifest.ttl", "manifest_ttl", "24h", _required_duration),
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
+_BY_FIELD = {s.field: s for s in SETTINGS}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except PermissionError:
+        raise ConfigError(f"config file {path} is not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"config file {path}: top-level key {section!r} must be a [table]")
+        for name, value in body.items():
+            key = f"{section}.{name}"
+            if key not in _BY_KEY:
+                known = ", ".join(sorted(_BY_KEY))
+                raise ConfigError(
+                    f"config file {path}: unknown setting {key!r}", hint=f"known: {known}"
+                )
+            flat[key] = value
+    return flat
+
+
+def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
+    """The config file to read: ``--config``, else ``$RETENTION_CONFIG``, else ``./retention.toml``
+    if it exists. An explicit path that does not exist is an error; the default may be absent."""
+    if explicit:
+        return Path(explicit)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    default = Path(DEFAULT_CONFIG_NAME)
+    return default if default.exists() else None
+
+
+def load_config(
+    explicit: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Resolve the effective configuration (read-only: reads the file and ``env``).
+
+    ``overrides`` maps Config field names to flag values (``None`` means "not given").
+    Raises `ConfigError` for a missing explicit file, bad TOML, an unknown setting or a bad
+    value (naming the setting and where it came from).
+    """
+    env = os.environ if env is None else env
+    path = find_config_file(explicit, env)
+    file_values = _read_file(path) if path is not None else {}
+    base = (path.parent if path is not None else Path(".")).absolute()
+    cwd = Path(".").absolute()
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        flag = (overrides or {}).get(s.field)
+        if flag is not None:
+            raw, src, rel = flag, "flag", cwd
+        elif env.get(s.env, "") != "":
+            raw, src, rel = env[s.env], f"env {s.env}", cwd
+        elif s.key in file_values:
+            raw, src, rel = file_values[s.key], f"file {path}", base
+        else:
+            raw, src, rel = s.default, "default", base
+        where = f"{s.key} (from {src})"
+        value = raw if src == "default" else s.parse(raw, where)
+        if s.is_path and value is not None:
+            value = str(rel / os.path.expanduser(value))
+        values[s.field] = value
+        sources[s.field] = src
+
+    if values["keep_last"] is None and values["max_age"] is None:
+        values["keep_last"] = DEFAULT_KEEP_LAST
+        sources["keep_last"] = "default (no rule given)"
+    if values["path_column"] is not None and sources["path_template"] == "default":
+        values["path_template"] = None
+    return Config(config_file=str(path) if path else None, sources=sources, **values)
+
+
+def render_config(cfg: Config) -> list[tuple[str, str, str]]:
+    """Rows of (setting, value, source) for `retention config`."""
+    rows = []
+    for s in SETTINGS:
+        value = getattr(cfg, s.field)
+        if isinstance(value, tuple):
+            value = (
+                ", ".join(v if isinstance(v, str) else f"{v.table}.{v.column}" for v in value)
+                or "(none)"
+            )
+        rows.append((s.key, "(none)" if value is None else str(value), cfg.sources[s.field]))
+    return rows
+
+
+def setting_for_field(field: str) -> Setting:
+    return _BY_FIELD[field]

@@ -1,0 +1,78 @@
+"""Every on-disk path retention uses is built here, and only here.
+
+State directory (default ``.retention/`` beside the config file)::
+
+    <state>/key                 HMAC key for manifests (mode 0600, created on first use)
+    <state>/lock                workspace lock (filelock; released by the kernel if we die)
+    <state>/journal.wal         write-ahead journal (see `journal.reader`)
+    <state>/catalog-id.json     catalog identity binding used before the first apply
+    <state>/last-apply.json     summary of the last apply (for `retention status`)
+
+Artifact root::
+
+    <root>/.trash/<txid>/                  one directory per transaction
+    <root>/.trash/<txid>/TRASH.json        self-describing list of what was moved (by hand recovery)
+    <root>/.trash/<txid>/<nnnnnn>-<name>   a moved artifact directory
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TRASH_DIRNAME = ".trash"
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """Paths inside the state directory."""
+
+    root: Path
+
+    @property
+    def key(self) -> Path:
+        return self.root / "key"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.wal"
+
+    @property
+    def catalog_binding(self) -> Path:
+        return self.root / "catalog-id.json"
+
+    @property
+    def last_apply(self) -> Path:
+        return self.root / "last-apply.json"
+
+
+@dataclass(frozen=True)
+class TrashLayout:
+    """Paths inside ``<artifact root>/.trash``."""
+
+    artifact_root: Path
+
+    @property
+    def root(self) -> Path:
+        return self.artifact_root / TRASH_DIRNAME
+
+    def tx_dir(self, txid: str) -> Path:
+        return self.root / txid
+
+    def tx_index(self, txid: str) -> Path:
+        return self.tx_dir(txid) / "TRASH.json"
+
+    def slot(self, txid: str, index: int, rel_path: bytes) -> bytes:
+        """Where entry ``index`` of ``txid`` lives in trash (bytes: names need not be UTF-8)."""
+        name = os.path.basename(rel_path.rstrip(b"/")) or b"run"
+        return os.fsencode(self.tx_dir(txid)) + b"/" + b"%06d-" % index + name[:200]
+
+
+def artifact_path(root: Path, rel_path: bytes) -> bytes:
+    """Absolute path (bytes) of an artifact directory given relative to the artifact root."""
+    return os.fsencode(root) + b"/" + rel_path

@@ -1,0 +1,180 @@
+"""Planning: evaluate the policy against the catalog and produce a signed manifest.
+
+Planning is read-only with respect to the catalog (opened ``mode=ro``) and the artifacts
+(only ``lstat`` and ``scandir``). It may create the signing key and the catalog-identity
+binding in the state directory, nothing else.
+
+Guard rails live here, not in the policy: a policy that keeps nothing is refused, and so is
+a plan that would remove every run considered, unless ``allow_remove_all`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from retention import identity
+from retention.catalog import SqliteCatalog, template_fields
+from retention.config import Config
+from retention.durations import format_instant, parse_duration
+from retention.errors import UsageError
+from retention.layout import StateLayout
+from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
+from retention.manifest import with_id as manifest_with_id
+from retention.policy import PolicySpec, Verdict, evaluate
+from retention.reporting import Progress
+from retention.store import LocalStore, OutsideRoot, relative_artifact_path
+
+
+@dataclass
+class Skipped:
+    run_id: str | int
+    reason: str
+    hint: str | None = None
+
+
+@dataclass
+class PlanResult:
+    payload: Payload
+    manifest: bytes
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def policy_from_config(cfg: Config) -> PolicySpec:
+    """The policy the configuration asks for; refuses one that would keep nothing."""
+    max_age = int(parse_duration(cfg.max_age).total_seconds()) if cfg.max_age is not None else None
+    spec = PolicySpec(keep_last=cfg.keep_last, max_age_seconds=max_age)
+    if spec.is_empty() or (spec.keep_last == 0 and spec.max_age_seconds is None):
+        raise UsageError(
+            "refusing a policy that keeps nothing",
+            hint="give --keep-last N (N >= 1) and/or --max-age DURATION",
+        )
+    return spec
+
+
+def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
+    """The run's artifact path relative to the root; None when the run has no artifacts.
+
+    Raises `OutsideRoot` for a path leaving the root and ValueError for a template column
+    that is NULL.
+    """
+    if cfg.path_column:
+        value = row.get(cfg.path_column)
+        if value is None or value in ("", b""):
+            return None
+        return relative_artifact_path(root, value if isinstance(value, bytes) else str(value))
+    if not cfg.path_template:
+        return None
+    values = {}
+    for k, v in row.items():
+        values[k] = os.fsdecode(v) if isinstance(v, bytes) else v
+    for name in template_fields(cfg.path_template):
+        if values.get(name) is None:
+            raise ValueError(f"column {name!r} of the path template is NULL")
+    return relative_artifact_path(root, os.fsencode(cfg.path_template.format(**values)))
+
+
+def build_plan(
+    cfg: Config,
+    now: datetime,
+    *,
+    allow_remove_all: bool = False,
+    progress: Callable[[str, int], Progress] | None = None,
+) -> PlanResult:
+    """Evaluate the policy at ``now`` and return the signed manifest (read-only, see module).
+
+    Candidates whose artifact directory cannot be read, or that lie outside the artifact
+    root, are left out of the manifest and listed in ``skipped``.
+    """
+    spec = policy_from_config(cfg)
+    state = StateLayout(Path(cfg.state_dir))
+    key, key_id = load_key(state, create=True)
+    root = Path(cfg.artifact_root)
+    store = LocalStore(root)
+    with SqliteCatalog(cfg, readonly=True) as cat:
+        catalog_id = identity.resolve(cat, state, create=True)
+        assert catalog_id is not None
+        items = list(cat.iter_items())
+        decision = evaluate(items, spec, now)
+        del items
+        if decision.remove and not decision.keep and not allow_remove_all:
+            raise UsageError(
+                f"refusing to remove every run considered ({len(decision.remove)})",
+                hint="pass --allow-remove-all if that is really intended",
+            )
+        verdicts: dict[Any, Verdict] = {v.item.id: v for v in decision.remove}
+        cat.load_ids(verdicts)
+        fps = cat.fingerprints()
+        entries: list[Entry] = []
+        skipped: list[Skipped] = []
+        bar = (progress or (lambda label, total: Progress(label, total)))(
+            "measuring", len(verdicts)
+        )
+        for row in cat.iter_run_rows():
+            run_id = row[cfg.id_column]
+            v = verdicts[run_id]
+            bar.advance()
+            try:
+                rel = _rel_path(cfg, row, root)
+                if rel is not None:
+                    store.check_contained(rel)
+            except (OutsideRoot, ValueError) as exc:
+                skipped.append(Skipped(run_id, f"artifact path refused: {exc}"))
+                continue
+            m = store.measure(rel) if rel is not None else None
+            if m is not None and m.error:
+                path = os.fsdecode(store.abspath(rel)) if rel is not None else ""
+                skipped.append(
+                    Skipped(
+                        run_id,
+                        f"artifact directory unreadable: {m.error}",
+                        hint=f"fix its permissions (e.g. chmod -R u+rwX {path}) and plan again",
+                    )
+                )
+                continue
+            text = None if rel is None else rel.decode("utf-8", "replace")
+            raw = None if rel is None or text is None or text.encode() == rel else rel
+            t = v.item.time
+            entries.append(
+                Entry(
+                    run_id=run_id,
+                    time=format_instant(t) if t is not None else None,
+                    path=text,
+                    path_raw=raw,
+                    exists=bool(m and m.exists),
+                    bytes=m.bytes if m else 0,
+                    files=m.files if m else 0,
+                    rows_fp=fps.get(run_id, ""),
+                    dir_fp=m.fingerprint if m else "",
+                    reason=v.reasons[0],
+                )
+            )
+        bar.close()
+        tables = cat.schema.involved_tables()
+    entries.sort(key=lambda e: (e.time or "", str(e.run_id)))
+    payload = Payload(
+        format=FORMAT,
+        version=VERSION,
+        manifest_id="",
+        catalog_id=catalog_id,
+        catalog_path=str(Path(cfg.catalog_path).absolute()),
+        artifact_root=str(root.absolute()),
+        tables=tables,
+        policy=spec,
+        policy_digest=policy_digest(spec, cfg.filter),
+        policy_text=spec.describe(),
+        filter=cfg.filter,
+        now=format_instant(now),
+        expires_at=format_instant(now + timedelta(seconds=cfg.manifest_ttl_seconds)),
+        key_id=key_id,
+        considered=len(decision.keep) + len(decision.remove),
+        kept=len(decision.keep) + len(skipped),
+        total_bytes=sum(e.bytes for e in entries),
+        entries=entries,
+    )
+    manifest_with_id(payload)
+    return PlanResult(payload, sign(payload, key), skipped)

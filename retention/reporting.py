@@ -1,0 +1,35 @@
+"""Rendering for people (stderr) and progress on a terminal. JSON goes to stdout elsewhere."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """A one-line counter on stderr, only when stderr is a terminal; at most 10 updates/s."""
+
+    def __init__(self, label: str, total: int | None = None, stream: TextIO | None = None):
+        self.label = label
+        self.total = total
+        self.stream = stream or sys.stderr
+        self.enabled = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.done = 0
+        self._last = 0.0
+
+    def advance(self, n: int = 1) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self._last >= 0.1:
+            self._last = now
+            total = f"/{self.total}" if self.total is not None else ""
+            self.stream.write(f"\r{self.label}: {self.done}{total}")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled and self._last:
+            self.stream.write("\r\033[K")
+            self.stream.flush()

@@ -1,0 +1,135 @@
+"""The artifact store seam, and its local-filesystem implementation.
+
+An artifact store measures an artifact directory, moves it into trash, moves it back, and
+purges trash. Paths are bytes relative to the artifact root (names need not be UTF-8).
+Nothing outside the artifact root is ever touched: a path that escapes it (``..``, an
+absolute path elsewhere, or a symlinked parent leading out) is refused, and walks never
+follow symlinks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from retention.layout import TRASH_DIRNAME, artifact_path
+
+
+class OutsideRoot(ValueError):
+    """The artifact path is not inside the artifact root."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    """What a directory looked like: ``exists`` False means nothing at that path."""
+
+    exists: bool
+    bytes: int = 0
+    files: int = 0
+    fingerprint: str = ""
+    error: str | None = None  # set when the tree could not be read completely
+
+
+def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
+    """Normalise a path (relative to ``root``, absolute, or a ``file://`` URI) to bytes
+    relative to ``root``. Raises `OutsideRoot` when it would leave the root or name the
+    root itself or the trash."""
+    raw = os.fsencode(value) if isinstance(value, str) else value
+    if raw.startswith(b"file:"):
+        raw = os.fsencode(unquote(urlparse(os.fsdecode(raw)).path))
+    root_b = os.fsencode(os.path.abspath(root))
+    if raw.startswith(b"/"):
+        norm = os.path.normpath(raw)
+        if not norm.startswith(root_b + b"/"):
+            raise OutsideRoot(f"{os.fsdecode(raw)} is outside the artifact root {root}")
+        rel = norm[len(root_b) + 1 :]
+    else:
+        rel = os.path.normpath(raw)
+    if rel in (b".", b"") or rel.startswith(b"../") or rel == b".." or rel.startswith(b"/"):
+        raise OutsideRoot(f"{os.fsdecode(raw)} is outside the artifact root {root}")
+    if rel.split(b"/")[0] == os.fsencode(TRASH_DIRNAME):
+        raise OutsideRoot(f"{os.fsdecode(raw)} is inside the trash")
+    return rel
+
+
+class LocalStore:
+    """Artifact directories on a local filesystem under one root."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(os.path.abspath(root))
+        self._real_root = os.fsencode(os.path.realpath(self.root))
+        self._parent_ok: dict[bytes, bool] = {}
+
+    def abspath(self, rel: bytes) -> bytes:
+        return artifact_path(self.root, rel)
+
+    def check_contained(self, rel: bytes) -> None:
+        """Raise `OutsideRoot` if a symlinked parent of ``rel`` leads out of the root.
+
+        The final component may itself be a symlink: it is moved as a link, never followed.
+        """
+        parent = os.path.dirname(self.abspath(rel))
+        ok = self._parent_ok.get(parent)
+        if ok is None:
+            real = os.path.realpath(parent)
+            ok = real == self._real_root or real.startswith(self._real_root + b"/")
+            self._parent_ok[parent] = ok
+        if not ok:
+            raise OutsideRoot(
+                f"{os.fsdecode(rel)}: a parent directory is a symlink leading out of the root"
+            )
+
+    def measure(self, rel: bytes) -> Measure:
+        """Size, file count and a metadata fingerprint of the tree at ``rel`` (read-only).
+
+        Walks with ``lstat`` and never follows symlinks. The fingerprint covers every
+        entry's relative name, type, mode, size and mtime (not contents: reading every byte
+        would cost more than the delete). Unreadable parts are reported in ``error``.
+        """
+        top = self.abspath(rel)
+        try:
+            st = os.lstat(top)
+        except FileNotFoundError:
+            return Measure(exists=False)
+        except OSError as exc:
+            return Measure(exists=False, error=f"{exc.strerror}")
+        h = hashlib.sha256()
+        total = files = 0
+        error: str | None = None
+        h.update(
+            b"%o %d %d\0"
+            % (st.st_mode, st.st_size if not stat.S_ISDIR(st.st_mode) else 0, st.st_mtime_ns)
+        )
+        if not stat.S_ISDIR(st.st_mode):
+            total = st.st_size
+            return Measure(True, total, 1, h.hexdigest())
+        stack = [b""]
+        while stack:
+            sub = stack.pop()
+            path = top + (b"/" + sub if sub else b"")
+            try:
+                with os.scandir(path) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                error = error or f"cannot read {os.fsdecode(path)}: {exc.strerror}"
+                continue
+            for e in entries:
+                name = sub + b"/" + e.name if sub else e.name
+                try:
+                    est = e.stat(follow_symlinks=False)
+                except OSError as exc:
+                    error = error or f"cannot stat {os.fsdecode(e.path)}: {exc.strerror}"
+                    continue
+                is_dir = stat.S_ISDIR(est.st_mode)
+                size = 0 if is_dir else est.st_size
+                h.update(name + b"\0%o %d %d\0" % (est.st_mode, size, est.st_mtime_ns))
+                if is_dir:
+                    stack.append(name)
+                else:
+                    files += 1
+                    total += size
+        return Measure(True, total, files, h.hexdigest(), error)

@@ -1,0 +1,127 @@
+"""What commands print: human lines for stderr/stdout and report structs for JSON."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+
+from journal import fsio
+from retention.catalog import SqliteCatalog
+from retention.config import Config
+from retention.durations import format_bytes
+from retention.errors import StorageError
+from retention.layout import StateLayout
+from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
+from retention.planner import PlanResult
+
+SHOW_VERSION = 1
+
+
+def write_output(path: Path, data: bytes) -> None:
+    """Write a file durably and atomically (``-o``); a failure is one clear error."""
+    try:
+        fsio.write_atomic(path, data, 0o644)
+    except OSError as exc:
+        raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def plan_summary(result: PlanResult) -> list[str]:
+    p = result.payload
+    lines = [p.policy_text]
+    n = len(p.entries)
+    lines.append(
+        f"{n} of {p.considered} runs would be deleted, {format_bytes(p.total_bytes)}"
+        f" reclaimed (manifest {p.manifest_id}, expires {p.expires_at})."
+    )
+    if n:
+        dated = [e.time for e in p.entries if e.time]
+        if dated:
+            lines.append(f"Oldest candidate {min(dated)}, newest {max(dated)}.")
+        missing = sum(1 for e in p.entries if e.path is not None and not e.exists)
+        if missing:
+            lines.append(f"{missing} candidate(s) have no artifact directory on disk.")
+    for s in result.skipped:
+        lines.append(f"Skipped {s.run_id}: {s.reason}")
+        if s.hint:
+            lines.append(f"  Hint: {s.hint}")
+    return lines
+
+
+def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Payload:
+    """Read a manifest and verify signature, expiry and catalog identity (read-only)."""
+    data = read_manifest_bytes(manifest_path)
+    with SqliteCatalog(cfg, readonly=True) as cat:
+        return verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
+
+
+class Group(msgspec.Struct):
+    reason: str
+    count: int
+    bytes: int
+
+
+class Largest(msgspec.Struct):
+    run_id: str | int
+    path: str | None
+    bytes: int
+
+
+class ShowReport(msgspec.Struct):
+    version: int
+    manifest_id: str
+    catalog_id: str
+    policy: str
+    now: str
+    expires_at: str
+    count: int
+    total_bytes: int
+    missing_dirs: int
+    run_ids: list[str | int]
+    by_reason: list[Group]
+    largest: list[Largest]
+
+
+def show_report(p: Payload, top: int) -> ShowReport:
+    groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in p.entries:
+        g = groups[e.reason]
+        g[0] += 1
+        g[1] += e.bytes
+    largest = sorted(p.entries, key=lambda e: (-e.bytes, str(e.run_id)))[: max(top, 0)]
+    return ShowReport(
+        version=SHOW_VERSION,
+        manifest_id=p.manifest_id,
+        catalog_id=p.catalog_id,
+        policy=p.policy_text,
+        now=p.now,
+        expires_at=p.expires_at,
+        count=len(p.entries),
+        total_bytes=p.total_bytes,
+        missing_dirs=sum(1 for e in p.entries if e.path is not None and not e.exists),
+        run_ids=[e.run_id for e in p.entries],
+        by_reason=[Group(r, c, b) for r, (c, b) in sorted(groups.items())],
+        largest=[Largest(e.run_id, e.path, e.bytes) for e in largest],
+    )
+
+
+def show_lines(p: Payload, top: int) -> list[str]:
+    r = show_report(p, top)
+    lines = [
+        f"Manifest {r.manifest_id} (catalog {r.catalog_id}), planned at {r.now},"
+        f" valid until {r.expires_at}: signature OK.",
+        r.policy,
+        f"{r.count} runs, {format_bytes(r.total_bytes)}"
+        + (f"; {r.missing_dirs} without a directory on disk" if r.missing_dirs else ""),
+        "",
+        "By reason:",
+    ]
+    for g in r.by_reason:
+        lines.append(f"  {g.count:>7}  {format_bytes(g.bytes):>10}  {g.reason}")
+    if r.largest:
+        lines += ["", f"Largest {len(r.largest)}:"]
+        for e in r.largest:
+            lines.append(f"  {format_bytes(e.bytes):>10}  {e.run_id}  {e.path or '(no artifacts)'}")
+    return lines
