@@ -109,6 +109,10 @@ class SqliteCatalog:
                 uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
             )
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if not readonly:
+                # Our connection only: the catalog's journal mode belongs to the application
+                # and is never changed; FULL makes our COMMIT durable in WAL mode too.
+                self.conn.execute("PRAGMA synchronous = FULL")
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
@@ -127,7 +131,8 @@ class SqliteCatalog:
     # -- schema --------------------------------------------------------------------------
 
     def _columns(self, table: str) -> list[str]:
-        return [r[1] for r in self.conn.execute(f"PRAGMA table_xinfo({q(table)})")]
+        """Stored columns (generated and hidden columns excluded: they cannot be inserted)."""
+        return [r[1] for r in self.conn.execute(f"PRAGMA table_xinfo({q(table)})") if r[6] == 0]
 
     def _check_sql(self, expr: str | None, setting: str) -> None:
         if expr is None:
@@ -231,7 +236,7 @@ class SqliteCatalog:
         """Every run the policy may consider (those matching ``catalog.filter``), streamed.
 
         Read-only. Timestamps follow ``catalog.time_columns`` in order: the first that parses
-        wins; a run where none parses has ``time=None`` (the policy keeps it).
+        counts; a run whose first non-NULL one does not parse has ``time=None`` (kept).
         """
         cfg = self.cfg
         cols = ", ".join(q(c) for c in cfg.time_columns)
@@ -242,10 +247,12 @@ class SqliteCatalog:
         fmt = cfg.time_format
         try:
             for row in self.conn.execute(sql):
+                # Fall back to the next column only when one is NULL: a value that is there
+                # but unparseable keeps the run (safety first), it does not fall through.
                 t = None
                 for value in row[2:]:
-                    t = parse_stored_time(value, fmt)
-                    if t is not None:
+                    if value is not None:
+                        t = parse_stored_time(value, fmt)
                         break
                 yield Item(row[0], t, bool(row[1]))
         except sqlite3.Error as exc:

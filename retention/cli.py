@@ -40,15 +40,6 @@ def _now(value: str | None) -> datetime:
     return parse_instant(value) if value else datetime.now(UTC)
 
 
-def _duration_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            parse_duration(value)
-        except UsageError as exc:
-            raise click.BadParameter(exc.message) from None
-    return value
-
-
 config_option = click.option(
     "--config",
     "config_path",
@@ -94,9 +85,7 @@ def _config_opt(f: Any) -> Any:
 @cli.command()
 @_config_opt
 @click.option("--keep-last", type=click.IntRange(min=0), help="Keep the newest N runs.")
-@click.option(
-    "--max-age", callback=_duration_flag, help="Keep runs younger than this (180d, 12h, 2w, 1y)."
-)
+@click.option("--max-age", help="Keep runs younger than this (180d, 12h, 2w, 1y).")
 @click.option("--catalog", "catalog_path", help="Catalog file (overrides catalog.path).")
 @click.option("--artifact-root", help="Artifact root (overrides artifacts.root).")
 @click.option("--state-dir", help="State directory (overrides state.dir).")
@@ -176,6 +165,103 @@ def config_cmd(ctx: click.Context, as_json: bool) -> None:
     width = max(len(k) for k, _, _ in rows)
     for key, value, source in rows:
         click.echo(f"{key:<{width}}  {value}    # {source}")
+
+
+def _emit(report: object) -> None:
+    """JSON for machines on stdout."""
+    sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
+    sys.stdout.flush()
+
+
+@cli.command()
+@_config_opt
+@click.argument("manifest", type=click.Path(dir_okay=False, allow_dash=True))
+@click.pass_context
+def apply(ctx: click.Context, manifest: str) -> None:
+    """Apply exactly MANIFEST: move its directories to trash, delete its rows in one
+    transaction, purge expired trash. JSON report on stdout, summary on stderr.
+
+    Exit 3 if some entries were skipped (changed since the plan, or could not be moved).
+    """
+    from retention.coordinator import apply_manifest
+
+    report = apply_manifest(_config(ctx), manifest)
+    _emit(report)
+    for line in views.apply_lines(report):
+        click.echo(line, err=True)
+    ctx.exit(report.exit_code)
+
+
+@cli.command()
+@_config_opt
+@click.pass_context
+def recover(ctx: click.Context) -> None:
+    """Finish or roll back an interrupted apply, undo or purge."""
+    from retention.coordinator import recover as run_recover
+
+    report = run_recover(_config(ctx))
+    _emit(report)
+    for line in views.recover_lines(report.recovered):
+        click.echo(line, err=True)
+
+
+@cli.command()
+@_config_opt
+@click.argument("txid", required=False)
+@click.option("--within", help="Undo every apply younger than this (e.g. 24h).")
+@click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
+@click.pass_context
+def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str | None) -> None:
+    """Bring back the runs deleted by apply TXID, or by every apply within a window.
+
+    A run whose id or directory exists again is a conflict: it stays in trash (exit 3).
+    """
+    from retention.trashops import undo as run_undo
+
+    if (txid is None) == (within is None):
+        raise UsageError("give either a TXID or --within DURATION (e.g. --within 24h)")
+    report = run_undo(
+        _config(ctx),
+        txid=txid,
+        within=parse_duration(within) if within else None,
+        now=_now(now_text),
+    )
+    _emit(report)
+    for line in views.undo_lines(report):
+        click.echo(line, err=True)
+    ctx.exit(report.exit_code)
+
+
+@cli.command()
+@_config_opt
+@click.option("--expired", "mode", flag_value="expired", default=True, help="Grace over (default).")
+@click.option("--all", "mode", flag_value="all", help="Empty the whole trash (no undo after).")
+@click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
+@click.pass_context
+def purge(ctx: click.Context, mode: str, now_text: str | None) -> None:
+    """Remove trash whose grace period is over (or, with --all, all of it)."""
+    from retention.trashops import purge as run_purge
+
+    report = run_purge(_config(ctx), everything=mode == "all", now=_now(now_text))
+    _emit(report)
+    click.echo(f"Purged {len(report.purged)} transaction(s) from trash.", err=True)
+
+
+@cli.command()
+@_config_opt
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, now_text: str | None) -> None:
+    """Show interrupted transactions, trash per transaction and the undo window (read-only)."""
+    from retention.status import status as run_status
+
+    report = run_status(_config(ctx), _now(now_text))
+    if as_json:
+        _emit(report)
+    else:
+        for line in views.status_lines(report):
+            click.echo(line)
 
 
 def main() -> None:

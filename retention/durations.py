@@ -109,7 +109,10 @@ def parse_stored_time(value: object, fmt: str = "auto") -> datetime | None:
             return None
     number: float | None = None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float: not a timestamp
+            return None
     elif isinstance(value, str):
         text = value.strip()
         if not text:

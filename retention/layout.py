@@ -4,6 +4,7 @@ State directory (default ``.retention/`` beside the config file)::
 
     <state>/key                 HMAC key for manifests (mode 0600, created on first use)
     <state>/lock                workspace lock (filelock; released by the kernel if we die)
+    <state>/lock.owner          who holds the lock (pid, host, command), for the error message
     <state>/journal.wal         write-ahead journal (see `journal.reader`)
     <state>/catalog-id.json     catalog identity binding used before the first apply
     <state>/last-apply.json     summary of the last apply (for `retention status`)
@@ -12,7 +13,7 @@ Artifact root::
 
     <root>/.trash/<txid>/                  one directory per transaction
     <root>/.trash/<txid>/TRASH.json        self-describing list of what was moved (by hand recovery)
-    <root>/.trash/<txid>/<nnnnnn>-<name>   a moved artifact directory
+    <root>/.trash/<txid>/<nnnnnn>-<name>   a moved artifact directory (flat: one fsync a batch)
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class StateLayout:
         return self.root / "lock"
 
     @property
+    def lock_owner(self) -> Path:
+        return self.root / "lock.owner"
+
+    @property
     def journal(self) -> Path:
         return self.root / "journal.wal"
 
@@ -51,26 +56,24 @@ class StateLayout:
         return self.root / "last-apply.json"
 
 
-@dataclass(frozen=True)
-class TrashLayout:
-    """Paths inside ``<artifact root>/.trash``."""
+def trash_tx_rel(txid: str) -> bytes:
+    """``.trash/<txid>`` relative to the artifact root."""
+    return os.fsencode(TRASH_DIRNAME) + b"/" + txid.encode()
 
-    artifact_root: Path
 
-    @property
-    def root(self) -> Path:
-        return self.artifact_root / TRASH_DIRNAME
+def trash_index_rel(txid: str) -> bytes:
+    """The self-describing ``TRASH.json`` of a transaction, relative to the artifact root."""
+    return trash_tx_rel(txid) + b"/TRASH.json"
 
-    def tx_dir(self, txid: str) -> Path:
-        return self.root / txid
 
-    def tx_index(self, txid: str) -> Path:
-        return self.tx_dir(txid) / "TRASH.json"
+def trash_slot_rel(txid: str, index: int, rel_path: bytes) -> bytes:
+    """Where entry ``index`` of ``txid`` lies in trash, relative to the artifact root.
 
-    def slot(self, txid: str, index: int, rel_path: bytes) -> bytes:
-        """Where entry ``index`` of ``txid`` lives in trash (bytes: names need not be UTF-8)."""
-        name = os.path.basename(rel_path.rstrip(b"/")) or b"run"
-        return os.fsencode(self.tx_dir(txid)) + b"/" + b"%06d-" % index + name[:200]
+    Flat (one directory per transaction, so one fsync covers a batch of moves); the
+    original name is kept after the index so an operator can recognise it.
+    """
+    name = os.path.basename(rel_path.rstrip(b"/")) or b"run"
+    return trash_tx_rel(txid) + b"/%06d-" % index + name[:200]
 
 
 def artifact_path(root: Path, rel_path: bytes) -> bytes:

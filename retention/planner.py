@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from retention import identity
 from retention.catalog import SqliteCatalog, template_fields
@@ -56,17 +57,34 @@ def policy_from_config(cfg: Config) -> PolicySpec:
     return spec
 
 
+def _refuse_dot_dot(value: bytes) -> bytes:
+    """Refuse a path with a ``..`` component or a NUL byte, before it is normalised.
+
+    Normalising ``exp1/../exp2/run-9`` would quietly give another run's directory (and a
+    NUL byte makes every system call fail), so such a path is refused, not repaired.
+    """
+    raw = value
+    if raw.startswith(b"file:"):  # as `relative_artifact_path` decodes it
+        raw = os.fsencode(unquote(urlparse(os.fsdecode(raw)).path))
+    if b"\0" in raw:
+        raise OutsideRoot(f"{os.fsdecode(value)!r} contains a NUL byte")
+    if b".." in raw.split(b"/"):
+        raise OutsideRoot(f"{os.fsdecode(value)} contains a '..' component")
+    return value
+
+
 def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
     """The run's artifact path relative to the root; None when the run has no artifacts.
 
-    Raises `OutsideRoot` for a path leaving the root and ValueError for a template column
-    that is NULL.
+    Raises `OutsideRoot` for a path leaving the root or with a ``..`` component, and
+    ValueError for a template column that is NULL.
     """
     if cfg.path_column:
         value = row.get(cfg.path_column)
         if value is None or value in ("", b""):
             return None
-        return relative_artifact_path(root, value if isinstance(value, bytes) else str(value))
+        raw = value if isinstance(value, bytes) else os.fsencode(str(value))
+        return relative_artifact_path(root, _refuse_dot_dot(raw))
     if not cfg.path_template:
         return None
     values = {}
@@ -75,7 +93,8 @@ def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
     for name in template_fields(cfg.path_template):
         if values.get(name) is None:
             raise ValueError(f"column {name!r} of the path template is NULL")
-    return relative_artifact_path(root, os.fsencode(cfg.path_template.format(**values)))
+    path = _refuse_dot_dot(os.fsencode(cfg.path_template.format(**values)))
+    return relative_artifact_path(root, path)
 
 
 def build_plan(
@@ -92,10 +111,12 @@ def build_plan(
     """
     spec = policy_from_config(cfg)
     state = StateLayout(Path(cfg.state_dir))
-    key, key_id = load_key(state, create=True)
     root = Path(cfg.artifact_root)
     store = LocalStore(root)
     with SqliteCatalog(cfg, readonly=True) as cat:
+        # Only once the catalog is known to be usable: a plan run against a wrong path
+        # must not leave a new state directory and key behind.
+        key, key_id = load_key(state, create=True)
         catalog_id = identity.resolve(cat, state, create=True)
         assert catalog_id is not None
         items = list(cat.iter_items())

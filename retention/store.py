@@ -133,3 +133,51 @@ class LocalStore:
                     files += 1
                     total += size
         return Measure(True, total, files, h.hexdigest(), error)
+
+
+class LocalTrashStore(LocalStore):
+    """`LocalStore` plus the moves of a transaction. See `participants.ArtifactStore`."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self._dirty: set[bytes] = set()
+        self._trash_dev: int | None = None
+
+    def lexists(self, rel: bytes) -> bool:
+        return os.path.lexists(self.abspath(rel))
+
+    def same_filesystem(self, rel: bytes) -> bool:
+        """Whether ``rel`` can be renamed into trash (same device as the trash)."""
+        if self._trash_dev is None:
+            trash = self.abspath(os.fsencode(TRASH_DIRNAME))
+            self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
+        return os.lstat(os.path.dirname(self.abspath(rel))).st_dev == self._trash_dev
+
+    def ensure_dir(self, rel: bytes) -> None:
+        from journal import fsio
+
+        fsio.ensure_dir(self.abspath(rel), 0o755)
+
+    def move(self, src: bytes, dst: bytes) -> None:
+        """Rename ``src`` to ``dst`` (both relative to the root); never replaces ``dst``.
+
+        One atomic rename (never a copy): raises `OSError` (``EXDEV`` for another
+        filesystem, ``FileExistsError`` if ``dst`` exists) and then changes nothing. Not
+        durable until `sync`.
+        """
+        from journal import fsio
+
+        a, b = self.abspath(src), self.abspath(dst)
+        fsio.rename_noreplace(a, b)
+        self._dirty.add(os.path.dirname(a))
+        self._dirty.add(os.path.dirname(b))
+
+    def sync(self) -> int:
+        """fsync every directory a move touched since the last sync; returns how many."""
+        from journal import fsio
+
+        dirs = sorted(self._dirty)
+        for d in dirs:
+            fsio.fsync_dir(d)
+        self._dirty.clear()
+        return len(dirs)

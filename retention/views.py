@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -124,4 +125,72 @@ def show_lines(p: Payload, top: int) -> list[str]:
         lines += ["", f"Largest {len(r.largest)}:"]
         for e in r.largest:
             lines.append(f"  {format_bytes(e.bytes):>10}  {e.run_id}  {e.path or '(no artifacts)'}")
+    return lines
+
+
+def apply_lines(r: object) -> list[str]:
+    from retention.durations import format_duration
+
+    rep: Any = r
+    lines = [f"Recovered {x.txid} ({x.op}): {x.action}." for x in rep.recovered]
+    if rep.already_applied_by:
+        lines.append(
+            f"Manifest {rep.manifest_id} was already applied by"
+            f" {', '.join(rep.already_applied_by)}; nothing to do."
+        )
+        return lines
+    if rep.txid is None:
+        lines.append("Nothing to apply: no entry of the manifest can be deleted now.")
+    else:
+        lines.append(
+            f"Applied {rep.manifest_id} as {rep.txid}: {rep.deleted_runs} runs deleted,"
+            f" {format_bytes(rep.bytes_moved)} moved to trash"
+            f" in {format_duration(rep.duration_ms / 1000)}."
+        )
+        lines.append(f"Undo with: retention undo {rep.txid}")
+    for s in rep.skipped:
+        lines.append(f"Skipped {s.run_id}: {s.reason}")
+        if s.hint:
+            lines.append(f"  Hint: {s.hint}")
+    if rep.purged:
+        lines.append(f"Purged expired trash of {len(rep.purged)} earlier apply(s).")
+    return lines
+
+
+def recover_lines(recovered: list[Any]) -> list[str]:
+    if not recovered:
+        return ["Nothing to recover."]
+    return [f"{x.txid} ({x.op}): {x.action}, {x.moved} director(ies) moved." for x in recovered]
+
+
+def undo_lines(rep: Any) -> list[str]:
+    lines = [f"Recovered {x.txid} ({x.op}): {x.action}." for x in rep.recovered]
+    if not rep.undone:
+        lines.append("Nothing to undo.")
+    for u in rep.undone:
+        lines.append(f"Undid {u.target} (as {u.txid}): {len(u.restored)} runs restored.")
+        for c in u.conflicts:
+            lines.append(f"Conflict {c.run_id}: {c.reason}; it stays in trash.")
+    return lines
+
+
+def status_lines(rep: Any) -> list[str]:
+    lines = [f"Grace period: {rep.grace_period}. Journal: {rep.journal}."]
+    if rep.interrupted:
+        lines.append("Interrupted transactions (run `retention recover`):")
+        for i in rep.interrupted:
+            lines.append(f"  {i.txid} ({i.op}, {i.state}): recover would {i.recover_would}")
+    else:
+        lines.append("No interrupted transaction.")
+    if rep.trash:
+        lines.append("Trash:")
+        for t in rep.trash:
+            until = f"undo possible until {t.grace_until}" if t.undoable else t.state
+            lines.append(
+                f"  {t.txid}  {t.runs} runs  {format_bytes(t.bytes)}"
+                f"  deleted {t.deleted_at}  {until}"
+            )
+        lines.append(f"Undoable: {rep.undoable_runs} runs, {format_bytes(rep.undoable_bytes)}.")
+    else:
+        lines.append("Trash is empty; nothing to undo.")
     return lines

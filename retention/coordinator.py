@@ -1,0 +1,505 @@
+"""The coordinator: apply and recover as a small state machine over the journal.
+
+Presumed-abort two-phase commit, decision stored in the last participant (the catalog):
+
+=========================  ==================================================================
+state found at start       recovery action
+=========================  ==================================================================
+no BEGIN                   nothing happened: nothing to do
+ACTIVE, catalog has no     roll back: every intended move ends at home (renamed back from
+txid row                   trash with a no-replace rename); journal ABORTED, DONE
+ACTIVE, catalog has the    roll forward: tombstoned runs end in trash, others at home;
+txid row                   journal COMMITTED, then the apply's remaining steps, DONE
+COMMITTED (not DONE)       roll forward as above (idempotent), DONE
+ABORTED (not DONE)         roll back as above, DONE
+a directory in neither     stop with `RecoveryError` naming it; the journal stays unfinished
+place, or in both when     so a later `recover` retries after the operator fixes it. Never a
+it must go home            guess.
+=========================  ==================================================================
+
+Every step is idempotent: recovery checks where each directory is before moving it, so it
+may itself be killed at any point and run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+
+from journal import TxState, TxStatus, fsio
+from retention import identity, txrecords
+from retention.durations import format_instant
+from retention.errors import EXIT_OK, EXIT_PARTIAL, RecoveryError, StorageError
+from retention.failpoints import failpoint
+from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
+from retention.manifest import read_manifest_bytes, verify_for_workspace
+from retention.store import LocalTrashStore, OutsideRoot
+from retention.tombstones import TombRun, TxInfo
+from retention.txrecords import Begin, Move, Moves
+from retention.workspace import Workspace, open_workspace
+
+MOVE_BATCH = 1000  # renames per batch of directory fsyncs
+INTENT_BATCH = 5000  # moves per journal intent record
+REPORT_VERSION = 1
+
+
+def new_txid(op: str, now: datetime) -> str:
+    """Sortable, unique: ``a-20261128T072650Z-3f9c1a`` (a=apply, u=undo, p=purge)."""
+    return f"{op[0]}-{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+# -- reports -------------------------------------------------------------------------------
+
+
+class SkippedEntry(msgspec.Struct):
+    run_id: str | int
+    reason: str
+    hint: str | None = None
+
+
+class Recovered(msgspec.Struct):
+    txid: str
+    op: str
+    action: str  # "rolled forward" | "rolled back"
+    moved: int
+
+
+class ApplyReport(msgspec.Struct, kw_only=True):
+    version: int = REPORT_VERSION
+    txid: str | None
+    manifest_id: str
+    deleted_runs: int
+    deleted_run_ids: list[str | int]
+    bytes_moved: int
+    skipped: list[SkippedEntry]
+    already_applied_by: list[str] = []
+    recovered: list[Recovered] = []
+    purged: list[str] = []
+    duration_ms: int
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.skipped and not self.already_applied_by else EXIT_OK
+
+
+class RecoverReport(msgspec.Struct, kw_only=True):
+    version: int = REPORT_VERSION
+    recovered: list[Recovered]
+    duration_ms: int
+
+
+# -- reconcile: the one place directories move under a decision -----------------------------
+
+
+@dataclass
+class Problem:
+    move: Move
+    text: str
+
+
+def reconcile(
+    store: LocalTrashStore,
+    moves: Iterable[Move],
+    want_trash: Callable[[str | int], bool],
+    *,
+    on_move: Callable[[], None] | None = None,
+) -> tuple[int, list[Problem]]:
+    """Bring each move's directory to the side the decision wants; returns (moves done,
+    problems). Idempotent: looks before it moves; never replaces anything; one directory
+    fsync per touched directory per batch."""
+    done = 0
+    problems: list[Problem] = []
+    pending = 0
+    for m in moves:
+        at_home, in_trash = store.lexists(m.home), store.lexists(m.trash)
+        if want_trash(m.run_id):
+            if in_trash:
+                continue
+            src, dst = m.home, m.trash
+            if not at_home:
+                problems.append(Problem(m, "directory is neither at home nor in trash"))
+                continue
+        else:
+            if not in_trash:
+                if not at_home:
+                    problems.append(Problem(m, "directory is neither at home nor in trash"))
+                continue
+            if at_home:
+                problems.append(Problem(m, "directory is in trash and its home is taken"))
+                continue
+            src, dst = m.trash, m.home
+        try:
+            store.move(src, dst)
+        except OSError as exc:
+            problems.append(Problem(m, f"cannot move it: {exc.strerror or exc}"))
+            continue
+        done += 1
+        pending += 1
+        failpoint("reconcile.after_rename")
+        if on_move:
+            on_move()
+        if pending >= MOVE_BATCH:
+            store.sync()
+            pending = 0
+    store.sync()
+    failpoint("reconcile.after_sync")
+    return done, problems
+
+
+def _moves_of(tx: TxState) -> list[Move]:
+    out: list[Move] = []
+    for rec in tx.records:
+        if rec.kind == txrecords.KIND_MOVES:
+            out.extend(txrecords.decode_moves(rec.payload).moves)
+    return out
+
+
+def _problems_error(txid: str, problems: list[Problem]) -> RecoveryError:
+    first = problems[0]
+    where = (
+        f"home {os.fsdecode(first.move.home)!s}, trash {os.fsdecode(first.move.trash)!s}"
+        " (relative to the artifact root)"
+    )
+    n = len(problems)
+    return RecoveryError(
+        f"recovery of {txid} stopped: {n} director{'y' if n == 1 else 'ies'} could not be"
+        f" placed; first: run {first.move.run_id}: {first.text}; {where}",
+        hint="put the directory back at one of those places (or remove what took its home),"
+        " then run `retention recover`; nothing was guessed",
+    )
+
+
+def _drop_trash_dir(store: LocalTrashStore, txid: str) -> None:
+    """After a roll-back, remove the transaction's TRASH.json and its (now empty) directory."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(store.abspath(trash_index_rel(txid)))
+    with contextlib.suppress(OSError):
+        os.rmdir(store.abspath(trash_tx_rel(txid)))
+        fsio.fsync_dir(os.path.dirname(store.abspath(trash_tx_rel(txid))))
+
+
+# -- recover -----------------------------------------------------------------------------
+
+
+def recover_all(ws: Workspace, now: datetime) -> list[Recovered]:
+    """Finish or roll back every unfinished transaction, oldest first (see module table)."""
+    out = []
+    for tx in ws.journal.unfinished():
+        out.append(recover_tx(ws, tx, now))
+    ws.journal.reset_if_idle()
+    return out
+
+
+def recover_tx(ws: Workspace, tx: TxState, now: datetime) -> Recovered:
+    begin = txrecords.decode_begin(tx.begin)
+    if begin.op == "apply":
+        return _recover_apply(ws, tx, begin, now)
+    from retention import trashops
+
+    return trashops.recover(ws, tx, begin, now)
+
+
+def _recover_apply(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
+    txid = tx.txid
+    if tx.status is TxStatus.ACTIVE:
+        committed = ws.catalog.tx_row(txid) is not None
+    else:
+        committed = tx.status is TxStatus.COMMITTED
+    moves = _moves_of(tx)
+    deleted = set(ws.catalog.tomb_runs(txid)) if committed else set()
+    failpoint("recover.before_decision")
+    if tx.status is TxStatus.ACTIVE:
+        (ws.journal.commit if committed else ws.journal.abort)(txid)
+    moved, problems = reconcile(ws.store, moves, lambda r: r in deleted)
+    if problems:
+        raise _problems_error(txid, problems)
+    if not committed:
+        _drop_trash_dir(ws.store, txid)
+    else:
+        from retention import trashops
+
+        trashops.purge_expired(ws, now)
+    failpoint("recover.before_done")
+    ws.journal.done(txid)
+    return Recovered(txid, "apply", "rolled forward" if committed else "rolled back", moved)
+
+
+def recover(cfg, now: datetime | None = None) -> RecoverReport:  # type: ignore[no-untyped-def]
+    """`retention recover`: finish or roll back interrupted transactions."""
+    t0 = time.monotonic()
+    now = now or datetime.now(UTC)
+    with open_workspace(cfg) as ws:
+        rec = recover_all(ws, now)
+    return RecoverReport(recovered=rec, duration_ms=int((time.monotonic() - t0) * 1000))
+
+
+# -- apply -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Preflight:
+    runs: list[TombRun] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
+    bytes_by_run: dict[str | int, int] = field(default_factory=dict)
+    skipped: list[SkippedEntry] = field(default_factory=list)
+
+
+MOVE_HINT = (
+    "check that you may rename it (write permission on its parent directory, nothing"
+    " holding it busy), then plan and apply again"
+)
+
+
+def _preflight(ws: Workspace, payload, txid: str) -> _Preflight:  # type: ignore[no-untyped-def]
+    """Re-check every entry against disk and catalog (read-only). Never more than the
+    manifest: anything that changed since the plan is skipped and reported."""
+    pf = _Preflight()
+    store = ws.store
+    ws.catalog.load_ids(e.run_id for e in payload.entries)
+    existing = ws.catalog.existing_ids()
+    root = Path(payload.artifact_root)
+    if root.absolute() != store.root:
+        raise StorageError(
+            f"manifest was planned for artifact root {root}, the configuration says {store.root}"
+        )
+    for index, e in enumerate(payload.entries):
+        if e.run_id not in existing:
+            pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
+            continue
+        rel = e.rel_path()
+        trash = None
+        if rel is not None:
+            try:
+                store.check_contained(rel)
+            except OutsideRoot as exc:
+                pf.skipped.append(SkippedEntry(e.run_id, f"artifact path refused: {exc}"))
+                continue
+            m = store.measure(rel)
+            if m.exists != e.exists or (m.exists and m.fingerprint != e.dir_fp):
+                pf.skipped.append(
+                    SkippedEntry(
+                        e.run_id,
+                        "artifact directory changed since the plan"
+                        + (" (now missing)" if e.exists and not m.exists else ""),
+                        "plan again to include it",
+                    )
+                )
+                continue
+            if m.exists:
+                if not store.same_filesystem(rel):
+                    raise StorageError(
+                        f"artifact directory {os.fsdecode(store.abspath(rel))} is on another"
+                        " filesystem than the trash; nothing was changed",
+                        hint="artifact directories must be on the artifact root's filesystem",
+                    )
+                trash = trash_slot_rel(txid, index, rel)
+                pf.moves.append(Move(e.run_id, rel, trash))
+        pf.runs.append(TombRun(e.run_id, e.rows_fp, rel, trash, e.bytes))
+        pf.bytes_by_run[e.run_id] = e.bytes
+    return pf
+
+
+class TrashIndexEntry(msgspec.Struct):
+    run_id: str | int
+    original: str
+    trash: str
+    original_raw: bytes | None = None
+
+
+class TrashIndex(msgspec.Struct, kw_only=True):
+    """``.trash/<txid>/TRASH.json``: enough to put everything back by hand without the
+    catalog (``mv <root>/<trash> <root>/<original>`` per entry)."""
+
+    format: str = "retention.trash"
+    version: int = 1
+    txid: str
+    created_at: str
+    artifact_root: str
+    catalog_path: str
+    manifest_id: str
+    entries: list[TrashIndexEntry]
+
+
+def _write_trash_index(
+    ws: Workspace, txid: str, now: datetime, manifest_id: str, moves: list[Move]
+) -> None:
+    ws.store.ensure_dir(trash_tx_rel(txid))
+    index = TrashIndex(
+        txid=txid,
+        created_at=format_instant(now),
+        artifact_root=str(ws.store.root),
+        catalog_path=str(Path(ws.cfg.catalog_path).absolute()),
+        manifest_id=manifest_id,
+        entries=[
+            TrashIndexEntry(
+                m.run_id,
+                m.home.decode("utf-8", "replace"),
+                m.trash.decode("utf-8", "replace"),
+                None if _utf8(m.home) else m.home,
+            )
+            for m in moves
+        ],
+    )
+    data = msgspec.json.format(msgspec.json.encode(index), indent=1)
+    fsio.write_atomic(ws.store.abspath(trash_index_rel(txid)), data, 0o644)
+
+
+def _utf8(b: bytes) -> bool:
+    try:
+        b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def apply_manifest(cfg, manifest_path: str, now: datetime | None = None) -> ApplyReport:  # type: ignore[no-untyped-def]
+    """`retention apply`: apply exactly the manifest, crash-safely (see module docstring).
+
+    Raises `ManifestRejected` (nothing changed) for a bad, expired or foreign manifest,
+    `LockedError` if another process holds the workspace, `StorageError` before any change
+    if an entry is on another filesystem. Entries that changed since the plan, or whose
+    directory cannot be moved, are skipped and reported; their rows stay.
+    """
+    t0 = time.monotonic()
+    now = now or datetime.now(UTC)
+    data = read_manifest_bytes(manifest_path)
+    with open_workspace(cfg) as ws:
+        recovered = recover_all(ws, now)
+        payload = verify_for_workspace(data, ws.state, ws.catalog, now=now)
+        done_by = ws.catalog.applied_by_manifest(payload.manifest_id)
+
+        def report(txid: str | None, deleted: list, nbytes: int, skipped: list) -> ApplyReport:  # type: ignore[type-arg]
+            return ApplyReport(
+                txid=txid,
+                manifest_id=payload.manifest_id,
+                deleted_runs=len(deleted),
+                deleted_run_ids=deleted,
+                bytes_moved=nbytes,
+                skipped=skipped,
+                already_applied_by=done_by,
+                recovered=recovered,
+                duration_ms=int((time.monotonic() - t0) * 1000),
+            )
+
+        if done_by:
+            return report(None, [], 0, [])
+        txid = new_txid("apply", now)
+        pf = _preflight(ws, payload, txid)
+        if not pf.runs:
+            return report(None, [], 0, pf.skipped)
+        lineage = identity.resolve(ws.catalog, ws.state, create=False)
+        assert lineage is not None  # verify_for_workspace checked it
+        grace_until = now + timedelta(seconds=cfg.grace_seconds)
+        begin = Begin(
+            op="apply",
+            manifest_id=payload.manifest_id,
+            manifest_digest=hashlib.sha256(data).hexdigest(),
+            catalog_id=lineage,
+            artifact_root=str(ws.store.root),
+            created_at=format_instant(now),
+            grace_until=format_instant(grace_until),
+            moves=len(pf.moves),
+        )
+        j = ws.journal
+        j.begin(txid, txrecords.encode(begin))
+        for i in range(0, len(pf.moves), INTENT_BATCH):
+            chunk = Moves(txrecords.RECORD_VERSION, pf.moves[i : i + INTENT_BATCH])
+            j.append(txid, txrecords.KIND_MOVES, txrecords.encode(chunk), sync=False)
+        j.sync()
+        failpoint("apply.after_begin")
+        try:
+            result = _apply_phase(ws, txid, payload, pf, begin, lineage, now)
+        except BaseException:
+            _try_roll_back(ws, txid, now)
+            raise
+        deleted, nbytes, skipped = result
+        from retention import trashops
+
+        purged = trashops.purge_expired(ws, now)
+        failpoint("apply.before_done")
+        j.done(txid)
+        j.reset_if_idle()
+        rep = report(txid, deleted, nbytes, skipped)
+        rep.purged = purged
+        _save_last(ws, rep)
+        return rep
+
+
+def _apply_phase(
+    ws: Workspace, txid: str, payload, pf: _Preflight, begin: Begin, lineage: str, now: datetime
+):  # type: ignore[no-untyped-def]
+    store, j = ws.store, ws.journal
+    skipped = list(pf.skipped)
+    if pf.moves:
+        _write_trash_index(ws, txid, now, payload.manifest_id, pf.moves)
+        failpoint("apply.after_trash_index")
+    failed: set[str | int] = set()
+    pending = 0
+    for m in pf.moves:
+        try:
+            store.move(m.home, m.trash)
+        except OSError as exc:
+            failed.add(m.run_id)
+            skipped.append(
+                SkippedEntry(
+                    m.run_id,
+                    f"cannot move {os.fsdecode(store.abspath(m.home))} into trash:"
+                    f" {exc.strerror or exc}",
+                    MOVE_HINT,
+                )
+            )
+            continue
+        failpoint("apply.after_rename")
+        pending += 1
+        if pending >= MOVE_BATCH:
+            store.sync()
+            failpoint("apply.after_move_batch")
+            pending = 0
+    store.sync()
+    failpoint("apply.after_move_batch")
+    runs = [r for r in pf.runs if r.run_id not in failed]
+    info = TxInfo(
+        txid=txid,
+        op="apply",
+        manifest_id=payload.manifest_id,
+        created_at=begin.created_at,
+        grace_until=begin.grace_until,
+        trash_dir=os.fsdecode(store.abspath(trash_tx_rel(txid))),
+    )
+    dropped = ws.catalog.commit_delete(
+        info, lineage, runs, before_commit=lambda: failpoint("apply.before_commit")
+    )
+    failpoint("apply.after_commit")
+    deleted = ws.catalog.tomb_runs(txid)
+    _, problems = reconcile(store, pf.moves, lambda r: r in deleted)
+    if problems:
+        raise _problems_error(txid, problems)
+    j.commit(txid)
+    failpoint("apply.after_journal_commit")
+    for rid, why in dropped.items():
+        skipped.append(SkippedEntry(rid, why, "plan again"))
+    ids = [r.run_id for r in runs if r.run_id in deleted]
+    return ids, sum(pf.bytes_by_run[r] for r in ids), skipped
+
+
+def _try_roll_back(ws: Workspace, txid: str, now: datetime) -> None:
+    """After an error in the apply phase: let recovery decide now, in-process. If that fails
+    too, the journal keeps the transaction for the next `retention recover`."""
+    with contextlib.suppress(Exception):
+        tx = ws.journal.transactions().get(txid)
+        if tx is not None and tx.status is not TxStatus.DONE:
+            recover_tx(ws, tx, now)
+
+
+def _save_last(ws: Workspace, rep: ApplyReport) -> None:
+    with contextlib.suppress(OSError):
+        fsio.write_atomic(ws.state.last_apply, msgspec.json.encode(rep), 0o644)

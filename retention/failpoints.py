@@ -1,0 +1,48 @@
+"""Every named crash point of retention, declared once (the journal declares its own).
+
+A site calls ``failpoint("apply.after_rename")``; ``FAILPOINT=apply.after_rename@3`` in the
+environment makes the third hit end the process at once (``os._exit``), with no cleanup.
+Tests enumerate the points a run passes through from ``FAILPOINT_LOG`` and crash at each.
+"""
+
+from __future__ import annotations
+
+from journal.failpoints import declare, failpoint
+
+APPLY = (
+    "apply.after_begin",  # journal BEGIN + intents durable, nothing moved yet
+    "apply.after_trash_index",  # TRASH.json written
+    "apply.after_rename",  # one directory renamed into trash (per move)
+    "apply.after_move_batch",  # a batch of renames made durable (dir fsyncs)
+    "apply.before_commit",  # inside the SQLite transaction, just before COMMIT
+    "apply.after_commit",  # catalog committed, journal not yet
+    "apply.after_journal_commit",  # journal COMMITTED, purge and DONE pending
+    "apply.before_done",  # expired trash purged, DONE pending
+)
+RECONCILE = (
+    "reconcile.after_rename",  # recovery or finish moved one directory (per move)
+    "reconcile.after_sync",  # those moves made durable
+)
+RECOVER = (
+    "recover.before_decision",  # about to write COMMITTED/ABORTED for an interrupted tx
+    "recover.before_done",  # reconciled, DONE pending
+)
+UNDO = (
+    "undo.after_begin",
+    "undo.after_rename",
+    "undo.after_move_batch",
+    "undo.before_commit",
+    "undo.after_commit",
+    "undo.before_done",
+)
+PURGE = (
+    "purge.after_begin",
+    "purge.before_commit",  # inside the transaction that marks tombstones purging
+    "purge.after_mark",
+    "purge.after_remove",  # one trash directory removed (per transaction purged)
+    "purge.before_done",
+)
+ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE
+declare(*ALL)
+
+__all__ = ["ALL", "failpoint"]

@@ -1,0 +1,70 @@
+"""The participant contract: the two seams a transaction drives.
+
+The coordinator (`retention.coordinator`) runs presumed-abort two-phase commit with the
+decision stored in the last participant, the catalog: a transaction is committed if and
+only if the catalog holds its txid row. The journal records intent only (which
+directories may have moved, and where). Each method below says when the coordinator calls
+it, what is durable when it returns, and how it behaves under replay. Participants refuse
+by raising, never by returning False.
+
+Today: `retention.tombstones.WritableCatalog` (SQLite) and
+`retention.store.LocalTrashStore` (local filesystem). PostgreSQL and an object store will
+be second implementations; the journal and recovery assume neither.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from retention.policy import RunId
+
+
+class ArtifactStore(Protocol):
+    """Artifact directories under one root, addressed by bytes paths relative to it."""
+
+    def lexists(self, rel: bytes) -> bool:
+        """Whether anything exists at ``rel`` (a symlink counts; never followed). Read-only."""
+        ...
+
+    def same_filesystem(self, rel: bytes) -> bool:
+        """Whether ``rel`` can move into trash with one atomic rename. Called in preflight,
+        before anything changes, so that a cross-device entry refuses the whole apply."""
+        ...
+
+    def ensure_dir(self, rel: bytes) -> None:
+        """Create a directory (and parents), durably. Idempotent."""
+        ...
+
+    def move(self, src: bytes, dst: bytes) -> None:
+        """Atomically move ``src`` to ``dst``; never replaces an existing ``dst``.
+
+        Called for each intended move after the journal's BEGIN is durable, and again by
+        recovery for moves not yet done (it checks `lexists` first, so replay is safe).
+        Raises `OSError` and then has changed nothing. Not durable until `sync`.
+        """
+        ...
+
+    def sync(self) -> int:
+        """Make every move since the last call durable (one fsync per touched directory,
+        not per move). Called once per batch and before any decision is recorded. An
+        fsync failure raises `journal.FsyncError`: fatal, never retried."""
+        ...
+
+
+class Catalog(Protocol):
+    """The last participant: its transaction is the one commit point."""
+
+    def tx_row(self, txid: str) -> dict[str, Any] | None:
+        """The decision: the txid's row if the catalog committed it, else None. Read-only;
+        recovery calls it for every transaction without a journal decision."""
+        ...
+
+    def tomb_runs(self, txid: str) -> dict[RunId, dict[str, Any]]:
+        """Runs tombstoned by an apply (with path, trash place, state). Read-only."""
+        ...
+
+    def commit_delete(self, info: Any, lineage: str, runs: list[Any], *, before_commit: Any) -> Any:
+        """In ONE transaction: re-check each run, tombstone its rows of every involved table,
+        delete them, record the txid. Durable when it returns (``synchronous=FULL``). On
+        any failure it rolls back explicitly and raises; the catalog is then unchanged."""
+        ...

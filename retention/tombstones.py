@@ -1,0 +1,440 @@
+"""The catalog's write side: tombstones, THE commit point of an apply, and txid lookups.
+
+Tables we add to the catalog (all named ``_retention_*``, created inside our own
+transaction, never touching the application's tables' schema):
+
+* ``_retention_meta``: the lineage id (see `retention.identity`);
+* ``_retention_tx``: one row per committed transaction: the txid is the decision record
+  that recovery asks for (presumed abort: no row, no commit);
+* ``_retention_runs``: each deleted run with its original path and its place in trash;
+* ``_retention_t_<table>``: the deleted rows of each involved table, untyped columns so
+  every value keeps its exact storage class, with the txid, run id and original rowid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from retention.catalog import IDS_TABLE, SqliteCatalog, q
+from retention.errors import CatalogError
+from retention.policy import RunId
+
+TX_TABLE = "_retention_tx"
+TOMB_RUNS = "_retention_runs"
+TOMB_PREFIX = "_retention_t_"
+TXID_COL = "__retention_txid"
+RUN_COL = "__retention_run"
+ROWID_COL = "__retention_rowid"
+
+_DDL = f"""
+CREATE TABLE IF NOT EXISTS _retention_meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS {TX_TABLE} (
+    txid TEXT PRIMARY KEY,      -- journal transaction id
+    op TEXT NOT NULL,           -- apply | undo | purge
+    state TEXT NOT NULL,        -- apply: applied, undone, purging, purged. undo and purge: done
+    target TEXT,                -- undo/purge: the apply txid(s) acted on
+    manifest_id TEXT,
+    created_at TEXT NOT NULL,   -- ISO-8601 UTC
+    grace_until TEXT,           -- apply: trash may be purged after this instant
+    runs INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0,
+    trash_dir TEXT,             -- apply: <artifact root>/.trash/<txid>
+    finished_at TEXT            -- purge/undo of this apply: when
+);
+CREATE TABLE IF NOT EXISTS {TOMB_RUNS} (
+    txid TEXT NOT NULL,
+    run_id NOT NULL,
+    path BLOB,                  -- artifact dir relative to the root (NULL: none on disk)
+    trash BLOB,                 -- where it lies in trash, relative to the root
+    bytes INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'trash',  -- trash, restored or purged
+    undo_txid TEXT,             -- the undo that restored it
+    PRIMARY KEY (txid, run_id)
+);
+"""
+
+
+@dataclass(frozen=True)
+class TombRun:
+    """A run about to be deleted: its expected row fingerprint and where its directory goes."""
+
+    run_id: RunId
+    rows_fp: str
+    path: bytes | None
+    trash: bytes | None
+    bytes: int
+
+
+@dataclass(frozen=True)
+class TxInfo:
+    txid: str
+    op: str
+    manifest_id: str | None
+    created_at: str
+    grace_until: str | None
+    trash_dir: str | None
+    target: str | None = None
+
+
+def _ensure_tomb(conn: sqlite3.Connection, table: str, columns: list[str]) -> str:
+    tomb = TOMB_PREFIX + table
+    have = [r[1] for r in conn.execute(f"PRAGMA table_info({q(tomb)})")]
+    if not have:
+        # Untyped columns (BLOB affinity): values keep their exact storage class.
+        cols = ", ".join(q(c) for c in columns)
+        conn.execute(
+            f"CREATE TABLE {q(tomb)} ({q(TXID_COL)} TEXT NOT NULL, {q(RUN_COL)},"
+            f" {q(ROWID_COL)} INTEGER, {cols})"
+        )
+        conn.execute(f"CREATE INDEX {q(tomb + '_tx')} ON {q(tomb)} ({q(TXID_COL)}, {q(RUN_COL)})")
+    else:
+        for c in columns:
+            if c not in have:  # the application added a column since the last apply
+                conn.execute(f"ALTER TABLE {q(tomb)} ADD COLUMN {q(c)}")
+    return tomb
+
+
+class CatalogBusy(CatalogError):
+    """The catalog is locked by another writer."""
+
+
+def _sql_error(path: Path, exc: sqlite3.Error) -> CatalogError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return CatalogBusy(
+            f"catalog {path} is busy (another writer holds it): {text}",
+            hint="retry when the application's write finishes",
+        )
+    if "readonly" in text or "read-only" in text:
+        return CatalogError(f"catalog {path} is read-only: {text}", hint="check its permissions")
+    if "disk" in text and "full" in text:
+        return CatalogError(f"catalog {path}: disk full", hint="free space and run recover")
+    return CatalogError(f"catalog {path}: {text}")
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
+        ).fetchone()
+        is not None
+    )
+
+
+class WritableCatalog(SqliteCatalog):
+    """A catalog opened read-write by apply, undo, purge and recover."""
+
+    def __init__(self, cfg: Any, *, readonly: bool = False) -> None:
+        super().__init__(cfg, readonly=readonly)
+
+    def _commit_tx(self, body: Any, before_commit: Any) -> Any:
+        """Run ``body()`` inside BEGIN IMMEDIATE ... COMMIT; roll back explicitly on any error."""
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _sql_error(self.path, exc) from None
+        try:
+            result = body()
+            if before_commit is not None:
+                before_commit()
+            conn.execute("COMMIT")
+            return result
+        except BaseException as exc:
+            if conn.in_transaction:
+                # The original error matters; SQLite also rolls back when the connection closes.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise _sql_error(self.path, exc) from None
+            raise
+
+    def tx_row(self, txid: str) -> dict[str, Any] | None:
+        """The recorded row of a transaction, or None if the catalog never committed it."""
+        if not _has_table(self.conn, TX_TABLE):
+            return None
+        cur = self.conn.execute(f"SELECT * FROM {TX_TABLE} WHERE txid = ?", (txid,))
+        row = cur.fetchone()
+        return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
+
+    def tomb_runs(self, txid: str) -> dict[RunId, dict[str, Any]]:
+        """Tombstoned runs of an apply transaction (empty if none)."""
+        if not _has_table(self.conn, TOMB_RUNS):
+            return {}
+        cur = self.conn.execute(f"SELECT * FROM {TOMB_RUNS} WHERE txid = ?", (txid,))
+        names = [d[0] for d in cur.description]
+        return {row[1]: dict(zip(names, row, strict=True)) for row in cur}
+
+    def commit_delete(
+        self,
+        info: TxInfo,
+        lineage: str,
+        runs: list[TombRun],
+        *,
+        before_commit: Any = None,
+    ) -> dict[RunId, str]:
+        """THE commit point of an apply: in one transaction, re-check each run, copy its rows
+        of every involved table into tombstones, delete them, and record the txid.
+
+        A run whose rows changed since the plan (fingerprint differs or it is gone), or that is
+        now protected, is left alone; the returned dict maps those run ids to the reason. Raises
+        `CatalogError` (after an explicit ROLLBACK) if the transaction cannot commit; then the
+        catalog is unchanged.
+        """
+        conn = self.conn
+        cfg = self.cfg
+        expected = {r.run_id: r for r in runs}
+
+        def body() -> dict[RunId, str]:
+            for stmt in _DDL.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(
+                "INSERT OR IGNORE INTO _retention_meta VALUES ('lineage_id', ?)", (lineage,)
+            )
+            self.load_ids(expected)
+            dropped: dict[RunId, str] = {}
+            current = self.fingerprints()
+            for rid, r in expected.items():
+                fp = current.get(rid)
+                if fp is None:
+                    dropped[rid] = "no longer in the catalog"
+                elif fp != r.rows_fp:
+                    dropped[rid] = "catalog rows changed since the plan"
+            if cfg.protect:
+                for (rid,) in conn.execute(
+                    f"SELECT r.{q(cfg.id_column)} FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE}"
+                    f" AS ids ON r.{q(cfg.id_column)} = ids.id WHERE ({cfg.protect})"
+                ):
+                    dropped.setdefault(rid, "now protected")
+            if dropped:
+                conn.executemany(f"DELETE FROM {IDS_TABLE} WHERE id = ?", ((k,) for k in dropped))
+            # Tombstones: runs table, then children, each one INSERT ... SELECT.
+            run_cols = self.schema.runs_columns
+            tomb = _ensure_tomb(conn, cfg.runs_table, run_cols)
+            cols = ", ".join(q(c) for c in run_cols)
+            conn.execute(
+                f"INSERT INTO {q(tomb)} ({q(TXID_COL)}, {q(RUN_COL)}, {q(ROWID_COL)}, {cols})"
+                f" SELECT ?, ids.id, r.rowid, {', '.join('r.' + q(c) for c in run_cols)}"
+                f" FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
+                f" ON r.{q(cfg.id_column)} = ids.id",
+                (info.txid,),
+            )
+            for inv in self.schema.children:
+                tomb = _ensure_tomb(conn, inv.table, inv.columns)
+                cols = ", ".join(q(c) for c in inv.columns)
+                sel = self.child_select(inv, ", ".join(f"t0.{q(c)}" for c in inv.columns))
+                conn.execute(
+                    f"INSERT INTO {q(tomb)} ({q(TXID_COL)}, {q(RUN_COL)}, {q(ROWID_COL)}, {cols})"
+                    f" SELECT ?, __run, __rowid, {cols} FROM ({sel})",
+                    (info.txid,),
+                )
+            # Deletes: deepest children first, the runs table last.
+            for inv in reversed(self.schema.children):
+                conn.execute(
+                    f"DELETE FROM {q(inv.table)} WHERE rowid IN"
+                    f" (SELECT __rowid FROM ({self.child_select(inv, '1')}))"
+                )
+            conn.execute(
+                f"DELETE FROM {q(cfg.runs_table)} WHERE {q(cfg.id_column)} IN"
+                f" (SELECT id FROM {IDS_TABLE})"
+            )
+            kept = [r for r in runs if r.run_id not in dropped]
+            conn.executemany(
+                f"INSERT INTO {TOMB_RUNS} (txid, run_id, path, trash, bytes)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ((info.txid, r.run_id, r.path, r.trash, r.bytes) for r in kept),
+            )
+            conn.execute(
+                f"INSERT INTO {TX_TABLE} (txid, op, state, target, manifest_id, created_at,"
+                " grace_until, runs, bytes, trash_dir)"
+                " VALUES (?, ?, 'applied', ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    info.txid,
+                    info.op,
+                    info.target,
+                    info.manifest_id,
+                    info.created_at,
+                    info.grace_until,
+                    len(kept),
+                    sum(r.bytes for r in kept),
+                    info.trash_dir,
+                ),
+            )
+            return dropped
+
+        return self._commit_tx(body, before_commit)
+
+    def applied_by_manifest(self, manifest_id: str) -> list[str]:
+        """Txids of committed applies of this manifest (read-only)."""
+        if not _has_table(self.conn, TX_TABLE):
+            return []
+        return [
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT txid FROM {TX_TABLE} WHERE op = 'apply' AND manifest_id = ?",
+                (manifest_id,),
+            )
+        ]
+
+    def existing_ids(self) -> set[RunId]:
+        """Which loaded ids still exist in the runs table (read-only)."""
+        cfg = self.cfg
+        return {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT ids.id FROM {IDS_TABLE} AS ids JOIN {q(cfg.runs_table)} AS r"
+                f" ON r.{q(cfg.id_column)} = ids.id"
+            )
+        }
+
+
+def _tomb_tables(conn: sqlite3.Connection) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ? ESCAPE '\\'",
+            (TOMB_PREFIX.replace("_", "\\_") + "%",),
+        )
+    ]
+
+
+class TrashCatalog(WritableCatalog):
+    """The catalog side of undo and purge."""
+
+    def applies(self) -> list[dict[str, Any]]:
+        """Every recorded apply, newest first (read-only)."""
+        if not _has_table(self.conn, TX_TABLE):
+            return []
+        cur = self.conn.execute(
+            f"SELECT * FROM {TX_TABLE} WHERE op = 'apply' ORDER BY created_at DESC, txid DESC"
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def undo_conflicts(self, txid: str, run_ids: list[RunId]) -> dict[RunId, str]:
+        """Runs of ``txid`` that cannot be restored because their id or a row id is taken
+        again (read-only)."""
+        cfg = self.cfg
+        self.load_ids(run_ids)
+        out: dict[RunId, str] = {}
+        for rid in self.existing_ids():
+            out[rid] = f"run id {rid!r} exists again in {cfg.runs_table!r}"
+        for table in [cfg.runs_table, *(c.table for c in self.schema.children)]:
+            tomb = TOMB_PREFIX + table
+            if not _has_table(self.conn, tomb):
+                continue
+            for (rid,) in self.conn.execute(
+                f"SELECT DISTINCT tb.{q(RUN_COL)} FROM {q(tomb)} AS tb"
+                f" JOIN {IDS_TABLE} AS ids ON tb.{q(RUN_COL)} = ids.id"
+                f" JOIN {q(table)} AS t ON t.rowid = tb.{q(ROWID_COL)}"
+                f" WHERE tb.{q(TXID_COL)} = ?",
+                (txid,),
+            ):
+                out.setdefault(rid, f"a row of {table!r} took its place (same rowid)")
+        return out
+
+    def commit_restore(
+        self, undo_txid: str, target: str, run_ids: list[RunId], now: str, *, before_commit: Any
+    ) -> None:
+        """THE commit point of an undo: in one transaction re-insert the rows of ``run_ids``
+        from the tombstones of ``target`` (parents first, original rowids, exact values),
+        mark them restored, drop their tombstones and record ``undo_txid``."""
+        conn = self.conn
+        cfg = self.cfg
+
+        def body() -> None:
+            self.load_ids(run_ids)
+            for table in [cfg.runs_table, *(c.table for c in self.schema.children)]:
+                tomb = TOMB_PREFIX + table
+                if not _has_table(conn, tomb):
+                    continue
+                tomb_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({q(tomb)})")][3:]
+                live = set(self._columns(table))
+                cols = [c for c in tomb_cols if c in live]
+                names = ", ".join(q(c) for c in cols)
+                conn.execute(
+                    f"INSERT INTO {q(table)} (rowid, {names}) SELECT {q(ROWID_COL)}, {names}"
+                    f" FROM {q(tomb)} WHERE {q(TXID_COL)} = ? AND {q(RUN_COL)} IN"
+                    f" (SELECT id FROM {IDS_TABLE}) ORDER BY {q(ROWID_COL)}",
+                    (target,),
+                )
+                conn.execute(
+                    f"DELETE FROM {q(tomb)} WHERE {q(TXID_COL)} = ? AND {q(RUN_COL)} IN"
+                    f" (SELECT id FROM {IDS_TABLE})",
+                    (target,),
+                )
+            conn.execute(
+                f"UPDATE {TOMB_RUNS} SET state = 'restored', undo_txid = ? WHERE txid = ?"
+                f" AND run_id IN (SELECT id FROM {IDS_TABLE})",
+                (undo_txid, target),
+            )
+            left = conn.execute(
+                f"SELECT count(*) FROM {TOMB_RUNS} WHERE txid = ? AND state = 'trash'", (target,)
+            ).fetchone()[0]
+            if left == 0:
+                conn.execute(
+                    f"UPDATE {TX_TABLE} SET state = 'undone', finished_at = ? WHERE txid = ?",
+                    (now, target),
+                )
+            conn.execute(
+                f"INSERT INTO {TX_TABLE} (txid, op, state, target, created_at, runs)"
+                " VALUES (?, 'undo', 'done', ?, ?, ?)",
+                (undo_txid, target, now, len(run_ids)),
+            )
+
+        self._commit_tx(body, before_commit)
+
+    def restored_by(self, undo_txid: str) -> set[RunId]:
+        if not _has_table(self.conn, TOMB_RUNS):
+            return set()
+        return {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT run_id FROM {TOMB_RUNS} WHERE undo_txid = ?", (undo_txid,)
+            )
+        }
+
+    def mark_purging(
+        self, purge_txid: str, targets: list[str], now: str, *, before_commit: Any
+    ) -> None:
+        """THE commit point of a purge: mark the targets purging (undo refuses them from
+        here on) and record ``purge_txid``."""
+        conn = self.conn
+
+        def body() -> None:
+            conn.executemany(
+                f"UPDATE {TX_TABLE} SET state = 'purging' WHERE txid = ? AND state != 'purged'",
+                ((t,) for t in targets),
+            )
+            conn.execute(
+                f"INSERT INTO {TX_TABLE} (txid, op, state, target, created_at, runs)"
+                " VALUES (?, 'purge', 'done', ?, ?, ?)",
+                (purge_txid, ",".join(targets), now, len(targets)),
+            )
+
+        self._commit_tx(body, before_commit)
+
+    def mark_purged(self, targets: list[str], now: str) -> None:
+        """After the trash directories are gone: mark purged, drop the row tombstones (the
+        deletion log in ``_retention_tx`` / ``_retention_runs`` stays). Idempotent."""
+        conn = self.conn
+
+        def body() -> None:
+            for t in targets:
+                conn.execute(
+                    f"UPDATE {TX_TABLE} SET state = 'purged', finished_at = ? WHERE txid = ?",
+                    (now, t),
+                )
+                conn.execute(
+                    f"UPDATE {TOMB_RUNS} SET state = 'purged' WHERE txid = ? AND state = 'trash'",
+                    (t,),
+                )
+                for tomb in _tomb_tables(conn):
+                    conn.execute(f"DELETE FROM {q(tomb)} WHERE {q(TXID_COL)} = ?", (t,))
+
+        self._commit_tx(body, None)

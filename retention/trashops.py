@@ -1,0 +1,339 @@
+"""Undo and purge: the trash side of the protocol, each its own journaled transaction.
+
+Undo (txid ``u-...``) is apply in reverse: intents first, directories renamed back from
+trash with a no-replace rename, then ONE catalog transaction re-inserts the rows and
+records the undo txid (the decision). Recovery: catalog has the undo txid -> restored
+runs end at home, others in trash; no txid -> every directory back in trash.
+
+Purge (txid ``p-...``) only goes forward: ONE catalog transaction marks the target applies
+``purging`` and records the purge txid (the decision; undo refuses from then on), then the
+trash directories are removed (a missing file is fine), then they are marked ``purged``.
+Recovery: catalog has the purge txid -> finish removing and marking; no txid -> nothing
+happened, abort.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from journal import TxState, TxStatus, fsio
+from retention import txrecords
+from retention.coordinator import (
+    MOVE_BATCH,
+    Recovered,
+    _moves_of,
+    _problems_error,
+    new_txid,
+    reconcile,
+)
+from retention.durations import format_instant, parse_instant
+from retention.errors import StorageError, UndoRefused
+from retention.failpoints import failpoint
+from retention.layout import trash_tx_rel
+from retention.txrecords import Begin, Move, Moves
+from retention.workspace import Workspace
+
+# -- purge ---------------------------------------------------------------------------------
+
+
+def expired_applies(ws: Workspace, now: datetime, *, everything: bool = False) -> list[str]:
+    """Apply txids whose trash may be purged: grace period over (or ``everything``)."""
+    out = []
+    for row in ws.catalog.applies():
+        if row["state"] not in ("applied", "purging"):
+            continue
+        until = row["grace_until"]
+        if everything or until is None or parse_instant(until) <= now:
+            out.append(row["txid"])
+    return out
+
+
+def purge_expired(ws: Workspace, now: datetime, *, everything: bool = False) -> list[str]:
+    """Purge every apply whose grace period is over; returns the purged apply txids."""
+    targets = expired_applies(ws, now, everything=everything)
+    if not targets:
+        return []
+    ptxid = new_txid("purge", now)
+    begin = Begin(
+        op="purge",
+        catalog_id=ws.catalog.stored_lineage() or "",
+        artifact_root=str(ws.store.root),
+        created_at=format_instant(now),
+        targets=targets,
+    )
+    ws.journal.begin(ptxid, txrecords.encode(begin))
+    failpoint("purge.after_begin")
+    ws.catalog.mark_purging(
+        ptxid, targets, format_instant(now), before_commit=lambda: failpoint("purge.before_commit")
+    )
+    failpoint("purge.after_mark")
+    ws.journal.commit(ptxid)
+    _finish_purge(ws, ptxid, targets, now)
+    return targets
+
+
+def _rmtree(path: bytes) -> None:
+    """Remove a trash directory; a missing file is fine; never follows symlinks; a directory
+    we may not write into is made writable by its owner first (as ``rm -rf`` cannot)."""
+
+    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, PermissionError):
+            parent = os.path.dirname(p)
+            st = os.lstat(parent)
+            os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | stat.S_IRWXU)
+                shutil.rmtree(p, onerror=onerror)
+            else:
+                func(p)
+            return
+        raise exc
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=onerror)
+
+
+def _finish_purge(ws: Workspace, ptxid: str, targets: list[str], now: datetime) -> None:
+    for t in targets:
+        path = ws.store.abspath(trash_tx_rel(t))
+        try:
+            _rmtree(path)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot remove trash {os.fsdecode(path)}: {exc.strerror or exc}",
+                hint="fix its permissions; `retention recover` finishes the purge",
+            ) from None
+        failpoint("purge.after_remove")
+    trash_root = os.path.dirname(ws.store.abspath(trash_tx_rel("x")))
+    if os.path.isdir(trash_root):
+        fsio.fsync_dir(trash_root)
+    ws.catalog.mark_purged(targets, format_instant(now))
+    failpoint("purge.before_done")
+    ws.journal.done(ptxid)
+
+
+def _recover_purge(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
+    if tx.status is TxStatus.ACTIVE:
+        committed = ws.catalog.tx_row(tx.txid) is not None
+        failpoint("recover.before_decision")
+        (ws.journal.commit if committed else ws.journal.abort)(tx.txid)
+    else:
+        committed = tx.status is TxStatus.COMMITTED
+    if committed:
+        _finish_purge(ws, tx.txid, begin.targets, now)
+    else:
+        failpoint("recover.before_done")
+        ws.journal.done(tx.txid)
+    return Recovered(tx.txid, "purge", "rolled forward" if committed else "rolled back", 0)
+
+
+# -- undo ----------------------------------------------------------------------------------
+
+
+class Conflict(msgspec.Struct):
+    run_id: str | int
+    reason: str
+
+
+class UndoResult(msgspec.Struct, kw_only=True):
+    txid: str  # the undo's own txid
+    target: str  # the apply it undid
+    restored: list[str | int]
+    conflicts: list[Conflict]
+
+
+def undo_targets(
+    ws: Workspace, now: datetime, *, txid: str | None, within: timedelta | None
+) -> list[str]:
+    """The apply txids to undo, newest first; refuses purged, purging or unknown ones."""
+    rows = ws.catalog.applies()
+    if txid is not None:
+        match = [r for r in rows if r["txid"] == txid]
+        if not match:
+            raise UndoRefused(f"no committed apply with txid {txid}", hint="see `retention status`")
+        r = match[0]
+        if r["state"] in ("purging", "purged"):
+            what = "purged" if r["state"] == "purged" else "being purged"
+            raise UndoRefused(
+                f"cannot undo {txid}: its trash was {what} (grace period ended {r['grace_until']})"
+            )
+        if r["state"] == "undone":
+            raise UndoRefused(f"{txid} was already undone")
+        return [txid]
+    assert within is not None
+    since = now - within
+    chosen = [r for r in rows if parse_instant(r["created_at"]) >= since]
+    live = [r["txid"] for r in chosen if r["state"] == "applied"]
+    if not live:
+        gone = [r for r in chosen if r["state"] in ("purging", "purged")]
+        if gone:
+            raise UndoRefused(
+                f"nothing to undo: {len(gone)} apply(s) in that window were already purged"
+            )
+    return live
+
+
+def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
+    """Undo one apply: restore every run it deleted, except conflicts (left in trash)."""
+    cat, store = ws.catalog, ws.store
+    runs = {rid: r for rid, r in cat.tomb_runs(target).items() if r["state"] == "trash"}
+    conflicts: dict[str | int, str] = dict(cat.undo_conflicts(target, list(runs)))
+    moves: list[Move] = []
+    for rid, r in runs.items():
+        if rid in conflicts or r["path"] is None:
+            continue
+        home, trash = bytes(r["path"]), r["trash"]
+        if trash is None:  # the directory was already missing when applied
+            if store.lexists(home):
+                conflicts[rid] = f"path {os.fsdecode(home)} exists again"
+            continue
+        trash = bytes(trash)
+        if store.lexists(home):
+            conflicts[rid] = f"path {os.fsdecode(home)} exists again"
+        elif not store.lexists(trash):
+            conflicts[rid] = f"its directory is missing from trash ({os.fsdecode(trash)})"
+        else:
+            moves.append(Move(rid, home, trash))
+    restore = [rid for rid in runs if rid not in conflicts]
+    utxid = new_txid("undo", now)
+    if restore:
+        begin = Begin(
+            op="undo",
+            catalog_id=cat.stored_lineage() or "",
+            artifact_root=str(store.root),
+            created_at=format_instant(now),
+            targets=[target],
+            moves=len(moves),
+        )
+        j = ws.journal
+        j.begin(utxid, txrecords.encode(begin))
+        for i in range(0, len(moves), 5000):
+            chunk = Moves(txrecords.RECORD_VERSION, moves[i : i + 5000])
+            j.append(utxid, txrecords.KIND_MOVES, txrecords.encode(chunk), sync=False)
+        j.sync()
+        failpoint("undo.after_begin")
+        failed: set[str | int] = set()
+        pending = 0
+        for m in moves:
+            try:
+                store.move(m.trash, m.home)
+            except OSError as exc:
+                failed.add(m.run_id)
+                conflicts[m.run_id] = f"cannot move it home: {exc.strerror or exc}"
+                continue
+            failpoint("undo.after_rename")
+            pending += 1
+            if pending >= MOVE_BATCH:
+                store.sync()
+                pending = 0
+        store.sync()
+        failpoint("undo.after_move_batch")
+        restore = [rid for rid in restore if rid not in failed]
+        try:
+            cat.commit_restore(
+                utxid,
+                target,
+                restore,
+                format_instant(now),
+                before_commit=lambda: failpoint("undo.before_commit"),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                tx = j.transactions()[utxid]
+                _recover_undo(ws, tx, begin, now)
+            raise
+        failpoint("undo.after_commit")
+        restored = cat.restored_by(utxid)
+        _, problems = reconcile(store, moves, lambda r: r not in restored)
+        if problems:
+            raise _problems_error(utxid, problems)
+        j.commit(utxid)
+        failpoint("undo.before_done")
+        j.done(utxid)
+    return UndoResult(
+        txid=utxid,
+        target=target,
+        restored=restore,
+        conflicts=[Conflict(k, v) for k, v in conflicts.items()],
+    )
+
+
+def _recover_undo(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
+    if tx.status is TxStatus.ACTIVE:
+        committed = ws.catalog.tx_row(tx.txid) is not None
+    else:
+        committed = tx.status is TxStatus.COMMITTED
+    restored = ws.catalog.restored_by(tx.txid) if committed else set()
+    failpoint("recover.before_decision")
+    if tx.status is TxStatus.ACTIVE:
+        (ws.journal.commit if committed else ws.journal.abort)(tx.txid)
+    moved, problems = reconcile(ws.store, _moves_of(tx), lambda r: r not in restored)
+    if problems:
+        raise _problems_error(tx.txid, problems)
+    failpoint("recover.before_done")
+    ws.journal.done(tx.txid)
+    return Recovered(tx.txid, "undo", "rolled forward" if committed else "rolled back", moved)
+
+
+def recover(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
+    """Recovery for undo and purge transactions (apply's is in `retention.coordinator`)."""
+    if begin.op == "undo":
+        return _recover_undo(ws, tx, begin, now)
+    if begin.op == "purge":
+        return _recover_purge(ws, tx, begin, now)
+    raise StorageError(f"journal holds a transaction of unknown kind {begin.op!r}")
+
+
+class UndoReport(msgspec.Struct, kw_only=True):
+    version: int = 1
+    undone: list[UndoResult]
+    recovered: list[Recovered]
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if any(u.conflicts for u in self.undone) else 0
+
+
+class PurgeReport(msgspec.Struct, kw_only=True):
+    version: int = 1
+    purged: list[str]
+    recovered: list[Recovered]
+
+
+def undo(
+    cfg, *, txid: str | None, within: timedelta | None, now: datetime | None = None
+) -> UndoReport:  # type: ignore[no-untyped-def]
+    """`retention undo`: bring back the runs of one apply (TXID) or of every apply younger
+    than ``within`` (newest first). Conflicts stay in trash and are reported."""
+    from retention.coordinator import recover_all
+    from retention.workspace import open_workspace
+
+    now = now or datetime.now(UTC)
+    with open_workspace(cfg) as ws:
+        recovered = recover_all(ws, now)
+        targets = undo_targets(ws, now, txid=txid, within=within)
+        results = [undo_one(ws, t, now) for t in targets]
+        ws.journal.reset_if_idle()
+    return UndoReport(undone=results, recovered=recovered)
+
+
+def purge(cfg, *, everything: bool, now: datetime | None = None) -> PurgeReport:  # type: ignore[no-untyped-def]
+    """`retention purge`: remove trash whose grace period is over (or all of it)."""
+    from retention.coordinator import recover_all
+    from retention.workspace import open_workspace
+
+    now = now or datetime.now(UTC)
+    with open_workspace(cfg) as ws:
+        recovered = recover_all(ws, now)
+        purged = purge_expired(ws, now, everything=everything)
+        ws.journal.reset_if_idle()
+    return PurgeReport(purged=purged, recovered=recovered)

@@ -1,0 +1,112 @@
+"""A workspace opened for a mutating command: lock, journal, catalog, artifact store.
+
+Opening takes the workspace lock first (`filelock.FileLock`, which the kernel releases if
+the process dies), so two processes never apply, undo, purge or recover at once: the
+second one fails at once with `LockedError` naming the holder, never waits forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import filelock
+
+from journal import CorruptJournal, Journal, JournalError, fsio
+from retention.config import Config
+from retention.errors import LockedError, RecoveryError, StorageError
+from retention.layout import StateLayout
+from retention.store import LocalTrashStore
+from retention.tombstones import TrashCatalog
+
+
+@dataclass
+class Workspace:
+    cfg: Config
+    state: StateLayout
+    journal: Journal
+    catalog: TrashCatalog
+    store: LocalTrashStore
+
+
+def _holder(state: StateLayout) -> str:
+    try:
+        info = json.loads(state.lock_owner.read_text())
+        return f" (pid {info['pid']} on {info['host']}, `{info['command']}`, since {info['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+@contextlib.contextmanager
+def workspace_lock(state: StateLayout) -> Iterator[None]:
+    """Hold the workspace lock; raise `LockedError` at once if another process has it."""
+    try:
+        fsio.ensure_dir(state.root)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the state directory {state.root}: {exc.strerror or exc}"
+        ) from None
+    lock = filelock.FileLock(str(state.lock), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise LockedError(
+            f"another retention process holds the workspace lock {state.lock}{_holder(state)}",
+            hint="wait for it to finish; the lock is released automatically if it dies",
+        ) from None
+    except OSError as exc:
+        raise StorageError(f"cannot take the lock {state.lock}: {exc.strerror or exc}") from None
+    try:
+        with contextlib.suppress(OSError):
+            state.lock_owner.write_text(
+                json.dumps(
+                    {
+                        "pid": os.getpid(),
+                        "host": socket.gethostname(),
+                        "command": " ".join(["retention", *sys.argv[1:]])[:200],
+                        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+                    }
+                )
+            )
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            state.lock_owner.unlink()
+        lock.release()
+
+
+def open_journal(state: StateLayout) -> Journal:
+    try:
+        return Journal.open(state.journal)
+    except CorruptJournal as exc:
+        raise RecoveryError(
+            f"the journal is corrupt: {exc}",
+            hint="nothing was changed; keep a copy of the file and inspect it with"
+            " `retention status`; do not delete it while trash holds moved directories",
+        ) from None
+    except JournalError as exc:
+        raise RecoveryError(f"cannot use the journal {state.journal}: {exc}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot open the journal {state.journal}: {exc}") from None
+
+
+@contextlib.contextmanager
+def open_workspace(cfg: Config) -> Iterator[Workspace]:
+    """Lock, open the journal, the catalog (read-write) and the store; close in reverse."""
+    state = StateLayout(Path(cfg.state_dir))
+    with workspace_lock(state):
+        journal = open_journal(state)
+        try:
+            with TrashCatalog(cfg) as catalog:
+                yield Workspace(
+                    cfg, state, journal, catalog, LocalTrashStore(Path(cfg.artifact_root))
+                )
+        finally:
+            journal.close()
