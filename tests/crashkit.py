@@ -1,0 +1,174 @@
+"""Tools for crash tests: build a workspace, snapshot it, run the real executable armed
+with a failpoint, and check the invariants of DESIGN.md after recovery."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from journal.failpoints import FAILPOINT_EXIT_CODE
+from retention import sample
+from retention.config import load_config
+from retention.planner import build_plan
+
+from .conftest import NOW
+
+EXE = str(Path(sys.executable).parent / "retention")
+BASE_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("RETENTION_", "FAILPOINT"))}
+BASE_ENV["RETENTION_MANIFEST_TTL"] = "3650d"
+
+
+def build(root: Path, runs: int = 8, *, wal: bool = False) -> Path:
+    """A scenario-1 workspace with a symlink (to outside the root) and an odd mode inside one
+    run, so that trees are compared with modes and links."""
+    sample.build(root, runs=runs, now=NOW)
+    if wal:
+        c = sqlite3.connect(root / "data/catalog.db")
+        assert c.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+        c.close()
+    first = sorted((root / "data/backtests").iterdir())[0]
+    (first / "link-out").symlink_to("/etc/hostname")
+    os.chmod(first / "params.json", 0o600)
+    return root
+
+
+def plan(root: Path, keep_last: int = 2) -> Path:
+    """Write a manifest (in-process, fast) that deletes all but the newest ``keep_last``."""
+    cfg = load_config(
+        None, env={"RETENTION_MANIFEST_TTL": "3650d"}, overrides={"keep_last": keep_last}
+    )
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cfg = load_config(
+            None, env={"RETENTION_MANIFEST_TTL": "3650d"}, overrides={"keep_last": keep_last}
+        )
+        result = build_plan(cfg, NOW)
+    finally:
+        os.chdir(cwd)
+    path = root / "manifest.json"
+    path.write_bytes(result.manifest)
+    return path
+
+
+def run(root: Path, *args: str, failpoint: str | None = None, log: Path | None = None):
+    env = dict(BASE_ENV)
+    if failpoint:
+        env["FAILPOINT"] = failpoint
+    if log:
+        env["FAILPOINT_LOG"] = str(log)
+    return subprocess.run([EXE, *args], cwd=root, env=env, capture_output=True, timeout=60)
+
+
+def hits(log: Path) -> list[str]:
+    """Every (name@n) a logged run passed through, in order."""
+    seen: Counter[str] = Counter()
+    out = []
+    for name in log.read_text().split():
+        seen[name] += 1
+        out.append(f"{name}@{seen[name]}")
+    return out
+
+
+def tree(path: Path) -> str:
+    """Content hash of a tree: names, types, modes, file bytes, link targets."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        dirnames.sort()
+        rel = os.path.relpath(dirpath, path)
+        h.update(f"D {rel} {os.lstat(dirpath).st_mode:o}\n".encode())
+        for name in sorted(
+            filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]
+        ):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if os.path.islink(p):
+                h.update(f"L {rel}/{name} {os.readlink(p)}\n".encode())
+            else:
+                h.update(f"F {rel}/{name} {st.st_mode:o} ".encode())
+                h.update(hashlib.sha256(Path(p).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def dump(root: Path) -> dict[str, dict]:
+    """Every row of the involved tables, by run id: (runs row, sorted metric rows)."""
+    c = sqlite3.connect(root / "data/catalog.db")
+    out: dict[str, dict] = {}
+    for row in c.execute("SELECT rowid, * FROM runs"):
+        out.setdefault(row[1], {})["run"] = row
+    for row in c.execute("SELECT rowid, * FROM run_metrics ORDER BY rowid"):
+        out.setdefault(row[2], {}).setdefault("metrics", []).append(row)
+    c.close()
+    return out
+
+
+def snapshot(root: Path) -> dict:
+    arts = root / "data/backtests"
+    return {
+        "rows": dump(root),
+        "trees": {d.name: tree(d) for d in arts.iterdir() if d.name != ".trash"},
+    }
+
+
+def check_invariants(root: Path, before: dict, *, allow_purged: bool = False) -> dict[str, str]:
+    """DESIGN.md's invariants after recovery; returns each run's state (home/trash/purged)."""
+    c = sqlite3.connect(root / "data/catalog.db")
+    assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert c.execute("PRAGMA foreign_key_check").fetchall() == []
+    has_tomb = c.execute("SELECT 1 FROM sqlite_master WHERE name = '_retention_runs'").fetchone()
+    tomb = {}
+    if has_tomb:
+        for rid, txid, trash, state in c.execute(
+            "SELECT r.run_id, r.txid, r.trash, r.state FROM _retention_runs r"
+            " JOIN _retention_tx t ON t.txid = r.txid WHERE r.state != 'restored'"
+        ):
+            tomb[rid] = (txid, trash, state)
+    c.close()
+    rows = dump(root)
+    arts = root / "data/backtests"
+    states = {}
+    for rid, orig in before["rows"].items():
+        home = arts / rid
+        if rid in rows:
+            assert rows[rid] == orig, f"{rid}: rows differ from the original"
+            assert home.is_dir(), f"{rid}: rows present but directory not at home"
+            assert tree(home) == before["trees"][rid], f"{rid}: tree changed"
+            assert rid not in tomb, f"{rid}: present but tombstoned"
+            states[rid] = "home"
+        else:
+            assert rid in tomb, f"{rid}: rows gone without a tombstone (orphan)"
+            assert not os.path.lexists(home), f"{rid}: rows gone but directory still at home"
+            txid, trash, state = tomb[rid]
+            slot = arts / os.fsdecode(trash)
+            if state == "trash":
+                assert slot.is_dir(), f"{rid}: deleted but not in trash"
+                assert tree(slot) == before["trees"][rid], f"{rid}: tree in trash differs"
+                states[rid] = "trash"
+            else:
+                assert allow_purged and state == "purged", f"{rid}: unexpected state {state}"
+                assert not os.path.lexists(slot), f"{rid}: purged but still in trash"
+                states[rid] = "purged"
+    # Nothing in trash that the catalog does not know (no orphan directories).
+    trash_root = arts / ".trash"
+    known = {os.fsdecode(t[1]) for t in tomb.values() if t[1] is not None and t[2] == "trash"}
+    if trash_root.exists():
+        for txdir in trash_root.iterdir():
+            for entry in txdir.iterdir():
+                if entry.name == "TRASH.json":
+                    continue
+                rel = f".trash/{txdir.name}/{entry.name}"
+                assert rel in known, f"orphan in trash: {rel}"
+    # The journal has nothing unfinished.
+    st = run(root, "status", "--json")
+    assert st.returncode == 0, st.stderr
+    assert b'"interrupted":[]' in st.stdout, st.stdout
+    return states
+
+
+def crashed(proc: subprocess.CompletedProcess) -> bool:
+    return proc.returncode == FAILPOINT_EXIT_CODE

@@ -1,0 +1,149 @@
+"""Crash safety of apply and recover: crash at every failpoint apply passes through (the
+list comes from the code itself, via FAILPOINT_LOG), recover, then DESIGN.md's invariants.
+Also SIGKILL at random moments, and recover killed inside itself."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from . import crashkit as ck
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ck.build(tmp_path_factory.mktemp("template") / "ws", runs=8)
+
+
+def fresh(template: Path, dst: Path) -> Path:
+    shutil.copytree(template, dst, symlinks=True)
+    return dst
+
+
+def apply_points(template: Path, tmp: Path) -> list[str]:
+    ws = fresh(template, tmp / "enumerate")
+    m = ck.plan(ws)
+    log = tmp / "apply.log"
+    # Backdate nothing: the purge path is exercised by its own sweep in test_trash.py.
+    p = ck.run(ws, "apply", str(m), log=log)
+    assert p.returncode == 0, p.stderr
+    return ck.hits(log)
+
+
+def test_apply_passes_through_every_apply_failpoint(template: Path, tmp_path: Path) -> None:
+    names = {h.split("@")[0] for h in apply_points(template, tmp_path)}
+    expected = {
+        "apply.after_begin",
+        "apply.after_trash_index",
+        "apply.after_rename",
+        "apply.after_move_batch",
+        "apply.before_commit",
+        "apply.after_commit",
+        "apply.after_journal_commit",
+        "apply.before_done",
+        "journal.append.before_fsync",
+    }
+    assert expected <= names
+
+
+@pytest.mark.slow
+def test_crash_at_every_apply_failpoint_then_recover_keeps_invariants(
+    template: Path, tmp_path: Path
+) -> None:
+    points = apply_points(template, tmp_path)
+    assert len(points) >= 20
+    before = ck.snapshot(template)
+    outcomes = {}
+    for n, point in enumerate(points):
+        ws = fresh(template, tmp_path / f"ws{n}")
+        m = ck.plan(ws)
+        p = ck.run(ws, "apply", str(m), failpoint=point)
+        assert ck.crashed(p), (point, p.returncode, p.stderr)
+        r = ck.run(ws, "recover")
+        assert r.returncode == 0, (point, r.stderr)
+        states = ck.check_invariants(ws, before)
+        # All-or-nothing per transaction: every candidate is home, or every one is in trash.
+        deleted = {k for k, v in states.items() if v == "trash"}
+        assert len(deleted) in (0, 6), (point, states)
+        outcomes[point] = len(deleted)
+        snap = (ck.dump(ws), sorted(str(p) for p in (ws / "data/backtests").rglob("*")))
+        again = ck.run(ws, "recover")
+        assert again.returncode == 0 and b"Nothing to recover" in again.stderr
+        assert snap == (ck.dump(ws), sorted(str(p) for p in (ws / "data/backtests").rglob("*")))
+        shutil.rmtree(ws)
+    # Crashes before the catalog commit roll back; after it, roll forward.
+    assert outcomes["apply.before_commit@1"] == 0
+    assert outcomes["apply.after_commit@1"] == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("crash", ["apply.after_rename@3", "apply.after_commit@1"])
+def test_crash_inside_recover_then_recover_again_converges(
+    template: Path, tmp_path: Path, crash: str
+) -> None:
+    before = ck.snapshot(template)
+    probe = fresh(template, tmp_path / "probe")
+    assert ck.crashed(ck.run(probe, "apply", str(ck.plan(probe)), failpoint=crash))
+    log = tmp_path / "recover.log"
+    assert ck.run(probe, "recover", log=log).returncode == 0
+    points = ck.hits(log)
+    # Rolling back after the third rename moves three directories home; rolling forward
+    # after the commit has nothing left to move but still records and finishes.
+    renames = sum(p.startswith("reconcile.after_rename") for p in points)
+    assert renames == (3 if "after_rename" in crash else 0)
+    assert any(p.startswith("recover.before_done") for p in points)
+    for n, point in enumerate(points):
+        ws = fresh(template, tmp_path / f"ws{n}")
+        assert ck.crashed(ck.run(ws, "apply", str(ck.plan(ws)), failpoint=crash))
+        assert ck.crashed(ck.run(ws, "recover", failpoint=point)), point
+        r = ck.run(ws, "recover")
+        assert r.returncode == 0, (point, r.stderr)
+        ck.check_invariants(ws, before)
+        shutil.rmtree(ws)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_during_apply(tmp_path: Path) -> None:
+    template = ck.build(tmp_path / "template", runs=120)
+    before = ck.snapshot(template)
+    rng = random.Random(1234)
+    results = []
+    for n in range(8):
+        ws = fresh(template, tmp_path / f"ws{n}")
+        m = ck.plan(ws, keep_last=10)
+        proc = subprocess.Popen(
+            [ck.EXE, "apply", str(m)],
+            cwd=ws,
+            env=ck.BASE_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.15, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        r = ck.run(ws, "recover")
+        assert r.returncode == 0, r.stderr
+        states = ck.check_invariants(ws, before)
+        results.append(sum(v == "trash" for v in states.values()))
+        shutil.rmtree(ws)
+    assert set(results) <= {0, 110}
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback-journal", "wal"])
+def test_apply_then_invariants_in_both_journal_modes(tmp_path: Path, wal: bool) -> None:
+    ws = ck.build(tmp_path / "ws", runs=8, wal=wal)
+    before = ck.snapshot(ws)
+    p = ck.run(ws, "apply", str(ck.plan(ws)))
+    assert p.returncode == 0, p.stderr
+    states = ck.check_invariants(ws, before)
+    assert sorted(states.values()).count("trash") == 6
+    import sqlite3
+
+    mode = sqlite3.connect(ws / "data/catalog.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == ("wal" if wal else "delete")
