@@ -1,0 +1,149 @@
+"""apply and recover, in-process and through the CLI: reports, drift, re-apply, lock,
+journal corruption, and the fsync budget (per batch, not per run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import filelock
+
+from journal import fsio
+from retention.config import load_config
+from retention.coordinator import apply_manifest
+
+from . import crashkit as ck
+from .conftest import invoke
+
+
+def applied(ws: Path, manifest: Path):  # type: ignore[no-untyped-def]
+    os.chdir(ws)
+    return apply_manifest(load_config(None, env={}), str(manifest))
+
+
+def test_apply_deletes_exactly_the_manifest_and_reports_json(workspace: Path) -> None:
+    before = ck.snapshot(workspace)
+    m = ck.plan(workspace, keep_last=30)
+    result = invoke("apply", str(m))
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["deleted_runs"] == 10 and report["skipped"] == []
+    assert report["txid"].startswith("a-")
+    assert report["bytes_moved"] == sum(
+        e["bytes"] for e in json.loads(m.read_text())["payload"]["entries"]
+    )
+    assert "10 runs deleted" in result.stderr and "retention undo a-" in result.stderr
+    states = ck.check_invariants(workspace, before)
+    assert sorted(states.values()).count("trash") == 10
+
+
+def test_reapplying_the_same_manifest_deletes_nothing_and_says_so(workspace: Path) -> None:
+    m = ck.plan(workspace, keep_last=30)
+    first = json.loads(invoke("apply", str(m)).stdout)
+    result = invoke("apply", str(m))
+    assert result.exit_code == 0
+    report = json.loads(result.stdout)
+    assert report["deleted_runs"] == 0 and report["already_applied_by"] == [first["txid"]]
+    assert "already applied" in result.stderr
+
+
+def test_run_changed_after_planning_is_skipped_and_reported(workspace: Path) -> None:
+    before = ck.snapshot(workspace)
+    m = ck.plan(workspace, keep_last=30)
+    entries = json.loads(m.read_text())["payload"]["entries"]
+    rows_changed, dir_changed, gone = (e["run_id"] for e in entries[:3])
+    c = sqlite3.connect(workspace / "data/catalog.db")
+    c.execute("UPDATE run_metrics SET value = 42 WHERE run_id = ?", (rows_changed,))
+    c.execute("DELETE FROM run_metrics WHERE run_id = ?", (gone,))
+    c.execute("DELETE FROM runs WHERE run_id = ?", (gone,))
+    c.commit()
+    c.close()
+    (workspace / "data/backtests" / dir_changed / "new-file").write_text("late result")
+    result = invoke("apply", str(m))
+    assert result.exit_code == 3, result.stderr
+    report = json.loads(result.stdout)
+    reasons = {s["run_id"]: s["reason"] for s in report["skipped"]}
+    assert reasons[rows_changed] == "catalog rows changed since the plan"
+    assert reasons[dir_changed].startswith("artifact directory changed since the plan")
+    assert reasons[gone] == "no longer in the catalog"
+    assert report["deleted_runs"] == 7
+    # The changed runs are whole: rows and directory at home.
+    assert (workspace / "data/backtests" / rows_changed).is_dir()
+    assert (workspace / "data/backtests" / dir_changed / "new-file").exists()
+    c = sqlite3.connect(workspace / "data/catalog.db")
+    assert c.execute("SELECT count(*) FROM runs WHERE run_id = ?", (rows_changed,)).fetchone()[0]
+    c.close()
+    del before
+
+
+def test_tampered_manifest_changes_nothing(workspace: Path) -> None:
+    before = ck.snapshot(workspace)
+    m = ck.plan(workspace, keep_last=30)
+    m.write_bytes(m.read_bytes().replace(b'"bytes": ', b'"bytes": 1', 1))
+    result = invoke("apply", str(m))
+    assert result.exit_code == 5
+    assert result.stderr.startswith("Error: manifest signature does not match")
+    assert ck.snapshot(workspace) == before
+    assert not (workspace / "data/backtests/.trash").exists()
+
+
+def test_second_apply_fails_at_once_naming_the_holder(workspace: Path) -> None:
+    m = ck.plan(workspace, keep_last=30)
+    state = workspace / ".retention"
+    lock = filelock.FileLock(str(state / "lock"), timeout=0)
+    with lock:
+        (state / "lock.owner").write_text(
+            json.dumps({"pid": 4242, "host": "h", "command": "retention apply x", "since": "t"})
+        )
+        p = ck.run(workspace, "apply", str(m))
+    assert p.returncode == 6
+    line = p.stderr.decode().splitlines()[0]
+    assert line.startswith("Error: another retention process holds the workspace lock")
+    assert "pid 4242" in line
+    assert b"Traceback" not in p.stderr
+
+
+def test_corrupt_journal_record_stops_with_a_clear_error(workspace: Path) -> None:
+    m = ck.plan(workspace, keep_last=30)
+    p = ck.run(workspace, "apply", str(m), failpoint="apply.after_rename@2")
+    assert ck.crashed(p)
+    wal = workspace / ".retention/journal.wal"
+    data = bytearray(wal.read_bytes())
+    data[20] ^= 0xFF  # inside the first record, good records follow
+    wal.write_bytes(bytes(data))
+    r = ck.run(workspace, "recover")
+    assert r.returncode == 7
+    assert r.stderr.decode().startswith("Error: the journal is corrupt")
+    assert str(wal) in r.stderr.decode()
+
+
+def test_torn_journal_tail_is_truncated_and_recovery_proceeds(workspace: Path) -> None:
+    before = ck.snapshot(workspace)
+    m = ck.plan(workspace, keep_last=30)
+    assert ck.crashed(ck.run(workspace, "apply", str(m), failpoint="apply.after_rename@2"))
+    wal = workspace / ".retention/journal.wal"
+    with open(wal, "ab") as f:
+        f.write(b"\x00\x00\x01\x00partial")
+    r = ck.run(workspace, "recover")
+    assert r.returncode == 0, r.stderr
+    ck.check_invariants(workspace, before)
+
+
+def test_fsyncs_grow_with_batches_not_runs(tmp_path: Path) -> None:
+    """40 runs and 400 runs are one batch each (1000 moves a batch): the same fsyncs."""
+    counts = {}
+    cwd = os.getcwd()
+    for runs in (40, 400):
+        ws = ck.build(tmp_path / f"ws{runs}", runs=runs + 2)
+        m = ck.plan(ws, keep_last=2)
+        fsio.stats.clear()
+        try:
+            rep = applied(ws, m)
+        finally:
+            os.chdir(cwd)
+        assert rep.deleted_runs == runs
+        counts[runs] = dict(fsio.stats)
+    assert counts[40] == counts[400], counts
+    assert counts[40]["fsync_file"] + counts[40]["fsync_dir"] < 40, counts
