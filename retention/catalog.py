@@ -169,6 +169,10 @@ class SqliteCatalog:
         frontier: list[tuple[str, tuple[Hop, ...]]] = [(cfg.runs_table, ())]
         fks = {t: self.db.table(t).foreign_keys for t in tables if not _ours(t)}
         extra = list(cfg.child_tables)
+        if cfg.sources.get("child_tables") == "default":
+            # The built-in default names scenario 1's run_metrics; another schema without it
+            # should not have to say child_tables = [] to be usable.
+            extra = [ct for ct in extra if ct.table in tables]
         for ct in extra:
             if ct.table not in tables:
                 raise CatalogError(

@@ -262,6 +262,11 @@ def load_config(
         else:
             raw, src, rel = s.default, "default", base
         where = f"{s.key} (from {src})"
+        if src == "flag" and isinstance(raw, str) and not raw.strip():
+            # An empty environment variable means "not set"; an empty flag was typed on
+            # purpose (often `--max-age "$AGE"` with AGE unset). Ignoring it would quietly
+            # fall back to the default rule, which may delete far more than intended.
+            raise ConfigError(f"{where}: the value is empty")
         value = raw if src == "default" else s.parse(raw, where)
         if s.is_path and value is not None:
             value = str(rel / os.path.expanduser(value))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlparse
 from retention import identity
 from retention.catalog import SqliteCatalog, template_fields
 from retention.config import Config
-from retention.durations import format_instant, parse_duration
+from retention.durations import format_instant, parse_duration, parse_instant
 from retention.errors import UsageError
 from retention.layout import StateLayout
 from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
@@ -29,6 +29,8 @@ from retention.manifest import with_id as manifest_with_id
 from retention.policy import PolicySpec, Verdict, evaluate
 from retention.reporting import Progress
 from retention.store import LocalStore, OutsideRoot, relative_artifact_path
+
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -176,7 +178,8 @@ def build_plan(
             )
         bar.close()
         tables = cat.schema.involved_tables()
-    entries.sort(key=lambda e: (e.time or "", str(e.run_id)))
+    # By instant, not by text: "…00.5Z" sorts before "…00Z" as a string.
+    entries.sort(key=lambda e: (parse_instant(e.time) if e.time else _NO_TIME, str(e.run_id)))
     payload = Payload(
         format=FORMAT,
         version=VERSION,

@@ -40,7 +40,10 @@ def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
     root itself or the trash."""
     raw = os.fsencode(value) if isinstance(value, str) else value
     if raw.startswith(b"file:"):
-        raw = os.fsencode(unquote(urlparse(os.fsdecode(raw)).path))
+        u = urlparse(os.fsdecode(raw))
+        if u.netloc not in ("", "localhost"):
+            raise OutsideRoot(f"{os.fsdecode(raw)} names another host ({u.netloc})")
+        raw = os.fsencode(unquote(u.path))
     root_b = os.fsencode(os.path.abspath(root))
     if raw.startswith(b"/"):
         norm = os.path.normpath(raw)

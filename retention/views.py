@@ -12,7 +12,7 @@ import msgspec
 from journal import fsio
 from retention.catalog import SqliteCatalog
 from retention.config import Config
-from retention.durations import format_bytes
+from retention.durations import format_bytes, parse_instant
 from retention.errors import StorageError
 from retention.layout import StateLayout
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
@@ -40,7 +40,9 @@ def plan_summary(result: PlanResult) -> list[str]:
     if n:
         dated = [e.time for e in p.entries if e.time]
         if dated:
-            lines.append(f"Oldest candidate {min(dated)}, newest {max(dated)}.")
+            oldest = min(dated, key=parse_instant)  # by instant: "…00.5Z" < "…00Z" as text
+            newest = max(dated, key=parse_instant)
+            lines.append(f"Oldest candidate {oldest}, newest {newest}.")
         missing = sum(1 for e in p.entries if e.path is not None and not e.exists)
         if missing:
             lines.append(f"{missing} candidate(s) have no artifact directory on disk.")
