@@ -479,15 +479,17 @@ def _apply_phase(
         info, lineage, runs, before_commit=lambda: failpoint("apply.before_commit")
     )
     failpoint("apply.after_commit")
-    deleted = ws.catalog.tomb_runs(txid)
-    _, problems = reconcile(store, pf.moves, lambda r: r in deleted)
+    # Moves whose run the catalog did not delete (changed since the plan) go back home. The
+    # rest are in trash already: no need to look at 100k directories again.
+    back = [m for m in pf.moves if m.run_id in dropped]
+    _, problems = reconcile(store, back, lambda r: False)
     if problems:
         raise _problems_error(txid, problems)
     j.commit(txid)
     failpoint("apply.after_journal_commit")
     for rid, why in dropped.items():
         skipped.append(SkippedEntry(rid, why, "plan again"))
-    ids = [r.run_id for r in runs if r.run_id in deleted]
+    ids = [r.run_id for r in runs if r.run_id not in dropped]
     return ids, sum(pf.bytes_by_run[r] for r in ids), skipped
 
 

@@ -74,8 +74,3 @@ def trash_slot_rel(txid: str, index: int, rel_path: bytes) -> bytes:
     """
     name = os.path.basename(rel_path.rstrip(b"/")) or b"run"
     return trash_tx_rel(txid) + b"/%06d-" % index + name[:200]
-
-
-def artifact_path(root: Path, rel_path: bytes) -> bytes:
-    """Absolute path (bytes) of an artifact directory given relative to the artifact root."""
-    return os.fsencode(root) + b"/" + rel_path

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from retention.layout import TRASH_DIRNAME, artifact_path
+from retention.layout import TRASH_DIRNAME
 
 
 class OutsideRoot(ValueError):
@@ -64,11 +64,12 @@ class LocalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.abspath(root))
+        self._root_b = os.fsencode(self.root)
         self._real_root = os.fsencode(os.path.realpath(self.root))
         self._parent_ok: dict[bytes, bool] = {}
 
     def abspath(self, rel: bytes) -> bytes:
-        return artifact_path(self.root, rel)
+        return self._root_b + b"/" + rel
 
     def check_contained(self, rel: bytes) -> None:
         """Raise `OutsideRoot` if a symlinked parent of ``rel`` leads out of the root.
@@ -145,6 +146,7 @@ class LocalTrashStore(LocalStore):
         super().__init__(root)
         self._dirty: set[bytes] = set()
         self._trash_dev: int | None = None
+        self._parent_dev: dict[bytes, int] = {}
 
     def lexists(self, rel: bytes) -> bool:
         return os.path.lexists(self.abspath(rel))
@@ -154,7 +156,12 @@ class LocalTrashStore(LocalStore):
         if self._trash_dev is None:
             trash = self.abspath(os.fsencode(TRASH_DIRNAME))
             self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
-        return os.lstat(os.path.dirname(self.abspath(rel))).st_dev == self._trash_dev
+        parent = os.path.dirname(self.abspath(rel))
+        dev = self._parent_dev.get(parent)
+        if dev is None:
+            dev = self._parent_dev[parent] = os.lstat(parent).st_dev
+        # A directory that is itself a mount point has its own device: check it too.
+        return dev == self._trash_dev and os.lstat(self.abspath(rel)).st_dev == dev
 
     def ensure_dir(self, rel: bytes) -> None:
         from journal import fsio

@@ -1,5 +1,5 @@
 # Sourced by scripts/demo, scripts/test and scripts/bench: make .venv if it is missing and
-# install the project into it (with the extras named in $1, if any). Needs only Python 3.11+.
+# install the project into it (with the extras named in $VENV_EXTRAS, if any). Needs only Python 3.11+.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,7 +13,7 @@ if [ -z "$PY" ]; then
 fi
 if [ -z "$PY" ]; then echo "Error: Python 3.11 or newer is needed (set PYTHON=/path/to/python)" >&2; exit 2; fi
 if [ ! -x .venv/bin/python ]; then "$PY" -m venv .venv; fi
-extras="${1:-}"
+extras="${VENV_EXTRAS:-}"
 stamp=".venv/.installed${extras:+-$extras}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   spec="."
