@@ -46,8 +46,10 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(td: timedelta | float) -> str:
-    """Render a duration for people: ``3.4 s``, ``12 min``, ``5 h``, ``7 d``."""
+    """Render a duration for people: ``23 ms``, ``3.4 s``, ``12 min``, ``5 h``, ``7 d``."""
     secs = td.total_seconds() if isinstance(td, timedelta) else float(td)
+    if secs < 1:
+        return f"{secs * 1000:.0f} ms"
     if secs < 60:
         return f"{secs:.1f} s" if secs < 10 else f"{secs:.0f} s"
     if secs < 3600:
