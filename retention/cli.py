@@ -18,7 +18,7 @@ import msgspec
 from retention import __version__, views
 from retention.config import Config, load_config, render_config
 from retention.durations import parse_duration, parse_instant
-from retention.errors import EXIT_PARTIAL, RetentionError, UsageError
+from retention.errors import EXIT_PARTIAL, RetentionError, UsageError, from_environment
 
 
 class RetentionGroup(click.Group):
@@ -26,10 +26,19 @@ class RetentionGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RetentionError as exc:
-            click.echo(f"Error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"Hint: {exc.hint}", err=True)
-            ctx.exit(exc.exit_code)
+            _render(ctx, exc)
+        except Exception as exc:  # disk full, permission denied, fsync failed: not bugs
+            mapped = from_environment(exc)
+            if mapped is None:
+                raise
+            _render(ctx, mapped)
+
+
+def _render(ctx: click.Context, exc: RetentionError) -> None:
+    click.echo(f"Error: {exc.message}", err=True)
+    if exc.hint:
+        click.echo(f"Hint: {exc.hint}", err=True)
+    ctx.exit(exc.exit_code)
 
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:

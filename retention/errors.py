@@ -84,3 +84,40 @@ class UndoRefused(RetentionError):
 
 EXIT_OK = 0
 EXIT_PARTIAL = 3
+
+
+_ERRNO_TEXT = {
+    "ENOSPC": "disk full",
+    "EDQUOT": "disk quota exceeded",
+    "EACCES": "permission denied",
+    "EPERM": "operation not permitted",
+    "EROFS": "read-only filesystem",
+    "EIO": "input/output error",
+}
+
+
+def from_environment(exc: BaseException) -> RetentionError | None:
+    """Map an error the environment can cause (disk full, permission denied, an fsync that
+    failed, a journal that cannot be written) to a `RetentionError`; None for anything else,
+    which is a bug and keeps its traceback."""
+    import errno
+
+    from journal import FsyncError, JournalError
+
+    if isinstance(exc, FsyncError):
+        return RecoveryError(
+            f"fsync failed, the last step may not be durable: {exc}",
+            hint="fix the storage, then run `retention recover` (a failed fsync is never retried)",
+        )
+    if isinstance(exc, JournalError):
+        return RecoveryError(f"journal error: {exc}", hint="run `retention recover`")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, "")
+        if name in _ERRNO_TEXT:
+            where = f" ({exc.filename!s})" if exc.filename else ""
+            return StorageError(
+                f"{_ERRNO_TEXT[name]}{where}: {exc.strerror or exc}",
+                hint="fix it, then run the command again; an interrupted transaction is"
+                " finished or rolled back by `retention recover`",
+            )
+    return None

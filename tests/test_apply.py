@@ -3,12 +3,14 @@ journal corruption, and the fsync budget (per batch, not per run)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 from pathlib import Path
 
 import filelock
+import pytest
 
 from journal import fsio
 from retention.config import load_config
@@ -147,3 +149,65 @@ def test_fsyncs_grow_with_batches_not_runs(tmp_path: Path) -> None:
         counts[runs] = dict(fsio.stats)
     assert counts[40] == counts[400], counts
     assert counts[40]["fsync_file"] + counts[40]["fsync_dir"] < 40, counts
+
+
+def _mount_tmpfs(path: Path, size: str) -> bool:
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    return p.returncode == 0
+
+
+def _umount(path: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_artifact_on_another_filesystem_refuses_before_any_change(workspace: Path) -> None:
+    m0 = ck.plan(workspace, keep_last=30)
+    victim = json.loads(m0.read_text())["payload"]["entries"][3]["run_id"]
+    target = workspace / "data/backtests" / victim
+    saved = workspace / "saved"
+    os.rename(target, saved)
+    if not _mount_tmpfs(target, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs privileges)")
+    try:
+        for f in saved.iterdir():
+            if f.is_file():
+                (target / f.name).write_bytes(f.read_bytes())
+        before = ck.snapshot(workspace)
+        m = ck.plan(workspace, keep_last=30)
+        result = invoke("apply", str(m))
+        assert result.exit_code == 8
+        assert "is on another filesystem than the trash; nothing was changed" in result.stderr
+        assert ck.snapshot(workspace) == before
+    finally:
+        _umount(target)
+
+
+def test_disk_full_in_the_state_directory_is_one_clear_error(workspace: Path) -> None:
+    small = workspace.parent / (workspace.name + "-small")
+    if not _mount_tmpfs(small, "64k"):
+        pytest.skip("cannot mount a tmpfs here (needs privileges)")
+    try:
+        os.environ["RETENTION_STATE_DIR"] = str(small / "state")
+        m = workspace / "m.json"
+        assert invoke("plan", "--keep-last", "30", "-o", str(m)).exit_code == 0
+        before = ck.snapshot(workspace)
+        with open(small / "fill", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        result = invoke("apply", str(m))
+        assert result.exit_code == 8, result.stderr
+        assert result.stderr.startswith("Error: ") and "No space left" in result.stderr
+        assert "Traceback" not in result.stderr
+        assert ck.snapshot(workspace) == before
+        (small / "fill").unlink()
+        assert invoke("apply", str(m)).exit_code == 0
+    finally:
+        os.environ.pop("RETENTION_STATE_DIR", None)
+        _umount(small)
