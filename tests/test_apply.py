@@ -211,3 +211,50 @@ def test_disk_full_in_the_state_directory_is_one_clear_error(workspace: Path) ->
     finally:
         os.environ.pop("RETENTION_STATE_DIR", None)
         _umount(small)
+
+
+def test_directory_that_cannot_be_moved_keeps_its_rows_and_the_rest_proceed(
+    tmp_path: Path,
+) -> None:
+    """Artifacts under ``{strategy}/{run_id}``; one strategy's directory refuses renames
+    (read-only for a normal user, immutable for root): those runs are skipped with a hint,
+    their rows stay, the others are deleted."""
+    import stat
+    import subprocess
+
+    ws = ck.build(tmp_path / "ws", runs=12)
+    arts = ws / "data/backtests"
+    c = sqlite3.connect(ws / "data/catalog.db")
+    strategies = dict(c.execute("SELECT run_id, strategy FROM runs"))
+    c.close()
+    for rid, strat in strategies.items():
+        (arts / strat).mkdir(exist_ok=True)
+        os.rename(arts / rid, arts / strat / rid)
+    (ws / "retention.toml").write_text('[artifacts]\npath_template = "{strategy}/{run_id}"\n')
+    m = ck.plan(ws, keep_last=2)
+    entries = json.loads(m.read_text())["payload"]["entries"]
+    locked = arts / strategies[entries[0]["run_id"]]
+    if os.geteuid() == 0:
+        if subprocess.run(["chattr", "+i", str(locked)], capture_output=True).returncode:
+            pytest.skip("root, and chattr +i is not available here")
+        unlock = ["chattr", "-i", str(locked)]
+    else:
+        os.chmod(locked, stat.S_IRUSR | stat.S_IXUSR)
+        unlock = ["chmod", "755", str(locked)]
+    try:
+        p = ck.run(ws, "apply", str(m))
+    finally:
+        subprocess.run(unlock, check=True)
+    assert p.returncode == 3, p.stderr
+    report = json.loads(p.stdout)
+    blocked = {e["run_id"] for e in entries if arts / strategies[e["run_id"]] == locked}
+    assert {s["run_id"] for s in report["skipped"]} == blocked
+    assert all(s["reason"].startswith("cannot move") and s["hint"] for s in report["skipped"])
+    assert report["deleted_runs"] == len(entries) - len(blocked)
+    assert "Hint:" in p.stderr.decode()
+    c = sqlite3.connect(ws / "data/catalog.db")
+    left = {r[0] for r in c.execute("SELECT run_id FROM runs")}
+    c.close()
+    assert blocked <= left
+    for rid in blocked:
+        assert (locked / rid).is_dir()
