@@ -182,9 +182,11 @@ def _drop_trash_dir(store: LocalTrashStore, txid: str) -> None:
     """After a roll-back, remove the transaction's TRASH.json and its (now empty) directory."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(store.abspath(trash_index_rel(txid)))
-    with contextlib.suppress(OSError):
+    try:
         os.rmdir(store.abspath(trash_tx_rel(txid)))
-        fsio.fsync_dir(os.path.dirname(store.abspath(trash_tx_rel(txid))))
+    except OSError:
+        return  # absent, or not empty: nothing of ours to tidy
+    fsio.fsync_dir(os.path.dirname(store.abspath(trash_tx_rel(txid))))
 
 
 # -- recover -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import msgspec
 from journal import ABORTED, BEGIN, COMMITTED, DONE, CorruptJournal, read_journal
 from retention import txrecords
 from retention.config import Config
-from retention.durations import parse_instant
+from retention.durations import format_instant, parse_instant
 from retention.errors import RecoveryError
 from retention.layout import StateLayout
 from retention.tombstones import TrashCatalog
@@ -74,13 +74,22 @@ def status(cfg: Config, now: datetime) -> StatusReport:
                 interrupted.append(Interrupted(txid, op, st, would))
         trash = []
         for r in cat.applies():
-            if r["state"] == "purged":
-                continue
+            if r["state"] in ("purged", "undone"):
+                continue  # nothing of it is in trash any more
+            # What is in trash now: `runs`/`bytes` of the row count what the apply deleted,
+            # including runs a partial undo (conflicts) already brought back.
+            left = [t for t in cat.tomb_runs(r["txid"]).values() if t["state"] == "trash"]
             until = r["grace_until"]
             undoable = r["state"] == "applied"
             trash.append(
                 TrashTx(
-                    r["txid"], r["state"], r["runs"], r["bytes"], r["created_at"], until, undoable
+                    r["txid"],
+                    r["state"],
+                    len(left),
+                    sum(t["bytes"] for t in left),
+                    r["created_at"],
+                    until,
+                    undoable,
                 )
             )
     last = None
@@ -88,7 +97,7 @@ def status(cfg: Config, now: datetime) -> StatusReport:
         last = msgspec.Raw(state.last_apply.read_bytes())
     live = [t for t in trash if t.undoable]
     return StatusReport(
-        now=now.isoformat(),
+        now=format_instant(now),
         grace_period=cfg.grace_period,
         journal=str(state.journal),
         interrupted=interrupted,

@@ -35,7 +35,7 @@ from retention.coordinator import (
 from retention.durations import format_instant, parse_instant
 from retention.errors import StorageError, UndoRefused
 from retention.failpoints import failpoint
-from retention.layout import trash_tx_rel
+from retention.layout import trash_index_rel, trash_tx_rel
 from retention.txrecords import Begin, Move, Moves
 from retention.workspace import Workspace
 
@@ -162,9 +162,12 @@ def undo_targets(
             raise UndoRefused(f"no committed apply with txid {txid}", hint="see `retention status`")
         r = match[0]
         if r["state"] in ("purging", "purged"):
-            what = "purged" if r["state"] == "purged" else "being purged"
+            # Not "grace period ended": `purge --all` may have emptied it before then.
+            when = f" at {r['finished_at']}" if r["state"] == "purged" and r["finished_at"] else ""
+            what = f"was purged{when}" if r["state"] == "purged" else "is being purged"
             raise UndoRefused(
-                f"cannot undo {txid}: its trash was {what} (grace period ended {r['grace_until']})"
+                f"cannot undo {txid}: its trash {what}; purged runs cannot be brought back",
+                hint="see `retention status` for what is still undoable",
             )
         if r["state"] == "undone":
             raise UndoRefused(f"{txid} was already undone")
@@ -257,6 +260,7 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
         if problems:
             raise _problems_error(utxid, problems)
         j.commit(utxid)
+        _drop_emptied_trash(ws, target)
         failpoint("undo.before_done")
         j.done(utxid)
     return UndoResult(
@@ -265,6 +269,37 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
         restored=restore,
         conflicts=[Conflict(k, v) for k, v in conflicts.items()],
     )
+
+
+def _drop_emptied_trash(ws: Workspace, target: str) -> None:
+    """After the undo that brought back the last run of apply ``target`` (catalog state
+    ``undone``, committed): remove its TRASH.json, then its empty directory, then fsync
+    ``.trash``. Without this they stay forever (purge skips undone applies).
+
+    Idempotent, so a recovery of the undo (COMMITTED or ACTIVE with its txid row) repeats
+    it; a crash between the steps leaves a stale index or an empty directory, which the
+    catalog no longer points anyone to. Anything else found in the directory is left
+    alone: we remove only what we put there."""
+    row = ws.catalog.tx_row(target)
+    if row is None or row["state"] != "undone":
+        return
+    txdir = ws.store.abspath(trash_tx_rel(target))
+    index = ws.store.abspath(trash_index_rel(target))
+    try:
+        if any(name != os.path.basename(index) for name in os.listdir(txdir)):
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(index)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(txdir)
+        fsio.fsync_dir(os.path.dirname(txdir))
+    except FileNotFoundError:
+        return  # already removed (a repeated recovery, or the apply moved nothing)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot remove the emptied trash {os.fsdecode(txdir)}: {exc.strerror or exc}",
+            hint="the undo itself is done; `retention recover` retries the cleanup",
+        ) from None
 
 
 def _recover_undo(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
@@ -279,6 +314,8 @@ def _recover_undo(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Re
     moved, problems = reconcile(ws.store, _moves_of(tx), lambda r: r not in restored)
     if problems:
         raise _problems_error(tx.txid, problems)
+    if committed:
+        _drop_emptied_trash(ws, begin.targets[0])
     failpoint("recover.before_done")
     ws.journal.done(tx.txid)
     return Recovered(tx.txid, "undo", "rolled forward" if committed else "rolled back", moved)

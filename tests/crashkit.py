@@ -99,10 +99,16 @@ def dump(root: Path) -> dict[str, dict]:
     """Every row of the involved tables, by run id: (runs row, sorted metric rows)."""
     c = sqlite3.connect(root / "data/catalog.db")
     out: dict[str, dict] = {}
-    for row in c.execute("SELECT rowid, * FROM runs"):
-        out.setdefault(row[1], {})["run"] = row
-    for row in c.execute("SELECT rowid, * FROM run_metrics ORDER BY rowid"):
-        out.setdefault(row[2], {}).setdefault("metrics", []).append(row)
+
+    def typed(table: str) -> str:
+        # typeof() next to each value: 1 and 1.0, or '1' and 1, are different rows.
+        cols = [r[1] for r in c.execute(f"PRAGMA table_info({table})")]
+        return ", ".join(["rowid", *(f"typeof({x}), {x}" for x in cols)])
+
+    for row in c.execute(f"SELECT run_id, {typed('runs')} FROM runs"):
+        out.setdefault(row[0], {})["run"] = row[1:]
+    for row in c.execute(f"SELECT run_id, {typed('run_metrics')} FROM run_metrics ORDER BY rowid"):
+        out.setdefault(row[0], {}).setdefault("metrics", []).append(row[1:])
     c.close()
     return out
 
