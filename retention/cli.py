@@ -18,7 +18,13 @@ import msgspec
 from retention import __version__, views
 from retention.config import Config, load_config, render_config
 from retention.durations import parse_duration, parse_instant
-from retention.errors import EXIT_PARTIAL, RetentionError, UsageError, from_environment
+from retention.errors import (
+    EXIT_INCONSISTENT,
+    EXIT_PARTIAL,
+    RetentionError,
+    UsageError,
+    from_environment,
+)
 
 
 class RetentionGroup(click.Group):
@@ -67,7 +73,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
     \b
     Exit codes: 0 ok, 2 usage/config, 3 done with skipped entries, 4 catalog,
-    5 manifest refused, 6 locked, 7 recovery, 8 filesystem, 9 undo refused.
+    5 manifest refused, 6 locked, 7 recovery, 8 filesystem, 9 undo refused,
+    10 check found inconsistencies.
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path
@@ -271,6 +278,30 @@ def status(ctx: click.Context, as_json: bool, now_text: str | None) -> None:
     else:
         for line in views.status_lines(report):
             click.echo(line)
+
+
+@cli.command()
+@_config_opt
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
+    """Compare catalog, artifacts, trash and journal both ways (read-only).
+
+    Exit 10 if anything is inconsistent.
+    """
+    from retention.check import check as run_check
+
+    report = run_check(_config(ctx))
+    if as_json:
+        _emit(report)
+    else:
+        for f in report.findings:
+            who = f" run {f.run_id}" if f.run_id is not None else ""
+            where = f" {f.path}" if f.path else ""
+            click.echo(f"{f.kind}:{who}{where}: {f.detail}")
+        click.echo(f"{report.runs_checked} runs checked, {len(report.findings)} finding(s).")
+    if report.findings:
+        ctx.exit(EXIT_INCONSISTENT)
 
 
 def main() -> None:

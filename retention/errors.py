@@ -19,6 +19,7 @@ code  meaning
 7     recovery needed or recovery stopped (journal corrupt, directory missing)
 8     filesystem problem (permission denied, disk full, other filesystem)
 9     undo refused (already purged, purging, unknown or already undone txid)
+10    ``retention check`` found inconsistencies
 ====  ==========================================================================
 """
 
@@ -84,6 +85,7 @@ class UndoRefused(RetentionError):
 
 EXIT_OK = 0
 EXIT_PARTIAL = 3
+EXIT_INCONSISTENT = 10
 
 
 _ERRNO_TEXT = {

@@ -169,10 +169,12 @@ def check_invariants(root: Path, before: dict, *, allow_purged: bool = False) ->
                     continue
                 rel = f".trash/{txdir.name}/{entry.name}"
                 assert rel in known, f"orphan in trash: {rel}"
-    # The journal has nothing unfinished.
+    # The journal has nothing unfinished, and `retention check` agrees there is nothing wrong.
     st = run(root, "status", "--json")
     assert st.returncode == 0, st.stderr
     assert b'"interrupted":[]' in st.stdout, st.stdout
+    chk = run(root, "check", "--json")
+    assert chk.returncode == 0 and b'"findings":[]' in chk.stdout, chk.stdout
     return states
 
 

@@ -1,0 +1,157 @@
+"""`retention check`: compare catalog, disk, trash and journal both ways. Read-only.
+
+Findings are data (`Finding`), not log lines, so tests can assert the list is empty after
+every apply, undo, purge and crash recovery. What is checked:
+
+* ``interrupted``: the journal holds an unfinished transaction (run `retention recover`);
+* ``journal_corrupt``: the journal cannot be read;
+* ``row_without_dir``: a run's row names an artifact directory that is not there;
+* ``dir_without_row``: a directory at the template's depth under the artifact root that no
+  run names (only for ``path_template`` layouts; a path column has no fixed depth);
+* ``trash_missing``: a run deleted into trash whose directory is not in trash;
+* ``trash_orphan``: something in trash that no tombstone accounts for.
+
+Not checked: sizes against the manifest (a manifest is a plan, not a record), the contents
+of files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import msgspec
+
+from journal import BEGIN, DONE, CorruptJournal, read_journal
+from retention.catalog import q
+from retention.config import Config
+from retention.layout import TRASH_DIRNAME, StateLayout
+from retention.planner import _rel_path
+from retention.store import LocalStore, OutsideRoot
+from retention.tombstones import TOMB_RUNS, TX_TABLE, TrashCatalog, _has_table
+
+
+class Finding(msgspec.Struct):
+    kind: str
+    detail: str
+    run_id: str | int | None = None
+    path: str | None = None
+
+
+class CheckReport(msgspec.Struct, kw_only=True):
+    version: int = 1
+    runs_checked: int
+    findings: list[Finding]
+
+
+def _journal_findings(state: StateLayout) -> list[Finding]:
+    if not state.journal.exists():
+        return []
+    try:
+        res = read_journal(state.journal)
+    except CorruptJournal as exc:
+        return [Finding("journal_corrupt", str(exc), path=str(state.journal))]
+    open_tx: dict[str, None] = {}
+    for rec in res.records:
+        if rec.kind == BEGIN:
+            open_tx[rec.txid] = None
+        elif rec.kind == DONE:
+            open_tx.pop(rec.txid, None)
+    return [
+        Finding("interrupted", f"transaction {t} is unfinished; run `retention recover`")
+        for t in open_tx
+    ]
+
+
+def check(cfg: Config) -> CheckReport:
+    """Run every check (read-only) and return the findings; an empty list means consistent."""
+    state = StateLayout(Path(cfg.state_dir))
+    findings = _journal_findings(state)
+    root = Path(cfg.artifact_root)
+    store = LocalStore(root)
+    expected: set[bytes] = set()
+    runs = 0
+    with TrashCatalog(cfg, readonly=True) as cat:
+        cur = cat.conn.execute(f"SELECT * FROM {q(cfg.runs_table)}")
+        names = [d[0] for d in cur.description]
+        for values in cur:
+            row = dict(zip(names, values, strict=True))
+            runs += 1
+            try:
+                rel = _rel_path(cfg, row, root)
+            except (OutsideRoot, ValueError):
+                continue
+            if rel is None:
+                continue
+            expected.add(rel)
+            if not os.path.lexists(store.abspath(rel)):
+                findings.append(
+                    Finding(
+                        "row_without_dir",
+                        "the run's artifact directory is missing",
+                        row[cfg.id_column],
+                        os.fsdecode(rel),
+                    )
+                )
+        in_trash: dict[bytes, str | int] = {}
+        live_tx: set[str] = set()
+        if _has_table(cat.conn, TOMB_RUNS):
+            for rid, trash in cat.conn.execute(
+                f"SELECT run_id, trash FROM {TOMB_RUNS} WHERE state = 'trash' AND trash IS NOT NULL"
+            ):
+                in_trash[bytes(trash)] = rid
+            live_tx = {
+                r[0]
+                for r in cat.conn.execute(
+                    f"SELECT txid FROM {TX_TABLE} WHERE op = 'apply' AND state != 'purged'"
+                )
+            }
+    for rel, rid in in_trash.items():
+        if not os.path.lexists(store.abspath(rel)):
+            findings.append(
+                Finding("trash_missing", "deleted run not found in trash", rid, os.fsdecode(rel))
+            )
+    trash_root = root / TRASH_DIRNAME
+    if trash_root.is_dir():
+        for txdir in sorted(trash_root.iterdir()):
+            for entry in sorted(txdir.iterdir()) if txdir.is_dir() else [txdir]:
+                if entry.name == "TRASH.json" and txdir.name in live_tx:
+                    continue
+                rel = os.fsencode(entry.relative_to(root))
+                if rel not in in_trash:
+                    findings.append(
+                        Finding(
+                            "trash_orphan", "no tombstone accounts for it", None, os.fsdecode(rel)
+                        )
+                    )
+    if cfg.path_template and not cfg.path_column:
+        depth = cfg.path_template.strip("/").count("/") + 1
+        for rel in _walk_depth(store, depth):
+            if rel not in expected:
+                findings.append(
+                    Finding(
+                        "dir_without_row", "no run names this directory", None, os.fsdecode(rel)
+                    )
+                )
+    return CheckReport(runs_checked=runs, findings=findings)
+
+
+def _walk_depth(store: LocalStore, depth: int) -> list[bytes]:
+    """Entries exactly ``depth`` levels under the root: descends into real directories only
+    (never through a symlink), skips the trash and hidden names at the top."""
+    level = [b""]
+    for n in range(depth):
+        last = n == depth - 1
+        nxt = []
+        for rel in level:
+            try:
+                with os.scandir(store.abspath(rel) if rel else os.fsencode(store.root)) as it:
+                    for e in it:
+                        if not rel and e.name.startswith(b"."):
+                            continue
+                        if last or e.is_dir(follow_symlinks=False):
+                            nxt.append(rel + b"/" + e.name if rel else e.name)
+            except OSError:
+                continue
+        level = nxt
+    return level
