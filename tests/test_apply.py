@@ -258,3 +258,9 @@ def test_directory_that_cannot_be_moved_keeps_its_rows_and_the_rest_proceed(
     assert blocked <= left
     for rid in blocked:
         assert (locked / rid).is_dir()
+
+
+def test_same_policy_again_right_after_apply_removes_nothing(workspace: Path) -> None:
+    assert invoke("apply", str(ck.plan(workspace, keep_last=30))).exit_code == 0
+    again = json.loads(ck.plan(workspace, keep_last=30).read_text())["payload"]
+    assert again["entries"] == [] and again["considered"] == 30
