@@ -87,27 +87,27 @@ def _age(seconds: float) -> str:
     return f"{seconds}s"
 
 
-# A rule gets the valid items sorted newest first, the spec and now; it returns, for the
-# positions it keeps, the reason. It must not look at items it is not given.
-Rule = Callable[[Sequence[Item], PolicySpec, datetime], dict[int, str]]
+# A rule gets the valid items sorted newest first, the spec and now; it yields, for each
+# position it keeps, the reason. It must not look at items it is not given. Reasons are
+# built once per rule, not per item: at a million runs, a string per item would cost more
+# memory than the items themselves (so no per-item rank in the text).
+Rule = Callable[[Sequence[Item], PolicySpec, datetime], Iterable[tuple[int, str]]]
 
 
-def _keep_last(items: Sequence[Item], spec: PolicySpec, now: datetime) -> dict[int, str]:
+def _keep_last(items: Sequence[Item], spec: PolicySpec, now: datetime) -> Iterable[tuple[int, str]]:
     n = spec.keep_last or 0
-    return {i: f"kept: among the newest {n} (#{i + 1})" for i in range(min(n, len(items)))}
+    reason = f"kept: among the newest {n}"
+    return ((i, reason) for i in range(min(n, len(items))))
 
 
-def _max_age(items: Sequence[Item], spec: PolicySpec, now: datetime) -> dict[int, str]:
+def _max_age(items: Sequence[Item], spec: PolicySpec, now: datetime) -> Iterable[tuple[int, str]]:
     limit = timedelta(seconds=spec.max_age_seconds or 0)
-    text = _age(limit.total_seconds())
-    kept = {}
+    reason = f"kept: younger than {_age(limit.total_seconds())}"
     for i, item in enumerate(items):
         assert item.time is not None
-        if now - item.time < limit:
-            kept[i] = f"kept: younger than {text}"
-        else:
-            break  # newest first: every later item is older still
-    return kept
+        if now - item.time >= limit:
+            return  # newest first: every later item is older still
+        yield i, reason
 
 
 # (spec field, rule, what a removed item was not) in a fixed order.
@@ -141,19 +141,22 @@ def evaluate(items: Iterable[Item], spec: PolicySpec, now: datetime) -> Decision
             valid.append(item)
     valid.sort(key=sort_key, reverse=True)
 
-    reasons: dict[int, list[str]] = {}
+    # One slot per valid item; equal reason tuples are shared, not copied per item.
+    reasons: list[tuple[str, ...]] = [()] * len(valid)
+    shared: dict[tuple[str, ...], tuple[str, ...]] = {}
     active = [(f, rule, why) for f, rule, why in RULES if getattr(spec, f) is not None]
     for _, rule, _ in active:
-        for i, reason in rule(valid, spec, now).items():
-            reasons.setdefault(i, []).append(reason)
+        for i, reason in rule(valid, spec, now):
+            combo = (*reasons[i], reason)
+            reasons[i] = shared.setdefault(combo, combo)
 
     remove: list[Verdict] = []
-    why_removed = "removed: " + " and ".join(why(spec) for _, _, why in active)
-    for i, item in enumerate(valid):
+    removed = ("removed: " + " and ".join(why(spec) for _, _, why in active),)
+    for item, why_kept in zip(valid, reasons, strict=True):
         if item.protected:
-            keep.append(Verdict(item, True, ("kept: protected", *reasons.get(i, ()))))
-        elif i in reasons:
-            keep.append(Verdict(item, True, tuple(reasons[i])))
+            keep.append(Verdict(item, True, ("kept: protected", *why_kept)))
+        elif why_kept:
+            keep.append(Verdict(item, True, why_kept))
         else:
-            remove.append(Verdict(item, False, (why_removed,)))
+            remove.append(Verdict(item, False, removed))
     return Decision(keep=keep, remove=remove)
