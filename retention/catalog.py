@@ -89,7 +89,7 @@ class SqliteCatalog:
     """A catalog stored in one SQLite file.
 
     Opened read-only (``mode=ro``) for planning; read-write only by apply, undo and purge,
-    which use ``BEGIN IMMEDIATE`` and ``synchronous=FULL`` on their own connection.
+    which use ``BEGIN IMMEDIATE`` and ``synchronous=EXTRA`` on their own connection.
     """
 
     def __init__(self, cfg: Config, *, readonly: bool = True) -> None:
@@ -111,8 +111,12 @@ class SqliteCatalog:
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if not readonly:
                 # Our connection only: the catalog's journal mode belongs to the application
-                # and is never changed; FULL makes our COMMIT durable in WAL mode too.
-                self.conn.execute("PRAGMA synchronous = FULL")
+                # and is never changed. EXTRA, not FULL: in rollback-journal (DELETE) mode the
+                # commit point is the unlink of the -journal file, and only EXTRA fsyncs the
+                # directory after it; under FULL a power loss can bring the journal back and
+                # roll back a commit our own journal already counts as done. In WAL mode
+                # EXTRA is FULL plus that same care.
+                self.conn.execute("PRAGMA synchronous = EXTRA")
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
@@ -281,6 +285,21 @@ class SqliteCatalog:
         names = [d[0] for d in cur.description]
         for row in cur:
             yield dict(zip(names, row, strict=True))
+
+    def iter_path_rows(self) -> Iterator[dict[str, Any]]:
+        """Every run of the runs table (no filter: every run may own a directory), with only
+        the columns its artifact path needs. Read-only, streamed."""
+        cfg = self.cfg
+        if cfg.path_column:
+            cols = [cfg.path_column]
+        elif cfg.path_template:
+            cols = template_fields(cfg.path_template)
+        else:
+            return
+        cols = list(dict.fromkeys([cfg.id_column, *cols]))
+        cur = self.conn.execute(f"SELECT {', '.join(q(c) for c in cols)} FROM {q(cfg.runs_table)}")
+        for row in cur:
+            yield dict(zip(cols, row, strict=True))
 
     def child_select(self, inv: Involved, what: str) -> str:
         """SELECT ``__run, __rowid, <what>`` for rows of ``inv`` belonging to loaded runs.

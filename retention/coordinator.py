@@ -35,14 +35,14 @@ from pathlib import Path
 
 import msgspec
 
-from journal import TxState, TxStatus, fsio
+from journal import FsyncError, Journal, JournalError, TxState, TxStatus, fsio
 from retention import identity, txrecords
 from retention.durations import format_instant
 from retention.errors import EXIT_OK, EXIT_PARTIAL, RecoveryError, StorageError
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
 from retention.manifest import read_manifest_bytes, verify_for_workspace
-from retention.store import LocalTrashStore, OutsideRoot
+from retention.store import LocalTrashStore, OutsideRoot, ancestors
 from retention.tombstones import TombRun, TxInfo
 from retention.txrecords import Begin, Move, Moves
 from retention.workspace import Workspace, open_workspace
@@ -84,6 +84,7 @@ class ApplyReport(msgspec.Struct, kw_only=True):
     already_applied_by: list[str] = []
     recovered: list[Recovered] = []
     purged: list[str] = []
+    warnings: list[str] = []
     duration_ms: int
 
     @property
@@ -135,6 +136,11 @@ def reconcile(
                 continue
             if at_home:
                 problems.append(Problem(m, "directory is in trash and its home is taken"))
+                continue
+            try:
+                store.check_contained(m.home)
+            except OutsideRoot as exc:
+                problems.append(Problem(m, f"its home is no longer inside the root: {exc}"))
                 continue
             src, dst = m.trash, m.home
         try:
@@ -192,32 +198,57 @@ def _drop_trash_dir(store: LocalTrashStore, txid: str) -> None:
 # -- recover -----------------------------------------------------------------------------
 
 
-def recover_all(ws: Workspace, now: datetime) -> list[Recovered]:
-    """Finish or roll back every unfinished transaction, oldest first (see module table)."""
+def compact(journal: Journal) -> None:
+    """Shrink the journal once every transaction is DONE. Best effort: it needs free space
+    for a new file, and a full disk must not turn a finished command into a failure."""
+    with contextlib.suppress(OSError, JournalError):
+        journal.reset_if_idle()
+
+
+def recover_all(ws: Workspace, now: datetime, *, strict: bool = False) -> list[Recovered]:
+    """Finish or roll back every unfinished transaction, oldest first (see module table).
+
+    A purge that cannot finish (trash it may not remove) only ever goes forward and blocks
+    nothing else: unless ``strict`` (the `recover` command), it is reported as stalled and
+    the command goes on. Anything else that cannot recover raises.
+    """
     out = []
     for tx in ws.journal.unfinished():
-        out.append(recover_tx(ws, tx, now))
-    ws.journal.reset_if_idle()
+        op = txrecords.decode_begin(tx.begin).op
+        try:
+            out.append(recover_tx(ws, tx, now))
+        except (StorageError, OSError) as exc:
+            if strict or op != "purge":
+                raise
+            msg = exc.message if isinstance(exc, StorageError) else str(exc)
+            out.append(Recovered(tx.txid, op, f"stalled: {msg}", 0))
+    compact(ws.journal)
     return out
 
 
 def recover_tx(ws: Workspace, tx: TxState, now: datetime) -> Recovered:
     begin = txrecords.decode_begin(tx.begin)
     if begin.op == "apply":
-        return _recover_apply(ws, tx, begin, now)
+        return _recover_apply(ws, tx)
     from retention import trashops
 
     return trashops.recover(ws, tx, begin, now)
 
 
-def _recover_apply(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
+def _recover_apply(ws: Workspace, tx: TxState) -> Recovered:
     txid = tx.txid
     if tx.status is TxStatus.ACTIVE:
         committed = ws.catalog.tx_row(txid) is not None
     else:
         committed = tx.status is TxStatus.COMMITTED
     moves = _moves_of(tx)
-    deleted = set(ws.catalog.tomb_runs(txid)) if committed else set()
+    if committed:
+        # Runs already restored by an undo or purged have nothing left to place.
+        runs = ws.catalog.tomb_runs(txid)
+        deleted = {rid for rid, r in runs.items() if r["state"] == "trash"}
+        moves = [m for m in moves if runs.get(m.run_id, {}).get("state", "trash") == "trash"]
+    else:
+        deleted = set()
     failpoint("recover.before_decision")
     if tx.status is TxStatus.ACTIVE:
         (ws.journal.commit if committed else ws.journal.abort)(txid)
@@ -226,10 +257,6 @@ def _recover_apply(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> R
         raise _problems_error(txid, problems)
     if not committed:
         _drop_trash_dir(ws.store, txid)
-    else:
-        from retention import trashops
-
-        trashops.purge_expired(ws, now)
     failpoint("recover.before_done")
     ws.journal.done(txid)
     return Recovered(txid, "apply", "rolled forward" if committed else "rolled back", moved)
@@ -240,7 +267,7 @@ def recover(cfg, now: datetime | None = None) -> RecoverReport:  # type: ignore[
     t0 = time.monotonic()
     now = now or datetime.now(UTC)
     with open_workspace(cfg) as ws:
-        rec = recover_all(ws, now)
+        rec = recover_all(ws, now, strict=True)
     return RecoverReport(recovered=rec, duration_ms=int((time.monotonic() - t0) * 1000))
 
 
@@ -273,7 +300,21 @@ def _preflight(ws: Workspace, payload, txid: str) -> _Preflight:  # type: ignore
         raise StorageError(
             f"manifest was planned for artifact root {root}, the configuration says {store.root}"
         )
+    # A signed manifest from our planner never has overlapping paths; refuse them anyway, as
+    # moving one would carry another run's directory along.
+    rels = [e.rel_path() for e in payload.entries]
+    seen: dict[bytes, int] = {}
+    for r in rels:
+        if r is not None:
+            seen[r] = seen.get(r, 0) + 1
+    overlapping = {r for r in seen if seen[r] > 1 or any(a in seen for a in ancestors(r))}
+    overlapping |= {a for r in seen for a in ancestors(r) if a in seen}
     for index, e in enumerate(payload.entries):
+        if rels[index] in overlapping:
+            pf.skipped.append(
+                SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None)
+            )
+            continue
         if e.run_id not in existing:
             pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
             continue
@@ -420,18 +461,27 @@ def apply_manifest(cfg, manifest_path: str, now: datetime | None = None) -> Appl
         failpoint("apply.after_begin")
         try:
             result = _apply_phase(ws, txid, payload, pf, begin, lineage, now)
-        except BaseException:
-            _try_roll_back(ws, txid, now)
+        except BaseException as exc:
+            _try_roll_back(ws, txid, now, exc)
             raise
         deleted, nbytes, skipped = result
-        from retention import trashops
-
-        purged = trashops.purge_expired(ws, now)
         failpoint("apply.before_done")
         j.done(txid)
-        j.reset_if_idle()
+        # Purging is its own journaled transaction, after DONE: trash it cannot remove is a
+        # warning, never a failure of the apply that just committed.
+        from retention import trashops
+
+        warnings: list[str] = []
+        try:
+            purged = trashops.purge_expired(ws, now)
+        except (StorageError, OSError) as exc:
+            purged = []
+            msg = exc.message if isinstance(exc, StorageError) else str(exc)
+            warnings.append(f"purge of expired trash did not finish: {msg}")
+        compact(j)
         rep = report(txid, deleted, nbytes, skipped)
         rep.purged = purged
+        rep.warnings = warnings
         _save_last(ws, rep)
         return rep
 
@@ -495,9 +545,12 @@ def _apply_phase(
     return ids, sum(pf.bytes_by_run[r] for r in ids), skipped
 
 
-def _try_roll_back(ws: Workspace, txid: str, now: datetime) -> None:
+def _try_roll_back(ws: Workspace, txid: str, now: datetime, exc: BaseException) -> None:
     """After an error in the apply phase: let recovery decide now, in-process. If that fails
-    too, the journal keeps the transaction for the next `retention recover`."""
+    too, the journal keeps the transaction for the next `retention recover`. Not after a
+    failed fsync: that is fatal and never retried, so the next process must look afresh."""
+    if isinstance(exc, FsyncError):
+        return
     with contextlib.suppress(Exception):
         tx = ws.journal.transactions().get(txid)
         if tx is not None and tx.status is not TxStatus.DONE:

@@ -113,6 +113,16 @@ def from_environment(exc: BaseException) -> RetentionError | None:
         )
     if isinstance(exc, JournalError):
         return RecoveryError(f"journal error: {exc}", hint="run `retention recover`")
+    import sqlite3
+
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return CatalogError(
+                f"the catalog is busy (another writer holds it): {text}",
+                hint="retry when the application's write finishes",
+            )
+        return CatalogError(f"catalog error: {text}")
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno, "")
         if name in _ERRNO_TEXT:

@@ -65,6 +65,6 @@ class Catalog(Protocol):
 
     def commit_delete(self, info: Any, lineage: str, runs: list[Any], *, before_commit: Any) -> Any:
         """In ONE transaction: re-check each run, tombstone its rows of every involved table,
-        delete them, record the txid. Durable when it returns (``synchronous=FULL``). On
+        delete them, record the txid. Durable when it returns (``synchronous=EXTRA``). On
         any failure it rolls back explicitly and raises; the catalog is then unchanged."""
         ...

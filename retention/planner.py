@@ -28,7 +28,7 @@ from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy
 from retention.manifest import with_id as manifest_with_id
 from retention.policy import PolicySpec, Verdict, evaluate
 from retention.reporting import Progress
-from retention.store import LocalStore, OutsideRoot, relative_artifact_path
+from retention.store import LocalStore, OutsideRoot, ancestors, relative_artifact_path
 
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
 
@@ -99,6 +99,57 @@ def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
     return relative_artifact_path(root, path)
 
 
+OVERLAP_HINT = "give every run its own artifact directory; retention never moves a shared one"
+
+
+def _overlapping(
+    cfg: Config, cat: SqliteCatalog, root: Path, paths: list[tuple[Any, bytes | None]]
+) -> dict[Any, str]:
+    """Candidates whose directory is shared with, contains, or lies inside another run's
+    (candidate or not): moving it would take another run's artifacts along. Read-only; one
+    streamed pass over every run of the catalog."""
+    by_path: dict[bytes, list[Any]] = {}
+    for run_id, rel in paths:
+        if rel is not None:
+            by_path.setdefault(rel, []).append(run_id)
+    under: dict[bytes, list[bytes]] = {}  # a proper ancestor -> candidate paths below it
+    for rel in by_path:
+        for a in ancestors(rel):
+            under.setdefault(a, []).append(rel)
+    bad: dict[Any, str] = {}
+
+    def mark(rel: bytes, why: str) -> None:
+        for rid in by_path[rel]:
+            bad.setdefault(rid, f"artifact directory {os.fsdecode(rel)} {why}")
+
+    for rel, ids in by_path.items():
+        if len(ids) > 1:
+            mark(rel, f"is shared by {len(ids)} runs of the plan")
+        for a in ancestors(rel):
+            if a in by_path:
+                mark(rel, f"lies inside run {by_path[a][0]}'s directory")
+                mark(a, f"contains run {ids[0]}'s directory")
+    candidates = {rid for rid, _ in paths}
+    for row in cat.iter_path_rows():
+        rid = row[cfg.id_column]
+        if rid in candidates:
+            continue
+        try:
+            other = _rel_path(cfg, row, root)
+        except (OutsideRoot, ValueError):
+            continue
+        if other is None:
+            continue
+        if other in by_path:
+            mark(other, f"is also the directory of run {rid}, which is kept")
+        for rel in under.get(other, ()):
+            mark(rel, f"lies inside the directory of run {rid}, which is kept")
+        for a in ancestors(other):
+            if a in by_path:
+                mark(a, f"contains the directory of run {rid}, which is kept")
+    return bad
+
+
 def build_plan(
     cfg: Config,
     now: datetime,
@@ -137,16 +188,23 @@ def build_plan(
         bar = (progress or (lambda label, total: Progress(label, total)))(
             "measuring", len(verdicts)
         )
+        paths: list[tuple[Any, bytes | None]] = []
         for row in cat.iter_run_rows():
             run_id = row[cfg.id_column]
-            v = verdicts[run_id]
-            bar.advance()
             try:
                 rel = _rel_path(cfg, row, root)
                 if rel is not None:
                     store.check_contained(rel)
             except (OutsideRoot, ValueError) as exc:
                 skipped.append(Skipped(run_id, f"artifact path refused: {exc}"))
+                continue
+            paths.append((run_id, rel))
+        shared = _overlapping(cfg, cat, root, paths)
+        for run_id, rel in paths:
+            v = verdicts[run_id]
+            bar.advance()
+            if run_id in shared:
+                skipped.append(Skipped(run_id, shared[run_id], hint=OVERLAP_HINT))
                 continue
             m = store.measure(rel) if rel is not None else None
             if m is not None and m.error:

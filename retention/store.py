@@ -34,6 +34,12 @@ class Measure:
     error: str | None = None  # set when the tree could not be read completely
 
 
+def ancestors(rel: bytes) -> list[bytes]:
+    """Proper ancestors of a relative path: ``a/b/c`` -> ``a``, ``a/b``."""
+    parts = rel.split(b"/")
+    return [b"/".join(parts[:k]) for k in range(1, len(parts))]
+
+
 def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
     """Normalise a path (relative to ``root``, absolute, or a ``file://`` URI) to bytes
     relative to ``root``. Raises `OutsideRoot` when it would leave the root or name the
@@ -147,6 +153,20 @@ class LocalTrashStore(LocalStore):
         self._dirty: set[bytes] = set()
         self._trash_dev: int | None = None
         self._parent_dev: dict[bytes, int] = {}
+
+    def verify_trash(self) -> None:
+        """Refuse a ``.trash`` that is not a real directory inside the root (a symlink there
+        would send moves, and purge's removals, out of the root). Raises `OutsideRoot`."""
+        trash = self.abspath(os.fsencode(TRASH_DIRNAME))
+        try:
+            st = os.lstat(trash)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise OutsideRoot(f"{os.fsdecode(trash)} is not a directory (a symlink?)")
+        real = os.path.realpath(trash)
+        if os.path.dirname(real) != self._real_root:
+            raise OutsideRoot(f"{os.fsdecode(trash)} resolves outside the artifact root")
 
     def lexists(self, rel: bytes) -> bool:
         return os.path.lexists(self.abspath(rel))

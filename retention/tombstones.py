@@ -360,7 +360,9 @@ class TrashCatalog(WritableCatalog):
                 conn.execute(
                     f"INSERT INTO {q(table)} (rowid, {names}) SELECT {q(ROWID_COL)}, {names}"
                     f" FROM {q(tomb)} WHERE {q(TXID_COL)} = ? AND {q(RUN_COL)} IN"
-                    f" (SELECT id FROM {IDS_TABLE}) ORDER BY {q(ROWID_COL)}",
+                    # A row linking two deleted runs was tombstoned once per run: restore it once.
+                    f" (SELECT id FROM {IDS_TABLE})"
+                    f" GROUP BY {q(ROWID_COL)} ORDER BY {q(ROWID_COL)}",
                     (target,),
                 )
                 conn.execute(

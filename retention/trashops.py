@@ -22,13 +22,14 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
-from journal import TxState, TxStatus, fsio
+from journal import FsyncError, TxState, TxStatus, fsio
 from retention import txrecords
 from retention.coordinator import (
     MOVE_BATCH,
     Recovered,
     _moves_of,
     _problems_error,
+    compact,
     new_txid,
     reconcile,
 )
@@ -36,6 +37,7 @@ from retention.durations import format_instant, parse_instant
 from retention.errors import StorageError, UndoRefused
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_tx_rel
+from retention.store import OutsideRoot
 from retention.txrecords import Begin, Move, Moves
 from retention.workspace import Workspace
 
@@ -200,6 +202,11 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
                 conflicts[rid] = f"path {os.fsdecode(home)} exists again"
             continue
         trash = bytes(trash)
+        try:
+            store.check_contained(home)
+        except OutsideRoot as exc:
+            conflicts[rid] = f"its home is no longer inside the artifact root: {exc}"
+            continue
         if store.lexists(home):
             conflicts[rid] = f"path {os.fsdecode(home)} exists again"
         elif not store.lexists(trash):
@@ -249,10 +256,11 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
                 format_instant(now),
                 before_commit=lambda: failpoint("undo.before_commit"),
             )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                tx = j.transactions()[utxid]
-                _recover_undo(ws, tx, begin, now)
+        except BaseException as exc:
+            if not isinstance(exc, FsyncError):  # a failed fsync is never retried
+                with contextlib.suppress(Exception):
+                    tx = j.transactions()[utxid]
+                    _recover_undo(ws, tx, begin, now)
             raise
         failpoint("undo.after_commit")
         restored = cat.restored_by(utxid)
@@ -359,7 +367,7 @@ def undo(
         recovered = recover_all(ws, now)
         targets = undo_targets(ws, now, txid=txid, within=within)
         results = [undo_one(ws, t, now) for t in targets]
-        ws.journal.reset_if_idle()
+        compact(ws.journal)
     return UndoReport(undone=results, recovered=recovered)
 
 
@@ -372,5 +380,5 @@ def purge(cfg, *, everything: bool, now: datetime | None = None) -> PurgeReport:
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
         purged = purge_expired(ws, now, everything=everything)
-        ws.journal.reset_if_idle()
+        compact(ws.journal)
     return PurgeReport(purged=purged, recovered=recovered)

@@ -156,6 +156,8 @@ def apply_lines(r: object) -> list[str]:
             lines.append(f"  Hint: {s.hint}")
     if rep.purged:
         lines.append(f"Purged expired trash of {len(rep.purged)} earlier apply(s).")
+    for w in rep.warnings:
+        lines.append(f"Warning: {w}")
     return lines
 
 

@@ -23,7 +23,7 @@ from journal import CorruptJournal, Journal, JournalError, fsio
 from retention.config import Config
 from retention.errors import LockedError, RecoveryError, StorageError
 from retention.layout import StateLayout
-from retention.store import LocalTrashStore
+from retention.store import LocalTrashStore, OutsideRoot
 from retention.tombstones import TrashCatalog
 
 
@@ -104,9 +104,15 @@ def open_workspace(cfg: Config) -> Iterator[Workspace]:
     with workspace_lock(state):
         journal = open_journal(state)
         try:
+            store = LocalTrashStore(Path(cfg.artifact_root))
+            try:
+                store.verify_trash()
+            except OutsideRoot as exc:
+                raise StorageError(
+                    f"refusing to use the trash: {exc}",
+                    hint="make <artifact root>/.trash a plain directory (or remove it)",
+                ) from None
             with TrashCatalog(cfg) as catalog:
-                yield Workspace(
-                    cfg, state, journal, catalog, LocalTrashStore(Path(cfg.artifact_root))
-                )
+                yield Workspace(cfg, state, journal, catalog, store)
         finally:
             journal.close()
