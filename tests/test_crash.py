@@ -16,9 +16,11 @@ import pytest
 from . import crashkit as ck
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ck.build(tmp_path_factory.mktemp("template") / "ws", runs=8)
+@pytest.fixture(scope="module", params=["rollback-journal", "wal"])
+def template(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same small workspace with the catalog in each of SQLite's journal modes."""
+    root = tmp_path_factory.mktemp("template") / "ws"
+    return ck.build(root, runs=8, wal=request.param == "wal")
 
 
 def fresh(template: Path, dst: Path) -> Path:

@@ -176,3 +176,35 @@ def test_a_trash_that_is_a_symlink_is_refused_before_anything_moves(tmp_path: Pa
     assert p.stderr.decode().startswith("Error: refusing to use the trash")
     assert list(outside.iterdir()) == []
     assert ck.snapshot(ws) == before
+
+
+def test_non_utf8_artifact_paths_survive_plan_apply_and_undo(tmp_path: Path) -> None:
+    """A directory name that is not UTF-8 is carried losslessly (manifest ``path_raw``,
+    trash, tombstones) and comes back byte for byte."""
+    ws = _path_column_workspace(tmp_path)
+    arts = ws / "data/backtests"
+    c = sqlite3.connect(ws / "data/catalog.db")
+    oldest = c.execute("SELECT run_id FROM runs ORDER BY created_at LIMIT 1").fetchone()[0]
+    raw = b"caf\xe9-\xff-" + oldest.encode()
+    c.execute("UPDATE runs SET art = ? WHERE run_id = ?", (raw, oldest))
+    c.commit()
+    c.close()
+    os.rename(arts / oldest, os.fsencode(arts) + b"/" + raw)
+    tree_before = ck.tree(Path(os.fsdecode(os.fsencode(arts) + b"/" + raw)))
+    m = ck.plan(ws)
+    entry = next(
+        e for e in json.loads(m.read_text())["payload"]["entries"] if e["run_id"] == oldest
+    )
+    import base64
+
+    assert base64.b64decode(entry["path_raw"]) == raw
+    p = ck.run(ws, "apply", str(m))
+    assert p.returncode == 0, p.stderr
+    assert not os.path.lexists(os.fsencode(arts) + b"/" + raw)
+    index = json.loads(next((arts / ".trash").glob("*/TRASH.json")).read_text())
+    mine = next(e for e in index["entries"] if e["run_id"] == oldest)
+    assert base64.b64decode(mine["original_raw"]) == raw
+    u = ck.run(ws, "undo", json.loads(p.stdout)["txid"])
+    assert u.returncode == 0, u.stderr
+    back = Path(os.fsdecode(os.fsencode(arts) + b"/" + raw))
+    assert back.is_dir() and ck.tree(back) == tree_before
