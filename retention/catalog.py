@@ -19,7 +19,7 @@ import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import msgspec
@@ -126,7 +126,7 @@ class SqliteCatalog:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> SqliteCatalog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -37,11 +37,13 @@ import msgspec
 
 from journal import FsyncError, Journal, JournalError, TxState, TxStatus, fsio
 from retention import identity, txrecords
+from retention.config import Config
 from retention.durations import format_instant
 from retention.errors import EXIT_OK, EXIT_PARTIAL, RecoveryError, StorageError
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
-from retention.manifest import read_manifest_bytes, verify_for_workspace
+from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
+from retention.policy import RunId
 from retention.store import LocalTrashStore, OutsideRoot, ancestors
 from retention.tombstones import TombRun, TxInfo
 from retention.txrecords import Begin, Move, Moves
@@ -262,7 +264,7 @@ def _recover_apply(ws: Workspace, tx: TxState) -> Recovered:
     return Recovered(txid, "apply", "rolled forward" if committed else "rolled back", moved)
 
 
-def recover(cfg, now: datetime | None = None) -> RecoverReport:  # type: ignore[no-untyped-def]
+def recover(cfg: Config, now: datetime | None = None) -> RecoverReport:
     """`retention recover`: finish or roll back interrupted transactions."""
     t0 = time.monotonic()
     now = now or datetime.now(UTC)
@@ -288,7 +290,7 @@ MOVE_HINT = (
 )
 
 
-def _preflight(ws: Workspace, payload, txid: str) -> _Preflight:  # type: ignore[no-untyped-def]
+def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
     """Re-check every entry against disk and catalog (read-only). Never more than the
     manifest: anything that changed since the plan is skipped and reported."""
     pf = _Preflight()
@@ -404,7 +406,7 @@ def _utf8(b: bytes) -> bool:
     return True
 
 
-def apply_manifest(cfg, manifest_path: str, now: datetime | None = None) -> ApplyReport:  # type: ignore[no-untyped-def]
+def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None) -> ApplyReport:
     """`retention apply`: apply exactly the manifest, crash-safely (see module docstring).
 
     Raises `ManifestRejected` (nothing changed) for a bad, expired or foreign manifest,
@@ -420,7 +422,9 @@ def apply_manifest(cfg, manifest_path: str, now: datetime | None = None) -> Appl
         payload = verify_for_workspace(data, ws.state, ws.catalog, now=now)
         done_by = ws.catalog.applied_by_manifest(payload.manifest_id)
 
-        def report(txid: str | None, deleted: list, nbytes: int, skipped: list) -> ApplyReport:  # type: ignore[type-arg]
+        def report(
+            txid: str | None, deleted: list[RunId], nbytes: int, skipped: list[SkippedEntry]
+        ) -> ApplyReport:
             return ApplyReport(
                 txid=txid,
                 manifest_id=payload.manifest_id,
@@ -487,8 +491,14 @@ def apply_manifest(cfg, manifest_path: str, now: datetime | None = None) -> Appl
 
 
 def _apply_phase(
-    ws: Workspace, txid: str, payload, pf: _Preflight, begin: Begin, lineage: str, now: datetime
-):  # type: ignore[no-untyped-def]
+    ws: Workspace,
+    txid: str,
+    payload: Payload,
+    pf: _Preflight,
+    begin: Begin,
+    lineage: str,
+    now: datetime,
+) -> tuple[list[RunId], int, list[SkippedEntry]]:
     store, j = ws.store, ws.journal
     skipped = list(pf.skipped)
     if pf.moves:

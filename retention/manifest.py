@@ -19,6 +19,7 @@ import secrets
 import stat
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -26,6 +27,9 @@ from retention.durations import format_instant, parse_instant
 from retention.errors import ManifestRejected, StorageError
 from retention.layout import StateLayout
 from retention.policy import PolicySpec
+
+if TYPE_CHECKING:
+    from retention.catalog import SqliteCatalog
 
 FORMAT = "retention.manifest"
 VERSION = 1
@@ -50,7 +54,7 @@ class Entry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     dir_fp: str  # sha256 of the tree's metadata; "" when absent
     reason: str
 
-    def rel_path(self) -> bytes | None:
+    def rel_path(self) -> RawPath:
         if self.path_raw is not None:
             return self.path_raw
         return None if self.path is None else os.fsencode(self.path)
@@ -239,7 +243,7 @@ def read_manifest_bytes(path: str) -> bytes:
 
 
 def verify_for_workspace(
-    data: bytes, state: StateLayout, catalog: object, *, now: datetime
+    data: bytes, state: StateLayout, catalog: SqliteCatalog, *, now: datetime
 ) -> Payload:
     """`verify` with this workspace's key, then check the manifest belongs to ``catalog``.
 
@@ -249,7 +253,7 @@ def verify_for_workspace(
 
     key, key_id = load_key(state, create=False)
     payload = verify(data, key, key_id, now=now)
-    current = identity.resolve(catalog, state, create=False)  # type: ignore[arg-type]
+    current = identity.resolve(catalog, state, create=False)
     if current != payload.catalog_id:
         raise ManifestRejected(
             f"manifest {payload.manifest_id} was planned against another catalog"

@@ -56,7 +56,7 @@ def status(cfg: Config, now: datetime) -> StatusReport:
                 res = read_journal(state.journal)
             except CorruptJournal as exc:
                 raise RecoveryError(f"the journal is corrupt: {exc}") from None
-            txs: dict[str, list] = {}  # type: ignore[type-arg]
+            txs: dict[str, list[str]] = {}
             for rec in res.records:
                 if rec.kind == BEGIN:
                     txs[rec.txid] = [txrecords.decode_begin(rec.payload).op, "active"]

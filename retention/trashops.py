@@ -18,12 +18,15 @@ import contextlib
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import msgspec
 
 from journal import FsyncError, TxState, TxStatus, fsio
 from retention import txrecords
+from retention.config import Config
 from retention.coordinator import (
     MOVE_BATCH,
     Recovered,
@@ -84,7 +87,7 @@ def _rmtree(path: bytes) -> None:
     """Remove a trash directory; a missing file is fine; never follows symlinks; a directory
     we may not write into is made writable by its owner first (as ``rm -rf`` cannot)."""
 
-    def onerror(func, p, exc_info):  # type: ignore[no-untyped-def]
+    def onerror(func: Callable[..., Any], p: Any, exc_info: tuple[Any, ...]) -> None:
         exc = exc_info[1]
         if isinstance(exc, FileNotFoundError):
             return
@@ -355,8 +358,8 @@ class PurgeReport(msgspec.Struct, kw_only=True):
 
 
 def undo(
-    cfg, *, txid: str | None, within: timedelta | None, now: datetime | None = None
-) -> UndoReport:  # type: ignore[no-untyped-def]
+    cfg: Config, *, txid: str | None, within: timedelta | None, now: datetime | None = None
+) -> UndoReport:
     """`retention undo`: bring back the runs of one apply (TXID) or of every apply younger
     than ``within`` (newest first). Conflicts stay in trash and are reported."""
     from retention.coordinator import recover_all
@@ -371,7 +374,7 @@ def undo(
     return UndoReport(undone=results, recovered=recovered)
 
 
-def purge(cfg, *, everything: bool, now: datetime | None = None) -> PurgeReport:  # type: ignore[no-untyped-def]
+def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> PurgeReport:
     """`retention purge`: remove trash whose grace period is over (or all of it)."""
     from retention.coordinator import recover_all
     from retention.workspace import open_workspace
