@@ -44,6 +44,7 @@ from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.policy import RunId
+from retention.reporting import Progress
 from retention.store import LocalTrashStore, OutsideRoot, ancestors
 from retention.tombstones import TombRun, TxInfo
 from retention.txrecords import Begin, Move, Moves
@@ -161,6 +162,50 @@ def reconcile(
     store.sync()
     failpoint("reconcile.after_sync")
     return done, problems
+
+
+def begin_with_intents(journal: Journal, txid: str, begin: Begin, moves: list[Move]) -> None:
+    """Journal BEGIN and every intended move, durable (one fsync) before anything moves."""
+    journal.begin(txid, txrecords.encode(begin))
+    for i in range(0, len(moves), INTENT_BATCH):
+        chunk = Moves(txrecords.RECORD_VERSION, moves[i : i + INTENT_BATCH])
+        journal.append(txid, txrecords.KIND_MOVES, txrecords.encode(chunk), sync=False)
+    journal.sync()
+
+
+def move_all(
+    store: LocalTrashStore,
+    pairs: list[tuple[RunId, bytes, bytes]],
+    *,
+    label: str,
+    after_rename: Callable[[], None],
+    after_batch: Callable[[], None],
+) -> dict[RunId, OSError]:
+    """Rename each ``(run, src, dst)``; returns the runs that could not move, with why.
+
+    One directory fsync per touched directory per batch of `MOVE_BATCH`, and after the
+    last; ``after_batch`` runs after each of those syncs. Never replaces a destination.
+    """
+    failed: dict[RunId, OSError] = {}
+    bar = Progress(label, len(pairs))
+    pending = 0
+    for run_id, src, dst in pairs:
+        bar.advance()
+        try:
+            store.move(src, dst)
+        except OSError as exc:
+            failed[run_id] = exc
+            continue
+        after_rename()
+        pending += 1
+        if pending >= MOVE_BATCH:
+            store.sync()
+            after_batch()
+            pending = 0
+    store.sync()
+    after_batch()
+    bar.close()
+    return failed
 
 
 def _moves_of(tx: TxState) -> list[Move]:
@@ -457,11 +502,7 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
             moves=len(pf.moves),
         )
         j = ws.journal
-        j.begin(txid, txrecords.encode(begin))
-        for i in range(0, len(pf.moves), INTENT_BATCH):
-            chunk = Moves(txrecords.RECORD_VERSION, pf.moves[i : i + INTENT_BATCH])
-            j.append(txid, txrecords.KIND_MOVES, txrecords.encode(chunk), sync=False)
-        j.sync()
+        begin_with_intents(j, txid, begin, pf.moves)
         failpoint("apply.after_begin")
         try:
             result = _apply_phase(ws, txid, payload, pf, begin, lineage, now)
@@ -504,13 +545,16 @@ def _apply_phase(
     if pf.moves:
         _write_trash_index(ws, txid, now, payload.manifest_id, pf.moves)
         failpoint("apply.after_trash_index")
-    failed: set[str | int] = set()
-    pending = 0
+    failed = move_all(
+        store,
+        [(m.run_id, m.home, m.trash) for m in pf.moves],
+        label="moving to trash",
+        after_rename=lambda: failpoint("apply.after_rename"),
+        after_batch=lambda: failpoint("apply.after_move_batch"),
+    )
     for m in pf.moves:
-        try:
-            store.move(m.home, m.trash)
-        except OSError as exc:
-            failed.add(m.run_id)
+        if m.run_id in failed:
+            exc = failed[m.run_id]
             skipped.append(
                 SkippedEntry(
                     m.run_id,
@@ -519,15 +563,6 @@ def _apply_phase(
                     MOVE_HINT,
                 )
             )
-            continue
-        failpoint("apply.after_rename")
-        pending += 1
-        if pending >= MOVE_BATCH:
-            store.sync()
-            failpoint("apply.after_move_batch")
-            pending = 0
-    store.sync()
-    failpoint("apply.after_move_batch")
     runs = [r for r in pf.runs if r.run_id not in failed]
     info = TxInfo(
         txid=txid,

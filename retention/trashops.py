@@ -28,11 +28,12 @@ from journal import FsyncError, TxState, TxStatus, fsio
 from retention import txrecords
 from retention.config import Config
 from retention.coordinator import (
-    MOVE_BATCH,
     Recovered,
     _moves_of,
     _problems_error,
+    begin_with_intents,
     compact,
+    move_all,
     new_txid,
     reconcile,
 )
@@ -41,7 +42,7 @@ from retention.errors import StorageError, UndoRefused
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_tx_rel
 from retention.store import OutsideRoot
-from retention.txrecords import Begin, Move, Moves
+from retention.txrecords import Begin, Move
 from retention.workspace import Workspace
 
 # -- purge ---------------------------------------------------------------------------------
@@ -228,28 +229,17 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
             moves=len(moves),
         )
         j = ws.journal
-        j.begin(utxid, txrecords.encode(begin))
-        for i in range(0, len(moves), 5000):
-            chunk = Moves(txrecords.RECORD_VERSION, moves[i : i + 5000])
-            j.append(utxid, txrecords.KIND_MOVES, txrecords.encode(chunk), sync=False)
-        j.sync()
+        begin_with_intents(j, utxid, begin, moves)
         failpoint("undo.after_begin")
-        failed: set[str | int] = set()
-        pending = 0
-        for m in moves:
-            try:
-                store.move(m.trash, m.home)
-            except OSError as exc:
-                failed.add(m.run_id)
-                conflicts[m.run_id] = f"cannot move it home: {exc.strerror or exc}"
-                continue
-            failpoint("undo.after_rename")
-            pending += 1
-            if pending >= MOVE_BATCH:
-                store.sync()
-                pending = 0
-        store.sync()
-        failpoint("undo.after_move_batch")
+        failed = move_all(
+            store,
+            [(m.run_id, m.trash, m.home) for m in moves],
+            label="moving back from trash",
+            after_rename=lambda: failpoint("undo.after_rename"),
+            after_batch=lambda: failpoint("undo.after_move_batch"),
+        )
+        for rid, err in failed.items():
+            conflicts[rid] = f"cannot move it home: {err.strerror or err}"
         restore = [rid for rid in restore if rid not in failed]
         try:
             cat.commit_restore(
