@@ -66,6 +66,14 @@ class Group(msgspec.Struct):
     bytes: int
 
 
+class DirGroup(msgspec.Struct):
+    """Entries grouped by the top-level directory of their artifact path."""
+
+    directory: str
+    count: int
+    bytes: int
+
+
 class Largest(msgspec.Struct):
     run_id: str | int
     path: str | None
@@ -84,6 +92,7 @@ class ShowReport(msgspec.Struct):
     missing_dirs: int
     run_ids: list[str | int]
     by_reason: list[Group]
+    by_directory: list[DirGroup]
     largest: list[Largest]
 
 
@@ -93,6 +102,12 @@ def show_report(p: Payload, top: int) -> ShowReport:
         g = groups[e.reason]
         g[0] += 1
         g[1] += e.bytes
+    dirs: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in p.entries:
+        if e.path is not None and "/" in e.path:
+            d = dirs[e.path.split("/", 1)[0]]
+            d[0] += 1
+            d[1] += e.bytes
     largest = sorted(p.entries, key=lambda e: (-e.bytes, str(e.run_id)))[: max(top, 0)]
     return ShowReport(
         version=SHOW_VERSION,
@@ -106,6 +121,7 @@ def show_report(p: Payload, top: int) -> ShowReport:
         missing_dirs=sum(1 for e in p.entries if e.path is not None and not e.exists),
         run_ids=[e.run_id for e in p.entries],
         by_reason=[Group(r, c, b) for r, (c, b) in sorted(groups.items())],
+        by_directory=[DirGroup(d, c, b) for d, (c, b) in sorted(dirs.items())],
         largest=[Largest(e.run_id, e.path, e.bytes) for e in largest],
     )
 
@@ -123,6 +139,10 @@ def show_lines(p: Payload, top: int) -> list[str]:
     ]
     for g in r.by_reason:
         lines.append(f"  {g.count:>7}  {format_bytes(g.bytes):>10}  {g.reason}")
+    if r.by_directory:
+        lines += ["", "By top-level directory:"]
+        for d in r.by_directory:
+            lines.append(f"  {d.count:>7}  {format_bytes(d.bytes):>10}  {d.directory}/")
     if r.largest:
         lines += ["", f"Largest {len(r.largest)}:"]
         for e in r.largest:

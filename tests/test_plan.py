@@ -243,3 +243,24 @@ def test_entries_are_oldest_first_even_within_one_second(workspace: Path) -> Non
         "2020-01-01T00:00:00.500000Z",
     ]
     assert "Oldest candidate 2020-01-01T00:00:00Z, newest 2026-04-14T06:00:00Z." in (result.stderr)
+
+
+def test_show_groups_by_top_level_directory_for_nested_layouts(workspace: Path) -> None:
+    import sqlite3 as _sqlite3
+
+    arts = workspace / "data/backtests"
+    c = _sqlite3.connect(workspace / "data/catalog.db")
+    strategies = dict(c.execute("SELECT run_id, strategy FROM runs"))
+    c.close()
+    for rid, strat in strategies.items():
+        (arts / strat).mkdir(exist_ok=True)
+        (arts / rid).rename(arts / strat / rid)
+    (workspace / "retention.toml").write_text(
+        '[artifacts]\npath_template = "{strategy}/{run_id}"\n'
+    )
+    assert invoke("plan", "--keep-last", "10", "-o", "m.json").exit_code == 0
+    report = json.loads(invoke("show", "--json", "m.json").stdout)
+    groups = {g["directory"]: g["count"] for g in report["by_directory"]}
+    assert sum(groups.values()) == report["count"] == 30
+    assert set(groups) <= {"A", "B", "C"}
+    assert "By top-level directory:" in invoke("show", "m.json").stdout
