@@ -97,9 +97,15 @@ class SqliteCatalog:
         self.path = Path(cfg.catalog_path)
         self.readonly = readonly
         if not self.path.exists():
+            source = cfg.sources.get("catalog_path", "default")
+            if cfg.config_file is None and source == "default":
+                why = "no retention.toml here, so the built-in default layout applies"
+            else:
+                why = f"catalog.path, from {source}"
             raise CatalogError(
-                f"catalog {self.path} does not exist",
-                hint="set catalog.path in retention.toml, RETENTION_CATALOG_PATH or --catalog",
+                f"catalog {self.path} does not exist ({why})",
+                hint="run from the workspace directory, or pass --config PATH"
+                " (or set RETENTION_CATALOG_PATH)",
             )
         if self.path.is_dir():
             raise CatalogError(f"catalog {self.path} is a directory, not an SQLite file")
@@ -248,7 +254,7 @@ class SqliteCatalog:
         """
         cfg = self.cfg
         cols = ", ".join(q(c) for c in cfg.time_columns)
-        protect = f"({cfg.protect})" if cfg.protect else "0"
+        protect = f"CASE WHEN ({cfg.protect}) THEN 1 ELSE 0 END" if cfg.protect else "0"
         sql = (
             f"SELECT {q(cfg.id_column)}, {protect}, {cols} FROM {q(cfg.runs_table)}{self._where()}"
         )

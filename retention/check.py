@@ -27,7 +27,7 @@ from retention.catalog import q
 from retention.config import Config
 from retention.layout import TRASH_DIRNAME, StateLayout
 from retention.planner import _rel_path
-from retention.store import LocalStore, OutsideRoot
+from retention.store import LocalStore, OutsideRoot, display
 from retention.tombstones import TOMB_RUNS, TX_TABLE, TrashCatalog, _has_table
 
 
@@ -90,7 +90,7 @@ def check(cfg: Config) -> CheckReport:
                         "row_without_dir",
                         "the run's artifact directory is missing",
                         row[cfg.id_column],
-                        os.fsdecode(rel),
+                        display(rel),
                     )
                 )
         in_trash: dict[bytes, str | int] = {}
@@ -109,7 +109,7 @@ def check(cfg: Config) -> CheckReport:
     for rel, rid in in_trash.items():
         if not os.path.lexists(store.abspath(rel)):
             findings.append(
-                Finding("trash_missing", "deleted run not found in trash", rid, os.fsdecode(rel))
+                Finding("trash_missing", "deleted run not found in trash", rid, display(rel))
             )
     trash_root = root / TRASH_DIRNAME
     if trash_root.is_dir():
@@ -120,18 +120,14 @@ def check(cfg: Config) -> CheckReport:
                 rel = os.fsencode(entry.relative_to(root))
                 if rel not in in_trash:
                     findings.append(
-                        Finding(
-                            "trash_orphan", "no tombstone accounts for it", None, os.fsdecode(rel)
-                        )
+                        Finding("trash_orphan", "no tombstone accounts for it", None, display(rel))
                     )
     if cfg.path_template and not cfg.path_column:
         depth = cfg.path_template.strip("/").count("/") + 1
         for rel in _walk_depth(store, depth):
             if rel not in expected:
                 findings.append(
-                    Finding(
-                        "dir_without_row", "no run names this directory", None, os.fsdecode(rel)
-                    )
+                    Finding("dir_without_row", "no run names this directory", None, display(rel))
                 )
     return CheckReport(runs_checked=runs, findings=findings)
 

@@ -205,6 +205,10 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is a directory") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text", hint="save it as UTF-8 (TOML requires it)"
+        ) from None
     flat: dict[str, Any] = {}
     for section, body in data.items():
         if not isinstance(body, dict):

@@ -39,13 +39,13 @@ from journal import FsyncError, Journal, JournalError, TxState, TxStatus, fsio
 from retention import identity, txrecords
 from retention.config import Config
 from retention.durations import format_instant
-from retention.errors import EXIT_OK, EXIT_PARTIAL, RecoveryError, StorageError
+from retention.errors import EXIT_OK, EXIT_PARTIAL, RecoveryError, RetentionError, StorageError
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.policy import RunId
 from retention.reporting import Progress
-from retention.store import LocalTrashStore, OutsideRoot, ancestors
+from retention.store import LocalTrashStore, OutsideRoot, ancestors, display
 from retention.tombstones import TombRun, TxInfo
 from retention.txrecords import Begin, Move, Moves
 from retention.workspace import Workspace, open_workspace
@@ -219,7 +219,7 @@ def _moves_of(tx: TxState) -> list[Move]:
 def _problems_error(txid: str, problems: list[Problem]) -> RecoveryError:
     first = problems[0]
     where = (
-        f"home {os.fsdecode(first.move.home)!s}, trash {os.fsdecode(first.move.trash)!s}"
+        f"home {display(first.move.home)!s}, trash {display(first.move.trash)!s}"
         " (relative to the artifact root)"
     )
     n = len(problems)
@@ -235,6 +235,12 @@ def _drop_trash_dir(store: LocalTrashStore, txid: str) -> None:
     """After a roll-back, remove the transaction's TRASH.json and its (now empty) directory."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(store.abspath(trash_index_rel(txid)))
+    # A kill inside write_atomic can leave its temp file (".TRASH.json.tmp-<pid>") behind.
+    txdir = store.abspath(trash_tx_rel(txid))
+    with contextlib.suppress(OSError):
+        for name in os.listdir(txdir):
+            if name.startswith(b".TRASH.json.tmp-"):
+                os.unlink(txdir + b"/" + name)
     try:
         os.rmdir(store.abspath(trash_tx_rel(txid)))
     except OSError:
@@ -260,16 +266,21 @@ def recover_all(ws: Workspace, now: datetime, *, strict: bool = False) -> list[R
     the command goes on. Anything else that cannot recover raises.
     """
     out = []
+    stalled: RetentionError | OSError | None = None
     for tx in ws.journal.unfinished():
         op = txrecords.decode_begin(tx.begin).op
         try:
             out.append(recover_tx(ws, tx, now))
-        except (StorageError, OSError) as exc:
-            if strict or op != "purge":
+        except (RetentionError, OSError) as exc:
+            if op != "purge":
                 raise
-            msg = exc.message if isinstance(exc, StorageError) else str(exc)
+            # A purge only goes forward and blocks nothing else: recover the others first.
+            msg = exc.message if isinstance(exc, RetentionError) else str(exc)
             out.append(Recovered(tx.txid, op, f"stalled: {msg}", 0))
+            stalled = stalled or exc
     compact(ws.journal)
+    if strict and stalled is not None:
+        raise stalled
     return out
 
 
@@ -387,7 +398,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
             if m.exists:
                 if not store.same_filesystem(rel):
                     raise StorageError(
-                        f"artifact directory {os.fsdecode(store.abspath(rel))} is on another"
+                        f"artifact directory {display(store.abspath(rel))} is on another"
                         " filesystem than the trash; nothing was changed",
                         hint="artifact directories must be on the artifact root's filesystem",
                     )
@@ -519,9 +530,9 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         warnings: list[str] = []
         try:
             purged = trashops.purge_expired(ws, now)
-        except (StorageError, OSError) as exc:
+        except (RetentionError, OSError) as exc:  # e.g. trash we may not remove, a busy catalog
             purged = []
-            msg = exc.message if isinstance(exc, StorageError) else str(exc)
+            msg = exc.message if isinstance(exc, RetentionError) else str(exc)
             warnings.append(f"purge of expired trash did not finish: {msg}")
         compact(j)
         rep = report(txid, deleted, nbytes, skipped)
@@ -558,7 +569,7 @@ def _apply_phase(
             skipped.append(
                 SkippedEntry(
                     m.run_id,
-                    f"cannot move {os.fsdecode(store.abspath(m.home))} into trash:"
+                    f"cannot move {display(store.abspath(m.home))} into trash:"
                     f" {exc.strerror or exc}",
                     MOVE_HINT,
                 )
@@ -570,7 +581,7 @@ def _apply_phase(
         manifest_id=payload.manifest_id,
         created_at=begin.created_at,
         grace_until=begin.grace_until,
-        trash_dir=os.fsdecode(store.abspath(trash_tx_rel(txid))),
+        trash_dir=display(store.abspath(trash_tx_rel(txid))),
     )
     dropped = ws.catalog.commit_delete(
         info, lineage, runs, before_commit=lambda: failpoint("apply.before_commit")

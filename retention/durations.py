@@ -18,6 +18,7 @@ _UNITS = {
     "w": 7 * 86400,
     "y": 365 * 86400,
 }
+MAX_DURATION_S = 1000 * 365 * 86400  # keeps every instant +/- a duration inside datetime
 _DURATION = re.compile(r"(\d+)\s*([smhdwy])")
 
 
@@ -42,6 +43,8 @@ def parse_duration(text: str) -> timedelta:
         )
     if total <= 0:
         raise UsageError(f"invalid duration {text!r}: must be greater than zero")
+    if total > MAX_DURATION_S:
+        raise UsageError(f"invalid duration {text!r}: longer than 1000 years")
     return timedelta(seconds=total)
 
 
@@ -82,7 +85,10 @@ def parse_instant(text: str) -> datetime:
         raise UsageError(
             f"invalid time {text!r}", hint="use ISO-8601, e.g. 2026-03-01T12:00:00Z"
         ) from None
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+    if not 1100 <= dt.year <= 8000:
+        raise UsageError(f"invalid time {text!r}: outside the years 1100 to 8000")
+    return dt
 
 
 def format_instant(dt: datetime) -> str:

@@ -22,13 +22,19 @@ from retention import identity
 from retention.catalog import SqliteCatalog, template_fields
 from retention.config import Config
 from retention.durations import format_instant, parse_duration, parse_instant
-from retention.errors import UsageError
+from retention.errors import ConfigError, UsageError
 from retention.layout import StateLayout
 from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
 from retention.manifest import with_id as manifest_with_id
 from retention.policy import PolicySpec, Verdict, evaluate
 from retention.reporting import Progress
-from retention.store import LocalStore, OutsideRoot, ancestors, relative_artifact_path
+from retention.store import (
+    LocalStore,
+    OutsideRoot,
+    ancestors,
+    display,
+    relative_artifact_path,
+)
 
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
 
@@ -45,6 +51,19 @@ class PlanResult:
     payload: Payload
     manifest: bytes
     skipped: list[Skipped] = field(default_factory=list)
+
+
+def require_artifact_root(cfg: Config) -> None:
+    """Refuse a missing artifact root: every candidate would look as if it had no directory,
+    and apply would delete rows whose directories live elsewhere."""
+    root = Path(cfg.artifact_root)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise ConfigError(
+            f"artifact root {root} {what} (artifacts.root, from {cfg.sources['artifact_root']})",
+            hint="point artifacts.root (or --artifact-root) at the directory holding the runs'"
+            " artifacts",
+        )
 
 
 def policy_from_config(cfg: Config) -> PolicySpec:
@@ -69,9 +88,9 @@ def _refuse_dot_dot(value: bytes) -> bytes:
     if raw.startswith(b"file:"):  # as `relative_artifact_path` decodes it
         raw = os.fsencode(unquote(urlparse(os.fsdecode(raw)).path))
     if b"\0" in raw:
-        raise OutsideRoot(f"{os.fsdecode(value)!r} contains a NUL byte")
+        raise OutsideRoot(f"{display(value)!r} contains a NUL byte")
     if b".." in raw.split(b"/"):
-        raise OutsideRoot(f"{os.fsdecode(value)} contains a '..' component")
+        raise OutsideRoot(f"{display(value)} contains a '..' component")
     return value
 
 
@@ -120,7 +139,7 @@ def _overlapping(
 
     def mark(rel: bytes, why: str) -> None:
         for rid in by_path[rel]:
-            bad.setdefault(rid, f"artifact directory {os.fsdecode(rel)} {why}")
+            bad.setdefault(rid, f"artifact directory {display(rel)} {why}")
 
     for rel, ids in by_path.items():
         if len(ids) > 1:
@@ -167,6 +186,7 @@ def build_plan(
     root = Path(cfg.artifact_root)
     store = LocalStore(root)
     with SqliteCatalog(cfg, readonly=True) as cat:
+        require_artifact_root(cfg)
         # Only once the catalog is known to be usable: a plan run against a wrong path
         # must not leave a new state directory and key behind.
         key, key_id = load_key(state, create=True)
@@ -208,7 +228,7 @@ def build_plan(
                 continue
             m = store.measure(rel) if rel is not None else None
             if m is not None and m.error:
-                path = os.fsdecode(store.abspath(rel)) if rel is not None else ""
+                path = display(store.abspath(rel)) if rel is not None else ""
                 skipped.append(
                     Skipped(
                         run_id,

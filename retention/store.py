@@ -34,6 +34,14 @@ class Measure:
     error: str | None = None  # set when the tree could not be read completely
 
 
+def display(path: bytes | str) -> str:
+    """A path for messages and JSON: valid UTF-8 always (bytes that are not UTF-8 appear as
+    ``\\xff`` escapes; the exact bytes travel in dedicated ``*_raw`` fields)."""
+    if isinstance(path, str):
+        path = os.fsencode(path)
+    return path.decode("utf-8", "backslashreplace")
+
+
 def ancestors(rel: bytes) -> list[bytes]:
     """Proper ancestors of a relative path: ``a/b/c`` -> ``a``, ``a/b``."""
     parts = rel.split(b"/")
@@ -48,20 +56,20 @@ def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
     if raw.startswith(b"file:"):
         u = urlparse(os.fsdecode(raw))
         if u.netloc not in ("", "localhost"):
-            raise OutsideRoot(f"{os.fsdecode(raw)} names another host ({u.netloc})")
+            raise OutsideRoot(f"{display(raw)} names another host ({u.netloc})")
         raw = os.fsencode(unquote(u.path))
     root_b = os.fsencode(os.path.abspath(root))
     if raw.startswith(b"/"):
         norm = os.path.normpath(raw)
         if not norm.startswith(root_b + b"/"):
-            raise OutsideRoot(f"{os.fsdecode(raw)} is outside the artifact root {root}")
+            raise OutsideRoot(f"{display(raw)} is outside the artifact root {root}")
         rel = norm[len(root_b) + 1 :]
     else:
         rel = os.path.normpath(raw)
     if rel in (b".", b"") or rel.startswith(b"../") or rel == b".." or rel.startswith(b"/"):
-        raise OutsideRoot(f"{os.fsdecode(raw)} is outside the artifact root {root}")
+        raise OutsideRoot(f"{display(raw)} is outside the artifact root {root}")
     if rel.split(b"/")[0] == os.fsencode(TRASH_DIRNAME):
-        raise OutsideRoot(f"{os.fsdecode(raw)} is inside the trash")
+        raise OutsideRoot(f"{display(raw)} is inside the trash")
     return rel
 
 
@@ -90,7 +98,7 @@ class LocalStore:
             self._parent_ok[parent] = ok
         if not ok:
             raise OutsideRoot(
-                f"{os.fsdecode(rel)}: a parent directory is a symlink leading out of the root"
+                f"{display(rel)}: a parent directory is a symlink leading out of the root"
             )
 
     def measure(self, rel: bytes) -> Measure:
@@ -125,14 +133,14 @@ class LocalStore:
                 with os.scandir(path) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
-                error = error or f"cannot read {os.fsdecode(path)}: {exc.strerror}"
+                error = error or f"cannot read {display(path)}: {exc.strerror}"
                 continue
             for e in entries:
                 name = sub + b"/" + e.name if sub else e.name
                 try:
                     est = e.stat(follow_symlinks=False)
                 except OSError as exc:
-                    error = error or f"cannot stat {os.fsdecode(e.path)}: {exc.strerror}"
+                    error = error or f"cannot stat {display(e.path)}: {exc.strerror}"
                     continue
                 is_dir = stat.S_ISDIR(est.st_mode)
                 size = 0 if is_dir else est.st_size
@@ -163,10 +171,10 @@ class LocalTrashStore(LocalStore):
         except FileNotFoundError:
             return
         if not stat.S_ISDIR(st.st_mode):
-            raise OutsideRoot(f"{os.fsdecode(trash)} is not a directory (a symlink?)")
+            raise OutsideRoot(f"{display(trash)} is not a directory (a symlink?)")
         real = os.path.realpath(trash)
         if os.path.dirname(real) != self._real_root:
-            raise OutsideRoot(f"{os.fsdecode(trash)} resolves outside the artifact root")
+            raise OutsideRoot(f"{display(trash)} resolves outside the artifact root")
 
     def lexists(self, rel: bytes) -> bool:
         return os.path.lexists(self.abspath(rel))

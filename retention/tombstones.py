@@ -205,12 +205,20 @@ class WritableCatalog(SqliteCatalog):
                     dropped[rid] = "no longer in the catalog"
                 elif fp != r.rows_fp:
                     dropped[rid] = "catalog rows changed since the plan"
+            # The runs table unaliased, as plan evaluated these expressions, with SQLite's own
+            # truth (as in WHERE; NULL is false) on both sides.
+            base = (
+                f"SELECT {q(cfg.id_column)} FROM {q(cfg.runs_table)}"
+                f" WHERE {q(cfg.id_column)} IN (SELECT id FROM {IDS_TABLE})"
+            )
             if cfg.protect:
-                for (rid,) in conn.execute(
-                    f"SELECT r.{q(cfg.id_column)} FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE}"
-                    f" AS ids ON r.{q(cfg.id_column)} = ids.id WHERE ({cfg.protect})"
-                ):
+                for (rid,) in conn.execute(f"{base} AND ({cfg.protect})"):
                     dropped.setdefault(rid, "now protected")
+            if cfg.filter:
+                for (rid,) in conn.execute(
+                    f"{base} AND NOT (CASE WHEN ({cfg.filter}) THEN 1 ELSE 0 END)"
+                ):
+                    dropped.setdefault(rid, "no longer selected by catalog.filter")
             if dropped:
                 conn.executemany(f"DELETE FROM {IDS_TABLE} WHERE id = ?", ((k,) for k in dropped))
             # Tombstones: runs table, then children, each one INSERT ... SELECT.
@@ -316,17 +324,52 @@ class TrashCatalog(WritableCatalog):
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
 
-    def undo_conflicts(self, txid: str, run_ids: list[RunId]) -> dict[RunId, str]:
-        """Runs of ``txid`` that cannot be restored because their id or a row id is taken
-        again (read-only)."""
-        cfg = self.cfg
-        self.load_ids(run_ids)
-        out: dict[RunId, str] = {}
-        for rid in self.existing_ids():
-            out[rid] = f"run id {rid!r} exists again in {cfg.runs_table!r}"
-        for table in [cfg.runs_table, *(c.table for c in self.schema.children)]:
+    def _rowid_is_key(self, table: str) -> bool:
+        """Whether the rowid is the table's INTEGER PRIMARY KEY (then other rows may refer
+        to it, and it must come back unchanged)."""
+        pks = [r for r in self.conn.execute(f"PRAGMA table_info({q(table)})") if r[5] > 0]
+        return len(pks) == 1 and str(pks[0][2]).upper() == "INTEGER"
+
+    def _restore_tables(self) -> list[str]:
+        return [self.cfg.runs_table, *(c.table for c in self.schema.children)]
+
+    def _shared(self, txid: str) -> dict[RunId, set[RunId]]:
+        """Runs of ``txid`` that share a tombstoned row (a row linking two runs): they can
+        only come back together (read-only)."""
+        links: dict[RunId, set[RunId]] = {}
+        for table in self._restore_tables():
             tomb = TOMB_PREFIX + table
             if not _has_table(self.conn, tomb):
+                continue
+            for a, b in self.conn.execute(
+                f"SELECT DISTINCT x.{q(RUN_COL)}, y.{q(RUN_COL)} FROM {q(tomb)} AS x"
+                f" JOIN {q(tomb)} AS y ON x.{q(ROWID_COL)} = y.{q(ROWID_COL)}"
+                f" AND y.{q(TXID_COL)} = x.{q(TXID_COL)} AND x.{q(RUN_COL)} != y.{q(RUN_COL)}"
+                f" WHERE x.{q(TXID_COL)} = ?",
+                (txid,),
+            ):
+                links.setdefault(a, set()).add(b)
+        return links
+
+    def undo_plan(
+        self, txid: str, run_ids: list[RunId], blocked: dict[RunId, str]
+    ) -> tuple[dict[RunId, str], list[list[RunId]]]:
+        """Which runs of ``txid`` cannot be restored, and the rest in groups that must be
+        restored together. Read-only.
+
+        A run conflicts when ``blocked`` says so (its path is taken, say), when its id exists
+        again, or when a row id it needs is taken in a table whose rowid is the primary key.
+        A run sharing a row with a conflicting run conflicts too: restoring one half of a
+        link row would leave it pointing at a run that is not there.
+        """
+        cfg = self.cfg
+        self.load_ids(run_ids)
+        out: dict[RunId, str] = dict(blocked)
+        for rid in self.existing_ids():
+            out.setdefault(rid, f"run id {rid!r} exists again in {cfg.runs_table!r}")
+        for table in self._restore_tables():
+            tomb = TOMB_PREFIX + table
+            if not _has_table(self.conn, tomb) or not self._rowid_is_key(table):
                 continue
             for (rid,) in self.conn.execute(
                 f"SELECT DISTINCT tb.{q(RUN_COL)} FROM {q(tomb)} AS tb"
@@ -336,40 +379,118 @@ class TrashCatalog(WritableCatalog):
                 (txid,),
             ):
                 out.setdefault(rid, f"a row of {table!r} took its place (same rowid)")
-        return out
+        links = self._shared(txid)
+        todo = list(out)
+        while todo:
+            for other in links.get(todo.pop(), ()):
+                if other not in out and other in set(run_ids):
+                    out[other] = "shares a row with a run that cannot be restored"
+                    todo.append(other)
+        groups: list[list[RunId]] = []
+        seen: set[RunId] = set()
+        for rid in run_ids:
+            if rid in out or rid in seen:
+                continue
+            group, stack = [], [rid]
+            seen.add(rid)
+            while stack:
+                cur = stack.pop()
+                group.append(cur)
+                for other in links.get(cur, ()):
+                    if other not in seen and other not in out:
+                        seen.add(other)
+                        stack.append(other)
+            groups.append(group)
+        return out, groups
 
     def commit_restore(
-        self, undo_txid: str, target: str, run_ids: list[RunId], now: str, *, before_commit: Any
-    ) -> None:
-        """THE commit point of an undo: in one transaction re-insert the rows of ``run_ids``
-        from the tombstones of ``target`` (parents first, original rowids, exact values),
-        mark them restored, drop their tombstones and record ``undo_txid``."""
-        conn = self.conn
-        cfg = self.cfg
+        self,
+        undo_txid: str,
+        target: str,
+        groups: list[list[RunId]],
+        now: str,
+        *,
+        before_commit: Any,
+    ) -> dict[RunId, str]:
+        """THE commit point of an undo: in one transaction re-insert the rows of the runs in
+        ``groups`` from the tombstones of ``target`` (parents first, exact values; rowids kept
+        where they are free, always where the rowid is the key), mark them restored, drop
+        their tombstones and record ``undo_txid``.
 
-        def body() -> None:
-            self.load_ids(run_ids)
-            for table in [cfg.runs_table, *(c.table for c in self.schema.children)]:
+        All at once when possible; if a constraint of the application refuses (a UNIQUE
+        index, say), group by group, each under its own SAVEPOINT: the groups refused are
+        returned with the reason, left in trash, and the rest restored.
+        """
+        conn = self.conn
+        tables = self._restore_tables()
+        key_tables = {t for t in tables if self._rowid_is_key(t)}
+        tombs = set(_tomb_tables(conn))
+
+        def restore(ids: list[RunId]) -> None:
+            self.load_ids(ids)
+            sel = f"{q(TXID_COL)} = ? AND {q(RUN_COL)} IN (SELECT id FROM {IDS_TABLE})"
+            for table in tables:
                 tomb = TOMB_PREFIX + table
-                if not _has_table(conn, tomb):
+                if tomb not in tombs:
                     continue
                 tomb_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({q(tomb)})")][3:]
                 live = set(self._columns(table))
-                cols = [c for c in tomb_cols if c in live]
-                names = ", ".join(q(c) for c in cols)
+                names = ", ".join(q(c) for c in tomb_cols if c in live)
+                rid = q(ROWID_COL)
+                # A row linking two deleted runs was tombstoned once per run: restore it once.
+                rows = f"FROM {q(tomb)} WHERE {sel}"
+                if table in key_tables:
+                    conn.execute(
+                        f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
+                        f" GROUP BY {rid} ORDER BY {rid}",
+                        (target,),
+                    )
+                    continue
+                # Not the key: keep each rowid that is still free; rows whose rowid the
+                # application reused since come back with a new one (nothing refers to it).
+                conn.execute("DROP TABLE IF EXISTS temp._retention_taken")
                 conn.execute(
-                    f"INSERT INTO {q(table)} (rowid, {names}) SELECT {q(ROWID_COL)}, {names}"
-                    f" FROM {q(tomb)} WHERE {q(TXID_COL)} = ? AND {q(RUN_COL)} IN"
-                    # A row linking two deleted runs was tombstoned once per run: restore it once.
-                    f" (SELECT id FROM {IDS_TABLE})"
-                    f" GROUP BY {q(ROWID_COL)} ORDER BY {q(ROWID_COL)}",
+                    f"CREATE TEMP TABLE _retention_taken AS SELECT DISTINCT {rid} AS r {rows}"
+                    f" AND {rid} IN (SELECT rowid FROM {q(table)})",
+                    (target,),
+                )
+                taken = "(SELECT r FROM temp._retention_taken)"
+                conn.execute(
+                    f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
+                    f" AND {rid} NOT IN {taken} GROUP BY {rid} ORDER BY {rid}",
                     (target,),
                 )
                 conn.execute(
-                    f"DELETE FROM {q(tomb)} WHERE {q(TXID_COL)} = ? AND {q(RUN_COL)} IN"
-                    f" (SELECT id FROM {IDS_TABLE})",
+                    f"INSERT INTO {q(table)} ({names}) SELECT {names} {rows}"
+                    f" AND {rid} IN {taken} GROUP BY {rid} ORDER BY {rid}",
                     (target,),
                 )
+            for tomb in tombs:  # also tables dropped since: their rows cannot come back
+                conn.execute(f"DELETE FROM {q(tomb)} WHERE {sel}", (target,))
+
+        def body() -> dict[RunId, str]:
+            refused: dict[RunId, str] = {}
+            restored: list[RunId] = [rid for g in groups for rid in g]
+            conn.execute("SAVEPOINT restore_all")
+            try:
+                restore(restored)
+                conn.execute("RELEASE restore_all")
+            except sqlite3.IntegrityError:
+                conn.execute("ROLLBACK TO restore_all")
+                conn.execute("RELEASE restore_all")
+                restored = []
+                for group in groups:
+                    conn.execute("SAVEPOINT restore_group")
+                    try:
+                        restore(group)
+                    except sqlite3.IntegrityError as exc:
+                        conn.execute("ROLLBACK TO restore_group")
+                        for rid in group:
+                            refused[rid] = f"the catalog refused its rows: {exc}"
+                    else:
+                        restored += group
+                    conn.execute("RELEASE restore_group")
+            self.load_ids(restored)
             conn.execute(
                 f"UPDATE {TOMB_RUNS} SET state = 'restored', undo_txid = ? WHERE txid = ?"
                 f" AND run_id IN (SELECT id FROM {IDS_TABLE})",
@@ -386,10 +507,12 @@ class TrashCatalog(WritableCatalog):
             conn.execute(
                 f"INSERT INTO {TX_TABLE} (txid, op, state, target, created_at, runs)"
                 " VALUES (?, 'undo', 'done', ?, ?, ?)",
-                (undo_txid, target, now, len(run_ids)),
+                (undo_txid, target, now, len(restored)),
             )
+            return refused
 
-        self._commit_tx(body, before_commit)
+        result: dict[RunId, str] = self._commit_tx(body, before_commit)
+        return result
 
     def restored_by(self, undo_txid: str) -> set[RunId]:
         if not _has_table(self.conn, TOMB_RUNS):

@@ -38,10 +38,11 @@ from retention.coordinator import (
     reconcile,
 )
 from retention.durations import format_instant, parse_instant
-from retention.errors import StorageError, UndoRefused
+from retention.errors import RetentionError, StorageError, UndoRefused
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_tx_rel
-from retention.store import OutsideRoot
+from retention.policy import RunId
+from retention.store import OutsideRoot, display
 from retention.txrecords import Begin, Move
 from retention.workspace import Workspace
 
@@ -115,7 +116,7 @@ def _finish_purge(ws: Workspace, ptxid: str, targets: list[str], now: datetime) 
             _rmtree(path)
         except OSError as exc:
             raise StorageError(
-                f"cannot remove trash {os.fsdecode(path)}: {exc.strerror or exc}",
+                f"cannot remove trash {display(path)}: {exc.strerror or exc}",
                 hint="fix its permissions; `retention recover` finishes the purge",
             ) from None
         failpoint("purge.after_remove")
@@ -155,6 +156,8 @@ class UndoResult(msgspec.Struct, kw_only=True):
     target: str  # the apply it undid
     restored: list[str | int]
     conflicts: list[Conflict]
+    error: str | None = None  # this apply could not be undone at all (the others still were)
+    error_code: int | None = None
 
 
 def undo_targets(
@@ -195,29 +198,31 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
     """Undo one apply: restore every run it deleted, except conflicts (left in trash)."""
     cat, store = ws.catalog, ws.store
     runs = {rid: r for rid, r in cat.tomb_runs(target).items() if r["state"] == "trash"}
-    conflicts: dict[str | int, str] = dict(cat.undo_conflicts(target, list(runs)))
-    moves: list[Move] = []
+    blocked: dict[RunId, str] = {}
+    dirs: dict[RunId, Move] = {}
     for rid, r in runs.items():
-        if rid in conflicts or r["path"] is None:
+        if r["path"] is None:
             continue
         home, trash = bytes(r["path"]), r["trash"]
         if trash is None:  # the directory was already missing when applied
             if store.lexists(home):
-                conflicts[rid] = f"path {os.fsdecode(home)} exists again"
+                blocked[rid] = f"path {display(home)} exists again"
             continue
         trash = bytes(trash)
         try:
             store.check_contained(home)
         except OutsideRoot as exc:
-            conflicts[rid] = f"its home is no longer inside the artifact root: {exc}"
+            blocked[rid] = f"its home is no longer inside the artifact root: {exc}"
             continue
         if store.lexists(home):
-            conflicts[rid] = f"path {os.fsdecode(home)} exists again"
+            blocked[rid] = f"path {display(home)} exists again"
         elif not store.lexists(trash):
-            conflicts[rid] = f"its directory is missing from trash ({os.fsdecode(trash)})"
+            blocked[rid] = f"its directory is missing from trash ({display(trash)})"
         else:
-            moves.append(Move(rid, home, trash))
-    restore = [rid for rid in runs if rid not in conflicts]
+            dirs[rid] = Move(rid, home, trash)
+    conflicts, groups = cat.undo_plan(target, list(runs), blocked)
+    moves = [dirs[rid] for g in groups for rid in g if rid in dirs]
+    restore = [rid for g in groups for rid in g]
     utxid = new_txid("undo", now)
     if restore:
         begin = Begin(
@@ -240,12 +245,17 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
         )
         for rid, err in failed.items():
             conflicts[rid] = f"cannot move it home: {err.strerror or err}"
-        restore = [rid for rid in restore if rid not in failed]
+        # A group comes back whole or not at all (its members share rows).
+        for g in groups:
+            if any(rid in failed for rid in g):
+                for rid in g:
+                    conflicts.setdefault(rid, "shares a row with a run that cannot be restored")
+        groups = [g for g in groups if not any(rid in conflicts for rid in g)]
         try:
-            cat.commit_restore(
+            refused = cat.commit_restore(
                 utxid,
                 target,
-                restore,
+                groups,
                 format_instant(now),
                 before_commit=lambda: failpoint("undo.before_commit"),
             )
@@ -256,6 +266,7 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
                     _recover_undo(ws, tx, begin, now)
             raise
         failpoint("undo.after_commit")
+        conflicts.update(refused)
         restored = cat.restored_by(utxid)
         _, problems = reconcile(store, moves, lambda r: r not in restored)
         if problems:
@@ -264,6 +275,7 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
         _drop_emptied_trash(ws, target)
         failpoint("undo.before_done")
         j.done(utxid)
+        restore = [rid for rid in restore if rid in restored]
     return UndoResult(
         txid=utxid,
         target=target,
@@ -298,7 +310,7 @@ def _drop_emptied_trash(ws: Workspace, target: str) -> None:
         return  # already removed (a repeated recovery, or the apply moved nothing)
     except OSError as exc:
         raise StorageError(
-            f"cannot remove the emptied trash {os.fsdecode(txdir)}: {exc.strerror or exc}",
+            f"cannot remove the emptied trash {display(txdir)}: {exc.strerror or exc}",
             hint="the undo itself is done; `retention recover` retries the cleanup",
         ) from None
 
@@ -338,6 +350,9 @@ class UndoReport(msgspec.Struct, kw_only=True):
 
     @property
     def exit_code(self) -> int:
+        for u in self.undone:
+            if u.error_code:
+                return u.error_code
         return 3 if any(u.conflicts for u in self.undone) else 0
 
 
@@ -359,7 +374,24 @@ def undo(
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
         targets = undo_targets(ws, now, txid=txid, within=within)
-        results = [undo_one(ws, t, now) for t in targets]
+        results = []
+        for t in targets:
+            # One apply that cannot be undone must not hide the ones that were.
+            try:
+                results.append(undo_one(ws, t, now))
+            except RetentionError as exc:
+                if len(targets) == 1:
+                    raise
+                results.append(
+                    UndoResult(
+                        txid="",
+                        target=t,
+                        restored=[],
+                        conflicts=[],
+                        error=exc.message,
+                        error_code=exc.exit_code,
+                    )
+                )
         compact(ws.journal)
     return UndoReport(undone=results, recovered=recovered)
 

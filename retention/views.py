@@ -192,6 +192,9 @@ def undo_lines(rep: Any) -> list[str]:
     if not rep.undone:
         lines.append("Nothing to undo.")
     for u in rep.undone:
+        if u.error:
+            lines.append(f"Error: could not undo {u.target}: {u.error}")
+            continue
         lines.append(f"Undid {u.target} (as {u.txid}): {len(u.restored)} runs restored.")
         for c in u.conflicts:
             lines.append(f"Conflict {c.run_id}: {c.reason}; it stays in trash.")

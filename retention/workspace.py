@@ -20,6 +20,7 @@ from pathlib import Path
 import filelock
 
 from journal import CorruptJournal, Journal, JournalError, fsio
+from retention.catalog import SqliteCatalog
 from retention.config import Config
 from retention.errors import LockedError, RecoveryError, StorageError
 from retention.layout import StateLayout
@@ -101,6 +102,13 @@ def open_journal(state: StateLayout) -> Journal:
 def open_workspace(cfg: Config) -> Iterator[Workspace]:
     """Lock, open the journal, the catalog (read-write) and the store; close in reverse."""
     state = StateLayout(Path(cfg.state_dir))
+    # Before creating anything: a command run from the wrong directory must not leave a
+    # state directory behind.
+    if not Path(cfg.catalog_path).exists():
+        SqliteCatalog(cfg, readonly=True)  # raises the one clear "does not exist" error
+    from retention.planner import require_artifact_root
+
+    require_artifact_root(cfg)
     with workspace_lock(state):
         journal = open_journal(state)
         try:

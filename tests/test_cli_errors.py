@@ -46,14 +46,15 @@ def test_missing_catalog_is_exit_4_with_a_hint(workspace: Path) -> None:
     result = invoke(*PLAN)
     assert result.stderr.splitlines()[0] == (
         f"Error: catalog {workspace / 'data' / 'catalog.db'} does not exist"
+        " (no retention.toml here, so the built-in default layout applies)"
     )
     assert error_line(result, 4)
-    assert hint_line(result).startswith("Hint: set catalog.path in retention.toml")
+    assert hint_line(result).startswith("Hint: run from the workspace directory, or pass --config")
     assert result.stdout == ""
     assert not Path(".retention").exists()  # a plan that fails writes nothing
     # `show` needs the catalog too.
     Path("m.json").write_text("{}")
-    assert error_line(invoke("show", "m.json"), 4).endswith("does not exist")
+    assert "does not exist" in error_line(invoke("show", "m.json"), 4)
 
 
 def test_catalog_that_is_a_directory_is_exit_4(workspace: Path) -> None:
