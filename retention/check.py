@@ -22,11 +22,12 @@ from pathlib import Path
 
 import msgspec
 
-from journal import BEGIN, DONE, CorruptJournal, read_journal
+from journal import CorruptJournal, read_journal
 from retention.catalog import q
 from retention.config import Config
 from retention.layout import TRASH_DIRNAME, StateLayout
 from retention.planner import _rel_path
+from retention.status import unfinished_txids
 from retention.store import LocalStore, OutsideRoot, display
 from retention.tombstones import TOMB_RUNS, TX_TABLE, TrashCatalog, _has_table
 
@@ -48,18 +49,12 @@ def _journal_findings(state: StateLayout) -> list[Finding]:
     if not state.journal.exists():
         return []
     try:
-        res = read_journal(state.journal)
+        read_journal(state.journal)
     except CorruptJournal as exc:
         return [Finding("journal_corrupt", str(exc), path=str(state.journal))]
-    open_tx: dict[str, None] = {}
-    for rec in res.records:
-        if rec.kind == BEGIN:
-            open_tx[rec.txid] = None
-        elif rec.kind == DONE:
-            open_tx.pop(rec.txid, None)
     return [
         Finding("interrupted", f"transaction {t} is unfinished; run `retention recover`")
-        for t in open_tx
+        for t in unfinished_txids(state)
     ]
 
 

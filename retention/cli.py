@@ -135,6 +135,11 @@ def plan(
         artifact_root=artifact_root,
         state_dir=state_dir,
     )
+    if not output and sys.stdout.isatty():
+        raise UsageError(
+            "refusing to write the signed manifest to a terminal",
+            hint="redirect it (retention plan ... > manifest.json) or use -o manifest.json",
+        )
     result = build_plan(cfg, _now(now_text), allow_remove_all=allow_remove_all)
     if output:
         from retention.views import write_output
@@ -143,7 +148,7 @@ def plan(
     else:
         sys.stdout.buffer.write(result.manifest)
         sys.stdout.flush()
-    for line in views.plan_summary(result):
+    for line in views.plan_summary(result, output):
         click.echo(line, err=True)
     if result.skipped:
         ctx.exit(EXIT_PARTIAL)
@@ -296,9 +301,10 @@ def check(ctx: click.Context, as_json: bool) -> None:
         _emit(report)
     else:
         for f in report.findings:
-            who = f" run {f.run_id}" if f.run_id is not None else ""
-            where = f" {f.path}" if f.path else ""
-            click.echo(f"{f.kind}:{who}{where}: {f.detail}")
+            subject = [f"run {f.run_id}"] if f.run_id is not None else []
+            if f.path and f.path != str(f.run_id):
+                subject.append(f.path)
+            click.echo(f"{f.kind}: " + (f"{' '.join(subject)}: " if subject else "") + f.detail)
         click.echo(f"{report.runs_checked} runs checked, {len(report.findings)} finding(s).")
     if report.findings:
         ctx.exit(EXIT_INCONSISTENT)

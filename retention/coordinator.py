@@ -88,6 +88,7 @@ class ApplyReport(msgspec.Struct, kw_only=True):
     recovered: list[Recovered] = []
     purged: list[str] = []
     warnings: list[str] = []
+    undo_until: str | None = None  # end of the grace period: undo works at least until then
     duration_ms: int
 
     @property
@@ -538,6 +539,7 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         rep = report(txid, deleted, nbytes, skipped)
         rep.purged = purged
         rep.warnings = warnings
+        rep.undo_until = begin.grace_until
         _save_last(ws, rep)
         return rep
 

@@ -62,6 +62,20 @@ def format_duration(td: timedelta | float) -> str:
     return f"{secs / 86400:.1f} d".replace(".0 d", " d")
 
 
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 run``, ``2 runs``, ``3 directories`` (pass ``many`` when ``s`` is not the plural)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def human_instant(text: str) -> str:
+    """An ISO instant for people: minute precision, ``2026-11-29 07:58Z`` (JSON stays exact)."""
+    try:
+        dt = parse_instant(text)
+    except UsageError:
+        return text
+    return f"{dt:%Y-%m-%d %H:%M}Z"
+
+
 def format_bytes(n: int) -> str:
     """Render a byte count for people in binary units: ``0 B``, ``512 B``, ``1.2 GiB``."""
     if n < 1024:

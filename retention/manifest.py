@@ -189,10 +189,18 @@ def verify(data: bytes, key: bytes, key_id: str, *, now: datetime) -> Payload:
     key, whose signature does not match its bytes, has an unknown format or version, or
     has expired at ``now``. The catalog identity is the caller's check.
     """
+    if not data.strip():
+        raise ManifestRejected(
+            "the manifest is empty",
+            hint="the `retention plan` that wrote it probably failed; see its error and plan again",
+        )
     try:
         env = msgspec.json.decode(data, type=Envelope)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ManifestRejected(f"not a retention manifest: {exc}") from None
+        raise ManifestRejected(
+            f"not a retention manifest ({exc})",
+            hint="give the file `retention plan` wrote; any edit, even reformatting, breaks it",
+        ) from None
     if env.alg != ALG:
         raise ManifestRejected(f"unsupported signature algorithm {env.alg!r}")
     if env.key_id != key_id:
@@ -205,7 +213,7 @@ def verify(data: bytes, key: bytes, key_id: str, *, now: datetime) -> Payload:
     if not hmac.compare_digest(expected, env.sig):
         raise ManifestRejected(
             "manifest signature does not match: it was edited or damaged after planning",
-            hint="run `retention plan` again; never edit a manifest by hand",
+            hint="plan again; any edit, even reformatting (jq, an editor), breaks the signature",
         )
     try:
         payload = msgspec.json.decode(body, type=Payload)

@@ -51,6 +51,8 @@ class PlanResult:
     payload: Payload
     manifest: bytes
     skipped: list[Skipped] = field(default_factory=list)
+    no_time: int = 0  # runs kept because no timestamp could be read
+    interrupted: list[str] = field(default_factory=list)  # unfinished txids in the journal
 
 
 def require_artifact_root(cfg: Config) -> None:
@@ -279,4 +281,7 @@ def build_plan(
         entries=entries,
     )
     manifest_with_id(payload)
-    return PlanResult(payload, sign(payload, key), skipped)
+    from retention.status import unfinished_txids
+
+    no_time = sum(1 for v in decision.keep if v.item.time is None)
+    return PlanResult(payload, sign(payload, key), skipped, no_time, unfinished_txids(state))

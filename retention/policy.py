@@ -43,8 +43,10 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     def describe(self) -> str:
         """The policy as one sentence, printed first by ``plan``."""
         parts = []
-        if self.keep_last is not None:
-            parts.append(f"the newest {self.keep_last} runs")
+        if self.keep_last:  # 0 keeps nothing: not worth a clause
+            parts.append(
+                "the newest run" if self.keep_last == 1 else f"the newest {self.keep_last} runs"
+            )
         if self.max_age_seconds is not None:
             parts.append(f"every run younger than {_age(self.max_age_seconds)}")
         if not parts:

@@ -47,6 +47,23 @@ class StatusReport(msgspec.Struct, kw_only=True):
     last_apply: msgspec.Raw | None = None
 
 
+def unfinished_txids(state: StateLayout) -> list[str]:
+    """Transactions the journal holds unfinished (read-only; a corrupt journal says so)."""
+    if not state.journal.exists():
+        return []
+    try:
+        res = read_journal(state.journal)
+    except CorruptJournal:
+        return ["(the journal is corrupt)"]
+    open_tx: dict[str, None] = {}
+    for rec in res.records:
+        if rec.kind == BEGIN:
+            open_tx[rec.txid] = None
+        elif rec.kind == DONE:
+            open_tx.pop(rec.txid, None)
+    return list(open_tx)
+
+
 def status(cfg: Config, now: datetime) -> StatusReport:
     state = StateLayout(Path(cfg.state_dir))
     with TrashCatalog(cfg, readonly=True) as cat:

@@ -12,7 +12,7 @@ import msgspec
 from journal import fsio
 from retention.catalog import SqliteCatalog
 from retention.config import Config
-from retention.durations import format_bytes, parse_instant
+from retention.durations import format_bytes, human_instant, parse_instant, plural
 from retention.errors import StorageError
 from retention.layout import StateLayout
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
@@ -29,28 +29,67 @@ def write_output(path: Path, data: bytes) -> None:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def plan_summary(result: PlanResult) -> list[str]:
+def plan_summary(result: PlanResult, target: str | None = None) -> list[str]:
     p = result.payload
-    lines = [p.policy_text]
+    lines = []
+    for txid in result.interrupted:
+        lines.append(
+            f"Warning: transaction {txid} was interrupted; run `retention recover` first:"
+            " this plan reflects a half-finished state."
+        )
+    lines.append(p.policy_text)
     n = len(p.entries)
     lines.append(
-        f"{n} of {p.considered} runs would be deleted, {format_bytes(p.total_bytes)}"
-        f" reclaimed (manifest {p.manifest_id}, expires {p.expires_at})."
+        f"{n} of {plural(p.considered, 'run')} would be deleted, {format_bytes(p.total_bytes)}"
+        f" reclaimed (manifest {p.manifest_id}, valid until {human_instant(p.expires_at)})."
     )
     if n:
         dated = [e.time for e in p.entries if e.time]
         if dated:
             oldest = min(dated, key=parse_instant)  # by instant: "…00.5Z" < "…00Z" as text
             newest = max(dated, key=parse_instant)
-            lines.append(f"Oldest candidate {oldest}, newest {newest}.")
+            lines.append(
+                f"Oldest candidate {human_instant(oldest)}, newest {human_instant(newest)}."
+            )
         missing = sum(1 for e in p.entries if e.path is not None and not e.exists)
         if missing:
-            lines.append(f"{missing} candidate(s) have no artifact directory on disk.")
-    for s in result.skipped:
-        lines.append(f"Skipped {s.run_id}: {s.reason}")
-        if s.hint:
-            lines.append(f"  Hint: {s.hint}")
+            lines.append(
+                f"{plural(missing, 'candidate')} without an artifact directory on disk"
+                " (their rows are deleted all the same)."
+            )
+    if result.no_time:
+        lines.append(
+            f"{plural(result.no_time, 'run')} kept because no timestamp could be read"
+            " (catalog.time_columns, catalog.time_format)."
+        )
+    lines += _skipped_lines([(s.run_id, s.reason, s.hint) for s in result.skipped])
+    if n:
+        name = target or "<manifest>"
+        lines.append(f"Next: retention show {name}, then retention apply {name}")
     return lines
+
+
+def _skipped_lines(skipped: list[tuple[object, str, str | None]]) -> list[str]:
+    """One line per skipped entry, or one per reason when there are many."""
+    if len(skipped) <= 10:
+        out = []
+        for rid, reason, hint in skipped:
+            out.append(f"Skipped {rid}: {reason}")
+            if hint:
+                out.append(f"  Hint: {hint}")
+        return out
+    by: dict[str, list[object]] = defaultdict(list)
+    hints: dict[str, str | None] = {}
+    for rid, reason, hint in skipped:
+        by[reason].append(rid)
+        hints[reason] = hint
+    out = []
+    for reason, ids in sorted(by.items(), key=lambda kv: -len(kv[1])):
+        sample = ", ".join(str(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+        out.append(f"Skipped {plural(len(ids), 'run')} ({sample}): {reason}")
+        if hints[reason]:
+            out.append(f"  Hint: {hints[reason]}")
+    return out
 
 
 def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Payload:
@@ -146,7 +185,8 @@ def show_lines(p: Payload, top: int) -> list[str]:
     if r.largest:
         lines += ["", f"Largest {len(r.largest)}:"]
         for e in r.largest:
-            lines.append(f"  {format_bytes(e.bytes):>10}  {e.run_id}  {e.path or '(no artifacts)'}")
+            where = "" if e.path == str(e.run_id) else f"  {e.path or '(no artifacts)'}"
+            lines.append(f"  {format_bytes(e.bytes):>10}  {e.run_id}{where}")
     return lines
 
 
@@ -162,20 +202,23 @@ def apply_lines(r: object) -> list[str]:
         )
         return lines
     if rep.txid is None:
-        lines.append("Nothing to apply: no entry of the manifest can be deleted now.")
-    else:
         lines.append(
-            f"Applied {rep.manifest_id} as {rep.txid}: {rep.deleted_runs} runs deleted,"
-            f" {format_bytes(rep.bytes_moved)} moved to trash"
+            "Nothing to apply: the manifest is empty."
+            if not rep.skipped
+            else "Nothing to apply: no entry of the manifest can be deleted now."
+        )
+    else:
+        skipped = f", {len(rep.skipped)} skipped" if rep.skipped else ""
+        lines.append(
+            f"Applied {rep.manifest_id} as {rep.txid}: {plural(rep.deleted_runs, 'run')}"
+            f" deleted{skipped}, {format_bytes(rep.bytes_moved)} moved to trash"
             f" in {format_duration(rep.duration_ms / 1000)}."
         )
-        lines.append(f"Undo with: retention undo {rep.txid}")
-    for s in rep.skipped:
-        lines.append(f"Skipped {s.run_id}: {s.reason}")
-        if s.hint:
-            lines.append(f"  Hint: {s.hint}")
+        until = f" (until {human_instant(rep.undo_until)})" if rep.undo_until else ""
+        lines.append(f"Undo with: retention undo {rep.txid}{until}")
+    lines += _skipped_lines([(s.run_id, s.reason, s.hint) for s in rep.skipped])
     if rep.purged:
-        lines.append(f"Purged expired trash of {len(rep.purged)} earlier apply(s).")
+        lines.append(f"Purged the expired trash of {plural(len(rep.purged), 'earlier apply')}.")
     for w in rep.warnings:
         lines.append(f"Warning: {w}")
     return lines
@@ -184,7 +227,11 @@ def apply_lines(r: object) -> list[str]:
 def recover_lines(recovered: list[Any]) -> list[str]:
     if not recovered:
         return ["Nothing to recover."]
-    return [f"{x.txid} ({x.op}): {x.action}, {x.moved} director(ies) moved." for x in recovered]
+    out = []
+    for x in recovered:
+        moved = f": {plural(x.moved, 'directory', 'directories')} moved" if x.moved else ""
+        out.append(f"{x.txid} ({x.op}) {x.action}{moved}.")
+    return out
 
 
 def undo_lines(rep: Any) -> list[str]:
@@ -195,13 +242,24 @@ def undo_lines(rep: Any) -> list[str]:
         if u.error:
             lines.append(f"Error: could not undo {u.target}: {u.error}")
             continue
-        lines.append(f"Undid {u.target} (as {u.txid}): {len(u.restored)} runs restored.")
+        if u.restored:
+            lines.append(
+                f"Undid {u.target} (as {u.txid}): {plural(len(u.restored), 'run')} restored."
+            )
+        else:
+            lines.append(f"Nothing of {u.target} could be restored.")
         for c in u.conflicts:
             lines.append(f"Conflict {c.run_id}: {c.reason}; it stays in trash.")
+        if u.conflicts:
+            lines.append(
+                f"  Hint: move what took their place aside, then run `retention undo {u.target}`"
+                " again"
+            )
     return lines
 
 
 def status_lines(rep: Any) -> list[str]:
+    now = parse_instant(rep.now)
     lines = [f"Grace period: {rep.grace_period}. Journal: {rep.journal}."]
     if rep.interrupted:
         lines.append("Interrupted transactions (run `retention recover`):")
@@ -211,13 +269,43 @@ def status_lines(rep: Any) -> list[str]:
         lines.append("No interrupted transaction.")
     if rep.trash:
         lines.append("Trash:")
+        rows = []
         for t in rep.trash:
-            until = f"undo possible until {t.grace_until}" if t.undoable else t.state
-            lines.append(
-                f"  {t.txid}  {t.runs} runs  {format_bytes(t.bytes)}"
-                f"  deleted {t.deleted_at}  {until}"
+            if not t.undoable:
+                until = t.state
+            elif t.grace_until and parse_instant(t.grace_until) <= now:
+                until = (
+                    f"grace over since {human_instant(t.grace_until)}: undo possible until"
+                    " the next purge"
+                )
+            else:
+                until = f"undo possible until {human_instant(t.grace_until or '')}"
+            rows.append(
+                (
+                    t.txid,
+                    plural(t.runs, "run"),
+                    format_bytes(t.bytes),
+                    human_instant(t.deleted_at),
+                    until,
+                )
             )
-        lines.append(f"Undoable: {rep.undoable_runs} runs, {format_bytes(rep.undoable_bytes)}.")
+        w = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            lines.append(
+                f"  {r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  deleted {r[3]:<{w[3]}}  {r[4]}"
+            )
+        lines.append(
+            f"Undoable: {plural(rep.undoable_runs, 'run')}, {format_bytes(rep.undoable_bytes)}."
+        )
     else:
         lines.append("Trash is empty; nothing to undo.")
+    if rep.last_apply is not None:
+        import msgspec as _m
+
+        last = _m.json.decode(bytes(rep.last_apply))
+        lines.append(
+            f"Last apply: {last.get('txid')} ({last.get('manifest_id')}),"
+            f" {plural(int(last.get('deleted_runs', 0)), 'run')} deleted,"
+            f" {len(last.get('skipped', []))} skipped."
+        )
     return lines

@@ -173,7 +173,7 @@ def test_a_few_tampered_manifests_are_refused_by_show_with_exit_5(small: bytes) 
     result = invoke("show", "id-edited")
     assert result.stderr.splitlines() == [
         "Error: manifest signature does not match: it was edited or damaged after planning",
-        "Hint: run `retention plan` again; never edit a manifest by hand",
+        "Hint: plan again; any edit, even reformatting (jq, an editor), breaks the signature",
     ]
 
 
@@ -219,11 +219,11 @@ def test_manifest_signed_by_another_workspace_key_is_refused(workspace: Path) ->
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"", "Error: not a retention manifest: Input data was truncated"),
-        (b"hello", "Error: not a retention manifest: "),
-        (b"{}", "Error: not a retention manifest: Object missing required field `alg`"),
-        (b"[1, 2]", "Error: not a retention manifest: "),
-        (b"\xff\xfe\x00garbage", "Error: not a retention manifest: "),
+        (b"", "Error: the manifest is empty"),
+        (b"hello", "Error: not a retention manifest ("),
+        (b"{}", "Error: not a retention manifest (Object missing required field `alg`)"),
+        (b"[1, 2]", "Error: not a retention manifest ("),
+        (b"\xff\xfe\x00garbage", "Error: not a retention manifest ("),
         (
             b'{"alg":"HMAC-SHA256","key_id":"k-x","payload":{},"sig":"00"}',
             "Error: manifest was signed by another workspace",

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from retention.durations import parse_instant
+from retention.durations import human_instant, parse_instant
 
 from . import crashkit as ck
 
@@ -157,7 +157,7 @@ def test_status_reports_trash_per_transaction_grace_period_and_last_apply(
     assert "Grace period: 36h." in text
     assert "No interrupted transaction." in text
     assert f"{applied['txid']}  6 runs" in text
-    assert f"undo possible until {t['grace_until']}" in text
+    assert f"undo possible until {human_instant(t['grace_until'])}" in text
     assert "Undoable: 6 runs" in text
 
     # Purged trash is no longer listed; the last apply still is.
