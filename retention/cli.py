@@ -58,7 +58,6 @@ def _now(value: str | None) -> datetime:
 config_option = click.option(
     "--config",
     "config_path",
-    envvar="RETENTION_CONFIG",
     type=click.Path(dir_okay=False),
     help="Config file (default ./retention.toml; env RETENTION_CONFIG).",
 )
@@ -158,7 +157,13 @@ def plan(
 @_config_opt
 @click.argument("manifest", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-@click.option("--top", default=10, show_default=True, help="How many of the largest to list.")
+@click.option(
+    "--top",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="How many of the largest to list.",
+)
 @click.pass_context
 def show(ctx: click.Context, manifest: str, as_json: bool, top: int) -> None:
     """Verify a manifest (signature, expiry, catalog) and show what it would delete."""
@@ -255,7 +260,13 @@ def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str
 
 @cli.command()
 @_config_opt
-@click.option("--expired", "mode", flag_value="expired", default=True, help="Grace over (default).")
+@click.option(
+    "--expired",
+    "mode",
+    flag_value="expired",
+    default=True,
+    help="Only trash whose grace period is over (the default).",
+)
 @click.option("--all", "mode", flag_value="all", help="Empty the whole trash (no undo after).")
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
 @click.pass_context
@@ -265,7 +276,8 @@ def purge(ctx: click.Context, mode: str, now_text: str | None) -> None:
 
     report = run_purge(_config(ctx), everything=mode == "all", now=_now(now_text))
     _emit(report)
-    click.echo(f"Purged {len(report.purged)} transaction(s) from trash.", err=True)
+    for line in views.purge_lines(report):
+        click.echo(line, err=True)
 
 
 @cli.command()

@@ -13,6 +13,7 @@ to the config file's directory if there is one, else to the current directory.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -145,12 +146,16 @@ def _children(value: Any, where: str) -> tuple[ChildTable, ...]:
                 table, _, column = part.strip().partition(":")
                 items.append({"table": table, "column": column or None})
         value = items
+    shape = (
+        'expected a list like [{ table = "run_metrics", column = "run_id" }]'
+        " (environment: run_metrics:run_id,other:run_uuid)"
+    )
     if not isinstance(value, list | tuple):
-        raise ConfigError(f"{where}: expected a list of {{table, column}} tables")
+        raise ConfigError(f"{where}: {shape}")
     try:
         return tuple(msgspec.convert(v, ChildTable) for v in value)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {shape}; {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -216,10 +221,9 @@ def _read_file(path: Path) -> dict[str, Any]:
         for name, value in body.items():
             key = f"{section}.{name}"
             if key not in _BY_KEY:
-                known = ", ".join(sorted(_BY_KEY))
-                raise ConfigError(
-                    f"config file {path}: unknown setting {key!r}", hint=f"known: {known}"
-                )
+                close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
+                hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(_BY_KEY)
+                raise ConfigError(f"config file {path}: unknown setting {key!r}", hint=hint)
             flat[key] = value
     return flat
 
@@ -230,7 +234,11 @@ def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | Non
     if explicit:
         return Path(explicit)
     if env.get(CONFIG_ENV):
-        return Path(env[CONFIG_ENV])
+        path = Path(env[CONFIG_ENV])
+        if not path.is_file():
+            what = "does not exist" if not path.exists() else "is not a file"
+            raise ConfigError(f"config file {path} (from env {CONFIG_ENV}) {what}")
+        return path
     default = Path(DEFAULT_CONFIG_NAME)
     return default if default.exists() else None
 

@@ -265,7 +265,9 @@ def verify_for_workspace(
     if current != payload.catalog_id:
         raise ManifestRejected(
             f"manifest {payload.manifest_id} was planned against another catalog"
-            f" ({payload.catalog_id}; this one is {current or 'unbound'})",
-            hint="plan again against this catalog",
+            f" ({payload.catalog_path}, {payload.catalog_id}); this one is {catalog.path}"
+            f" ({current or 'never planned'})",
+            hint="plan again against this catalog; a copy of a catalog file is another"
+            " catalog until an apply has recorded its identity in it",
         )
     return payload

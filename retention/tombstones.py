@@ -314,6 +314,18 @@ def _tomb_tables(conn: sqlite3.Connection) -> list[str]:
 class TrashCatalog(WritableCatalog):
     """The catalog side of undo and purge."""
 
+    def trash_totals(self, txids: list[str]) -> tuple[int, int]:
+        """Runs and bytes still in trash for these applies (read-only)."""
+        if not txids or not _has_table(self.conn, TOMB_RUNS):
+            return 0, 0
+        marks = ", ".join("?" * len(txids))
+        runs, nbytes = self.conn.execute(
+            f"SELECT count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
+            f" WHERE state = 'trash' AND txid IN ({marks})",
+            txids,
+        ).fetchone()
+        return int(runs), int(nbytes)
+
     def applies(self) -> list[dict[str, Any]]:
         """Every recorded apply, newest first (read-only)."""
         if not _has_table(self.conn, TX_TABLE):

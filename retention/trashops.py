@@ -359,6 +359,8 @@ class UndoReport(msgspec.Struct, kw_only=True):
 class PurgeReport(msgspec.Struct, kw_only=True):
     version: int = 1
     purged: list[str]
+    runs: int  # runs whose trash was removed (they can no longer be undone)
+    bytes: int
     recovered: list[Recovered]
 
 
@@ -404,6 +406,7 @@ def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> Purg
     now = now or datetime.now(UTC)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
+        runs, nbytes = ws.catalog.trash_totals(expired_applies(ws, now, everything=everything))
         purged = purge_expired(ws, now, everything=everything)
         compact(ws.journal)
-    return PurgeReport(purged=purged, recovered=recovered)
+    return PurgeReport(purged=purged, runs=runs, bytes=nbytes, recovered=recovered)

@@ -218,7 +218,8 @@ def apply_lines(r: object) -> list[str]:
         lines.append(f"Undo with: retention undo {rep.txid}{until}")
     lines += _skipped_lines([(s.run_id, s.reason, s.hint) for s in rep.skipped])
     if rep.purged:
-        lines.append(f"Purged the expired trash of {plural(len(rep.purged), 'earlier apply')}.")
+        n = plural(len(rep.purged), "earlier apply", "earlier applies")
+        lines.append(f"Purged the expired trash of {n}.")
     for w in rep.warnings:
         lines.append(f"Warning: {w}")
     return lines
@@ -232,6 +233,18 @@ def recover_lines(recovered: list[Any]) -> list[str]:
         moved = f": {plural(x.moved, 'directory', 'directories')} moved" if x.moved else ""
         out.append(f"{x.txid} ({x.op}) {x.action}{moved}.")
     return out
+
+
+def purge_lines(rep: Any) -> list[str]:
+    lines = [f"Recovered {x.txid} ({x.op}): {x.action}." for x in rep.recovered]
+    if not rep.purged:
+        return [*lines, "Nothing to purge."]
+    lines.append(
+        f"Purged the trash of {plural(len(rep.purged), 'apply', 'applies')}:"
+        f" {plural(rep.runs, 'run')}, {format_bytes(rep.bytes)} freed; these can no longer"
+        " be undone."
+    )
+    return lines
 
 
 def undo_lines(rep: Any) -> list[str]:

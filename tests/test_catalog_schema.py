@@ -64,10 +64,11 @@ def test_show_refuses_a_manifest_planned_against_another_catalog_file(
     lines = result.stderr.splitlines()
     assert lines[0] == (
         f"Error: manifest {payload['manifest_id']} was planned against another catalog"
-        f" ({payload['catalog_id']}; this one is unbound)"
+        f" ({payload['catalog_path']}, {payload['catalog_id']}); this one is {b}"
+        " (never planned)"
     )
     assert "another catalog" in lines[0]
-    assert lines[1] == "Hint: plan again against this catalog"
+    assert lines[1].startswith("Hint: plan again against this catalog")
     assert result.stdout == ""
 
     # Planning against the copy binds it to a lineage of its own: still another catalog.
@@ -133,8 +134,8 @@ def test_after_first_apply_the_lineage_in_the_catalog_wins_and_travels_with_copi
     result = _show(monkeypatch, b, "a.json")
     assert result.exit_code == 5
     assert result.stderr.splitlines()[0].endswith(
-        f"was planned against another catalog ({payload['catalog_id']};"
-        " this one is cat-000000000000000000000000)"
+        f"was planned against another catalog ({payload['catalog_path']},"
+        f" {payload['catalog_id']}); this one is {b} (cat-000000000000000000000000)"
     )
 
 
