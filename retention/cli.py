@@ -147,7 +147,7 @@ def plan(
     else:
         sys.stdout.buffer.write(result.manifest)
         sys.stdout.flush()
-    for line in views.plan_summary(result, output):
+    for line in views.plan_summary(result, output, datetime.now(UTC)):
         click.echo(line, err=True)
     if result.skipped:
         ctx.exit(EXIT_PARTIAL)
@@ -168,11 +168,11 @@ def plan(
 def show(ctx: click.Context, manifest: str, as_json: bool, top: int) -> None:
     """Verify a manifest (signature, expiry, catalog) and show what it would delete."""
     cfg = _config(ctx)
-    payload = views.load_verified(cfg, manifest, datetime.now(UTC))
+    verified = views.load_verified(cfg, manifest, datetime.now(UTC))
     if as_json:
-        sys.stdout.buffer.write(msgspec.json.encode(views.show_report(payload, top)) + b"\n")
+        _emit(views.show_report(verified, top))
     else:
-        for line in views.show_lines(payload, top):
+        for line in views.show_lines(verified, top, manifest):
             click.echo(line)
 
 

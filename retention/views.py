@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,6 @@ from typing import Any
 import msgspec
 
 from journal import fsio
-from retention.catalog import SqliteCatalog
 from retention.config import Config
 from retention.durations import format_bytes, human_instant, parse_instant, plural
 from retention.errors import StorageError
@@ -29,9 +29,24 @@ def write_output(path: Path, data: bytes) -> None:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def plan_summary(result: PlanResult, target: str | None = None) -> list[str]:
+def plan_summary(
+    result: PlanResult, target: str | None = None, clock: datetime | None = None
+) -> list[str]:
+    """Human summary of a plan; ``clock`` is the real time, to warn about a ``--now`` far
+    from it."""
     p = result.payload
     lines = []
+    if clock is not None:
+        if parse_instant(p.expires_at) <= clock:
+            lines.append(
+                f"Warning: this manifest expired at {human_instant(p.expires_at)} (--now is"
+                " in the past): apply will refuse it."
+            )
+        elif (parse_instant(p.now) - clock).total_seconds() > 3600:
+            lines.append(
+                "Warning: --now is in the future: the policy treats runs as older than they"
+                " are, and runs young today may be deleted."
+            )
     for txid in result.interrupted:
         lines.append(
             f"Warning: transaction {txid} was interrupted; run `retention recover` first:"
@@ -92,11 +107,25 @@ def _skipped_lines(skipped: list[tuple[object, str, str | None]]) -> list[str]:
     return out
 
 
-def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Payload:
+@dataclass
+class Verified:
+    """A verified manifest and where it stands against the catalog today."""
+
+    payload: Payload
+    applied_by: list[str]  # applies that already committed this manifest
+    gone: int  # entries whose run is no longer in the catalog
+
+
+def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
     """Read a manifest and verify signature, expiry and catalog identity (read-only)."""
+    from retention.tombstones import TrashCatalog
+
     data = read_manifest_bytes(manifest_path)
-    with SqliteCatalog(cfg, readonly=True) as cat:
-        return verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
+    with TrashCatalog(cfg, readonly=True) as cat:
+        payload = verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
+        cat.load_ids(e.run_id for e in payload.entries)
+        gone = len(payload.entries) - len(cat.existing_ids())
+        return Verified(payload, cat.applied_by_manifest(payload.manifest_id), gone)
 
 
 class Group(msgspec.Struct):
@@ -121,6 +150,8 @@ class Largest(msgspec.Struct):
 
 class ShowReport(msgspec.Struct):
     version: int
+    already_applied_by: list[str]
+    no_longer_in_catalog: int
     manifest_id: str
     catalog_id: str
     policy: str
@@ -135,7 +166,8 @@ class ShowReport(msgspec.Struct):
     largest: list[Largest]
 
 
-def show_report(p: Payload, top: int) -> ShowReport:
+def show_report(v: Verified, top: int) -> ShowReport:
+    p = v.payload
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for e in p.entries:
         g = groups[e.reason]
@@ -150,6 +182,8 @@ def show_report(p: Payload, top: int) -> ShowReport:
     largest = sorted(p.entries, key=lambda e: (-e.bytes, str(e.run_id)))[: max(top, 0)]
     return ShowReport(
         version=SHOW_VERSION,
+        already_applied_by=v.applied_by,
+        no_longer_in_catalog=v.gone,
         manifest_id=p.manifest_id,
         catalog_id=p.catalog_id,
         policy=p.policy_text,
@@ -165,8 +199,8 @@ def show_report(p: Payload, top: int) -> ShowReport:
     )
 
 
-def show_lines(p: Payload, top: int) -> list[str]:
-    r = show_report(p, top)
+def show_lines(v: Verified, top: int, name: str) -> list[str]:
+    r = show_report(v, top)
     lines = [
         f"Manifest {r.manifest_id} (catalog {r.catalog_id}), planned at {r.now},"
         f" valid until {r.expires_at}: signature OK.",
@@ -187,6 +221,20 @@ def show_lines(p: Payload, top: int) -> list[str]:
         for e in r.largest:
             where = "" if e.path == str(e.run_id) else f"  {e.path or '(no artifacts)'}"
             lines.append(f"  {format_bytes(e.bytes):>10}  {e.run_id}{where}")
+    lines.append("")
+    if r.already_applied_by:
+        lines.append(
+            f"Already applied by {', '.join(r.already_applied_by)}: apply would do nothing."
+        )
+    elif not r.count:
+        lines.append("Nothing to delete.")
+    else:
+        if r.no_longer_in_catalog:
+            lines.append(
+                f"{plural(r.no_longer_in_catalog, 'entry', 'entries')} no longer in the catalog:"
+                " apply would skip them."
+            )
+        lines.append(f"Apply with: retention apply {name}")
     return lines
 
 

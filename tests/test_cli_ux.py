@@ -81,3 +81,24 @@ def test_apply_summary_counts_skips_and_says_how_long_undo_works(workspace: Path
     assert "Undo with: retention undo a-" in result.stderr and "(until " in result.stderr
     status = invoke("status")
     assert "undo possible until" in status.stdout and "Last apply: a-" in status.stdout
+
+
+def test_plan_warns_when_now_is_far_from_the_clock(workspace: Path) -> None:
+    os.environ["RETENTION_MANIFEST_TTL"] = "1d"
+    try:
+        past = invoke("plan", "--now", "2020-01-01T00:00:00Z", "-o", "m.json")
+        future = invoke(
+            "plan", "--now", "2099-01-01T00:00:00Z", "--allow-remove-all", "-o", "f.json"
+        )
+    finally:
+        os.environ["RETENTION_MANIFEST_TTL"] = "3650d"
+    assert past.stderr.startswith("Warning: this manifest expired at 2020-01-02 00:00Z")
+    assert future.stderr.startswith("Warning: --now is in the future")
+
+
+def test_plan_warns_over_an_interrupted_transaction(workspace: Path) -> None:
+    m = ck.plan(workspace, keep_last=30)
+    assert ck.crashed(ck.run(workspace, "apply", str(m), failpoint="apply.after_rename@2"))
+    result = invoke("plan", "--keep-last", "30", "-o", "again.json")
+    assert result.stderr.startswith("Warning: transaction a-")
+    assert "run `retention recover` first" in result.stderr.splitlines()[0]

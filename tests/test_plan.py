@@ -179,7 +179,8 @@ def test_show_groups_by_reason_and_lists_the_largest_entries(workspace: Path) ->
     largest = sorted(payload["entries"], key=lambda e: (-e["bytes"], e["run_id"]))[:3]
     assert lines[6:8] == ["", "Largest 3:"]
     # The path is shown only where it differs from the run id (not in this layout).
-    assert lines[8:] == [f"  {format_bytes(e['bytes']):>10}  {e['run_id']}" for e in largest]
+    assert lines[8:11] == [f"  {format_bytes(e['bytes']):>10}  {e['run_id']}" for e in largest]
+    assert lines[11:] == ["", "Apply with: retention apply m.json"]
     assert largest[0]["bytes"] >= largest[1]["bytes"] >= largest[2]["bytes"]
 
 
@@ -264,3 +265,12 @@ def test_show_groups_by_top_level_directory_for_nested_layouts(workspace: Path) 
     assert sum(groups.values()) == report["count"] == 30
     assert set(groups) <= {"A", "B", "C"}
     assert "By top-level directory:" in invoke("show", "m.json").stdout
+
+
+def test_show_says_when_a_manifest_was_already_applied(workspace: Path) -> None:
+    assert invoke(*PLAN, "-o", "m.json").exit_code == 0
+    assert invoke("apply", "m.json").exit_code == 0
+    result = invoke("show", "m.json")
+    assert result.stdout.splitlines()[-1].startswith("Already applied by a-")
+    report = json.loads(invoke("show", "--json", "m.json").stdout)
+    assert report["already_applied_by"] and report["no_longer_in_catalog"] == 30
