@@ -2,9 +2,9 @@
 
 A catalog answers: which runs exist (with their timestamps), which rows of which tables
 belong to a run (through declared foreign keys, transitively, plus tables named in the
-config), a fingerprint of those rows, and — for apply and undo — one transaction that
-tombstones and deletes rows and records a txid. Today there is one implementation,
-`SqliteCatalog`; a PostgreSQL one will sit behind the same methods.
+config), and a fingerprint of those rows. This module is the read side; the transactions
+that tombstone, delete, restore and record txids are in `retention.tombstones`. Today there
+is one implementation, SQLite; a PostgreSQL one will sit behind the same methods.
 
 The SQLite catalog belongs to the application: we never change its journal mode, and
 ``plan`` opens it with ``mode=ro`` so that it cannot write at all.

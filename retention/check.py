@@ -22,7 +22,7 @@ from pathlib import Path
 
 import msgspec
 
-from journal import CorruptJournal, read_journal
+from journal import CorruptJournal
 from retention.catalog import q
 from retention.config import Config
 from retention.layout import TRASH_DIRNAME, StateLayout
@@ -46,15 +46,13 @@ class CheckReport(msgspec.Struct, kw_only=True):
 
 
 def _journal_findings(state: StateLayout) -> list[Finding]:
-    if not state.journal.exists():
-        return []
     try:
-        read_journal(state.journal)
+        txids = unfinished_txids(state)
     except CorruptJournal as exc:
         return [Finding("journal_corrupt", str(exc), path=str(state.journal))]
     return [
         Finding("interrupted", f"transaction {t} is unfinished; run `retention recover`")
-        for t in unfinished_txids(state)
+        for t in txids
     ]
 
 

@@ -281,7 +281,7 @@ def load_config(
             raise ConfigError(f"{where}: the value is empty")
         value = raw if src == "default" else s.parse(raw, where)
         if s.is_path and value is not None:
-            value = str(rel / os.path.expanduser(value))
+            value = os.path.normpath(os.path.abspath(rel / os.path.expanduser(value)))
         values[s.field] = value
         sources[s.field] = src
 
@@ -305,7 +305,3 @@ def render_config(cfg: Config) -> list[tuple[str, str, str]]:
             )
         rows.append((s.key, "(none)" if value is None else str(value), cfg.sources[s.field]))
     return rows
-
-
-def setting_for_field(field: str) -> Setting:
-    return _BY_FIELD[field]

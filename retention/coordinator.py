@@ -1,15 +1,23 @@
 """The coordinator: apply and recover as a small state machine over the journal.
 
-Presumed-abort two-phase commit, decision stored in the last participant (the catalog):
+Apply, in order: journal BEGIN + every intended move (durable) -> renames into trash
+(directory fsyncs per batch) -> ONE catalog transaction (tombstones, deletes, txid row: the
+commit point) -> runs the catalog refused at commit go home -> journal COMMITTED -> DONE.
+Purging expired trash comes after DONE, as a transaction of its own (`retention.trashops`).
+
+Recovery of an apply: presumed abort, the decision stored in the last participant (the
+catalog). The decision is journaled first, then directories are placed, then DONE.
 
 =========================  ==================================================================
 state found at start       recovery action
 =========================  ==================================================================
 no BEGIN                   nothing happened: nothing to do
-ACTIVE, catalog has no     roll back: every intended move ends at home (renamed back from
-txid row                   trash with a no-replace rename); journal ABORTED, DONE
-ACTIVE, catalog has the    roll forward: tombstoned runs end in trash, others at home;
-txid row                   journal COMMITTED, then the apply's remaining steps, DONE
+ACTIVE, catalog has no     roll back: journal ABORTED; every intended move ends at home
+txid row                   (no-replace rename back from trash); TRASH.json and the empty
+                           ``.trash/<txid>`` removed; DONE
+ACTIVE, catalog has the    roll forward: journal COMMITTED; runs tombstoned in trash end in
+txid row                   trash, runs the commit left out end at home, runs an undo already
+                           restored or a purge removed are left alone; DONE
 COMMITTED (not DONE)       roll forward as above (idempotent), DONE
 ABORTED (not DONE)         roll back as above, DONE
 a directory in neither     stop with `RecoveryError` naming it; the journal stays unfinished
@@ -36,10 +44,18 @@ from pathlib import Path
 import msgspec
 
 from journal import FsyncError, Journal, JournalError, TxState, TxStatus, fsio
-from retention import identity, txrecords
+from retention import txrecords
 from retention.config import Config
 from retention.durations import format_instant
-from retention.errors import EXIT_OK, EXIT_PARTIAL, RecoveryError, RetentionError, StorageError
+from retention.errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ManifestRejected,
+    RecoveryError,
+    RetentionError,
+    StorageError,
+    from_environment,
+)
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
@@ -166,7 +182,8 @@ def reconcile(
 
 
 def begin_with_intents(journal: Journal, txid: str, begin: Begin, moves: list[Move]) -> None:
-    """Journal BEGIN and every intended move, durable (one fsync) before anything moves."""
+    """Journal BEGIN and every intended move, durable before anything moves (two fsyncs:
+    BEGIN's own, then one for all the intent records)."""
     journal.begin(txid, txrecords.encode(begin))
     for i in range(0, len(moves), INTENT_BATCH):
         chunk = Moves(txrecords.RECORD_VERSION, moves[i : i + INTENT_BATCH])
@@ -355,9 +372,10 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
     ws.catalog.load_ids(e.run_id for e in payload.entries)
     existing = ws.catalog.existing_ids()
     root = Path(payload.artifact_root)
-    if root.absolute() != store.root:
-        raise StorageError(
-            f"manifest was planned for artifact root {root}, the configuration says {store.root}"
+    if Path(os.path.abspath(root)) != store.root:
+        raise ManifestRejected(
+            f"manifest was planned for artifact root {root}, the configuration says {store.root}",
+            hint="apply with the configuration the manifest was planned with",
         )
     # A signed manifest from our planner never has overlapping paths; refuse them anyway, as
     # moving one would carry another run's directory along.
@@ -500,8 +518,7 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         pf = _preflight(ws, payload, txid)
         if not pf.runs:
             return report(None, [], 0, pf.skipped)
-        lineage = identity.resolve(ws.catalog, ws.state, create=False)
-        assert lineage is not None  # verify_for_workspace checked it
+        lineage = payload.catalog_id  # verify_for_workspace checked it is this catalog's
         grace_until = now + timedelta(seconds=cfg.grace_seconds)
         begin = Begin(
             op="apply",
@@ -531,10 +548,12 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         warnings: list[str] = []
         try:
             purged = trashops.purge_expired(ws, now)
-        except (RetentionError, OSError) as exc:  # e.g. trash we may not remove, a busy catalog
+        except Exception as exc:  # trash we may not remove, a busy catalog, a full disk
+            mapped = exc if isinstance(exc, RetentionError) else from_environment(exc)
+            if mapped is None:
+                raise  # a bug: keep its traceback
             purged = []
-            msg = exc.message if isinstance(exc, RetentionError) else str(exc)
-            warnings.append(f"purge of expired trash did not finish: {msg}")
+            warnings.append(f"purge of expired trash did not finish: {mapped.message}")
         compact(j)
         rep = report(txid, deleted, nbytes, skipped)
         rep.purged = purged

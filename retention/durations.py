@@ -12,23 +12,33 @@ from retention.errors import UsageError
 
 _UNITS = {
     "s": 1,
-    "m": 60,
+    "min": 60,
     "h": 3600,
     "d": 86400,
     "w": 7 * 86400,
+    "mo": 30 * 86400,
     "y": 365 * 86400,
 }
 MAX_DURATION_S = 1000 * 365 * 86400  # keeps every instant +/- a duration inside datetime
-_DURATION = re.compile(r"(\d+)\s*([smhdwy])")
+_DURATION = re.compile(r"(\d+)\s*(min|mo|[shdwy])(?![a-z])")
+_UNIT_HINT = "use a number and a unit: s, min, h, d, w, mo or y (e.g. 180d, 12h, 2w, 6mo, 1y)"
 
 
 def parse_duration(text: str) -> timedelta:
-    """Parse ``180d``, ``12h``, ``2w``, ``1y``, ``30m``, ``45s`` or a sum like ``1d12h``.
+    """Parse ``180d``, ``12h``, ``2w``, ``6mo``, ``1y``, ``30min``, ``45s`` or a sum like
+    ``1d12h``.
 
-    A year is 365 days. Returns a positive `timedelta`; raises `UsageError` naming the
-    input for anything else (empty, negative, unknown unit, zero).
+    A month is 30 days, a year 365. A bare ``m`` is refused as ambiguous (minutes to some,
+    months to others, as in restic): in a deletion policy that difference matters. Returns a
+    positive `timedelta`; raises `UsageError` naming the input for anything else (empty,
+    negative, unknown unit, zero, more than 1000 years).
     """
     s = str(text).strip().lower()
+    if re.fullmatch(r"(\d+\s*(min|mo|[shdwy])\s*)*\d+\s*m(\s*\d+\s*(min|mo|[shdwy]))*", s):
+        raise UsageError(
+            f"invalid duration {text!r}: 'm' is ambiguous",
+            hint="write min for minutes, mo for months",
+        )
     pos = 0
     total = 0
     for m in _DURATION.finditer(s):
@@ -37,10 +47,7 @@ def parse_duration(text: str) -> timedelta:
         total += int(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
     if not s or pos != len(s):
-        raise UsageError(
-            f"invalid duration {text!r}",
-            hint="use a number and a unit: s, m, h, d, w or y (e.g. 180d, 12h, 2w, 1y)",
-        )
+        raise UsageError(f"invalid duration {text!r}", hint=_UNIT_HINT)
     if total <= 0:
         raise UsageError(f"invalid duration {text!r}: must be greater than zero")
     if total > MAX_DURATION_S:

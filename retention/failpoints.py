@@ -16,8 +16,8 @@ APPLY = (
     "apply.after_move_batch",  # a batch of renames made durable (dir fsyncs)
     "apply.before_commit",  # inside the SQLite transaction, just before COMMIT
     "apply.after_commit",  # catalog committed, journal not yet
-    "apply.after_journal_commit",  # journal COMMITTED, purge and DONE pending
-    "apply.before_done",  # expired trash purged, DONE pending
+    "apply.after_journal_commit",  # journal COMMITTED, DONE pending
+    "apply.before_done",  # just before DONE (the purge of expired trash comes after it)
 )
 RECONCILE = (
     "reconcile.after_rename",  # recovery or finish moved one directory (per move)

@@ -52,7 +52,7 @@ class PlanResult:
     manifest: bytes
     skipped: list[Skipped] = field(default_factory=list)
     no_time: int = 0  # runs kept because no timestamp could be read
-    interrupted: list[str] = field(default_factory=list)  # unfinished txids in the journal
+    warnings: list[str] = field(default_factory=list)  # e.g. an interrupted transaction
 
 
 def require_artifact_root(cfg: Config) -> None:
@@ -266,7 +266,7 @@ def build_plan(
         manifest_id="",
         catalog_id=catalog_id,
         catalog_path=str(Path(cfg.catalog_path).absolute()),
-        artifact_root=str(root.absolute()),
+        artifact_root=str(store.root),
         tables=tables,
         policy=spec,
         policy_digest=policy_digest(spec, cfg.filter),
@@ -281,7 +281,7 @@ def build_plan(
         entries=entries,
     )
     manifest_with_id(payload)
-    from retention.status import unfinished_txids
+    from retention.status import journal_warnings
 
     no_time = sum(1 for v in decision.keep if v.item.time is None)
-    return PlanResult(payload, sign(payload, key), skipped, no_time, unfinished_txids(state))
+    return PlanResult(payload, sign(payload, key), skipped, no_time, journal_warnings(state))

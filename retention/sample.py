@@ -7,7 +7,6 @@ and ``run_metrics`` and one small artifact directory per run under ``DIR/data/ba
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -50,7 +49,7 @@ def build(
         d = data / "backtests" / run_id
         (d / "plots").mkdir(parents=True, exist_ok=True)
         (d / "equity.csv").write_text("t,v\n" + "".join(f"{k},{rng.random()}\n" for k in range(40)))
-        (d / "plots" / "pnl.txt").write_bytes(os.urandom(rng.randint(200, 4000)))
+        (d / "plots" / "pnl.txt").write_bytes(rng.randbytes(rng.randint(200, 4000)))
         (d / "params.json").write_text(f'{{"strategy": "{rng.choice("ABC")}"}}\n')
     db.commit()
     db.close()

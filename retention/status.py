@@ -3,17 +3,16 @@ the journal is read (never truncated) and the catalog opened ``mode=ro``."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from journal import ABORTED, BEGIN, COMMITTED, DONE, CorruptJournal, read_journal
 from retention import txrecords
 from retention.config import Config
-from retention.durations import format_instant, parse_instant
-from retention.errors import RecoveryError
+from retention.durations import format_instant
 from retention.layout import StateLayout
 from retention.tombstones import TrashCatalog
 
@@ -44,19 +43,16 @@ class StatusReport(msgspec.Struct, kw_only=True):
     trash: list[TrashTx]
     undoable_runs: int
     undoable_bytes: int
-    last_apply: msgspec.Raw | None = None
+    journal_error: str | None = None
+    last_apply: dict[str, Any] | None = None
 
 
 def unfinished_txids(state: StateLayout) -> list[str]:
-    """Transactions the journal holds unfinished (read-only; a corrupt journal says so)."""
+    """Transactions the journal holds unfinished (read-only). Raises `CorruptJournal`."""
     if not state.journal.exists():
         return []
-    try:
-        res = read_journal(state.journal)
-    except CorruptJournal:
-        return ["(the journal is corrupt)"]
     open_tx: dict[str, None] = {}
-    for rec in res.records:
+    for rec in read_journal(state.journal).records:
         if rec.kind == BEGIN:
             open_tx[rec.txid] = None
         elif rec.kind == DONE:
@@ -64,59 +60,66 @@ def unfinished_txids(state: StateLayout) -> list[str]:
     return list(open_tx)
 
 
+def journal_warnings(state: StateLayout) -> list[str]:
+    """What a read-only command should warn about before trusting catalog and disk."""
+    try:
+        txids = unfinished_txids(state)
+    except CorruptJournal as exc:
+        return [f"the journal is corrupt ({exc}); run `retention status`"]
+    return [
+        f"transaction {t} was interrupted; run `retention recover` first: this plan"
+        " reflects a half-finished state."
+        for t in txids
+    ]
+
+
 def status(cfg: Config, now: datetime) -> StatusReport:
+    """Everything `retention status` shows (read-only). A corrupt journal is reported, not
+    raised: the trash and the undo window are still worth seeing then."""
     state = StateLayout(Path(cfg.state_dir))
+    journal_error = None
+    interrupted = []
     with TrashCatalog(cfg, readonly=True) as cat:
-        interrupted = []
+        txs: dict[str, list[str]] = {}
         if state.journal.exists():
             try:
-                res = read_journal(state.journal)
+                records = read_journal(state.journal).records
             except CorruptJournal as exc:
-                raise RecoveryError(f"the journal is corrupt: {exc}") from None
-            txs: dict[str, list[str]] = {}
-            for rec in res.records:
+                journal_error = str(exc)
+                records = []
+            for rec in records:
                 if rec.kind == BEGIN:
                     txs[rec.txid] = [txrecords.decode_begin(rec.payload).op, "active"]
-                elif rec.kind in (COMMITTED, ABORTED, DONE) and rec.txid in txs:
-                    txs[rec.txid][1] = {COMMITTED: "committed", ABORTED: "aborted", DONE: "done"}[
-                        rec.kind
-                    ]
-            for txid, (op, st) in txs.items():
-                if st == "done":
-                    continue
-                if st == "active":
-                    would = "roll forward" if cat.tx_row(txid) else "roll back"
-                else:
-                    would = "roll forward" if st == "committed" else "roll back"
-                interrupted.append(Interrupted(txid, op, st, would))
-        trash = []
-        for r in cat.applies():
-            if r["state"] in ("purged", "undone"):
-                continue  # nothing of it is in trash any more
-            # What is in trash now: `runs`/`bytes` of the row count what the apply deleted,
-            # including runs a partial undo (conflicts) already brought back.
-            left = [t for t in cat.tomb_runs(r["txid"]).values() if t["state"] == "trash"]
-            until = r["grace_until"]
-            undoable = r["state"] == "applied"
-            trash.append(
-                TrashTx(
-                    r["txid"],
-                    r["state"],
-                    len(left),
-                    sum(t["bytes"] for t in left),
-                    r["created_at"],
-                    until,
-                    undoable,
-                )
+                elif rec.kind in _STATES and rec.txid in txs:
+                    txs[rec.txid][1] = _STATES[rec.kind]
+        for txid, (op, st) in txs.items():
+            if st == "done":
+                continue
+            if st == "active":
+                would = "roll forward" if cat.tx_row(txid) else "roll back"
+            else:
+                would = "roll forward" if st == "committed" else "roll back"
+            interrupted.append(Interrupted(txid, op, st, would))
+        left = cat.trash_by_apply()
+        trash = [
+            TrashTx(
+                r["txid"],
+                r["state"],
+                *left.get(r["txid"], (0, 0)),
+                r["created_at"],
+                r["grace_until"],
+                r["state"] == "applied",
             )
-    last = None
-    with contextlib.suppress(OSError):
-        last = msgspec.Raw(state.last_apply.read_bytes())
+            for r in cat.applies()
+            if r["state"] not in ("purged", "undone")  # nothing of it is in trash any more
+        ]
+        last = _last_apply(state, cat)
     live = [t for t in trash if t.undoable]
     return StatusReport(
         now=format_instant(now),
         grace_period=cfg.grace_period,
         journal=str(state.journal),
+        journal_error=journal_error,
         interrupted=interrupted,
         trash=trash,
         undoable_runs=sum(t.runs for t in live),
@@ -125,5 +128,18 @@ def status(cfg: Config, now: datetime) -> StatusReport:
     )
 
 
-def expired(t: TrashTx, now: datetime) -> bool:
-    return t.grace_until is not None and parse_instant(t.grace_until) <= now
+_STATES = {COMMITTED: "committed", ABORTED: "aborted", DONE: "done"}
+
+
+def _last_apply(state: StateLayout, cat: TrashCatalog) -> dict[str, Any] | None:
+    """The last apply's report, with what became of it since (undone, purged); None when
+    there is none or the file is unreadable (it is a convenience, not a record)."""
+    try:
+        last = msgspec.json.decode(state.last_apply.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    if not isinstance(last, dict):
+        return None
+    row = cat.tx_row(str(last.get("txid"))) if last.get("txid") else None
+    last["state_now"] = row["state"] if row else None
+    return last

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,13 @@ def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
     relative to ``root``. Raises `OutsideRoot` when it would leave the root or name the
     root itself or the trash."""
     raw = os.fsencode(value) if isinstance(value, str) else value
+    scheme = re.match(rb"([A-Za-z][A-Za-z0-9+.-]*):", raw)
+    if scheme and scheme.group(1).lower() != b"file":
+        # e.g. MLflow's "mlflow-artifacts:/..." or "s3://...": not a directory under the root;
+        # taken as a relative name it would look missing, and apply would orphan the real one.
+        raise OutsideRoot(
+            f"{display(raw)}: unsupported URI scheme {display(scheme.group(1))!r} (only file:)"
+        )
     if raw.startswith(b"file:"):
         u = urlparse(os.fsdecode(raw))
         if u.netloc not in ("", "localhost"):

@@ -326,6 +326,18 @@ class TrashCatalog(WritableCatalog):
         ).fetchone()
         return int(runs), int(nbytes)
 
+    def trash_by_apply(self) -> dict[str, tuple[int, int]]:
+        """Runs and bytes still in trash, per apply (read-only, one query)."""
+        if not _has_table(self.conn, TOMB_RUNS):
+            return {}
+        return {
+            txid: (int(n), int(b))
+            for txid, n, b in self.conn.execute(
+                f"SELECT txid, count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
+                " WHERE state = 'trash' GROUP BY txid"
+            )
+        }
+
     def applies(self) -> list[dict[str, Any]]:
         """Every recorded apply, newest first (read-only)."""
         if not _has_table(self.conn, TX_TABLE):
@@ -392,10 +404,11 @@ class TrashCatalog(WritableCatalog):
             ):
                 out.setdefault(rid, f"a row of {table!r} took its place (same rowid)")
         links = self._shared(txid)
+        wanted = set(run_ids)
         todo = list(out)
         while todo:
             for other in links.get(todo.pop(), ()):
-                if other not in out and other in set(run_ids):
+                if other not in out and other in wanted:
                     out[other] = "shares a row with a run that cannot be restored"
                     todo.append(other)
         groups: list[list[RunId]] = []

@@ -38,7 +38,7 @@ from retention.coordinator import (
     reconcile,
 )
 from retention.durations import format_instant, parse_instant
-from retention.errors import RetentionError, StorageError, UndoRefused
+from retention.errors import RecoveryError, RetentionError, StorageError, UndoRefused
 from retention.failpoints import failpoint
 from retention.layout import trash_index_rel, trash_tx_rel
 from retention.policy import RunId
@@ -76,9 +76,21 @@ def purge_expired(ws: Workspace, now: datetime, *, everything: bool = False) -> 
     )
     ws.journal.begin(ptxid, txrecords.encode(begin))
     failpoint("purge.after_begin")
-    ws.catalog.mark_purging(
-        ptxid, targets, format_instant(now), before_commit=lambda: failpoint("purge.before_commit")
-    )
+    try:
+        ws.catalog.mark_purging(
+            ptxid,
+            targets,
+            format_instant(now),
+            before_commit=lambda: failpoint("purge.before_commit"),
+        )
+    except BaseException as exc:
+        # Nothing was decided (the catalog rolled back): close the purge now rather than
+        # leave it for the next command. Not after a failed fsync, which is never retried.
+        if not isinstance(exc, FsyncError):
+            with contextlib.suppress(Exception):
+                ws.journal.abort(ptxid)
+                ws.journal.done(ptxid)
+        raise
     failpoint("purge.after_mark")
     ws.journal.commit(ptxid)
     _finish_purge(ws, ptxid, targets, now)
@@ -340,7 +352,7 @@ def recover(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovere
         return _recover_undo(ws, tx, begin, now)
     if begin.op == "purge":
         return _recover_purge(ws, tx, begin, now)
-    raise StorageError(f"journal holds a transaction of unknown kind {begin.op!r}")
+    raise RecoveryError(f"the journal holds a transaction of unknown kind {begin.op!r}")
 
 
 class UndoReport(msgspec.Struct, kw_only=True):

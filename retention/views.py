@@ -47,11 +47,7 @@ def plan_summary(
                 "Warning: --now is in the future: the policy treats runs as older than they"
                 " are, and runs young today may be deleted."
             )
-    for txid in result.interrupted:
-        lines.append(
-            f"Warning: transaction {txid} was interrupted; run `retention recover` first:"
-            " this plan reflects a half-finished state."
-        )
+    lines += [f"Warning: {w}" for w in result.warnings]
     lines.append(p.policy_text)
     n = len(p.entries)
     lines.append(
@@ -322,6 +318,12 @@ def undo_lines(rep: Any) -> list[str]:
 def status_lines(rep: Any) -> list[str]:
     now = parse_instant(rep.now)
     lines = [f"Grace period: {rep.grace_period}. Journal: {rep.journal}."]
+    if rep.journal_error:
+        lines.append(f"The journal is corrupt: {rep.journal_error}")
+        lines.append(
+            "  Keep a copy of it; `retention recover` refuses to guess. The trash below is"
+            " intact and TRASH.json in each transaction lists every original path."
+        )
     if rep.interrupted:
         lines.append("Interrupted transactions (run `retention recover`):")
         for i in rep.interrupted:
@@ -360,13 +362,14 @@ def status_lines(rep: Any) -> list[str]:
         )
     else:
         lines.append("Trash is empty; nothing to undo.")
-    if rep.last_apply is not None:
-        import msgspec as _m
-
-        last = _m.json.decode(bytes(rep.last_apply))
+    last = rep.last_apply
+    if last is not None:
+        since = {"undone": " (undone since)", "purged": " (purged since)"}.get(
+            str(last.get("state_now")), ""
+        )
         lines.append(
             f"Last apply: {last.get('txid')} ({last.get('manifest_id')}),"
-            f" {plural(int(last.get('deleted_runs', 0)), 'run')} deleted,"
-            f" {len(last.get('skipped', []))} skipped."
+            f" {plural(int(last.get('deleted_runs') or 0), 'run')} deleted,"
+            f" {len(last.get('skipped') or [])} skipped{since}."
         )
     return lines

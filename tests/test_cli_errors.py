@@ -138,7 +138,7 @@ def test_bad_max_age_flag_gets_the_unit_hint(workspace: Path) -> None:
     result = invoke("plan", "--max-age", "5x", "--now", NOW_TEXT)
     assert result.stderr.splitlines() == [
         "Error: policy.max_age (from flag): invalid duration '5x'",
-        "Hint: use a number and a unit: s, m, h, d, w or y (e.g. 180d, 12h, 2w, 1y)",
+        "Hint: use a number and a unit: s, min, h, d, w, mo or y (e.g. 180d, 12h, 2w, 6mo, 1y)",
     ]
     assert result.exit_code == 2
 
@@ -150,7 +150,7 @@ def test_bad_max_age_from_environment_is_exit_2_with_the_unit_hint(
     result = invoke("plan", "--now", NOW_TEXT)
     assert result.stderr.splitlines() == [
         "Error: policy.max_age (from env RETENTION_MAX_AGE): invalid duration '5x'",
-        "Hint: use a number and a unit: s, m, h, d, w or y (e.g. 180d, 12h, 2w, 1y)",
+        "Hint: use a number and a unit: s, min, h, d, w, mo or y (e.g. 180d, 12h, 2w, 6mo, 1y)",
     ]
     error_line(result, 2)
 

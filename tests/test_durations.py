@@ -21,7 +21,8 @@ from retention.errors import UsageError
         ("12h", timedelta(hours=12)),
         ("2w", timedelta(weeks=2)),
         ("1y", timedelta(days=365)),
-        ("30m", timedelta(minutes=30)),
+        ("30min", timedelta(minutes=30)),
+        ("6mo", timedelta(days=180)),
         ("45s", timedelta(seconds=45)),
         ("1d12h", timedelta(days=1, hours=12)),
         (" 7D ", timedelta(days=7)),
@@ -29,6 +30,12 @@ from retention.errors import UsageError
 )
 def test_parse_duration_accepts_units(text: str, expected: timedelta) -> None:
     assert parse_duration(text) == expected
+
+
+def test_bare_m_is_refused_as_ambiguous() -> None:
+    for text in ("6m", "1y6m", "30 m"):
+        with pytest.raises(UsageError, match="'m' is ambiguous"):
+            parse_duration(text)
 
 
 @pytest.mark.parametrize("text", ["", "d", "10", "-5d", "5x", "1.5d", "0d", "5d junk", "abc"])

@@ -208,3 +208,45 @@ def test_non_utf8_artifact_paths_survive_plan_apply_and_undo(tmp_path: Path) -> 
     assert u.returncode == 0, u.stderr
     back = Path(os.fsdecode(os.fsencode(arts) + b"/" + raw))
     assert back.is_dir() and ck.tree(back) == tree_before
+
+
+def test_a_path_column_with_another_uri_scheme_is_refused_not_taken_as_missing(
+    tmp_path: Path,
+) -> None:
+    """MLflow's ``mlflow-artifacts:/...`` URIs name no directory under the root: planning
+    them as "missing" would let apply delete rows and orphan the real directories."""
+    ws = _path_column_workspace(tmp_path)
+    _sql(ws, "UPDATE runs SET art = 'mlflow-artifacts:/2/' || run_id || '/artifacts'")
+    p = ck.run(ws, "plan", "--keep-last", "2", "-o", "m.json")
+    assert p.returncode == 3, p.stderr
+    assert b"unsupported URI scheme 'mlflow-artifacts'" in p.stderr
+    assert json.loads((ws / "m.json").read_text())["payload"]["entries"] == []
+
+
+def test_an_artifact_root_written_with_dotdot_plans_and_applies(tmp_path: Path) -> None:
+    ws = ck.build(tmp_path / "ws", runs=6)
+    cfgdir = ws / "cfg"
+    cfgdir.mkdir()
+    (cfgdir / "retention.toml").write_text(
+        '[catalog]\npath = "../data/catalog.db"\n[artifacts]\nroot = "../data/backtests"\n'
+        '[state]\ndir = "../.retention"\n'
+    )
+    env = {**ck.BASE_ENV, "RETENTION_CONFIG": str(cfgdir / "retention.toml")}
+    p = subprocess.run(
+        [ck.EXE, "plan", "--keep-last", "2", "-o", "m.json"], cwd=ws, env=env, capture_output=True
+    )
+    assert p.returncode == 0, p.stderr
+    a = subprocess.run([ck.EXE, "apply", "m.json"], cwd=ws, env=env, capture_output=True)
+    assert a.returncode == 0, a.stderr
+
+
+def test_status_survives_a_damaged_last_apply_file_and_a_corrupt_journal(tmp_path: Path) -> None:
+    ws = ck.build(tmp_path / "ws", runs=6)
+    assert ck.run(ws, "apply", str(ck.plan(ws))).returncode == 0
+    (ws / ".retention/last-apply.json").write_text("{not json")
+    s = ck.run(ws, "status", "--json")
+    assert s.returncode == 0 and json.loads(s.stdout)["last_apply"] is None
+    (ws / ".retention/journal.wal").write_bytes(b"garbage!" * 4)
+    s = ck.run(ws, "status")
+    assert s.returncode == 0, s.stderr
+    assert b"The journal is corrupt" in s.stdout and b"Undoable: 4 runs" in s.stdout

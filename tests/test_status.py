@@ -151,7 +151,7 @@ def test_status_reports_trash_per_transaction_grace_period_and_last_apply(
     assert (until - deleted_at).total_seconds() == 36 * 3600
     assert abs(deleted_at - parse_instant(rep["now"])).total_seconds() < 60
     assert (rep["undoable_runs"], rep["undoable_bytes"]) == (6, expected_bytes)
-    assert rep["last_apply"] == applied
+    assert rep["last_apply"] == {**applied, "state_now": "applied"}
 
     text = status(ws, env=env).stdout.decode()
     assert "Grace period: 36h." in text
@@ -163,5 +163,7 @@ def test_status_reports_trash_per_transaction_grace_period_and_last_apply(
     # Purged trash is no longer listed; the last apply still is.
     assert ck.run(ws, "purge", "--all").returncode == 0
     rep = json.loads(status(ws, "--json").stdout)
-    assert (rep["trash"], rep["undoable_runs"], rep["last_apply"]) == ([], 0, applied)
-    assert "Trash is empty; nothing to undo." in status(ws).stdout.decode()
+    assert (rep["trash"], rep["undoable_runs"]) == ([], 0)
+    assert rep["last_apply"] == {**applied, "state_now": "purged"}
+    text = status(ws).stdout.decode()
+    assert "Trash is empty; nothing to undo." in text and "(purged since)" in text
