@@ -1,6 +1,6 @@
 """Configuration: built-in defaults < TOML file < environment (``RETENTION_*``) < flags.
 
-The built-in default is the laptop backtest layout (USERS.md scenario 1): a catalog at
+The built-in default is the laptop backtest layout (README, "Configuration"): a catalog at
 ``data/catalog.db`` with a ``runs`` table (``run_id``, ``created_at``), a ``run_metrics``
 child table, and one artifact directory per run at ``data/backtests/{run_id}``.
 

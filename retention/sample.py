@@ -1,4 +1,4 @@
-"""Build a sample workspace of the default layout (USERS.md scenario 1) for demos and tests.
+"""Build a sample workspace of the default layout (laptop backtests) for demos and tests.
 
 ``python -m retention.sample DIR [--runs N]`` creates ``DIR/data/catalog.db`` with ``runs``
 and ``run_metrics`` and one small artifact directory per run under ``DIR/data/backtests``.

@@ -1,5 +1,6 @@
 """Tools for crash tests: build a workspace, snapshot it, run the real executable armed
-with a failpoint, and check the invariants of DESIGN.md after recovery."""
+with a failpoint, and check the invariants after recovery: every run is whole at home,
+or deleted into trash (undoable), or purged; nothing orphaned; `retention check` clean."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def snapshot(root: Path) -> dict:
 
 
 def check_invariants(root: Path, before: dict, *, allow_purged: bool = False) -> dict[str, str]:
-    """DESIGN.md's invariants after recovery; returns each run's state (home/trash/purged)."""
+    """The invariants after recovery; returns each run's state (home/trash/purged)."""
     c = sqlite3.connect(root / "data/catalog.db")
     assert c.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert c.execute("PRAGMA foreign_key_check").fetchall() == []

@@ -1,7 +1,7 @@
 """Undo and purge through the real `retention` executable: a round trip that brings back every
 row (rowid and storage class) and every tree (bytes, modes, symlinks); a crash at every
 failpoint undo and purge pass through (listed by the code itself, via FAILPOINT_LOG), then
-`retention recover`, then DESIGN.md's invariants; conflicts; grace windows on a fixed clock;
+`retention recover`, then the invariants of crashkit; conflicts; grace windows on a fixed clock;
 putting the trash back by hand from TRASH.json; refusals."""
 
 from __future__ import annotations
