@@ -8,7 +8,7 @@ from journal.errors import CorruptJournal, FsyncError, JournalError
 from journal.failpoints import declare, failpoint
 from journal.reader import ReadResult, read_journal
 from journal.record import ABORTED, BEGIN, COMMITTED, DONE, INTENT, Record
-from journal.writer import Journal, TxState, TxStatus
+from journal.writer import Journal, TxState, TxStatus, replay
 
 __all__ = [
     "ABORTED",
@@ -27,4 +27,5 @@ __all__ = [
     "declare",
     "failpoint",
     "read_journal",
+    "replay",
 ]

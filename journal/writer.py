@@ -32,7 +32,7 @@ from types import TracebackType
 from journal import fsio
 from journal.errors import CorruptJournal, FsyncError, JournalError
 from journal.failpoints import failpoint
-from journal.reader import read_journal
+from journal.reader import ReadResult, read_journal
 from journal.record import (
     ABORTED,
     BEGIN,
@@ -109,6 +109,29 @@ def _apply(txs: dict[str, TxState], rec: Record) -> str | None:
     return None
 
 
+def replay(path: str | os.PathLike[str]) -> dict[str, TxState]:
+    """Every transaction in the journal at `path` with its state, in order of BEGIN.
+
+    Read-only: never creates, truncates or fsyncs (a torn tail is simply where the records
+    end). A missing file has no transactions. Raises `CorruptJournal` like `Journal.open`.
+    """
+    spath = os.fspath(path)
+    if not os.path.lexists(spath):
+        return {}
+    return _replay(spath, read_journal(spath))
+
+
+def _replay(spath: str, result: ReadResult) -> dict[str, TxState]:
+    txs: dict[str, TxState] = {}
+    for rec, off in zip(result.records, result.offsets, strict=True):
+        if rec.v != RECORD_VERSION:
+            raise CorruptJournal(spath, off, f"unknown record version {rec.v}")
+        why = _apply(txs, rec)
+        if why is not None:
+            raise CorruptJournal(spath, off, why)
+    return txs
+
+
 class Journal:
     """An open journal file. Create with `Journal.open`; use as a context manager."""
 
@@ -144,13 +167,7 @@ class Journal:
         if created:
             fsio.write_atomic(spath, HEADER, mode=JOURNAL_FILE_MODE)
         result = read_journal(spath)
-        txs: dict[str, TxState] = {}
-        for rec, off in zip(result.records, result.offsets, strict=True):
-            if rec.v != RECORD_VERSION:
-                raise CorruptJournal(spath, off, f"unknown record version {rec.v}")
-            why = _apply(txs, rec)
-            if why is not None:
-                raise CorruptJournal(spath, off, why)
+        txs = _replay(spath, result)
         fd = os.open(spath, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:
             length = result.good_length

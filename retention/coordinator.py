@@ -249,23 +249,6 @@ def _problems_error(txid: str, problems: list[Problem]) -> RecoveryError:
     )
 
 
-def _drop_trash_dir(store: LocalTrashStore, txid: str) -> None:
-    """After a roll-back, remove the transaction's TRASH.json and its (now empty) directory."""
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(store.abspath(trash_index_rel(txid)))
-    # A kill inside write_atomic can leave its temp file (".TRASH.json.tmp-<pid>") behind.
-    txdir = store.abspath(trash_tx_rel(txid))
-    with contextlib.suppress(OSError):
-        for name in os.listdir(txdir):
-            if name.startswith(b".TRASH.json.tmp-"):
-                os.unlink(txdir + b"/" + name)
-    try:
-        os.rmdir(store.abspath(trash_tx_rel(txid)))
-    except OSError:
-        return  # absent, or not empty: nothing of ours to tidy
-    fsio.fsync_dir(os.path.dirname(store.abspath(trash_tx_rel(txid))))
-
-
 # -- recover -----------------------------------------------------------------------------
 
 
@@ -302,6 +285,18 @@ def recover_all(ws: Workspace, now: datetime, *, strict: bool = False) -> list[R
     return out
 
 
+def decide(ws: Workspace, tx: TxState) -> bool:
+    """Whether an unfinished transaction committed: the journal's decision if it recorded
+    one, else the catalog's (presumed abort: no txid row, no commit). A decision taken from
+    the catalog is journaled (durably) before anything else is done about it."""
+    if tx.status is not TxStatus.ACTIVE:
+        return tx.status is TxStatus.COMMITTED
+    committed = ws.catalog.tx_row(tx.txid) is not None
+    failpoint("recover.before_decision")
+    (ws.journal.commit if committed else ws.journal.abort)(tx.txid)
+    return committed
+
+
 def recover_tx(ws: Workspace, tx: TxState, now: datetime) -> Recovered:
     begin = txrecords.decode_begin(tx.begin)
     if begin.op == "apply":
@@ -313,10 +308,7 @@ def recover_tx(ws: Workspace, tx: TxState, now: datetime) -> Recovered:
 
 def _recover_apply(ws: Workspace, tx: TxState) -> Recovered:
     txid = tx.txid
-    if tx.status is TxStatus.ACTIVE:
-        committed = ws.catalog.tx_row(txid) is not None
-    else:
-        committed = tx.status is TxStatus.COMMITTED
+    committed = decide(ws, tx)
     moves = _moves_of(tx)
     if committed:
         # Runs already restored by an undo or purged have nothing left to place.
@@ -325,14 +317,11 @@ def _recover_apply(ws: Workspace, tx: TxState) -> Recovered:
         moves = [m for m in moves if runs.get(m.run_id, {}).get("state", "trash") == "trash"]
     else:
         deleted = set()
-    failpoint("recover.before_decision")
-    if tx.status is TxStatus.ACTIVE:
-        (ws.journal.commit if committed else ws.journal.abort)(txid)
     moved, problems = reconcile(ws.store, moves, lambda r: r in deleted)
     if problems:
         raise _problems_error(txid, problems)
     if not committed:
-        _drop_trash_dir(ws.store, txid)
+        ws.store.drop_tx_dir(txid)
     failpoint("recover.before_done")
     ws.journal.done(txid)
     return Recovered(txid, "apply", "rolled forward" if committed else "rolled back", moved)

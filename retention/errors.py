@@ -25,6 +25,8 @@ code  meaning
 
 from __future__ import annotations
 
+import sqlite3
+
 
 class RetentionError(Exception):
     """retention failed."""
@@ -98,6 +100,22 @@ _ERRNO_TEXT = {
 }
 
 
+def catalog_error(exc: sqlite3.Error, path: object = None) -> CatalogError:
+    """The one mapping of an SQLite error to what the operator reads."""
+    text = str(exc)
+    where = f"catalog {path}" if path is not None else "the catalog"
+    if "locked" in text or "busy" in text:
+        return CatalogError(
+            f"{where} is busy (another writer holds it): {text}",
+            hint="retry when the application's write finishes",
+        )
+    if "readonly" in text or "read-only" in text:
+        return CatalogError(f"{where} is read-only: {text}", hint="check its permissions")
+    if "disk" in text and "full" in text:
+        return CatalogError(f"{where}: disk full", hint="free space, then run `retention recover`")
+    return CatalogError(f"{where}: {text}")
+
+
 def from_environment(exc: BaseException) -> RetentionError | None:
     """Map an error the environment can cause (disk full, permission denied, an fsync that
     failed, a journal that cannot be written) to a `RetentionError`; None for anything else,
@@ -113,16 +131,8 @@ def from_environment(exc: BaseException) -> RetentionError | None:
         )
     if isinstance(exc, JournalError):
         return RecoveryError(f"journal error: {exc}", hint="run `retention recover`")
-    import sqlite3
-
     if isinstance(exc, sqlite3.Error):
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            return CatalogError(
-                f"the catalog is busy (another writer holds it): {text}",
-                hint="retry when the application's write finishes",
-            )
-        return CatalogError(f"catalog error: {text}")
+        return catalog_error(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno, "")
         if name in _ERRNO_TEXT:

@@ -58,12 +58,25 @@ class StateLayout:
 
 def trash_tx_rel(txid: str) -> bytes:
     """``.trash/<txid>`` relative to the artifact root."""
-    return os.fsencode(TRASH_DIRNAME) + b"/" + txid.encode()
+    return trash_root_rel() + b"/" + txid.encode()
+
+
+TRASH_INDEX_NAME = b"TRASH.json"
+
+
+def trash_root_rel() -> bytes:
+    """``.trash`` relative to the artifact root."""
+    return os.fsencode(TRASH_DIRNAME)
+
+
+def is_trash_index_name(name: bytes) -> bool:
+    """TRASH.json, or a temp file `journal.fsio.write_atomic` left while writing it."""
+    return name == TRASH_INDEX_NAME or name.startswith(b"." + TRASH_INDEX_NAME + b".tmp-")
 
 
 def trash_index_rel(txid: str) -> bytes:
     """The self-describing ``TRASH.json`` of a transaction, relative to the artifact root."""
-    return trash_tx_rel(txid) + b"/TRASH.json"
+    return trash_tx_rel(txid) + b"/" + TRASH_INDEX_NAME
 
 
 def trash_slot_rel(txid: str, index: int, rel_path: bytes) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from journal import ABORTED, BEGIN, COMMITTED, DONE, CorruptJournal, read_journal
+from journal import CorruptJournal, TxStatus, replay
 from retention import txrecords
 from retention.config import Config
 from retention.durations import format_instant
@@ -49,15 +49,7 @@ class StatusReport(msgspec.Struct, kw_only=True):
 
 def unfinished_txids(state: StateLayout) -> list[str]:
     """Transactions the journal holds unfinished (read-only). Raises `CorruptJournal`."""
-    if not state.journal.exists():
-        return []
-    open_tx: dict[str, None] = {}
-    for rec in read_journal(state.journal).records:
-        if rec.kind == BEGIN:
-            open_tx[rec.txid] = None
-        elif rec.kind == DONE:
-            open_tx.pop(rec.txid, None)
-    return list(open_tx)
+    return [t for t, tx in replay(state.journal).items() if tx.status is not TxStatus.DONE]
 
 
 def journal_warnings(state: StateLayout) -> list[str]:
@@ -80,26 +72,19 @@ def status(cfg: Config, now: datetime) -> StatusReport:
     journal_error = None
     interrupted = []
     with TrashCatalog(cfg, readonly=True) as cat:
-        txs: dict[str, list[str]] = {}
-        if state.journal.exists():
-            try:
-                records = read_journal(state.journal).records
-            except CorruptJournal as exc:
-                journal_error = str(exc)
-                records = []
-            for rec in records:
-                if rec.kind == BEGIN:
-                    txs[rec.txid] = [txrecords.decode_begin(rec.payload).op, "active"]
-                elif rec.kind in _STATES and rec.txid in txs:
-                    txs[rec.txid][1] = _STATES[rec.kind]
-        for txid, (op, st) in txs.items():
-            if st == "done":
+        try:
+            txs = replay(state.journal)
+        except CorruptJournal as exc:
+            journal_error, txs = str(exc), {}
+        for txid, tx in txs.items():
+            if tx.status is TxStatus.DONE:
                 continue
-            if st == "active":
+            op = txrecords.decode_begin(tx.begin).op
+            if tx.status is TxStatus.ACTIVE:
                 would = "roll forward" if cat.tx_row(txid) else "roll back"
             else:
-                would = "roll forward" if st == "committed" else "roll back"
-            interrupted.append(Interrupted(txid, op, st, would))
+                would = "roll forward" if tx.status is TxStatus.COMMITTED else "roll back"
+            interrupted.append(Interrupted(txid, op, tx.status.value, would))
         left = cat.trash_by_apply()
         trash = [
             TrashTx(
@@ -126,9 +111,6 @@ def status(cfg: Config, now: datetime) -> StatusReport:
         undoable_bytes=sum(t.bytes for t in live),
         last_apply=last,
     )
-
-
-_STATES = {COMMITTED: "committed", ABORTED: "aborted", DONE: "done"}
 
 
 def _last_apply(state: StateLayout, cat: TrashCatalog) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ follow symlinks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from retention.layout import TRASH_DIRNAME
+from retention.layout import TRASH_DIRNAME, is_trash_index_name, trash_root_rel, trash_tx_rel
 
 
 class OutsideRoot(ValueError):
@@ -217,6 +218,30 @@ class LocalTrashStore(LocalStore):
         fsio.rename_noreplace(a, b)
         self._dirty.add(os.path.dirname(a))
         self._dirty.add(os.path.dirname(b))
+
+    def drop_tx_dir(self, txid: str) -> bool:
+        """Remove ``.trash/<txid>`` if it holds nothing but our index (TRASH.json and any
+        temp file a kill left while writing it), then fsync ``.trash``; returns whether it
+        did. Anything else found there is left alone: we remove only what we put there.
+        Idempotent (absent is fine)."""
+        from journal import fsio
+
+        txdir = self.abspath(trash_tx_rel(txid))
+        try:
+            names = os.listdir(txdir)
+        except FileNotFoundError:
+            return False
+        if not all(is_trash_index_name(n) for n in names):
+            return False
+        for n in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(txdir + b"/" + n)
+        try:
+            os.rmdir(txdir)
+        except FileNotFoundError:
+            return False
+        fsio.fsync_dir(self.abspath(trash_root_rel()))
+        return True
 
     def sync(self) -> int:
         """fsync every directory a move touched since the last sync; returns how many."""

@@ -16,11 +16,10 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from retention.catalog import IDS_TABLE, SqliteCatalog, q
-from retention.errors import CatalogError
+from retention.errors import catalog_error
 from retention.policy import RunId
 
 TX_TABLE = "_retention_tx"
@@ -98,24 +97,6 @@ def _ensure_tomb(conn: sqlite3.Connection, table: str, columns: list[str]) -> st
     return tomb
 
 
-class CatalogBusy(CatalogError):
-    """The catalog is locked by another writer."""
-
-
-def _sql_error(path: Path, exc: sqlite3.Error) -> CatalogError:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return CatalogBusy(
-            f"catalog {path} is busy (another writer holds it): {text}",
-            hint="retry when the application's write finishes",
-        )
-    if "readonly" in text or "read-only" in text:
-        return CatalogError(f"catalog {path} is read-only: {text}", hint="check its permissions")
-    if "disk" in text and "full" in text:
-        return CatalogError(f"catalog {path}: disk full", hint="free space and run recover")
-    return CatalogError(f"catalog {path}: {text}")
-
-
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return (
         conn.execute(
@@ -137,7 +118,7 @@ class WritableCatalog(SqliteCatalog):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _sql_error(self.path, exc) from None
+            raise catalog_error(exc, self.path) from None
         try:
             result = body()
             if before_commit is not None:
@@ -150,7 +131,7 @@ class WritableCatalog(SqliteCatalog):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
-                raise _sql_error(self.path, exc) from None
+                raise catalog_error(exc, self.path) from None
             raise
 
     def tx_row(self, txid: str) -> dict[str, Any] | None:

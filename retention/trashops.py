@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from journal import FsyncError, TxState, TxStatus, fsio
+from journal import FsyncError, TxState, fsio
 from retention import txrecords
 from retention.config import Config
 from retention.coordinator import (
@@ -33,6 +33,7 @@ from retention.coordinator import (
     _problems_error,
     begin_with_intents,
     compact,
+    decide,
     move_all,
     new_txid,
     reconcile,
@@ -40,7 +41,7 @@ from retention.coordinator import (
 from retention.durations import format_instant, parse_instant
 from retention.errors import RecoveryError, RetentionError, StorageError, UndoRefused
 from retention.failpoints import failpoint
-from retention.layout import trash_index_rel, trash_tx_rel
+from retention.layout import trash_tx_rel
 from retention.policy import RunId
 from retention.store import OutsideRoot, display
 from retention.txrecords import Begin, Move
@@ -141,12 +142,7 @@ def _finish_purge(ws: Workspace, ptxid: str, targets: list[str], now: datetime) 
 
 
 def _recover_purge(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
-    if tx.status is TxStatus.ACTIVE:
-        committed = ws.catalog.tx_row(tx.txid) is not None
-        failpoint("recover.before_decision")
-        (ws.journal.commit if committed else ws.journal.abort)(tx.txid)
-    else:
-        committed = tx.status is TxStatus.COMMITTED
+    committed = decide(ws, tx)
     if committed:
         _finish_purge(ws, tx.txid, begin.targets, now)
     else:
@@ -308,34 +304,18 @@ def _drop_emptied_trash(ws: Workspace, target: str) -> None:
     row = ws.catalog.tx_row(target)
     if row is None or row["state"] != "undone":
         return
-    txdir = ws.store.abspath(trash_tx_rel(target))
-    index = ws.store.abspath(trash_index_rel(target))
     try:
-        if any(name != os.path.basename(index) for name in os.listdir(txdir)):
-            return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(index)
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(txdir)
-        fsio.fsync_dir(os.path.dirname(txdir))
-    except FileNotFoundError:
-        return  # already removed (a repeated recovery, or the apply moved nothing)
+        ws.store.drop_tx_dir(target)
     except OSError as exc:
         raise StorageError(
-            f"cannot remove the emptied trash {display(txdir)}: {exc.strerror or exc}",
+            f"cannot remove the emptied trash of {target}: {exc.strerror or exc}",
             hint="the undo itself is done; `retention recover` retries the cleanup",
         ) from None
 
 
 def _recover_undo(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
-    if tx.status is TxStatus.ACTIVE:
-        committed = ws.catalog.tx_row(tx.txid) is not None
-    else:
-        committed = tx.status is TxStatus.COMMITTED
+    committed = decide(ws, tx)
     restored = ws.catalog.restored_by(tx.txid) if committed else set()
-    failpoint("recover.before_decision")
-    if tx.status is TxStatus.ACTIVE:
-        (ws.journal.commit if committed else ws.journal.abort)(tx.txid)
     moved, problems = reconcile(ws.store, _moves_of(tx), lambda r: r not in restored)
     if problems:
         raise _problems_error(tx.txid, problems)
