@@ -272,14 +272,13 @@ class SqliteCatalog:
         except sqlite3.Error as exc:
             raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
 
-    def load_ids(self, ids: Iterable[RunId]) -> int:
+    def load_ids(self, ids: Iterable[RunId]) -> None:
         """Fill the temp table of run ids that later set-based statements join against."""
         self.conn.execute(f"DROP TABLE IF EXISTS {IDS_TABLE}")
         self.conn.execute(f"CREATE TEMP TABLE {IDS_TABLE.split('.')[1]} (id PRIMARY KEY)")
         self.conn.executemany(
             f"INSERT OR IGNORE INTO {IDS_TABLE} (id) VALUES (?)", ((i,) for i in ids)
         )
-        return self.conn.execute(f"SELECT count(*) FROM {IDS_TABLE}").fetchone()[0]
 
     def iter_run_rows(self) -> Iterator[dict[str, Any]]:
         """Full rows of the runs table for the loaded ids, ordered by id (read-only)."""

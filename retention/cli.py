@@ -312,12 +312,8 @@ def check(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         _emit(report)
     else:
-        for f in report.findings:
-            subject = [f"run {f.run_id}"] if f.run_id is not None else []
-            if f.path and f.path != str(f.run_id):
-                subject.append(f.path)
-            click.echo(f"{f.kind}: " + (f"{' '.join(subject)}: " if subject else "") + f.detail)
-        click.echo(f"{report.runs_checked} runs checked, {len(report.findings)} finding(s).")
+        for line in views.check_lines(report):
+            click.echo(line)
     if report.findings:
         ctx.exit(EXIT_INCONSISTENT)
 

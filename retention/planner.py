@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 from retention import identity
 from retention.catalog import SqliteCatalog, template_fields
@@ -80,22 +79,6 @@ def policy_from_config(cfg: Config) -> PolicySpec:
     return spec
 
 
-def _refuse_dot_dot(value: bytes) -> bytes:
-    """Refuse a path with a ``..`` component or a NUL byte, before it is normalised.
-
-    Normalising ``exp1/../exp2/run-9`` would quietly give another run's directory (and a
-    NUL byte makes every system call fail), so such a path is refused, not repaired.
-    """
-    raw = value
-    if raw.startswith(b"file:"):  # as `relative_artifact_path` decodes it
-        raw = os.fsencode(unquote(urlparse(os.fsdecode(raw)).path))
-    if b"\0" in raw:
-        raise OutsideRoot(f"{display(value)!r} contains a NUL byte")
-    if b".." in raw.split(b"/"):
-        raise OutsideRoot(f"{display(value)} contains a '..' component")
-    return value
-
-
 def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
     """The run's artifact path relative to the root; None when the run has no artifacts.
 
@@ -107,7 +90,7 @@ def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
         if value is None or value in ("", b""):
             return None
         raw = value if isinstance(value, bytes) else os.fsencode(str(value))
-        return relative_artifact_path(root, _refuse_dot_dot(raw))
+        return relative_artifact_path(root, raw)
     if not cfg.path_template:
         return None
     values = {}
@@ -116,8 +99,7 @@ def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
     for name in template_fields(cfg.path_template):
         if values.get(name) is None:
             raise ValueError(f"column {name!r} of the path template is NULL")
-    path = _refuse_dot_dot(os.fsencode(cfg.path_template.format(**values)))
-    return relative_artifact_path(root, path)
+    return relative_artifact_path(root, os.fsencode(cfg.path_template.format(**values)))
 
 
 OVERLAP_HINT = "give every run its own artifact directory; retention never moves a shared one"

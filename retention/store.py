@@ -52,9 +52,9 @@ def ancestors(rel: bytes) -> list[bytes]:
 
 def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
     """Normalise a path (relative to ``root``, absolute, or a ``file://`` URI) to bytes
-    relative to ``root``. Raises `OutsideRoot` when it would leave the root or name the
-    root itself or the trash."""
-    raw = os.fsencode(value) if isinstance(value, str) else value
+    relative to ``root``. Raises `OutsideRoot` when it would leave the root, name the root
+    itself or the trash, has a ``..`` component or a NUL byte, or another URI scheme."""
+    original = raw = os.fsencode(value) if isinstance(value, str) else value
     scheme = re.match(rb"([A-Za-z][A-Za-z0-9+.-]*):", raw)
     if scheme and scheme.group(1).lower() != b"file":
         # e.g. MLflow's "mlflow-artifacts:/..." or "s3://...": not a directory under the root;
@@ -67,6 +67,12 @@ def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
         if u.netloc not in ("", "localhost"):
             raise OutsideRoot(f"{display(raw)} names another host ({u.netloc})")
         raw = os.fsencode(unquote(u.path))
+    # Refused, not repaired: normalising exp1/../exp2/run-9 would quietly name another run's
+    # directory, and a NUL byte makes every system call fail.
+    if b"\0" in raw:
+        raise OutsideRoot(f"{display(original)!r} contains a NUL byte")
+    if b".." in raw.split(b"/"):
+        raise OutsideRoot(f"{display(original)} contains a '..' component")
     root_b = os.fsencode(os.path.abspath(root))
     if raw.startswith(b"/"):
         norm = os.path.normpath(raw)

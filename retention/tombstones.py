@@ -555,17 +555,19 @@ class TrashCatalog(WritableCatalog):
         deletion log in ``_retention_tx`` / ``_retention_runs`` stays). Idempotent."""
         conn = self.conn
 
+        marks = ", ".join("?" * len(targets))
+
         def body() -> None:
-            for t in targets:
-                conn.execute(
-                    f"UPDATE {TX_TABLE} SET state = 'purged', finished_at = ? WHERE txid = ?",
-                    (now, t),
-                )
-                conn.execute(
-                    f"UPDATE {TOMB_RUNS} SET state = 'purged' WHERE txid = ? AND state = 'trash'",
-                    (t,),
-                )
-                for tomb in _tomb_tables(conn):
-                    conn.execute(f"DELETE FROM {q(tomb)} WHERE {q(TXID_COL)} = ?", (t,))
+            conn.execute(
+                f"UPDATE {TX_TABLE} SET state = 'purged', finished_at = ? WHERE txid IN ({marks})",
+                (now, *targets),
+            )
+            conn.execute(
+                f"UPDATE {TOMB_RUNS} SET state = 'purged'"
+                f" WHERE state = 'trash' AND txid IN ({marks})",
+                targets,
+            )
+            for tomb in _tomb_tables(conn):
+                conn.execute(f"DELETE FROM {q(tomb)} WHERE {q(TXID_COL)} IN ({marks})", targets)
 
         self._commit_tx(body, None)

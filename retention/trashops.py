@@ -39,7 +39,14 @@ from retention.coordinator import (
     reconcile,
 )
 from retention.durations import format_instant, parse_instant
-from retention.errors import RecoveryError, RetentionError, StorageError, UndoRefused
+from retention.errors import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    RecoveryError,
+    RetentionError,
+    StorageError,
+    UndoRefused,
+)
 from retention.failpoints import failpoint
 from retention.layout import trash_tx_rel
 from retention.policy import RunId
@@ -62,9 +69,13 @@ def expired_applies(ws: Workspace, now: datetime, *, everything: bool = False) -
     return out
 
 
-def purge_expired(ws: Workspace, now: datetime, *, everything: bool = False) -> list[str]:
-    """Purge every apply whose grace period is over; returns the purged apply txids."""
-    targets = expired_applies(ws, now, everything=everything)
+def purge_expired(
+    ws: Workspace, now: datetime, *, everything: bool = False, targets: list[str] | None = None
+) -> list[str]:
+    """Purge every apply whose grace period is over (or ``targets``, already chosen that
+    way); returns the purged apply txids."""
+    if targets is None:
+        targets = expired_applies(ws, now, everything=everything)
     if not targets:
         return []
     ptxid = new_txid("purge", now)
@@ -345,7 +356,7 @@ class UndoReport(msgspec.Struct, kw_only=True):
         for u in self.undone:
             if u.error_code:
                 return u.error_code
-        return 3 if any(u.conflicts for u in self.undone) else 0
+        return EXIT_PARTIAL if any(u.conflicts for u in self.undone) else EXIT_OK
 
 
 class PurgeReport(msgspec.Struct, kw_only=True):
@@ -398,7 +409,8 @@ def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> Purg
     now = now or datetime.now(UTC)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
-        runs, nbytes = ws.catalog.trash_totals(expired_applies(ws, now, everything=everything))
-        purged = purge_expired(ws, now, everything=everything)
+        targets = expired_applies(ws, now, everything=everything)
+        runs, nbytes = ws.catalog.trash_totals(targets)
+        purged = purge_expired(ws, now, targets=targets)
         compact(ws.journal)
     return PurgeReport(purged=purged, runs=runs, bytes=nbytes, recovered=recovered)

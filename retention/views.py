@@ -373,3 +373,16 @@ def status_lines(rep: Any) -> list[str]:
             f" {len(last.get('skipped') or [])} skipped{since}."
         )
     return lines
+
+
+def check_lines(rep: Any) -> list[str]:
+    lines = []
+    for f in rep.findings:
+        subject = [f"run {f.run_id}"] if f.run_id is not None else []
+        if f.path and f.path != str(f.run_id):
+            subject.append(f.path)
+        lines.append(f"{f.kind}: " + (f"{' '.join(subject)}: " if subject else "") + f.detail)
+    lines.append(
+        f"{plural(rep.runs_checked, 'run')} checked, {plural(len(rep.findings), 'finding')}."
+    )
+    return lines

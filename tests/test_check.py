@@ -45,7 +45,7 @@ def test_each_inconsistency_is_found(workspace: Path) -> None:
         ("trash_orphan", None, f".trash/{report['txid']}/junk"),
     }
     human = invoke("check")
-    assert human.exit_code == 10 and "4 finding(s)" in human.stdout
+    assert human.exit_code == 10 and "4 findings." in human.stdout
 
 
 def test_interrupted_transaction_is_a_finding(workspace: Path) -> None:
