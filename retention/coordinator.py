@@ -131,24 +131,22 @@ def reconcile(
     store: LocalTrashStore,
     moves: Iterable[Move],
     want_trash: Callable[[str | int], bool],
-    *,
-    on_move: Callable[[], None] | None = None,
 ) -> tuple[int, list[Problem]]:
     """Bring each move's directory to the side the decision wants; returns (moves done,
-    problems). Idempotent: looks before it moves; never replaces anything; one directory
-    fsync per touched directory per batch."""
-    done = 0
+    problems). Idempotent: looks before it moves; never replaces anything; the moves go
+    through `move_all` (one directory fsync per touched directory per batch)."""
     problems: list[Problem] = []
-    pending = 0
+    todo: list[tuple[RunId, bytes, bytes]] = []
+    by_run: dict[RunId, Move] = {}
     for m in moves:
         at_home, in_trash = store.lexists(m.home), store.lexists(m.trash)
         if want_trash(m.run_id):
             if in_trash:
                 continue
-            src, dst = m.home, m.trash
             if not at_home:
                 problems.append(Problem(m, "directory is neither at home nor in trash"))
                 continue
+            todo.append((m.run_id, m.home, m.trash))
         else:
             if not in_trash:
                 if not at_home:
@@ -162,23 +160,18 @@ def reconcile(
             except OutsideRoot as exc:
                 problems.append(Problem(m, f"its home is no longer inside the root: {exc}"))
                 continue
-            src, dst = m.trash, m.home
-        try:
-            store.move(src, dst)
-        except OSError as exc:
-            problems.append(Problem(m, f"cannot move it: {exc.strerror or exc}"))
-            continue
-        done += 1
-        pending += 1
-        failpoint("reconcile.after_rename")
-        if on_move:
-            on_move()
-        if pending >= MOVE_BATCH:
-            store.sync()
-            pending = 0
-    store.sync()
-    failpoint("reconcile.after_sync")
-    return done, problems
+            todo.append((m.run_id, m.trash, m.home))
+        by_run[m.run_id] = m
+    failed = move_all(
+        store,
+        todo,
+        label="placing directories",
+        after_rename=lambda: failpoint("reconcile.after_rename"),
+        after_batch=lambda: failpoint("reconcile.after_sync"),
+    )
+    for rid, err in failed.items():
+        problems.append(Problem(by_run[rid], f"cannot move it: {err.strerror or err}"))
+    return len(todo) - len(failed), problems
 
 
 def begin_with_intents(journal: Journal, txid: str, begin: Begin, moves: list[Move]) -> None:
