@@ -14,11 +14,12 @@ be second implementations; the journal and recovery assume neither.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from retention.policy import RunId
 
 
+@runtime_checkable
 class ArtifactStore(Protocol):
     """Artifact directories under one root, addressed by bytes paths relative to it."""
 
@@ -50,7 +51,13 @@ class ArtifactStore(Protocol):
         fsync failure raises `journal.FsyncError`: fatal, never retried."""
         ...
 
+    def drop_tx_dir(self, txid: str) -> bool:
+        """Remove a transaction's trash area once it holds nothing but its index (after a
+        roll-back or a full undo). Idempotent; never removes anything it did not put there."""
+        ...
 
+
+@runtime_checkable
 class Catalog(Protocol):
     """The last participant: its transaction is the one commit point."""
 
@@ -64,7 +71,36 @@ class Catalog(Protocol):
         ...
 
     def commit_delete(self, info: Any, lineage: str, runs: list[Any], *, before_commit: Any) -> Any:
-        """In ONE transaction: re-check each run, tombstone its rows of every involved table,
-        delete them, record the txid. Durable when it returns (``synchronous=EXTRA``). On
-        any failure it rolls back explicitly and raises; the catalog is then unchanged."""
+        """Apply's commit point. In ONE transaction: re-check each run (rows, filter,
+        protect), tombstone its rows of every involved table, delete them, record the txid.
+        Returns the runs it left out and why. Durable when it returns (``synchronous=EXTRA``).
+        On any failure it rolls back explicitly and raises; the catalog is then unchanged."""
+        ...
+
+    def commit_restore(
+        self,
+        undo_txid: str,
+        target: str,
+        groups: list[list[RunId]],
+        now: str,
+        *,
+        before_commit: Any,
+    ) -> dict[RunId, str]:
+        """Undo's commit point: re-insert the groups' rows from the tombstones, mark them
+        restored, record ``undo_txid``; groups the catalog refuses are returned, not raised.
+        Same durability and roll-back contract as `commit_delete`."""
+        ...
+
+    def restored_by(self, undo_txid: str) -> set[RunId]:
+        """Undo's decision for each run: restored by ``undo_txid`` or not. Read-only."""
+        ...
+
+    def mark_purging(
+        self, purge_txid: str, targets: list[str], now: str, *, before_commit: Any
+    ) -> None:
+        """Purge's commit point: from here on undo refuses the targets; records the txid."""
+        ...
+
+    def mark_purged(self, targets: list[str], now: str) -> None:
+        """After purge removed the directories: mark purged, drop row tombstones. Idempotent."""
         ...

@@ -1,6 +1,7 @@
 """Crash safety of apply and recover: crash at every failpoint apply passes through (the
-list comes from the code itself, via FAILPOINT_LOG), recover, then the invariants (crashkit.check_invariants).
-Also SIGKILL at random moments, and recover killed inside itself."""
+list comes from the code itself, via FAILPOINT_LOG), recover, then the invariants
+(crashkit.check_invariants). Also SIGKILL at random moments, and recover killed inside
+itself."""
 
 from __future__ import annotations
 

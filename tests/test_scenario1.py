@@ -1,4 +1,5 @@
-"""Scenario 1 (laptop backtests, the default layout) end to end through the real `retention` executable.
+"""Scenario 1 (laptop backtests, the default layout) end to end through the real
+`retention` executable.
 
 Backtest runs on a laptop, default layout, no config file: ``retention plan --keep-last 10
 --max-age 180d`` writes a manifest, ``retention show`` verifies it and lists exactly the runs
