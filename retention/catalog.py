@@ -12,6 +12,7 @@ The SQLite catalog belongs to the application: we never change its journal mode,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sqlite3
@@ -71,7 +72,8 @@ class Schema:
         return [self.runs_table, *(c.table for c in self.children)]
 
 
-def template_fields(template: str) -> list[str]:
+@functools.lru_cache(maxsize=16)
+def template_fields(template: str) -> tuple[str, ...]:
     """Column names used by a path template such as ``{experiment_id}/{run_uuid}``."""
     try:
         names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
@@ -82,7 +84,7 @@ def template_fields(template: str) -> list[str]:
             raise ConfigError(
                 f"artifacts.path_template {template!r}: {{{name}}} is not a column name"
             )
-    return names
+    return tuple(names)
 
 
 class SqliteCatalog:
@@ -296,12 +298,12 @@ class SqliteCatalog:
         the columns its artifact path needs. Read-only, streamed."""
         cfg = self.cfg
         if cfg.path_column:
-            cols = [cfg.path_column]
+            needed: tuple[str, ...] = (cfg.path_column,)
         elif cfg.path_template:
-            cols = template_fields(cfg.path_template)
+            needed = template_fields(cfg.path_template)
         else:
             return
-        cols = list(dict.fromkeys([cfg.id_column, *cols]))
+        cols = list(dict.fromkeys([cfg.id_column, *needed]))
         cur = self.conn.execute(f"SELECT {', '.join(q(c) for c in cols)} FROM {q(cfg.runs_table)}")
         for row in cur:
             yield dict(zip(cols, row, strict=True))

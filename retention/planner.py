@@ -94,11 +94,11 @@ def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
     if not cfg.path_template:
         return None
     values = {}
-    for k, v in row.items():
-        values[k] = os.fsdecode(v) if isinstance(v, bytes) else v
     for name in template_fields(cfg.path_template):
-        if values.get(name) is None:
+        v = row.get(name)
+        if v is None:
             raise ValueError(f"column {name!r} of the path template is NULL")
+        values[name] = os.fsdecode(v) if isinstance(v, bytes) else v
     return relative_artifact_path(root, os.fsencode(cfg.path_template.format(**values)))
 
 
@@ -147,9 +147,10 @@ def _overlapping(
             mark(other, f"is also the directory of run {rid}, which is kept")
         for rel in under.get(other, ()):
             mark(rel, f"lies inside the directory of run {rid}, which is kept")
-        for a in ancestors(other):
-            if a in by_path:
-                mark(a, f"contains the directory of run {rid}, which is kept")
+        if b"/" in other:
+            for a in ancestors(other):
+                if a in by_path:
+                    mark(a, f"contains the directory of run {rid}, which is kept")
     return bad
 
 

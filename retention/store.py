@@ -10,6 +10,7 @@ follow symlinks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -50,40 +51,58 @@ def ancestors(rel: bytes) -> list[bytes]:
     return [b"/".join(parts[:k]) for k in range(1, len(parts))]
 
 
+_SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*):")
+_TRASH_B = os.fsencode(TRASH_DIRNAME)
+
+
+@functools.lru_cache(maxsize=8)
+def _root_bytes(root: Path) -> bytes:
+    return os.fsencode(os.path.abspath(root))
+
+
+def _normpath(p: bytes) -> bytes:
+    # normpath is the costly step at a million runs; most paths are already normal.
+    if b"//" in p or b"/./" in p or p.startswith(b"./") or p.endswith((b"/", b"/.")) or p == b".":
+        return os.path.normpath(p)
+    return p
+
+
 def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
     """Normalise a path (relative to ``root``, absolute, or a ``file://`` URI) to bytes
     relative to ``root``. Raises `OutsideRoot` when it would leave the root, name the root
     itself or the trash, has a ``..`` component or a NUL byte, or another URI scheme."""
     original = raw = os.fsencode(value) if isinstance(value, str) else value
-    scheme = re.match(rb"([A-Za-z][A-Za-z0-9+.-]*):", raw)
-    if scheme and scheme.group(1).lower() != b"file":
-        # e.g. MLflow's "mlflow-artifacts:/..." or "s3://...": not a directory under the root;
-        # taken as a relative name it would look missing, and apply would orphan the real one.
-        raise OutsideRoot(
-            f"{display(raw)}: unsupported URI scheme {display(scheme.group(1))!r} (only file:)"
-        )
-    if raw.startswith(b"file:"):
-        u = urlparse(os.fsdecode(raw))
-        if u.netloc not in ("", "localhost"):
-            raise OutsideRoot(f"{display(raw)} names another host ({u.netloc})")
-        raw = os.fsencode(unquote(u.path))
+    if b":" in raw:
+        scheme = _SCHEME.match(raw)
+        if scheme and scheme.group(1).lower() != b"file":
+            # e.g. MLflow's "mlflow-artifacts:/..." or "s3://...": no directory under the
+            # root; taken as a relative name it would look missing, and apply would orphan
+            # the real one.
+            raise OutsideRoot(
+                f"{display(raw)}: unsupported URI scheme {display(scheme.group(1))!r} (only file:)"
+            )
+        if raw.startswith(b"file:"):
+            u = urlparse(os.fsdecode(raw))
+            if u.netloc not in ("", "localhost"):
+                raise OutsideRoot(f"{display(raw)} names another host ({u.netloc})")
+            raw = os.fsencode(unquote(u.path))
     # Refused, not repaired: normalising exp1/../exp2/run-9 would quietly name another run's
     # directory, and a NUL byte makes every system call fail.
     if b"\0" in raw:
         raise OutsideRoot(f"{display(original)!r} contains a NUL byte")
-    if b".." in raw.split(b"/"):
+    if b".." in raw and b".." in raw.split(b"/"):
         raise OutsideRoot(f"{display(original)} contains a '..' component")
-    root_b = os.fsencode(os.path.abspath(root))
     if raw.startswith(b"/"):
-        norm = os.path.normpath(raw)
+        root_b = _root_bytes(root)
+        norm = _normpath(raw)
         if not norm.startswith(root_b + b"/"):
             raise OutsideRoot(f"{display(raw)} is outside the artifact root {root}")
         rel = norm[len(root_b) + 1 :]
     else:
-        rel = os.path.normpath(raw)
-    if rel in (b".", b"") or rel.startswith(b"../") or rel == b".." or rel.startswith(b"/"):
+        rel = _normpath(raw)
+    if rel in (b".", b"") or rel.startswith(b"/"):
         raise OutsideRoot(f"{display(raw)} is outside the artifact root {root}")
-    if rel.split(b"/")[0] == os.fsencode(TRASH_DIRNAME):
+    if rel.split(b"/", 1)[0] == _TRASH_B:
         raise OutsideRoot(f"{display(raw)} is inside the trash")
     return rel
 
