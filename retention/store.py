@@ -35,6 +35,7 @@ class Measure:
     files: int = 0
     fingerprint: str = ""
     error: str | None = None  # set when the tree could not be read completely
+    dev: int | None = None  # device of the top entry (a mount point has its own)
 
 
 def display(path: bytes | str) -> str:
@@ -158,7 +159,7 @@ class LocalStore:
         )
         if not stat.S_ISDIR(st.st_mode):
             total = st.st_size
-            return Measure(True, total, 1, h.hexdigest())
+            return Measure(True, total, 1, h.hexdigest(), dev=st.st_dev)
         stack = [b""]
         while stack:
             sub = stack.pop()
@@ -184,7 +185,7 @@ class LocalStore:
                 else:
                     files += 1
                     total += size
-        return Measure(True, total, files, h.hexdigest(), error)
+        return Measure(True, total, files, h.hexdigest(), error, dev=st.st_dev)
 
 
 class LocalTrashStore(LocalStore):
@@ -213,8 +214,9 @@ class LocalTrashStore(LocalStore):
     def lexists(self, rel: bytes) -> bool:
         return os.path.lexists(self.abspath(rel))
 
-    def same_filesystem(self, rel: bytes) -> bool:
-        """Whether ``rel`` can be renamed into trash (same device as the trash)."""
+    def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
+        """Whether ``rel`` can be renamed into trash (same device as the trash).
+        ``dev_of_rel``: its device if already known (from `measure`)."""
         if self._trash_dev is None:
             trash = self.abspath(os.fsencode(TRASH_DIRNAME))
             self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
@@ -223,7 +225,9 @@ class LocalTrashStore(LocalStore):
         if dev is None:
             dev = self._parent_dev[parent] = os.lstat(parent).st_dev
         # A directory that is itself a mount point has its own device: check it too.
-        return dev == self._trash_dev and os.lstat(self.abspath(rel)).st_dev == dev
+        if dev_of_rel is None:
+            dev_of_rel = os.lstat(self.abspath(rel)).st_dev
+        return dev == self._trash_dev and dev_of_rel == dev
 
     def ensure_dir(self, rel: bytes) -> None:
         from journal import fsio
