@@ -61,7 +61,7 @@ from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.policy import RunId
 from retention.reporting import Progress
-from retention.store import LocalTrashStore, OutsideRoot, ancestors, display
+from retention.store import LocalTrashStore, OutsideRoot, ancestors, display, text_and_raw
 from retention.tombstones import TombRun, TxInfo
 from retention.txrecords import Begin, Move, Moves
 from retention.workspace import Workspace, open_workspace
@@ -447,23 +447,15 @@ def _write_trash_index(
         entries=[
             TrashIndexEntry(
                 m.run_id,
-                m.home.decode("utf-8", "replace"),
-                m.trash.decode("utf-8", "replace"),
-                None if _utf8(m.home) else m.home,
+                text_and_raw(m.home)[0],
+                text_and_raw(m.trash)[0],
+                text_and_raw(m.home)[1],
             )
             for m in moves
         ],
     )
     data = msgspec.json.format(msgspec.json.encode(index), indent=1)
     fsio.write_atomic(ws.store.abspath(trash_index_rel(txid)), data, 0o644)
-
-
-def _utf8(b: bytes) -> bool:
-    try:
-        b.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None) -> ApplyReport:

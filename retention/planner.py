@@ -33,6 +33,7 @@ from retention.store import (
     ancestors,
     display,
     relative_artifact_path,
+    text_and_raw,
 )
 
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
@@ -222,8 +223,7 @@ def build_plan(
                     )
                 )
                 continue
-            text = None if rel is None else rel.decode("utf-8", "replace")
-            raw = None if rel is None or text is None or text.encode() == rel else rel
+            text, raw = text_and_raw(rel) if rel is not None else (None, None)
             t = v.item.time
             entries.append(
                 Entry(

@@ -46,6 +46,15 @@ def display(path: bytes | str) -> str:
     return path.decode("utf-8", "backslashreplace")
 
 
+def text_and_raw(path: bytes) -> tuple[str, bytes | None]:
+    """A path as JSON carries it: readable text, plus the exact bytes only when they are
+    not UTF-8 (lossless without making every path base64)."""
+    try:
+        return path.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return path.decode("utf-8", "replace"), path
+
+
 def ancestors(rel: bytes) -> list[bytes]:
     """Proper ancestors of a relative path: ``a/b/c`` -> ``a``, ``a/b``."""
     parts = rel.split(b"/")
