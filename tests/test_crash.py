@@ -150,3 +150,44 @@ def test_apply_then_invariants_in_both_journal_modes(tmp_path: Path, wal: bool) 
 
     mode = sqlite3.connect(ws / "data/catalog.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == ("wal" if wal else "delete")
+
+
+@pytest.mark.slow
+def test_crash_anywhere_in_an_apply_that_also_purges_expired_trash(tmp_path: Path) -> None:
+    """The apply's own purge of older trash (its own transaction, after DONE) is crashed
+    at each of its points too; recover then leaves the older apply purged or still whole
+    in trash, and the new one committed."""
+    base = ck.build(tmp_path / "base", runs=10)
+    env = {**ck.BASE_ENV, "RETENTION_GRACE_PERIOD": "1s"}
+    first = subprocess.run(
+        [ck.EXE, "apply", str(ck.plan(base, keep_last=7))], cwd=base, env=env, capture_output=True
+    )
+    assert first.returncode == 0, first.stderr
+    time.sleep(1.2)
+    before = ck.snapshot(ck.build(tmp_path / "pristine", runs=10))
+
+    def second(ws: Path, **kw: str) -> subprocess.CompletedProcess:
+        e = dict(env)
+        if "failpoint" in kw:
+            e["FAILPOINT"] = kw["failpoint"]
+        if "log" in kw:
+            e["FAILPOINT_LOG"] = kw["log"]
+        m = ck.plan(ws, keep_last=4)
+        return subprocess.run([ck.EXE, "apply", str(m)], cwd=ws, env=e, capture_output=True)
+
+    probe = fresh(base, tmp_path / "probe")
+    log = tmp_path / "apply.log"
+    assert second(probe, log=str(log)).returncode == 0
+    points = ck.hits(log)
+    assert any(p.startswith("purge.after_remove") for p in points)
+    for n, point in enumerate(points):
+        if not point.startswith(("purge.", "apply.before_done", "apply.after_journal_commit")):
+            continue  # the rest of apply is swept above
+        ws = fresh(base, tmp_path / f"ws{n}")
+        assert ck.crashed(second(ws, failpoint=point)), point
+        r = ck.run(ws, "recover")
+        assert r.returncode == 0, (point, r.stderr)
+        states = ck.check_invariants(ws, before, allow_purged=True)
+        gone = sorted(v for v in states.values() if v != "home")
+        assert len(gone) == 6, (point, states)
+        shutil.rmtree(ws)
