@@ -80,8 +80,13 @@ def write_atomic(
     mode: int = 0o644,
     *,
     before_rename: Callable[[], None] | None = None,
+    replace: bool = True,
 ) -> None:
     """Replace `path` with `data` atomically and durably, with permission bits `mode`.
+
+    With ``replace=False`` an existing `path` is never replaced: the temp file is hard
+    linked into place instead of renamed, and `FileExistsError` is raised (nothing
+    changed) if `path` already exists. For files created once, like a key.
 
     Steps: create ``.<basename>.tmp-<pid>`` in the same directory, fchmod, write all,
     fsync, close, ``os.replace`` onto `path`, fsync the parent directory. On an error the
@@ -116,8 +121,17 @@ def write_atomic(
             os.close(fd)
         if before_rename is not None:
             before_rename()
-        step = "rename temp file onto"
-        os.replace(tmp, path_b)
+        if replace:
+            step = "rename temp file onto"
+            os.replace(tmp, path_b)
+        else:
+            step = "link temp file to"
+            try:
+                os.link(tmp, path_b)
+            except FileExistsError:
+                _unlink_quietly(tmp)
+                raise
+            _unlink_quietly(tmp)
         renamed = True
         step = "fsync directory of"
         fsync_dir(parent)
@@ -125,6 +139,8 @@ def write_atomic(
         if not renamed:
             _unlink_quietly(tmp)
         raise
+    except FileExistsError:
+        raise  # replace=False and `path` exists: the caller's signal, no wrapping
     except OSError as e:
         if not renamed:
             _unlink_quietly(tmp)

@@ -61,6 +61,7 @@ from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.policy import RunId
 from retention.reporting import Progress
+from retention.reports import SkippedEntry
 from retention.store import LocalTrashStore, OutsideRoot, ancestors, display, text_and_raw
 from retention.tombstones import TombRun, TxInfo
 from retention.txrecords import Begin, Move, Moves
@@ -80,12 +81,6 @@ def new_txid(op: str, now: datetime) -> str:
 
 
 # -- reports -------------------------------------------------------------------------------
-
-
-class SkippedEntry(msgspec.Struct):
-    run_id: str | int
-    reason: str
-    hint: str | None = None
 
 
 class Recovered(msgspec.Struct):

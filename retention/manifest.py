@@ -149,21 +149,10 @@ def _create_key(path: Path) -> None:
 
     try:
         fsio.ensure_dir(path.parent)
-        tmp = path.with_name(f".key.tmp-{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, secrets.token_hex(32).encode() + b"\n")
-            fsio.fsync_file(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # never replaces: a concurrent first plan keeps its key
-        except FileExistsError:
-            pass
-        finally:
-            os.unlink(tmp)
-        fsio.fsync_dir(path.parent)
+        # Never replaces: when two first plans race, the key that landed first is kept.
+        fsio.write_atomic(path, secrets.token_hex(32).encode() + b"\n", 0o600, replace=False)
+    except FileExistsError:
+        pass
     except OSError as exc:
         raise StorageError(
             f"cannot create the signing key {path}: {exc.strerror or exc}",

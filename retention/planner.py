@@ -27,6 +27,7 @@ from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy
 from retention.manifest import with_id as manifest_with_id
 from retention.policy import PolicySpec, Verdict, evaluate
 from retention.reporting import Progress
+from retention.reports import SkippedEntry
 from retention.store import (
     LocalStore,
     OutsideRoot,
@@ -40,17 +41,10 @@ _NO_TIME = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
-class Skipped:
-    run_id: str | int
-    reason: str
-    hint: str | None = None
-
-
-@dataclass
 class PlanResult:
     payload: Payload
     manifest: bytes
-    skipped: list[Skipped] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
     no_time: int = 0  # runs kept because no timestamp could be read
     warnings: list[str] = field(default_factory=list)  # e.g. an interrupted transaction
 
@@ -190,7 +184,7 @@ def build_plan(
         cat.load_ids(verdicts)
         fps = cat.fingerprints()
         entries: list[Entry] = []
-        skipped: list[Skipped] = []
+        skipped: list[SkippedEntry] = []
         bar = (progress or (lambda label, total: Progress(label, total)))(
             "measuring", len(verdicts)
         )
@@ -202,7 +196,7 @@ def build_plan(
                 if rel is not None:
                     store.check_contained(rel)
             except (OutsideRoot, ValueError) as exc:
-                skipped.append(Skipped(run_id, f"artifact path refused: {exc}"))
+                skipped.append(SkippedEntry(run_id, f"artifact path refused: {exc}"))
                 continue
             paths.append((run_id, rel))
         shared = _overlapping(cfg, cat, root, paths)
@@ -210,13 +204,13 @@ def build_plan(
             v = verdicts[run_id]
             bar.advance()
             if run_id in shared:
-                skipped.append(Skipped(run_id, shared[run_id], hint=OVERLAP_HINT))
+                skipped.append(SkippedEntry(run_id, shared[run_id], hint=OVERLAP_HINT))
                 continue
             m = store.measure(rel) if rel is not None else None
             if m is not None and m.error:
                 path = display(store.abspath(rel)) if rel is not None else ""
                 skipped.append(
-                    Skipped(
+                    SkippedEntry(
                         run_id,
                         f"artifact directory unreadable: {m.error}",
                         hint=f"fix its permissions (e.g. chmod -R u+rwX {path}) and plan again",

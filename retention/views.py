@@ -17,6 +17,7 @@ from retention.errors import StorageError
 from retention.layout import StateLayout
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.planner import PlanResult
+from retention.reports import SkippedEntry
 
 SHOW_VERSION = 1
 
@@ -73,33 +74,32 @@ def plan_summary(
             f"{plural(result.no_time, 'run')} kept because no timestamp could be read"
             " (catalog.time_columns, catalog.time_format)."
         )
-    lines += _skipped_lines([(s.run_id, s.reason, s.hint) for s in result.skipped])
+    lines += _skipped_lines(result.skipped)
     if n:
         name = target or "<manifest>"
         lines.append(f"Next: retention show {name}, then retention apply {name}")
     return lines
 
 
-def _skipped_lines(skipped: list[tuple[object, str, str | None]]) -> list[str]:
+def _skipped_lines(skipped: list[SkippedEntry]) -> list[str]:
     """One line per skipped entry, or one per reason when there are many."""
     if len(skipped) <= 10:
         out = []
-        for rid, reason, hint in skipped:
-            out.append(f"Skipped {rid}: {reason}")
-            if hint:
-                out.append(f"  Hint: {hint}")
+        for sk in skipped:
+            out.append(f"Skipped {sk.run_id}: {sk.reason}")
+            if sk.hint:
+                out.append(f"  Hint: {sk.hint}")
         return out
-    by: dict[str, list[object]] = defaultdict(list)
-    hints: dict[str, str | None] = {}
-    for rid, reason, hint in skipped:
-        by[reason].append(rid)
-        hints[reason] = hint
+    by: dict[str, list[SkippedEntry]] = defaultdict(list)
+    for sk in skipped:
+        by[sk.reason].append(sk)
     out = []
-    for reason, ids in sorted(by.items(), key=lambda kv: -len(kv[1])):
-        sample = ", ".join(str(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+    for reason, group in sorted(by.items(), key=lambda kv: -len(kv[1])):
+        ids = [str(sk.run_id) for sk in group]
+        sample = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
         out.append(f"Skipped {plural(len(ids), 'run')} ({sample}): {reason}")
-        if hints[reason]:
-            out.append(f"  Hint: {hints[reason]}")
+        if group[0].hint:
+            out.append(f"  Hint: {group[0].hint}")
     return out
 
 
@@ -260,7 +260,7 @@ def apply_lines(r: object) -> list[str]:
         )
         until = f" (until {human_instant(rep.undo_until)})" if rep.undo_until else ""
         lines.append(f"Undo with: retention undo {rep.txid}{until}")
-    lines += _skipped_lines([(s.run_id, s.reason, s.hint) for s in rep.skipped])
+    lines += _skipped_lines(rep.skipped)
     if rep.purged:
         n = plural(len(rep.purged), "earlier apply", "earlier applies")
         lines.append(f"Purged the expired trash of {n}.")

@@ -187,3 +187,17 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def test_write_atomic_without_replace_never_replaces_and_leaves_no_temp(tmp_path) -> None:
+    import pytest
+
+    from journal import fsio
+
+    target = tmp_path / "key"
+    fsio.write_atomic(target, b"first", 0o600, replace=False)
+    with pytest.raises(FileExistsError):
+        fsio.write_atomic(target, b"second", 0o600, replace=False)
+    assert target.read_bytes() == b"first"
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    assert [p.name for p in tmp_path.iterdir()] == ["key"]
