@@ -25,7 +25,10 @@ code  meaning
 
 from __future__ import annotations
 
+import errno
 import sqlite3
+
+from journal import FsyncError, JournalError
 
 
 class RetentionError(Exception):
@@ -120,10 +123,6 @@ def from_environment(exc: BaseException) -> RetentionError | None:
     """Map an error the environment can cause (disk full, permission denied, an fsync that
     failed, a journal that cannot be written) to a `RetentionError`; None for anything else,
     which is a bug and keeps its traceback."""
-    import errno
-
-    from journal import FsyncError, JournalError
-
     if isinstance(exc, FsyncError):
         return RecoveryError(
             f"fsync failed, the last step may not be durable: {exc}",

@@ -17,12 +17,15 @@ import hmac
 import os
 import secrets
 import stat
+import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
+from journal import fsio
+from retention import identity
 from retention.durations import format_instant, parse_instant
 from retention.errors import ManifestRejected, StorageError
 from retention.layout import StateLayout
@@ -145,8 +148,6 @@ def load_key(state: StateLayout, *, create: bool) -> tuple[bytes, str]:
 
 
 def _create_key(path: Path) -> None:
-    from journal import fsio
-
     try:
         fsio.ensure_dir(path.parent)
         # Never replaces: when two first plans race, the key that landed first is kept.
@@ -225,8 +226,6 @@ def verify(data: bytes, key: bytes, key_id: str, *, now: datetime) -> Payload:
 
 def read_manifest_bytes(path: str) -> bytes:
     """The bytes of a manifest file (``-`` for stdin)."""
-    import sys
-
     if path == "-":
         return sys.stdin.buffer.read()
     try:
@@ -246,8 +245,6 @@ def verify_for_workspace(
 
     Raises `ManifestRejected` for a manifest planned against another catalog.
     """
-    from retention import identity
-
     key, key_id = load_key(state, create=False)
     payload = verify(data, key, key_id, now=now)
     current = identity.resolve(catalog, state, create=False)

@@ -21,19 +21,21 @@ from retention import identity
 from retention.catalog import SqliteCatalog, template_fields
 from retention.config import Config
 from retention.durations import format_instant, parse_duration, parse_instant
-from retention.errors import ConfigError, UsageError
+from retention.errors import UsageError
 from retention.layout import StateLayout
 from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
 from retention.manifest import with_id as manifest_with_id
 from retention.policy import PolicySpec, Verdict, evaluate
 from retention.reporting import Progress
 from retention.reports import SkippedEntry
+from retention.status import journal_warnings
 from retention.store import (
     LocalStore,
     OutsideRoot,
     ancestors,
     display,
     relative_artifact_path,
+    require_artifact_root,
     text_and_raw,
 )
 
@@ -47,19 +49,6 @@ class PlanResult:
     skipped: list[SkippedEntry] = field(default_factory=list)
     no_time: int = 0  # runs kept because no timestamp could be read
     warnings: list[str] = field(default_factory=list)  # e.g. an interrupted transaction
-
-
-def require_artifact_root(cfg: Config) -> None:
-    """Refuse a missing artifact root: every candidate would look as if it had no directory,
-    and apply would delete rows whose directories live elsewhere."""
-    root = Path(cfg.artifact_root)
-    if not root.is_dir():
-        what = "does not exist" if not root.exists() else "is not a directory"
-        raise ConfigError(
-            f"artifact root {root} {what} (artifacts.root, from {cfg.sources['artifact_root']})",
-            hint="point artifacts.root (or --artifact-root) at the directory holding the runs'"
-            " artifacts",
-        )
 
 
 def policy_from_config(cfg: Config) -> PolicySpec:
@@ -258,7 +247,5 @@ def build_plan(
         entries=entries,
     )
     manifest_with_id(payload)
-    from retention.status import journal_warnings
-
     no_time = sum(1 for v in decision.keep if v.item.time is None)
     return PlanResult(payload, sign(payload, key), skipped, no_time, journal_warnings(state))

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from journal import fsio
+from retention.config import Config
+from retention.errors import ConfigError
 from retention.layout import TRASH_DIRNAME, is_trash_index_name, trash_root_rel, trash_tx_rel
 
 
@@ -239,8 +242,6 @@ class LocalTrashStore(LocalStore):
         return dev == self._trash_dev and dev_of_rel == dev
 
     def ensure_dir(self, rel: bytes) -> None:
-        from journal import fsio
-
         fsio.ensure_dir(self.abspath(rel), 0o755)
 
     def move(self, src: bytes, dst: bytes) -> None:
@@ -250,8 +251,6 @@ class LocalTrashStore(LocalStore):
         filesystem, ``FileExistsError`` if ``dst`` exists) and then changes nothing. Not
         durable until `sync`.
         """
-        from journal import fsio
-
         a, b = self.abspath(src), self.abspath(dst)
         fsio.rename_noreplace(a, b)
         self._dirty.add(os.path.dirname(a))
@@ -262,8 +261,6 @@ class LocalTrashStore(LocalStore):
         temp file a kill left while writing it), then fsync ``.trash``; returns whether it
         did. Anything else found there is left alone: we remove only what we put there.
         Idempotent (absent is fine)."""
-        from journal import fsio
-
         txdir = self.abspath(trash_tx_rel(txid))
         try:
             names = os.listdir(txdir)
@@ -283,10 +280,21 @@ class LocalTrashStore(LocalStore):
 
     def sync(self) -> int:
         """fsync every directory a move touched since the last sync; returns how many."""
-        from journal import fsio
-
         dirs = sorted(self._dirty)
         for d in dirs:
             fsio.fsync_dir(d)
         self._dirty.clear()
         return len(dirs)
+
+
+def require_artifact_root(cfg: Config) -> None:
+    """Refuse a missing artifact root: every candidate would look as if it had no directory,
+    and apply would delete rows whose directories live elsewhere."""
+    root = Path(cfg.artifact_root)
+    if not root.is_dir():
+        what = "does not exist" if not root.exists() else "is not a directory"
+        raise ConfigError(
+            f"artifact root {root} {what} (artifacts.root, from {cfg.sources['artifact_root']})",
+            hint="point artifacts.root (or --artifact-root) at the directory holding the runs'"
+            " artifacts",
+        )

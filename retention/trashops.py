@@ -37,6 +37,7 @@ from retention.coordinator import (
     move_all,
     new_txid,
     reconcile,
+    recover_all,
 )
 from retention.durations import format_instant, parse_instant
 from retention.errors import (
@@ -52,7 +53,7 @@ from retention.layout import trash_tx_rel
 from retention.policy import RunId
 from retention.store import OutsideRoot, display
 from retention.txrecords import Begin, Move
-from retention.workspace import Workspace
+from retention.workspace import Workspace, open_workspace
 
 # -- purge ---------------------------------------------------------------------------------
 
@@ -372,9 +373,6 @@ def undo(
 ) -> UndoReport:
     """`retention undo`: bring back the runs of one apply (TXID) or of every apply younger
     than ``within`` (newest first). Conflicts stay in trash and are reported."""
-    from retention.coordinator import recover_all
-    from retention.workspace import open_workspace
-
     now = now or datetime.now(UTC)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
@@ -403,9 +401,6 @@ def undo(
 
 def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> PurgeReport:
     """`retention purge`: remove trash whose grace period is over (or all of it)."""
-    from retention.coordinator import recover_all
-    from retention.workspace import open_workspace
-
     now = now or datetime.now(UTC)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)

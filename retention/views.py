@@ -12,12 +12,13 @@ import msgspec
 
 from journal import fsio
 from retention.config import Config
-from retention.durations import format_bytes, human_instant, parse_instant, plural
+from retention.durations import format_bytes, format_duration, human_instant, parse_instant, plural
 from retention.errors import StorageError
 from retention.layout import StateLayout
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.planner import PlanResult
 from retention.reports import SkippedEntry
+from retention.tombstones import TrashCatalog
 
 SHOW_VERSION = 1
 
@@ -114,8 +115,6 @@ class Verified:
 
 def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
     """Read a manifest and verify signature, expiry and catalog identity (read-only)."""
-    from retention.tombstones import TrashCatalog
-
     data = read_manifest_bytes(manifest_path)
     with TrashCatalog(cfg, readonly=True) as cat:
         payload = verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
@@ -235,8 +234,6 @@ def show_lines(v: Verified, top: int, name: str) -> list[str]:
 
 
 def apply_lines(r: object) -> list[str]:
-    from retention.durations import format_duration
-
     rep: Any = r
     lines = [f"Recovered {x.txid} ({x.op}): {x.action}." for x in rep.recovered]
     if rep.already_applied_by:

@@ -24,7 +24,7 @@ from retention.catalog import SqliteCatalog
 from retention.config import Config
 from retention.errors import LockedError, RecoveryError, StorageError
 from retention.layout import StateLayout
-from retention.store import LocalTrashStore, OutsideRoot
+from retention.store import LocalTrashStore, OutsideRoot, require_artifact_root
 from retention.tombstones import TrashCatalog
 
 
@@ -106,8 +106,6 @@ def open_workspace(cfg: Config) -> Iterator[Workspace]:
     # state directory behind.
     if not Path(cfg.catalog_path).exists():
         SqliteCatalog(cfg, readonly=True)  # raises the one clear "does not exist" error
-    from retention.planner import require_artifact_root
-
     require_artifact_root(cfg)
     with workspace_lock(state):
         journal = open_journal(state)
