@@ -372,6 +372,10 @@ class SqliteCatalog:
         ).fetchone()
         return str(row[0]) if row else None
 
+    def describe(self) -> str:
+        """The catalog file, for messages."""
+        return str(self.path)
+
     def locator(self) -> str:
         """Where this catalog is: the real path and inode of the file (for the binding)."""
         st = self.path.stat()

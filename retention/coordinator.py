@@ -57,12 +57,13 @@ from retention.errors import (
     from_environment,
 )
 from retention.failpoints import failpoint
-from retention.layout import trash_index_rel, trash_slot_rel, trash_tx_rel
+from retention.layout import trash_slot_rel, trash_tx_rel
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
+from retention.participants import ArtifactStore
 from retention.policy import RunId
 from retention.reporting import Progress
 from retention.reports import SkippedEntry
-from retention.store import LocalTrashStore, OutsideRoot, ancestors, display, text_and_raw
+from retention.store import OutsideRoot, ancestors, display, text_and_raw
 from retention.tombstones import TombRun, TxInfo
 from retention.txrecords import Begin, Move, Moves
 from retention.workspace import Workspace, open_workspace
@@ -126,7 +127,7 @@ class Problem:
 
 
 def reconcile(
-    store: LocalTrashStore,
+    store: ArtifactStore,
     moves: Iterable[Move],
     want_trash: Callable[[str | int], bool],
 ) -> tuple[int, list[Problem]]:
@@ -183,7 +184,7 @@ def begin_with_intents(journal: Journal, txid: str, begin: Begin, moves: list[Mo
 
 
 def move_all(
-    store: LocalTrashStore,
+    store: ArtifactStore,
     pairs: list[tuple[RunId, bytes, bytes]],
     *,
     label: str,
@@ -397,7 +398,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
             if m.exists:
                 if not store.same_filesystem(rel, m.dev):
                     raise StorageError(
-                        f"artifact directory {display(store.abspath(rel))} is on another"
+                        f"artifact directory {store.describe(rel)} is on another"
                         " filesystem than the trash; nothing was changed",
                         hint="artifact directories must be on the artifact root's filesystem",
                     )
@@ -432,7 +433,6 @@ class TrashIndex(msgspec.Struct, kw_only=True):
 def _write_trash_index(
     ws: Workspace, txid: str, now: datetime, manifest_id: str, moves: list[Move]
 ) -> None:
-    ws.store.ensure_dir(trash_tx_rel(txid))
     index = TrashIndex(
         txid=txid,
         created_at=format_instant(now),
@@ -450,7 +450,7 @@ def _write_trash_index(
         ],
     )
     data = msgspec.json.format(msgspec.json.encode(index), indent=1)
-    fsio.write_atomic(ws.store.abspath(trash_index_rel(txid)), data, 0o644)
+    ws.store.write_index(txid, data)
 
 
 def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None) -> ApplyReport:
@@ -562,8 +562,7 @@ def _apply_phase(
             skipped.append(
                 SkippedEntry(
                     m.run_id,
-                    f"cannot move {display(store.abspath(m.home))} into trash:"
-                    f" {exc.strerror or exc}",
+                    f"cannot move {store.describe(m.home)} into trash: {exc.strerror or exc}",
                     MOVE_HINT,
                 )
             )
@@ -574,7 +573,7 @@ def _apply_phase(
         manifest_id=payload.manifest_id,
         created_at=begin.created_at,
         grace_until=begin.grace_until,
-        trash_dir=display(store.abspath(trash_tx_rel(txid))),
+        trash_dir=store.describe(trash_tx_rel(txid)),
     )
     dropped = ws.catalog.commit_delete(
         info, lineage, runs, before_commit=lambda: failpoint("apply.before_commit")

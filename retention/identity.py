@@ -22,9 +22,9 @@ import secrets
 import msgspec
 
 from journal import fsio
-from retention.catalog import SqliteCatalog
 from retention.errors import StorageError
 from retention.layout import StateLayout
+from retention.participants import CatalogIdentity
 
 BINDING_VERSION = 1
 
@@ -45,7 +45,7 @@ def _read(state: StateLayout) -> Bindings:
         raise StorageError(f"{state.catalog_binding} is damaged: {exc}") from None
 
 
-def resolve(catalog: SqliteCatalog, state: StateLayout, *, create: bool) -> str | None:
+def resolve(catalog: CatalogIdentity, state: StateLayout, *, create: bool) -> str | None:
     """The catalog's lineage id by the rule above; None if it has none and ``create`` is False.
 
     With ``create`` it may write the binding file in the state directory (never the catalog).

@@ -32,7 +32,7 @@ from retention.layout import StateLayout
 from retention.policy import PolicySpec
 
 if TYPE_CHECKING:
-    from retention.catalog import SqliteCatalog
+    from retention.participants import CatalogIdentity
 
 FORMAT = "retention.manifest"
 VERSION = 1
@@ -239,7 +239,7 @@ def read_manifest_bytes(path: str) -> bytes:
 
 
 def verify_for_workspace(
-    data: bytes, state: StateLayout, catalog: SqliteCatalog, *, now: datetime
+    data: bytes, state: StateLayout, catalog: CatalogIdentity, *, now: datetime
 ) -> Payload:
     """`verify` with this workspace's key, then check the manifest belongs to ``catalog``.
 
@@ -251,7 +251,7 @@ def verify_for_workspace(
     if current != payload.catalog_id:
         raise ManifestRejected(
             f"manifest {payload.manifest_id} was planned against another catalog"
-            f" ({payload.catalog_path}, {payload.catalog_id}); this one is {catalog.path}"
+            f" ({payload.catalog_path}, {payload.catalog_id}); this one is {catalog.describe()}"
             f" ({current or 'never planned'})",
             hint="plan again against this catalog; a copy of a catalog file is another"
             " catalog until an apply has recorded its identity in it",

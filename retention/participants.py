@@ -14,20 +14,52 @@ be second implementations; the journal and recovery assume neither.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from retention.policy import RunId
+from retention.store import Measure
 
 
 @runtime_checkable
 class ArtifactStore(Protocol):
     """Artifact directories under one root, addressed by bytes paths relative to it."""
 
+    root: Path  # where the artifacts are (informative: manifests and reports name it)
+
+    def describe(self, rel: bytes) -> str:
+        """Where ``rel`` is, for messages. Never raises."""
+        ...
+
+    def check_contained(self, rel: bytes) -> None:
+        """Raise `OutsideRoot` if ``rel`` would lead out of the root (a symlinked parent).
+        Called before any move, in either direction."""
+        ...
+
+    def measure(self, rel: bytes) -> Measure:
+        """Size, count and a fingerprint of what is at ``rel`` (read-only; drift check)."""
+        ...
+
+    def write_index(self, txid: str, data: bytes) -> None:
+        """Durably store a transaction's self-describing index in its trash area, before
+        anything moves there."""
+        ...
+
+    def purge_tx(self, txid: str) -> None:
+        """Remove a transaction's trash area for good (a missing file is fine). Only after
+        the catalog committed the purge. Not durable until `sync_trash`."""
+        ...
+
+    def sync_trash(self) -> None:
+        """Make removals from trash durable."""
+        ...
+
     def lexists(self, rel: bytes) -> bool:
         """Whether anything exists at ``rel`` (a symlink counts; never followed). Read-only."""
         ...
 
-    def same_filesystem(self, rel: bytes) -> bool:
+    def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
         """Whether ``rel`` can move into trash with one atomic rename. Called in preflight,
         before anything changes, so that a cross-device entry refuses the whole apply."""
         ...
@@ -58,8 +90,52 @@ class ArtifactStore(Protocol):
 
 
 @runtime_checkable
-class Catalog(Protocol):
+class CatalogIdentity(Protocol):
+    """What identifies a catalog (all a manifest check needs; read-only)."""
+
+    def describe(self) -> str:
+        """The catalog for messages (a file path, a DSN without password...)."""
+        ...
+
+    def stored_lineage(self) -> str | None:
+        """The lineage id the first apply recorded (see `retention.identity`)."""
+        ...
+
+    def locator(self) -> str:
+        """Where this catalog is, for the identity binding before the first apply."""
+        ...
+
+
+@runtime_checkable
+class Catalog(CatalogIdentity, Protocol):
     """The last participant: its transaction is the one commit point."""
+
+    def load_ids(self, ids: Iterable[RunId]) -> None:
+        """Stage run ids for the set-based calls that follow (no effect on the data)."""
+        ...
+
+    def existing_ids(self) -> set[RunId]:
+        """Which staged ids still exist. Read-only."""
+        ...
+
+    def applied_by_manifest(self, manifest_id: str) -> list[str]:
+        """Txids of committed applies of a manifest (re-apply does nothing). Read-only."""
+        ...
+
+    def applies(self) -> list[dict[str, Any]]:
+        """Every recorded apply, newest first (txid, state, created_at, grace_until...)."""
+        ...
+
+    def trash_totals(self, txids: list[str]) -> tuple[int, int]:
+        """Runs and bytes still in trash for these applies. Read-only."""
+        ...
+
+    def undo_plan(
+        self, txid: str, run_ids: list[RunId], blocked: dict[RunId, str]
+    ) -> tuple[dict[RunId, str], list[list[RunId]]]:
+        """Which runs cannot be restored (and why), and the rest in groups that must come
+        back together. Read-only."""
+        ...
 
     def tx_row(self, txid: str) -> dict[str, Any] | None:
         """The decision: the txid's row if the catalog committed it, else None. Read-only;

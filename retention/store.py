@@ -14,15 +14,24 @@ import functools
 import hashlib
 import os
 import re
+import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from journal import fsio
 from retention.config import Config
 from retention.errors import ConfigError
-from retention.layout import TRASH_DIRNAME, is_trash_index_name, trash_root_rel, trash_tx_rel
+from retention.layout import (
+    TRASH_DIRNAME,
+    is_trash_index_name,
+    trash_index_rel,
+    trash_root_rel,
+    trash_tx_rel,
+)
 
 
 class OutsideRoot(ValueError):
@@ -256,6 +265,27 @@ class LocalTrashStore(LocalStore):
         self._dirty.add(os.path.dirname(a))
         self._dirty.add(os.path.dirname(b))
 
+    def describe(self, rel: bytes) -> str:
+        """Where ``rel`` is, for messages (readable even when not UTF-8)."""
+        return display(self.abspath(rel))
+
+    def write_index(self, txid: str, data: bytes) -> None:
+        """Create ``.trash/<txid>/`` and write its TRASH.json durably (before any move)."""
+        self.ensure_dir(trash_tx_rel(txid))
+        fsio.write_atomic(self.abspath(trash_index_rel(txid)), data, 0o644)
+
+    def purge_tx(self, txid: str) -> None:
+        """Remove ``.trash/<txid>`` and everything in it; a missing file is fine; never
+        follows symlinks; a directory we may not write into is made writable by its owner
+        first (as ``rm -rf`` cannot). Not durable until `sync_trash`. Raises `OSError`."""
+        _rmtree(self.abspath(trash_tx_rel(txid)))
+
+    def sync_trash(self) -> None:
+        """Make removals from ``.trash`` durable (one fsync)."""
+        root = self.abspath(trash_root_rel())
+        if os.path.isdir(root):
+            fsio.fsync_dir(root)
+
     def drop_tx_dir(self, txid: str) -> bool:
         """Remove ``.trash/<txid>`` if it holds nothing but our index (TRASH.json and any
         temp file a kill left while writing it), then fsync ``.trash``; returns whether it
@@ -298,3 +328,23 @@ def require_artifact_root(cfg: Config) -> None:
             hint="point artifacts.root (or --artifact-root) at the directory holding the runs'"
             " artifacts",
         )
+
+
+def _rmtree(path: bytes) -> None:
+    def onerror(func: Callable[..., Any], p: Any, exc_info: tuple[Any, ...]) -> None:
+        exc = exc_info[1]
+        if isinstance(exc, FileNotFoundError):
+            return
+        if isinstance(exc, PermissionError):
+            parent = os.path.dirname(p)
+            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | stat.S_IRWXU)
+                shutil.rmtree(p, onerror=onerror)
+            else:
+                func(p)
+            return
+        raise exc
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=onerror)

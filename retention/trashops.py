@@ -15,16 +15,11 @@ happened, abort.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
-import stat
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import msgspec
 
-from journal import FsyncError, TxState, fsio
+from journal import FsyncError, TxState
 from retention import txrecords
 from retention.config import Config
 from retention.coordinator import (
@@ -110,44 +105,17 @@ def purge_expired(
     return targets
 
 
-def _rmtree(path: bytes) -> None:
-    """Remove a trash directory; a missing file is fine; never follows symlinks; a directory
-    we may not write into is made writable by its owner first (as ``rm -rf`` cannot)."""
-
-    def onerror(func: Callable[..., Any], p: Any, exc_info: tuple[Any, ...]) -> None:
-        exc = exc_info[1]
-        if isinstance(exc, FileNotFoundError):
-            return
-        if isinstance(exc, PermissionError):
-            parent = os.path.dirname(p)
-            st = os.lstat(parent)
-            os.chmod(parent, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | stat.S_IRWXU)
-                shutil.rmtree(p, onerror=onerror)
-            else:
-                func(p)
-            return
-        raise exc
-
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)
-
-
 def _finish_purge(ws: Workspace, ptxid: str, targets: list[str], now: datetime) -> None:
     for t in targets:
-        path = ws.store.abspath(trash_tx_rel(t))
         try:
-            _rmtree(path)
+            ws.store.purge_tx(t)
         except OSError as exc:
             raise StorageError(
-                f"cannot remove trash {display(path)}: {exc.strerror or exc}",
+                f"cannot remove trash {ws.store.describe(trash_tx_rel(t))}: {exc.strerror or exc}",
                 hint="fix its permissions; `retention recover` finishes the purge",
             ) from None
         failpoint("purge.after_remove")
-    trash_root = os.path.dirname(ws.store.abspath(trash_tx_rel("x")))
-    if os.path.isdir(trash_root):
-        fsio.fsync_dir(trash_root)
+    ws.store.sync_trash()
     ws.catalog.mark_purged(targets, format_instant(now))
     failpoint("purge.before_done")
     ws.journal.done(ptxid)

@@ -24,6 +24,7 @@ from retention.catalog import SqliteCatalog
 from retention.config import Config
 from retention.errors import LockedError, RecoveryError, StorageError
 from retention.layout import StateLayout
+from retention.participants import ArtifactStore, Catalog
 from retention.store import LocalTrashStore, OutsideRoot, require_artifact_root
 from retention.tombstones import TrashCatalog
 
@@ -33,8 +34,8 @@ class Workspace:
     cfg: Config
     state: StateLayout
     journal: Journal
-    catalog: TrashCatalog
-    store: LocalTrashStore
+    catalog: Catalog
+    store: ArtifactStore
 
 
 def _holder(state: StateLayout) -> str:
