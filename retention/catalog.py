@@ -293,6 +293,12 @@ class SqliteCatalog:
         for row in cur:
             yield dict(zip(names, row, strict=True))
 
+    def count_runs(self) -> int:
+        """How many runs the runs table holds (read-only)."""
+        return int(
+            self.conn.execute(f"SELECT count(*) FROM {q(self.cfg.runs_table)}").fetchone()[0]
+        )
+
     def iter_path_rows(self) -> Iterator[dict[str, Any]]:
         """Every run of the runs table (no filter: every run may own a directory), with only
         the columns its artifact path needs. Read-only, streamed."""

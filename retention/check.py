@@ -23,13 +23,12 @@ from pathlib import Path
 import msgspec
 
 from journal import CorruptJournal
-from retention.catalog import q
 from retention.config import Config
 from retention.layout import TRASH_DIRNAME, StateLayout
-from retention.planner import _rel_path
+from retention.planner import artifact_rel_path
 from retention.status import unfinished_txids
 from retention.store import LocalStore, OutsideRoot, display
-from retention.tombstones import TOMB_RUNS, TX_TABLE, TrashCatalog, _has_table
+from retention.tombstones import TrashCatalog
 
 
 class Finding(msgspec.Struct):
@@ -63,15 +62,11 @@ def check(cfg: Config) -> CheckReport:
     root = Path(cfg.artifact_root)
     store = LocalStore(root)
     expected: set[bytes] = set()
-    runs = 0
     with TrashCatalog(cfg, readonly=True) as cat:
-        cur = cat.conn.execute(f"SELECT * FROM {q(cfg.runs_table)}")
-        names = [d[0] for d in cur.description]
-        for values in cur:
-            row = dict(zip(names, values, strict=True))
-            runs += 1
+        runs = cat.count_runs()
+        for row in cat.iter_path_rows():  # only the columns a path needs, streamed
             try:
-                rel = _rel_path(cfg, row, root)
+                rel = artifact_rel_path(cfg, row, root)
             except (OutsideRoot, ValueError):
                 continue
             if rel is None:
@@ -86,19 +81,8 @@ def check(cfg: Config) -> CheckReport:
                         display(rel),
                     )
                 )
-        in_trash: dict[bytes, str | int] = {}
-        live_tx: set[str] = set()
-        if _has_table(cat.conn, TOMB_RUNS):
-            for rid, trash in cat.conn.execute(
-                f"SELECT run_id, trash FROM {TOMB_RUNS} WHERE state = 'trash' AND trash IS NOT NULL"
-            ):
-                in_trash[bytes(trash)] = rid
-            live_tx = {
-                r[0]
-                for r in cat.conn.execute(
-                    f"SELECT txid FROM {TX_TABLE} WHERE op = 'apply' AND state != 'purged'"
-                )
-            }
+        in_trash = cat.trash_slots()
+        live_tx = cat.live_applies()
     for rel, rid in in_trash.items():
         if not os.path.lexists(store.abspath(rel)):
             findings.append(

@@ -63,7 +63,7 @@ def policy_from_config(cfg: Config) -> PolicySpec:
     return spec
 
 
-def _rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
+def artifact_rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
     """The run's artifact path relative to the root; None when the run has no artifacts.
 
     Raises `OutsideRoot` for a path leaving the root or with a ``..`` component, and
@@ -122,7 +122,7 @@ def _overlapping(
         if rid in candidates:
             continue
         try:
-            other = _rel_path(cfg, row, root)
+            other = artifact_rel_path(cfg, row, root)
         except (OutsideRoot, ValueError):
             continue
         if other is None:
@@ -181,7 +181,7 @@ def build_plan(
         for row in cat.iter_run_rows():
             run_id = row[cfg.id_column]
             try:
-                rel = _rel_path(cfg, row, root)
+                rel = artifact_rel_path(cfg, row, root)
                 if rel is not None:
                     store.check_contained(rel)
             except (OutsideRoot, ValueError) as exc:

@@ -307,6 +307,28 @@ class TrashCatalog(WritableCatalog):
         ).fetchone()
         return int(runs), int(nbytes)
 
+    def trash_slots(self) -> dict[bytes, RunId]:
+        """Where each run deleted into trash lies (relative to the root). Read-only."""
+        if not _has_table(self.conn, TOMB_RUNS):
+            return {}
+        return {
+            bytes(trash): rid
+            for rid, trash in self.conn.execute(
+                f"SELECT run_id, trash FROM {TOMB_RUNS} WHERE state = 'trash' AND trash IS NOT NULL"
+            )
+        }
+
+    def live_applies(self) -> set[str]:
+        """Applies whose trash area may still exist (not purged). Read-only."""
+        if not _has_table(self.conn, TX_TABLE):
+            return set()
+        return {
+            r[0]
+            for r in self.conn.execute(
+                f"SELECT txid FROM {TX_TABLE} WHERE op = 'apply' AND state != 'purged'"
+            )
+        }
+
     def trash_by_apply(self) -> dict[str, tuple[int, int]]:
         """Runs and bytes still in trash, per apply (read-only, one query)."""
         if not _has_table(self.conn, TOMB_RUNS):

@@ -22,18 +22,7 @@ import msgspec
 from journal import FsyncError, TxState
 from retention import txrecords
 from retention.config import Config
-from retention.coordinator import (
-    Recovered,
-    _moves_of,
-    _problems_error,
-    begin_with_intents,
-    compact,
-    decide,
-    move_all,
-    new_txid,
-    reconcile,
-    recover_all,
-)
+from retention.coordinator import Recovered, compact, decide, new_txid, recover_all
 from retention.durations import format_instant, parse_instant
 from retention.errors import (
     EXIT_OK,
@@ -45,6 +34,7 @@ from retention.errors import (
 )
 from retention.failpoints import failpoint
 from retention.layout import trash_tx_rel
+from retention.moves import begin_with_intents, move_all, moves_of, problems_error, reconcile
 from retention.policy import RunId
 from retention.store import OutsideRoot, display
 from retention.txrecords import Begin, Move
@@ -258,7 +248,7 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
         restored = cat.restored_by(utxid)
         _, problems = reconcile(store, moves, lambda r: r not in restored)
         if problems:
-            raise _problems_error(utxid, problems)
+            raise problems_error(utxid, problems)
         j.commit(utxid)
         _drop_emptied_trash(ws, target)
         failpoint("undo.before_done")
@@ -296,9 +286,9 @@ def _drop_emptied_trash(ws: Workspace, target: str) -> None:
 def _recover_undo(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
     committed = decide(ws, tx)
     restored = ws.catalog.restored_by(tx.txid) if committed else set()
-    moved, problems = reconcile(ws.store, _moves_of(tx), lambda r: r not in restored)
+    moved, problems = reconcile(ws.store, moves_of(tx), lambda r: r not in restored)
     if problems:
-        raise _problems_error(tx.txid, problems)
+        raise problems_error(tx.txid, problems)
     if committed:
         _drop_emptied_trash(ws, begin.targets[0])
     failpoint("recover.before_done")

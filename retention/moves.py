@@ -1,0 +1,147 @@
+"""Moving directories under a decision: the one rename loop, the intents that precede it,
+and reconcile (which brings every directory to the side the catalog decided).
+
+Used by apply and recovery (`retention.coordinator`) and by undo (`retention.trashops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from journal import Journal, TxState
+from retention import txrecords
+from retention.errors import RecoveryError
+from retention.failpoints import failpoint
+from retention.participants import ArtifactStore
+from retention.policy import RunId
+from retention.reporting import Progress
+from retention.store import OutsideRoot, display
+from retention.txrecords import Begin, Move, Moves
+
+# Renames per batch of directory fsyncs. Only the sync before the catalog commit is needed
+# for correctness (recovery finds a directory on either side); intermediate syncs bound how
+# much metadata a power loss can leave unwritten, at ~2 ms each.
+MOVE_BATCH = 10_000
+INTENT_BATCH = 5000  # moves per journal intent record
+
+
+@dataclass
+class Problem:
+    move: Move
+    text: str
+
+
+def reconcile(
+    store: ArtifactStore,
+    moves: Iterable[Move],
+    want_trash: Callable[[str | int], bool],
+) -> tuple[int, list[Problem]]:
+    """Bring each move's directory to the side the decision wants; returns (moves done,
+    problems). Idempotent: looks before it moves; never replaces anything; the moves go
+    through `move_all` (one directory fsync per touched directory per batch)."""
+    problems: list[Problem] = []
+    todo: list[tuple[RunId, bytes, bytes]] = []
+    by_run: dict[RunId, Move] = {}
+    for m in moves:
+        at_home, in_trash = store.lexists(m.home), store.lexists(m.trash)
+        if want_trash(m.run_id):
+            if in_trash:
+                continue
+            if not at_home:
+                problems.append(Problem(m, "directory is neither at home nor in trash"))
+                continue
+            todo.append((m.run_id, m.home, m.trash))
+        else:
+            if not in_trash:
+                if not at_home:
+                    problems.append(Problem(m, "directory is neither at home nor in trash"))
+                continue
+            if at_home:
+                problems.append(Problem(m, "directory is in trash and its home is taken"))
+                continue
+            try:
+                store.check_contained(m.home)
+            except OutsideRoot as exc:
+                problems.append(Problem(m, f"its home is no longer inside the root: {exc}"))
+                continue
+            todo.append((m.run_id, m.trash, m.home))
+        by_run[m.run_id] = m
+    failed = move_all(
+        store,
+        todo,
+        label="placing directories",
+        after_rename=lambda: failpoint("reconcile.after_rename"),
+        after_batch=lambda: failpoint("reconcile.after_sync"),
+    )
+    for rid, err in failed.items():
+        problems.append(Problem(by_run[rid], f"cannot move it: {err.strerror or err}"))
+    return len(todo) - len(failed), problems
+
+
+def begin_with_intents(journal: Journal, txid: str, begin: Begin, moves: list[Move]) -> None:
+    """Journal BEGIN and every intended move, durable before anything moves (two fsyncs:
+    BEGIN's own, then one for all the intent records)."""
+    journal.begin(txid, txrecords.encode(begin))
+    for i in range(0, len(moves), INTENT_BATCH):
+        chunk = Moves(txrecords.RECORD_VERSION, moves[i : i + INTENT_BATCH])
+        journal.append(txid, txrecords.KIND_MOVES, txrecords.encode(chunk), sync=False)
+    journal.sync()
+
+
+def move_all(
+    store: ArtifactStore,
+    pairs: list[tuple[RunId, bytes, bytes]],
+    *,
+    label: str,
+    after_rename: Callable[[], None],
+    after_batch: Callable[[], None],
+) -> dict[RunId, OSError]:
+    """Rename each ``(run, src, dst)``; returns the runs that could not move, with why.
+
+    One directory fsync per touched directory per batch of `MOVE_BATCH`, and after the
+    last; ``after_batch`` runs after each of those syncs. Never replaces a destination.
+    """
+    failed: dict[RunId, OSError] = {}
+    bar = Progress(label, len(pairs))
+    pending = 0
+    for run_id, src, dst in pairs:
+        bar.advance()
+        try:
+            store.move(src, dst)
+        except OSError as exc:
+            failed[run_id] = exc
+            continue
+        after_rename()
+        pending += 1
+        if pending >= MOVE_BATCH:
+            store.sync()
+            after_batch()
+            pending = 0
+    store.sync()
+    after_batch()
+    bar.close()
+    return failed
+
+
+def moves_of(tx: TxState) -> list[Move]:
+    out: list[Move] = []
+    for rec in tx.records:
+        if rec.kind == txrecords.KIND_MOVES:
+            out.extend(txrecords.decode_moves(rec.payload).moves)
+    return out
+
+
+def problems_error(txid: str, problems: list[Problem]) -> RecoveryError:
+    first = problems[0]
+    where = (
+        f"home {display(first.move.home)!s}, trash {display(first.move.trash)!s}"
+        " (relative to the artifact root)"
+    )
+    n = len(problems)
+    return RecoveryError(
+        f"recovery of {txid} stopped: {n} director{'y' if n == 1 else 'ies'} could not be"
+        f" placed; first: run {first.move.run_id}: {first.text}; {where}",
+        hint="put the directory back at one of those places (or remove what took its home),"
+        " then run `retention recover`; nothing was guessed",
+    )
