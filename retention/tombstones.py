@@ -362,20 +362,31 @@ class TrashCatalog(WritableCatalog):
 
     def _shared(self, txid: str) -> dict[RunId, set[RunId]]:
         """Runs of ``txid`` that share a tombstoned row (a row linking two runs): they can
-        only come back together (read-only)."""
+        only come back together (read-only).
+
+        Linear in the tombstones of ``txid``: the rows tombstoned for more than one run are
+        found by one grouped scan (served by the ``(txid, run)`` index), never by a self-join
+        on the original rowid, which no index serves and which grew with the square of the
+        rows. Each shared row links its runs to the first of them (a star): enough for the
+        connected groups `undo_plan` builds.
+        """
         links: dict[RunId, set[RunId]] = {}
+        rid = q(ROWID_COL)
         for table in self._restore_tables():
             tomb = TOMB_PREFIX + table
             if not _has_table(self.conn, tomb):
                 continue
-            for a, b in self.conn.execute(
-                f"SELECT DISTINCT x.{q(RUN_COL)}, y.{q(RUN_COL)} FROM {q(tomb)} AS x"
-                f" JOIN {q(tomb)} AS y ON x.{q(ROWID_COL)} = y.{q(ROWID_COL)}"
-                f" AND y.{q(TXID_COL)} = x.{q(TXID_COL)} AND x.{q(RUN_COL)} != y.{q(RUN_COL)}"
-                f" WHERE x.{q(TXID_COL)} = ?",
-                (txid,),
+            hub: dict[Any, RunId] = {}
+            for row, run in self.conn.execute(
+                f"SELECT {rid}, {q(RUN_COL)} FROM {q(tomb)} WHERE {q(TXID_COL)} = ?"
+                f" AND {rid} IN (SELECT {rid} FROM {q(tomb)} WHERE {q(TXID_COL)} = ?"
+                f" GROUP BY {rid} HAVING count(DISTINCT {q(RUN_COL)}) > 1)",
+                (txid, txid),
             ):
-                links.setdefault(a, set()).add(b)
+                first = hub.setdefault(row, run)
+                if first != run:
+                    links.setdefault(first, set()).add(run)
+                    links.setdefault(run, set()).add(first)
         return links
 
     def undo_plan(
