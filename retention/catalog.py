@@ -26,7 +26,13 @@ from urllib.parse import quote
 import msgspec
 import sqlite_utils
 
-from retention.config import Config
+from retention.config import (
+    EXPRESSION_HINT,
+    TEMPLATE_HINT,
+    Config,
+    expression_problem,
+    template_problem,
+)
 from retention.durations import parse_stored_time
 from retention.errors import CatalogError, ConfigError
 from retention.policy import Item, RunId
@@ -74,17 +80,14 @@ class Schema:
 
 @functools.lru_cache(maxsize=16)
 def template_fields(template: str) -> tuple[str, ...]:
-    """Column names used by a path template such as ``{experiment_id}/{run_uuid}``."""
-    try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise ConfigError(f"artifacts.path_template {template!r} is invalid: {exc}") from None
-    for name in names:
-        if not name or not name.isidentifier():
-            raise ConfigError(
-                f"artifacts.path_template {template!r}: {{{name}}} is not a column name"
-            )
-    return tuple(names)
+    """Column names used by a path template such as ``{experiment_id}/{run_uuid}``.
+
+    `load_config` refuses a bad template already; this refuses it again for a `Config`
+    built some other way (plain ``{column}`` fields only: see `template_problem`)."""
+    problem = template_problem(template)
+    if problem:
+        raise ConfigError(f"artifacts.path_template: {problem}", hint=TEMPLATE_HINT)
+    return tuple(f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
 
 
 class SqliteCatalog:
@@ -147,12 +150,20 @@ class SqliteCatalog:
         return [r[1] for r in self.conn.execute(f"PRAGMA table_xinfo({q(table)})") if r[6] == 0]
 
     def _check_sql(self, expr: str | None, setting: str) -> None:
+        """Refuse ``catalog.filter``/``catalog.protect`` unless it is one expression that
+        survives every wrapping plan and apply give it (read-only: prepared with LIMIT 0)."""
         if expr is None:
             return
+        problem = expression_problem(expr)  # load_config checked it; a Config built otherwise
+        if problem:
+            raise ConfigError(f"{setting}: {problem}", hint=EXPRESSION_HINT)
+        table = q(self.cfg.runs_table)
         try:
-            self.conn.execute(
-                f"SELECT 1 FROM {q(self.cfg.runs_table)} WHERE ({expr}) LIMIT 0"
-            ).fetchall()
+            for sql in (
+                f"SELECT 1 FROM {table} WHERE ({expr}) LIMIT 0",
+                f"SELECT 1 FROM {table} WHERE NOT (CASE WHEN ({expr}) THEN 1 ELSE 0 END) LIMIT 0",
+            ):
+                self.conn.execute(sql).fetchall()
         except sqlite3.Error as exc:
             raise ConfigError(f"{setting} {expr!r} is not valid SQL here: {exc}") from None
 

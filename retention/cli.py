@@ -105,7 +105,17 @@ def _config_opt(f: Any) -> Any:
 @click.option("--artifact-root", help="Artifact root (overrides artifacts.root).")
 @click.option("--state-dir", help="State directory (overrides state.dir).")
 @click.option("--now", "now_text", help="Evaluate the policy at this ISO-8601 time.")
-@click.option("--allow-remove-all", is_flag=True, help="Allow a plan that removes every run.")
+@click.option(
+    "--allow-remove-all",
+    is_flag=True,
+    help="Allow a plan that removes every run of the runs table (policy.allow_remove_all).",
+)
+@click.option(
+    "--allow-missing-dirs",
+    is_flag=True,
+    help="Allow a plan whose candidates all lack an artifact directory while the root holds"
+    " other directories (artifacts.allow_missing_dirs).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write manifest here.")
 @click.pass_context
 def plan(
@@ -117,6 +127,7 @@ def plan(
     state_dir: str | None,
     now_text: str | None,
     allow_remove_all: bool,
+    allow_missing_dirs: bool,
     output: str | None,
 ) -> None:
     """Evaluate the policy and write a signed deletion manifest (stdout or -o FILE).
@@ -133,13 +144,16 @@ def plan(
         catalog_path=catalog_path,
         artifact_root=artifact_root,
         state_dir=state_dir,
+        # A flag only ever allows; absent, the environment or the file decides.
+        allow_remove_all=True if allow_remove_all else None,
+        allow_missing_dirs=True if allow_missing_dirs else None,
     )
     if not output and sys.stdout.isatty():
         raise UsageError(
             "refusing to write the signed manifest to a terminal",
             hint="redirect it (retention plan ... > manifest.json) or use -o manifest.json",
         )
-    result = build_plan(cfg, _now(now_text), allow_remove_all=allow_remove_all)
+    result = build_plan(cfg, _now(now_text))
     if output:
         from retention.views import write_output
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import string
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     grace_period: str
     manifest_ttl: str
     sources: dict[str, str]
+    allow_missing_dirs: bool = False
+    allow_remove_all: bool = False
 
     @property
     def grace_seconds(self) -> int:
@@ -138,6 +141,114 @@ def _time_format(value: Any, where: str) -> str:
     return text
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(f"{where}: expected true or false, got {value!r}")
+
+
+TEMPLATE_HINT = (
+    "a path template names columns only, e.g. {column} or {experiment_id}/{run_uuid}:"
+    " no conversion (!r), format spec (:>30), index or attribute"
+)
+
+
+def template_problem(template: str) -> str | None:
+    """Why ``template`` is not a usable path template, or None.
+
+    Only plain ``{column}`` fields: a conversion (``{run_id!r}``) or a format spec
+    (``{run_id:>30}``) makes every path name something other than the run's directory, so
+    every candidate would look as if it had none and apply would orphan them all.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        return f"{template!r} is not a valid template: {exc}"
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if not name or not name.isidentifier():
+            return f"{{{name}}} in {template!r} is not a column name"
+        if conversion is not None or spec:
+            field = "{" + name + (f"!{conversion}" if conversion else "")
+            field += (f":{spec}" if spec else "") + "}"
+            return f"{field} in {template!r} has a conversion or format spec"
+    return None
+
+
+def _template(value: Any, where: str) -> str | None:
+    text = _opt_str(value, where)
+    if text is not None:
+        problem = template_problem(text)
+        if problem:
+            raise ConfigError(f"{where}: {problem}", hint=TEMPLATE_HINT)
+    return text
+
+
+EXPRESSION_HINT = (
+    "write one SQL expression, as after WHERE: balanced parentheses, no comments, no ';'"
+    " (plan and apply both put it inside parentheses, next to their own SQL)"
+)
+
+
+def expression_problem(expr: str) -> str | None:
+    """Why ``expr`` cannot be used as one SQL expression inside ``( ... )``, or None.
+
+    Plan and apply splice ``catalog.filter`` and ``catalog.protect`` into different
+    statements (``WHERE (e)``, ``AND (e)``, ``CASE WHEN (e) THEN ...``). An expression that
+    closes a parenthesis it did not open, or comments out what follows it, is valid in one
+    and broken in another, or worse, valid in both with different meanings
+    (``1=1) OR (1=1``). So, outside string literals and quoted names: parentheses balance
+    (never below zero), no ``--`` or ``/*`` comment, no ``;``.
+    """
+    depth, i, n = 0, 0, len(expr)
+    while i < n:
+        c = expr[i]
+        if c in "'\"`[":
+            close = "]" if c == "[" else c
+            j = i + 1
+            while True:
+                j = expr.find(close, j)
+                if j < 0:
+                    what = "string literal" if c == "'" else "quoted name"
+                    return f"an unterminated {what} in {expr!r}"
+                if close != "]" and expr.startswith(close * 2, j):  # '' inside '...'
+                    j += 2
+                    continue
+                break
+            i = j + 1
+            continue
+        if expr.startswith(("--", "/*"), i):
+            return f"an SQL comment ({expr[i : i + 2]}) in {expr!r}"
+        if c == ";":
+            return f"a ';' in {expr!r}"
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                return f"a ')' without a matching '(' in {expr!r}"
+        i += 1
+    if depth:
+        return f"an unclosed '(' in {expr!r}"
+    return None
+
+
+def _expression(value: Any, where: str) -> str | None:
+    text = _opt_str(value, where)
+    if text is not None:
+        problem = expression_problem(text)
+        if problem:
+            raise ConfigError(f"{where}: {problem}", hint=EXPRESSION_HINT)
+    return text
+
+
 def _children(value: Any, where: str) -> tuple[ChildTable, ...]:
     if isinstance(value, str):  # env form: "table:column,table2:column2"
         items: list[Any] = []
@@ -177,8 +288,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("catalog.id_column", "id_column", "run_id", _str),
     Setting("catalog.time_columns", "time_columns", ("created_at",), _str_list),
     Setting("catalog.time_format", "time_format", "auto", _time_format),
-    Setting("catalog.filter", "filter", None, _opt_str),
-    Setting("catalog.protect", "protect", None, _opt_str),
+    Setting("catalog.filter", "filter", None, _expression),
+    Setting("catalog.protect", "protect", None, _expression),
     Setting(
         "catalog.child_tables",
         "child_tables",
@@ -186,10 +297,12 @@ SETTINGS: tuple[Setting, ...] = (
         _children,
     ),
     Setting("artifacts.root", "artifact_root", "data/backtests", _str, is_path=True),
-    Setting("artifacts.path_template", "path_template", "{run_id}", _opt_str),
+    Setting("artifacts.path_template", "path_template", "{run_id}", _template),
     Setting("artifacts.path_column", "path_column", None, _opt_str),
+    Setting("artifacts.allow_missing_dirs", "allow_missing_dirs", False, _bool),
     Setting("policy.keep_last", "keep_last", None, _count),
     Setting("policy.max_age", "max_age", None, _duration),
+    Setting("policy.allow_remove_all", "allow_remove_all", False, _bool),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
     Setting("manifest.ttl", "manifest_ttl", "24h", _required_duration),
@@ -298,7 +411,9 @@ def render_config(cfg: Config) -> list[tuple[str, str, str]]:
     rows = []
     for s in SETTINGS:
         value = getattr(cfg, s.field)
-        if isinstance(value, tuple):
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, tuple):
             value = (
                 ", ".join(v if isinstance(v, str) else f"{v.table}.{v.column}" for v in value)
                 or "(none)"

@@ -51,7 +51,6 @@ from retention.errors import (
     EXIT_PARTIAL,
     ManifestRejected,
     RetentionError,
-    StorageError,
     from_environment,
 )
 from retention.failpoints import failpoint
@@ -271,11 +270,19 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
                 continue
             if m.exists:
                 if not store.same_filesystem(rel, m.dev):
-                    raise StorageError(
-                        f"artifact directory {store.describe(rel)} is on another"
-                        " filesystem than the trash; nothing was changed",
-                        hint="artifact directories must be on the artifact root's filesystem",
+                    # One entry that cannot be renamed into trash (a mount point, another
+                    # filesystem) is that entry's problem: skip it, apply the rest.
+                    pf.skipped.append(
+                        SkippedEntry(
+                            e.run_id,
+                            f"artifact directory {store.describe(rel)} is a mount point or"
+                            " on another filesystem than the trash",
+                            "apply moves a directory with one rename, which cannot cross"
+                            " filesystems: unmount it, or move its contents onto the"
+                            " artifact root's filesystem; its rows were kept",
+                        )
                     )
+                    continue
                 trash = trash_slot_rel(txid, index, rel)
                 pf.moves.append(Move(e.run_id, rel, trash))
         pf.runs.append(TombRun(e.run_id, e.rows_fp, rel, trash, e.bytes))
@@ -331,9 +338,9 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
     """`retention apply`: apply exactly the manifest, crash-safely (see module docstring).
 
     Raises `ManifestRejected` (nothing changed) for a bad, expired or foreign manifest,
-    `LockedError` if another process holds the workspace, `StorageError` before any change
-    if an entry is on another filesystem. Entries that changed since the plan, or whose
-    directory cannot be moved, are skipped and reported; their rows stay.
+    `LockedError` if another process holds the workspace. Entries that changed since the
+    plan, whose directory is a mount point or on another filesystem, or whose directory
+    cannot be moved, are skipped and reported; their rows stay.
     """
     t0 = time.monotonic()
     now = now or datetime.now(UTC)

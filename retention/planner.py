@@ -4,8 +4,13 @@ Planning is read-only with respect to the catalog (opened ``mode=ro``) and the a
 (only ``lstat`` and ``scandir``). It may create the signing key and the catalog-identity
 binding in the state directory, nothing else.
 
-Guard rails live here, not in the policy: a policy that keeps nothing is refused, and so is
-a plan that would remove every run considered, unless ``allow_remove_all`` is given.
+Guard rails live here, not in the policy: a policy that keeps nothing is refused; so is a
+plan that would remove every run of the runs table (not just every run ``catalog.filter``
+selects) unless ``allow_remove_all`` is given, a plan whose candidates all lack a directory
+while the artifact root holds directories no run has (a wrong path template) unless
+``allow_missing_dirs`` is given, and a catalog whose run ids apply could not find again
+(BLOB, REAL, NULL). A candidate whose directory is a mount point, or on another filesystem
+than the trash, is left out with a reason: apply moves with one rename.
 """
 
 from __future__ import annotations
@@ -18,19 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from retention import identity
-from retention.catalog import SqliteCatalog, template_fields
+from retention.catalog import SqliteCatalog, q, template_fields
 from retention.config import Config
 from retention.durations import format_instant, parse_duration, parse_instant
-from retention.errors import UsageError
-from retention.layout import StateLayout
+from retention.errors import CatalogError, UsageError
+from retention.layout import TRASH_DIRNAME, StateLayout
 from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
 from retention.manifest import with_id as manifest_with_id
-from retention.policy import PolicySpec, Verdict, evaluate
+from retention.policy import Item, PolicySpec, Verdict, evaluate
 from retention.reporting import Progress
 from retention.reports import SkippedEntry
 from retention.status import journal_warnings
 from retention.store import (
     LocalStore,
+    Measure,
     OutsideRoot,
     ancestors,
     display,
@@ -138,37 +144,166 @@ def _overlapping(
     return bad
 
 
+MOVE_HINT = (
+    "apply moves a directory into trash with one rename, which cannot cross filesystems:"
+    " unmount it, or move its contents onto the artifact root's filesystem, and plan again"
+)
+REMOVE_ALL_HINT = (
+    "pass --allow-remove-all (or set policy.allow_remove_all = true) if that is really intended"
+)
+
+
+def device_refusal(m: Measure, parent_dev: int, trash_dev: int) -> str | None:
+    """Why a measured directory cannot be renamed into trash, or None when it can.
+
+    ``m.dev`` is the device of the directory itself (from `LocalStore.measure`), ``parent_dev``
+    that of its parent directory, ``trash_dev`` that of ``.trash`` (or of the root before
+    the first apply). A mount point has a device of its own. The criterion is
+    `LocalTrashStore.same_filesystem`'s, which apply checks again; this one names the cause.
+    """
+    if not m.exists or m.dev is None:
+        return None
+    if m.dev != parent_dev:
+        return "is a mount point (another filesystem than its parent directory)"
+    if parent_dev != trash_dev:
+        return "is on another filesystem than the trash (the artifact root's .trash)"
+    return None
+
+
+class _Devices:
+    """The devices `device_refusal` compares, each looked up once (read-only: ``lstat``)."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
+        trash = store.abspath(os.fsencode(TRASH_DIRNAME))
+        self.trash = os.lstat(trash if os.path.isdir(trash) else store.root).st_dev
+        self._parents: dict[bytes, int] = {}
+
+    def refusal(self, rel: bytes, m: Measure) -> str | None:
+        parent = os.path.dirname(self.store.abspath(rel))
+        dev = self._parents.get(parent)
+        if dev is None:
+            try:
+                dev = self._parents[parent] = os.lstat(parent).st_dev
+            except OSError as exc:  # removed since measure: nothing to decide on
+                return f"its parent directory cannot be read: {exc.strerror}"
+        return device_refusal(m, dev, self.trash)
+
+
+def _refuse_unusable_ids(cfg: Config, items: list[Item]) -> None:
+    """Refuse run ids apply could not find again: a BLOB travels in the manifest as base64
+    text and matches no row (skipped as "no longer in the catalog" forever); REAL and NULL
+    ids are no better. Raises `CatalogError` (exit 4), naming the type and a way out."""
+    bad = [it.id for it in items if not isinstance(it.id, str | int)]
+    if not bad:
+        return
+    first: object = bad[0]
+    if isinstance(first, bytes):
+        kind = "a BLOB"
+        shown = "x'" + first[:16].hex() + ("..." if len(first) > 16 else "") + "'"
+    elif first is None:
+        kind, shown = "NULL", "NULL"
+    else:
+        kind, shown = f"a {type(first).__name__.replace('float', 'REAL')}", repr(first)
+    col = cfg.id_column if cfg.id_column.isidentifier() else q(cfg.id_column)
+    runs = "1 run" if len(bad) == 1 else f"{len(bad):,} runs"
+    raise CatalogError(
+        f"{runs} of {cfg.runs_table!r} {'has' if len(bad) == 1 else 'have'} a run id that is"
+        f" {kind} (first: {shown}); retention supports only TEXT and INTEGER run ids",
+        hint=f"store those ids as TEXT, or leave those runs out with catalog.filter ="
+        f" \"typeof({col}) IN ('text', 'integer')\""
+        + (" (AND-ed with the current filter)" if cfg.filter else ""),
+    )
+
+
+def _refuse_remove_all(cfg: Config, cat: SqliteCatalog, removing: int) -> None:
+    """Refuse a plan that would leave the runs table empty. With ``catalog.filter`` set,
+    removing every selected run is the normal case of a gc-like policy (the unselected runs
+    stay), so the count is against the whole table. Raises `UsageError` (exit 2)."""
+    total = cat.count_runs()
+    if removing < total:
+        return
+    table = cfg.runs_table
+    if cfg.filter:
+        counted = f"all {removing:,} runs selected by catalog.filter (of {total:,} in {table!r})"
+    else:
+        counted = f"all {removing:,} runs in {table!r}"
+    raise UsageError(f"refusing to remove every run: {counted}", hint=REMOVE_ALL_HINT)
+
+
+def _refuse_missing_dirs(cfg: Config, cat: SqliteCatalog, store: LocalStore, missing: int) -> None:
+    """Refuse a plan whose ``missing`` candidates (all of them) have no directory, when no
+    run of the catalog has one either while the artifact root holds directories: the path
+    template (or column) names the wrong paths, and apply would delete the rows and orphan
+    every real directory. Cheap: one ``scandir`` of the root, stopped at the first
+    directory; then one ``lstat`` per run, stopped at the first that exists. Raises
+    `UsageError` (exit 2)."""
+    example = None
+    with os.scandir(store.root) as it:
+        for entry in it:
+            if entry.name != TRASH_DIRNAME and entry.is_dir(follow_symlinks=False):
+                example = entry.name
+                break
+    if example is None:
+        return  # an empty root: runs without artifacts, not a wrong template
+    root = store.root
+    for row in cat.iter_path_rows():
+        try:
+            rel = artifact_rel_path(cfg, row, root)
+        except (OutsideRoot, ValueError):
+            continue
+        if rel is not None and os.path.lexists(store.abspath(rel)):
+            return  # the paths do name directories: these candidates simply have none
+    setting = (
+        f"artifacts.path_column {cfg.path_column!r}"
+        if cfg.path_column
+        else f"artifacts.path_template {cfg.path_template!r}"
+    )
+    whose = "candidate has" if missing == 1 else "candidates have"
+    raise UsageError(
+        f"refusing a plan whose {missing:,} {whose} no artifact directory while the artifact"
+        f" root {root} holds directories that are no run's (e.g. {example!r}): check {setting}",
+        hint="if these runs really have no directories, pass --allow-missing-dirs"
+        " (or set artifacts.allow_missing_dirs = true)",
+    )
+
+
 def build_plan(
     cfg: Config,
     now: datetime,
     *,
     allow_remove_all: bool = False,
+    allow_missing_dirs: bool = False,
     progress: Callable[[str, int], Progress] | None = None,
 ) -> PlanResult:
     """Evaluate the policy at ``now`` and return the signed manifest (read-only, see module).
 
-    Candidates whose artifact directory cannot be read, or that lie outside the artifact
-    root, are left out of the manifest and listed in ``skipped``.
+    Candidates whose artifact directory cannot be read, lies outside the artifact root, or
+    cannot be renamed into trash (a mount point, another filesystem), are left out of the
+    manifest and listed in ``skipped``. ``allow_remove_all`` and ``allow_missing_dirs`` add
+    to the configuration's settings of the same names (see the module for the guards).
     """
     spec = policy_from_config(cfg)
+    allow_remove_all = allow_remove_all or cfg.allow_remove_all
+    allow_missing_dirs = allow_missing_dirs or cfg.allow_missing_dirs
     state = StateLayout(Path(cfg.state_dir))
     root = Path(cfg.artifact_root)
     store = LocalStore(root)
     with SqliteCatalog(cfg, readonly=True) as cat:
         require_artifact_root(cfg)
-        # Only once the catalog is known to be usable: a plan run against a wrong path
-        # must not leave a new state directory and key behind.
+        items = list(cat.iter_items())
+        _refuse_unusable_ids(cfg, items)
+        decision = evaluate(items, spec, now)
+        del items
+        if decision.remove and not allow_remove_all:
+            _refuse_remove_all(cfg, cat, len(decision.remove))
+        # Only once the catalog is known to be usable and the policy acceptable: a plan
+        # refused for either must not leave a new state directory and key behind.
         key, key_id = load_key(state, create=True)
         catalog_id = identity.resolve(cat, state, create=True)
         assert catalog_id is not None
-        items = list(cat.iter_items())
-        decision = evaluate(items, spec, now)
-        del items
-        if decision.remove and not decision.keep and not allow_remove_all:
-            raise UsageError(
-                f"refusing to remove every run considered ({len(decision.remove)})",
-                hint="pass --allow-remove-all if that is really intended",
-            )
+        devices = _Devices(store)
+        found = missing = 0  # candidates whose directory exists / is absent
         verdicts: dict[Any, Verdict] = {v.item.id: v for v in decision.remove}
         cat.load_ids(verdicts)
         fps = cat.fingerprints()
@@ -196,6 +331,9 @@ def build_plan(
                 skipped.append(SkippedEntry(run_id, shared[run_id], hint=OVERLAP_HINT))
                 continue
             m = store.measure(rel) if rel is not None else None
+            if m is not None:
+                found += m.exists
+                missing += not m.exists and not m.error
             if m is not None and m.error:
                 path = display(store.abspath(rel)) if rel is not None else ""
                 skipped.append(
@@ -206,6 +344,12 @@ def build_plan(
                     )
                 )
                 continue
+            if rel is not None and m is not None and m.exists:
+                why = devices.refusal(rel, m)
+                if why is not None:
+                    reason = f"artifact directory {display(rel)} {why}"
+                    skipped.append(SkippedEntry(run_id, reason, hint=MOVE_HINT))
+                    continue
             text, raw = text_and_raw(rel) if rel is not None else (None, None)
             t = v.item.time
             entries.append(
@@ -223,6 +367,8 @@ def build_plan(
                 )
             )
         bar.close()
+        if missing and not found and not allow_missing_dirs:
+            _refuse_missing_dirs(cfg, cat, store, missing)
         tables = cat.schema.involved_tables()
     # By instant, not by text: "…00.5Z" sorts before "…00Z" as a string.
     entries.sort(key=lambda e: (parse_instant(e.time) if e.time else _NO_TIME, str(e.run_id)))

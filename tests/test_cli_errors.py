@@ -179,8 +179,9 @@ def test_keep_last_zero_alone_keeps_nothing_and_is_refused(workspace: Path) -> N
 def test_plan_removing_every_run_is_refused_unless_allowed(workspace: Path) -> None:
     result = invoke("plan", "--max-age", "1d", "--now", NOW_TEXT)
     assert result.stderr.splitlines() == [
-        "Error: refusing to remove every run considered (40)",
-        "Hint: pass --allow-remove-all if that is really intended",
+        "Error: refusing to remove every run: all 40 runs in 'runs'",
+        "Hint: pass --allow-remove-all (or set policy.allow_remove_all = true)"
+        " if that is really intended",
     ]
     error_line(result, 2)
     assert result.stdout == ""

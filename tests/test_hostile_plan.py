@@ -1,0 +1,358 @@
+"""Hostile inputs to `plan` (issue 12 items 3, 9, 11, 12; issue 14 item 2): each is refused
+with one clear line and a documented exit code, or left out with a reason, never planned
+into a manifest that apply would get wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retention.config import load_config
+from retention.errors import ConfigError
+from retention.store import LocalStore
+
+from .conftest import NOW_TEXT, invoke
+from .test_cli_errors import error_line, hint_line
+
+PLAN = ("plan", "--keep-last", "10", "--now", NOW_TEXT)
+ARTS = Path("data/backtests")
+OLDEST = "bt-20241101-00000"  # a candidate of PLAN in the 40-run workspace
+EXE = str(Path(sys.executable).parent / "retention")
+
+
+def _toml(workspace: Path, text: str) -> None:
+    (workspace / "retention.toml").write_text(text)
+
+
+def _catalog(workspace: Path, sql: str, *params: object) -> list[tuple]:
+    db = sqlite3.connect(workspace / "data/catalog.db")
+    try:
+        rows = db.execute(sql, params).fetchall()
+        db.commit()
+        return rows
+    finally:
+        db.close()
+
+
+def _entries(stdout: str | bytes) -> list[dict]:
+    return json.loads(stdout)["payload"]["entries"]
+
+
+# -- item 3: a path template that names nothing --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "template", ["{run_id!r}", "{run_id:>30}", "{run_id!s}", "exp/{run_id:x<3}", "{run_id[0]}"]
+)
+def test_path_template_with_a_conversion_or_format_spec_is_refused_at_config_load(
+    workspace: Path, template: str
+) -> None:
+    _toml(workspace, f'[artifacts]\npath_template = "{template}"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={})
+    assert info.value.message.startswith("artifacts.path_template (from file retention.toml)")
+    result = invoke(*PLAN)
+    line = error_line(result, 2)
+    assert line.startswith("Error: artifacts.path_template (from file ")
+    assert template in line
+    assert "{column}" in hint_line(result)
+    assert result.stdout == ""
+    assert not Path(".retention").exists()  # refused before anything is written
+
+
+def test_path_template_from_the_environment_is_checked_the_same_way(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETENTION_PATH_TEMPLATE", "{run_id!a}")
+    line = error_line(invoke(*PLAN), 2)
+    assert line.startswith("Error: artifacts.path_template (from env RETENTION_PATH_TEMPLATE)")
+
+
+def test_a_plan_whose_candidates_have_no_directory_while_the_root_holds_others_is_refused(
+    workspace: Path,
+) -> None:
+    # Every path the template names is missing, yet the root is full of run directories:
+    # a wrong template. Apply would delete 30 rows and orphan 30 real directories.
+    _toml(workspace, '[artifacts]\npath_template = "runs/{run_id}"\n')
+    result = invoke(*PLAN)
+    line = error_line(result, 2)
+    assert "30 candidates have no artifact directory" in line
+    assert "artifacts.path_template 'runs/{run_id}'" in line
+    assert "bt-20" in line  # an example of a directory no run claims
+    hint = hint_line(result)
+    assert "--allow-missing-dirs" in hint and "artifacts.allow_missing_dirs" in hint
+    assert result.stdout == ""
+
+
+def test_rows_without_directories_are_planned_when_the_operator_says_they_are_expected(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _toml(workspace, '[artifacts]\npath_template = "runs/{run_id}"\n')
+    flag = invoke(*PLAN, "--allow-missing-dirs")
+    assert flag.exit_code == 0, flag.stderr
+    entries = _entries(flag.stdout)
+    assert len(entries) == 30 and not any(e["exists"] for e in entries)
+    assert "30 candidates without an artifact directory on disk" in flag.stderr
+    _toml(
+        workspace,
+        '[artifacts]\npath_template = "runs/{run_id}"\nallow_missing_dirs = true\n',
+    )
+    assert invoke(*PLAN).exit_code == 0
+    _toml(workspace, '[artifacts]\npath_template = "runs/{run_id}"\n')
+    monkeypatch.setenv("RETENTION_ALLOW_MISSING_DIRS", "yes")
+    assert invoke(*PLAN).exit_code == 0
+    monkeypatch.setenv("RETENTION_ALLOW_MISSING_DIRS", "perhaps")
+    line = error_line(invoke(*PLAN), 2)
+    assert line.startswith("Error: artifacts.allow_missing_dirs (from env")
+
+
+def test_candidates_without_directories_are_planned_when_other_runs_have_theirs(
+    workspace: Path,
+) -> None:
+    # The template works (kept runs have their directories): these candidates simply never
+    # wrote artifacts. Not refused.
+    candidates = [e["run_id"] for e in _entries(invoke(*PLAN).stdout)]
+    for rid in candidates:
+        shutil.rmtree(ARTS / rid)
+    result = invoke(*PLAN)
+    assert result.exit_code == 0, result.stderr
+    assert not any(e["exists"] for e in _entries(result.stdout))
+
+
+def test_an_artifact_root_without_directories_is_not_a_wrong_template(workspace: Path) -> None:
+    shutil.rmtree(ARTS)
+    ARTS.mkdir()
+    (ARTS / "README").write_text("no runs wrote artifacts here\n")
+    result = invoke(*PLAN)
+    assert result.exit_code == 0, result.stderr
+    assert len(_entries(result.stdout)) == 30
+
+
+# -- item 9: BLOB run ids ------------------------------------------------------------------
+
+
+def test_blob_run_ids_are_refused_at_plan_time_with_the_reason(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _catalog(
+        workspace,
+        "INSERT INTO runs (run_id, created_at) VALUES (?, '2020-01-01T00:00:00')",
+        b"\x01\x02",
+    )
+    result = invoke(*PLAN)
+    line = error_line(result, 4)
+    assert "BLOB" in line and "x'0102'" in line
+    assert "TEXT and INTEGER" in line
+    assert "typeof(run_id)" in hint_line(result)
+    assert result.stdout == ""
+    assert not Path(".retention").exists()
+    # The hint's way out works: the BLOB run is left out by the filter, the rest planned.
+    monkeypatch.setenv("RETENTION_FILTER", "typeof(run_id) IN ('text', 'integer')")
+    ok = invoke(*PLAN)
+    assert ok.exit_code == 0, ok.stderr
+    assert len(_entries(ok.stdout)) == 30
+
+
+# -- item 11 (part): filter and protect must mean the same thing in plan and apply ----------
+
+
+@pytest.mark.parametrize("setting", ["filter", "protect"])
+@pytest.mark.parametrize(
+    ("expr", "problem"),
+    [
+        ("1=1) --", "')'"),
+        ("1=1) OR (1=1", "')'"),  # valid in plan's WHERE (...), another meaning in AND (...)
+        ("1=1 -- keep", "comment"),
+        ("1=1 /* x */", "comment"),
+        ("1=1; DROP TABLE runs", "';'"),
+        ("(1=1", "'('"),
+        ("run_id = 'x", "unterminated"),
+    ],
+)
+def test_a_filter_or_protect_that_would_not_survive_apply_wrapping_is_refused(
+    workspace: Path, setting: str, expr: str, problem: str
+) -> None:
+    _toml(workspace, f"[catalog]\n{setting} = {json.dumps(expr)}\n")
+    with pytest.raises(ConfigError):
+        load_config(None, env={})
+    result = invoke(*PLAN)
+    line = error_line(result, 2)
+    assert line.startswith(f"Error: catalog.{setting} (from file ")
+    assert problem in line and repr(expr) in line
+    assert "balanced parentheses" in hint_line(result)
+    assert result.stdout == "" and not Path(".retention").exists()
+
+
+def test_comment_and_bracket_characters_inside_literals_pass_plan_and_apply(
+    workspace: Path,
+) -> None:
+    _toml(
+        workspace,
+        "[catalog]\n"
+        """filter = "run_id != 'x--y;)' AND \\"strategy\\" != '/*' AND [run_id] != 'it''s'"\n"""
+        """protect = "run_id = '((' OR `run_id` = 'a)b'"\n""",
+    )
+    assert invoke(*PLAN, "-o", "m.json").exit_code == 0
+    result = invoke("apply", "m.json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["deleted_runs"] == 30
+
+
+# -- item 12: a run directory that is a mount point ----------------------------------------
+
+
+def test_the_device_decision_refuses_a_foreign_device_on_real_measures(workspace: Path) -> None:
+    # A real tree measured by the real store; only the device numbers are made to differ,
+    # as a mount point (or a parent on another filesystem) would make them.
+    from retention.planner import device_refusal
+
+    root = Path(os.path.abspath(ARTS))
+    m = LocalStore(root).measure(OLDEST.encode())
+    assert m.exists and m.dev is not None
+    home = os.lstat(root).st_dev
+    assert device_refusal(m, home, home) is None
+    mounted = device_refusal(dataclasses.replace(m, dev=m.dev + 1), home, home)
+    assert mounted is not None and "mount point" in mounted
+    elsewhere = device_refusal(m, home, home + 1)
+    assert elsewhere is not None and "another filesystem than the trash" in elsewhere
+    assert device_refusal(LocalStore(root).measure(b"no-such-run"), home, home) is None
+
+
+_MOUNT_AND_RUN = r"""
+import os, shutil, subprocess, sys
+target, stage, *command = sys.argv[1:]
+shutil.copytree(target, stage, symlinks=True)
+subprocess.run(["mount", "-t", "tmpfs", "tmpfs", target], check=True)
+# Same names, modes, sizes and mtimes: the directory's fingerprint does not change.
+shutil.copytree(stage, target, symlinks=True, dirs_exist_ok=True)
+p = subprocess.run(command)
+sys.exit(p.returncode)
+"""
+
+
+@functools.cache
+def _private_mounts() -> bool:
+    """Whether this test can mount a tmpfs in a private mount namespace (root, or user
+    namespaces allowed); the mount never leaves that namespace."""
+    probe = Path(os.environ.get("TMPDIR", "/tmp")) / f"retention-mount-probe-{os.getpid()}"
+    probe.mkdir(exist_ok=True)
+    try:
+        p = subprocess.run(
+            ["unshare", "-rm", "--propagation", "private", "mount", "-t", "tmpfs", "t", probe],
+            capture_output=True,
+            timeout=30,
+        )
+        return p.returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+    finally:
+        probe.rmdir()
+
+
+def _with_mount(workspace: Path, run_dir: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    """Run `retention ARGS` in a private mount namespace where ``run_dir`` is a tmpfs mount
+    point holding a copy of its tree (same fingerprint)."""
+    if not _private_mounts():
+        pytest.skip("cannot mount a tmpfs in a private mount namespace (unshare -rm)")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_")}
+    env["RETENTION_MANIFEST_TTL"] = "3650d"
+    stage = workspace / "mount-stage"  # outside the artifact root
+    namespace = ["unshare", "-rm", "--propagation", "private"]
+    script = [sys.executable, "-c", _MOUNT_AND_RUN, str(run_dir), str(stage)]
+    return subprocess.run(
+        [*namespace, *script, EXE, *args],
+        cwd=workspace,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_a_candidate_directory_that_is_a_mount_point_is_left_out_of_the_plan(
+    workspace: Path,
+) -> None:
+    p = _with_mount(workspace, workspace / ARTS / OLDEST, *PLAN, "-o", "m.json")
+    stderr = p.stderr.decode()
+    assert p.returncode == 3, stderr
+    assert "Traceback" not in stderr
+    assert f"Skipped {OLDEST}: artifact directory " in stderr
+    assert "is a mount point" in stderr
+    ids = [e["run_id"] for e in _entries(Path("m.json").read_bytes())]
+    assert len(ids) == 29 and OLDEST not in ids
+
+
+def test_apply_skips_only_the_entry_whose_directory_became_a_mount_point(
+    workspace: Path,
+) -> None:
+    assert invoke(*PLAN, "-o", "m.json").exit_code == 0
+    p = _with_mount(workspace, workspace / ARTS / OLDEST, "apply", "m.json")
+    assert p.returncode == 3, p.stderr.decode()
+    report = json.loads(p.stdout)
+    assert report["deleted_runs"] == 29
+    assert [s["run_id"] for s in report["skipped"]] == [OLDEST]
+    assert "mount point or on another filesystem" in report["skipped"][0]["reason"]
+    # Its row and its directory stay; every other candidate is gone.
+    assert _catalog(workspace, "SELECT count(*) FROM runs WHERE run_id = ?", OLDEST) == [(1,)]
+    assert (workspace / ARTS / OLDEST / "equity.csv").is_file()
+    assert _catalog(workspace, "SELECT count(*) FROM runs") == [(11,)]
+
+
+# -- issue 14 item 2: the remove-everything guard --------------------------------------------
+
+
+def test_remove_all_guard_counts_the_whole_table_when_a_filter_is_set(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A gc-like policy: every run the filter selects is old enough, which is normal. The
+    # table keeps the 21 runs the filter does not select, so nothing says "everything".
+    monkeypatch.setenv("RETENTION_FILTER", "created_at < '2025-10-01'")
+    result = invoke("plan", "--max-age", "30d", "--now", NOW_TEXT)
+    assert result.exit_code == 0, result.stderr
+    selected = _catalog(workspace, "SELECT count(*) FROM runs WHERE created_at < '2025-10-01'")
+    assert len(_entries(result.stdout)) == selected[0][0] == 19
+
+
+def test_remove_all_guard_states_what_it_counts(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = invoke("plan", "--max-age", "1d", "--now", NOW_TEXT)
+    assert error_line(result, 2) == "Error: refusing to remove every run: all 40 runs in 'runs'"
+    assert hint_line(result) == (
+        "Hint: pass --allow-remove-all (or set policy.allow_remove_all = true)"
+        " if that is really intended"
+    )
+    monkeypatch.setenv("RETENTION_FILTER", "created_at IS NOT NULL")
+    result = invoke("plan", "--max-age", "1d", "--now", NOW_TEXT)
+    assert error_line(result, 2) == (
+        "Error: refusing to remove every run: all 40 runs selected by catalog.filter"
+        " (of 40 in 'runs')"
+    )
+
+
+def test_remove_all_can_be_allowed_in_config_for_scheduled_jobs(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _toml(workspace, "[policy]\nallow_remove_all = true\n")
+    result = invoke("plan", "--max-age", "1d", "--now", NOW_TEXT)
+    assert result.exit_code == 0, result.stderr
+    assert len(_entries(result.stdout)) == 40
+    shown = invoke("config").stdout
+    assert "policy.allow_remove_all" in shown and "true" in shown
+    _toml(workspace, "[policy]\nallow_remove_all = false\n")
+    assert invoke("plan", "--max-age", "1d", "--now", NOW_TEXT).exit_code == 2
+    monkeypatch.setenv("RETENTION_ALLOW_REMOVE_ALL", "true")
+    assert invoke("plan", "--max-age", "1d", "--now", NOW_TEXT).exit_code == 0
+    monkeypatch.delenv("RETENTION_ALLOW_REMOVE_ALL")
+    _toml(workspace, '[policy]\nallow_remove_all = "sure"\n')
+    line = error_line(invoke("plan", "--max-age", "1d", "--now", NOW_TEXT), 2)
+    assert line.startswith("Error: policy.allow_remove_all (from file ")
+    assert "expected true or false" in line
