@@ -30,6 +30,8 @@ from retention.errors import ConfigError
 CONFIG_ENV = "RETENTION_CONFIG"
 DEFAULT_CONFIG_NAME = "retention.toml"
 DEFAULT_KEEP_LAST = 100
+# A manifest of a million runs is about 400-500 MiB; refuse anything larger than this unread.
+DEFAULT_MANIFEST_MAX_SIZE = 1 << 30
 TIME_FORMATS = ("auto", "iso", "epoch_s", "epoch_ms")
 
 
@@ -66,6 +68,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: str
     grace_period: str
     manifest_ttl: str
+    manifest_max_size: int = DEFAULT_MANIFEST_MAX_SIZE  # bytes
     sources: dict[str, str]
     allow_missing_dirs: bool = False
     allow_remove_all: bool = False
@@ -132,6 +135,25 @@ def _required_duration(value: Any, where: str) -> str:
     if text is None:
         raise ConfigError(f"{where}: a duration is required")
     return text
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _size(value: Any, where: str) -> int:
+    """A size in bytes: a whole number, optionally with a binary unit (B, KiB, MiB, GiB, TiB)."""
+    text = str(value).strip() if isinstance(value, int | str) else ""
+    digits = text.rstrip("BbIiKkMmGgTt").rstrip()
+    unit = text[len(digits) :].strip().lower()
+    ok = digits.isascii() and digits.isdigit() and unit in _SIZE_UNITS
+    if isinstance(value, bool) or not ok:
+        raise ConfigError(
+            f"{where}: expected a size like 1GiB, 512MiB or a number of bytes, got {value!r}"
+        )
+    size = int(digits) * _SIZE_UNITS[unit]
+    if size <= 0:
+        raise ConfigError(f"{where}: must be greater than zero, got {value!r}")
+    return size
 
 
 def _time_format(value: Any, where: str) -> str:
@@ -306,6 +328,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
     Setting("manifest.ttl", "manifest_ttl", "24h", _required_duration),
+    Setting("manifest.max_size", "manifest_max_size", DEFAULT_MANIFEST_MAX_SIZE, _size),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _BY_FIELD = {s.field: s for s in SETTINGS}

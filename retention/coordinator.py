@@ -253,6 +253,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
         trash = None
         if rel is not None:
             try:
+                e.checked_rel_path(store.root)  # plan's refusals: '..', NUL, the trash, ...
                 store.check_contained(rel)
             except OutsideRoot as exc:
                 pf.skipped.append(SkippedEntry(e.run_id, f"artifact path refused: {exc}"))
@@ -344,7 +345,7 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
     """
     t0 = time.monotonic()
     now = now or datetime.now(UTC)
-    data = read_manifest_bytes(manifest_path)
+    data = read_manifest_bytes(manifest_path, cfg.manifest_max_size)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
         payload = verify_for_workspace(data, ws.state, ws.catalog, now=now)

@@ -19,8 +19,11 @@ Artifact root::
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
+
+from retention.errors import StorageError
 
 TRASH_DIRNAME = ".trash"
 
@@ -54,6 +57,47 @@ class StateLayout:
     @property
     def last_apply(self) -> Path:
         return self.root / "last-apply.json"
+
+
+_KINDS = {
+    stat.S_IFREG: "a regular file",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+
+
+def file_kind(mode: int) -> str:
+    """What an ``st_mode`` is, for messages: "a regular file", "a directory", ..."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def require_state_dir(state: StateLayout) -> None:
+    """Raise `StorageError` when the state directory exists but is not a directory (or a
+    component of its path is not one), so no command trips over it later. Absent is fine:
+    the commands that write create it."""
+    try:
+        st = os.stat(state.root)
+    except NotADirectoryError:
+        raise StorageError(
+            f"state directory {state.root} cannot exist: a parent of it is not a directory",
+            hint=STATE_DIR_HINT,
+        ) from None
+    except OSError:
+        return  # absent, or unreadable: the operation that needs it reports that
+    if not stat.S_ISDIR(st.st_mode):
+        raise StorageError(
+            f"state directory {state.root} is {file_kind(st.st_mode)}, not a directory",
+            hint=STATE_DIR_HINT,
+        )
+
+
+STATE_DIR_HINT = (
+    "point state.dir (or RETENTION_STATE_DIR) at a directory, or move what is there away"
+)
 
 
 def trash_tx_rel(txid: str) -> bytes:

@@ -6,6 +6,10 @@ the canonical JSON of `Payload` (msgspec, keys sorted, indented for review, no f
 bytes out of the envelope (``msgspec.Raw``) and checks the signature *before* decoding
 them; nothing is ever re-encoded to verify.
 
+Every field's domain is part of the schema (`msgspec.Meta` constraints), so a manifest
+signed with the right key but holding a NUL byte in a path, an integer SQLite cannot store,
+a negative size or a time that is not an instant is refused when it is decoded.
+
 The key lives in the state directory, is created on first use with mode 0600, and is
 refused if group or others can read it (as OpenSSH refuses a private key).
 """
@@ -18,18 +22,21 @@ import os
 import secrets
 import stat
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 
 from journal import fsio
 from retention import identity
-from retention.durations import format_instant, parse_instant
-from retention.errors import ManifestRejected, StorageError
-from retention.layout import StateLayout
+from retention.config import DEFAULT_MANIFEST_MAX_SIZE
+from retention.durations import format_bytes, format_instant, parse_instant
+from retention.errors import ManifestRejected, StorageError, UsageError
+from retention.layout import STATE_DIR_HINT, StateLayout, file_kind, require_state_dir
 from retention.policy import PolicySpec
+from retention.store import OutsideRoot, display, relative_artifact_path, text_and_raw
 
 if TYPE_CHECKING:
     from retention.participants import CatalogIdentity
@@ -42,25 +49,66 @@ ALG = "HMAC-SHA256"
 # An alias, because inside `Entry` the name ``bytes`` is the field, not the type.
 RawPath = bytes | None
 
+# -- field domains (checked while decoding; a violation is a `msgspec.ValidationError`) -----
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # SQLite's INTEGER
+SqlInt = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)]
+# A NUL byte makes every system call on a path fail (and SQLite text ambiguous).
+NoNulText = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*\Z")]
+# What `format_instant` writes, years 1100 to 8000 as `parse_instant` accepts; the day of
+# the month is checked by a real parse (the pattern cannot see 2024-04-31).
+Instant = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^(1[1-9][0-9]{2}|[2-7][0-9]{3}|8000)-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+        r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?Z\Z"
+    ),
+]
+
 
 class Entry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """One run to delete, as measured when planned."""
 
-    run_id: str | int
-    time: str | None  # the run's timestamp (ISO-8601 UTC), None if unparseable
-    path: str | None  # artifact dir relative to the artifact root; None: the run has none
+    run_id: SqlInt | str
+    time: Instant | None  # the run's timestamp (ISO-8601 UTC), None if unparseable
+    path: NoNulText | None  # artifact dir relative to the artifact root; None: it has none
     path_raw: RawPath = None  # exact bytes when the path is not valid UTF-8
     exists: bool  # the directory existed when planned
-    bytes: int
-    files: int
+    bytes: Count
+    files: Count
     rows_fp: str  # sha256 of every catalog row of the run (all involved tables)
     dir_fp: str  # sha256 of the tree's metadata; "" when absent
     reason: str
+
+    def __post_init__(self) -> None:
+        # What `Meta` cannot express; msgspec turns a ValueError here into a ValidationError
+        # naming the entry, so decoding refuses the manifest.
+        if self.path_raw is not None and b"\0" in self.path_raw:
+            raise ValueError("path_raw contains a NUL byte")
+        if self.time is not None:
+            datetime.fromisoformat(self.time)  # "day is out of range for month"
 
     def rel_path(self) -> RawPath:
         if self.path_raw is not None:
             return self.path_raw
         return None if self.path is None else os.fsencode(self.path)
+
+    def checked_rel_path(self, root: Path) -> RawPath:
+        """`rel_path`, refused (`OutsideRoot`) unless it is exactly what plan would have
+        written: the refusals of `relative_artifact_path` (a ``..`` component, a NUL byte,
+        the root itself, anything inside the trash, another URI scheme), a path that is not
+        in its normal relative form, and ``path`` and ``path_raw`` naming different things
+        (``path_raw`` wins in `rel_path`, but ``path`` is what a reviewer reads)."""
+        rel = self.rel_path()
+        if rel is None:
+            return None
+        normal = relative_artifact_path(root, rel)
+        if normal != rel:
+            raise OutsideRoot(f"{display(rel)} is not a plain relative path ({display(normal)})")
+        if text_and_raw(rel) != (self.path, self.path_raw):
+            raise OutsideRoot(f"path {self.path!r} and path_raw {display(rel)!r} disagree")
+        return rel
 
 
 class Payload(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -68,19 +116,19 @@ class Payload(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     version: int
     manifest_id: str
     catalog_id: str
-    catalog_path: str
-    artifact_root: str
+    catalog_path: NoNulText
+    artifact_root: NoNulText
     tables: list[str]
     policy: PolicySpec
     policy_digest: str
     policy_text: str
     filter: str | None
-    now: str
-    expires_at: str
+    now: Instant
+    expires_at: Instant
     key_id: str
-    considered: int
-    kept: int
-    total_bytes: int
+    considered: Count
+    kept: Count
+    total_bytes: Count
     entries: list[Entry]
 
 
@@ -117,15 +165,16 @@ def key_id_of(key: bytes) -> str:
 def load_key(state: StateLayout, *, create: bool) -> tuple[bytes, str]:
     """The workspace key and its id; created (mode 0600) when missing and ``create``.
 
-    Raises `ManifestRejected` when the key is readable by group or others, is malformed,
-    or is missing and ``create`` is False.
+    Raises `ManifestRejected` when the key is readable by group or others, is not a regular
+    file, is malformed (not hex, not ASCII), or is missing and ``create`` is False;
+    `StorageError` when it cannot be read or the state directory is not a directory.
     """
+    require_state_dir(state)
     path = state.key
-    if not path.exists() and create:
+    if create and not os.path.lexists(path):
         _create_key(path)
     try:
-        st = os.stat(path)
-        text = path.read_text().strip()
+        st, raw = _read_key_file(path)
     except FileNotFoundError:
         raise ManifestRejected(
             f"no signing key at {path}: this workspace has never planned",
@@ -133,23 +182,51 @@ def load_key(state: StateLayout, *, create: bool) -> tuple[bytes, str]:
         ) from None
     except PermissionError:
         raise StorageError(f"cannot read the signing key {path}: permission denied") from None
+    except OSError as exc:
+        raise StorageError(f"cannot read the signing key {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ManifestRejected(
+            f"signing key {path} is {file_kind(st.st_mode)}, not a file",
+            hint="move it away; `retention plan` creates a new key (and older manifests"
+            " are then refused)",
+        )
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ManifestRejected(
             f"signing key {path} is accessible by others (mode {stat.S_IMODE(st.st_mode):04o})",
             hint=f"run: chmod 600 {path}",
         )
     try:
-        key = bytes.fromhex(text)
-    except ValueError:
+        key = bytes.fromhex(raw.decode("ascii").strip()) if len(raw) <= _KEY_FILE_MAX else b""
+    except (UnicodeDecodeError, ValueError):
         key = b""
     if len(key) < 32:
         raise ManifestRejected(f"signing key {path} is malformed (expected 64 hex digits)")
     return key, key_id_of(key)
 
 
+_KEY_FILE_MAX = 4096
+
+
+def _read_key_file(path: Path) -> tuple[os.stat_result, bytes]:
+    """The key file's status and (for a regular file) its first bytes. Opened non-blocking,
+    so a FIFO planted at its name cannot hang us."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        return st, os.read(fd, _KEY_FILE_MAX + 1) if stat.S_ISREG(st.st_mode) else b""
+    finally:
+        os.close(fd)
+
+
 def _create_key(path: Path) -> None:
     try:
         fsio.ensure_dir(path.parent)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create the state directory {path.parent}: {exc.strerror or exc}",
+            hint=STATE_DIR_HINT,
+        ) from None
+    try:
         # Never replaces: when two first plans race, the key that landed first is kept.
         fsio.write_atomic(path, secrets.token_hex(32).encode() + b"\n", 0o600, replace=False)
     except FileExistsError:
@@ -172,14 +249,16 @@ def sign(payload: Payload, key: bytes) -> bytes:
     return msgspec.json.encode(env) + b"\n"
 
 
-def verify(data: bytes, key: bytes, key_id: str, *, now: datetime) -> Payload:
+def verify(data: bytes | bytearray, key: bytes, key_id: str, *, now: datetime) -> Payload:
     """Check a manifest and return its payload.
 
     Refuses (`ManifestRejected`) anything that is not a manifest, was signed with another
-    key, whose signature does not match its bytes, has an unknown format or version, or
-    has expired at ``now``. The catalog identity is the caller's check.
+    key, whose signature does not match its bytes, has an unknown format or version, holds
+    a field outside its domain, or has expired at ``now``. The catalog identity is the
+    caller's check. The payload is verified and decoded where it lies in ``data``: the
+    file's bytes are never copied.
     """
-    if not data.strip():
+    if not data or data.isspace():
         raise ManifestRejected(
             "the manifest is empty",
             hint="the `retention plan` that wrote it probably failed; see its error and plan again",
@@ -198,7 +277,7 @@ def verify(data: bytes, key: bytes, key_id: str, *, now: datetime) -> Payload:
             f"manifest was signed by another workspace (key {env.key_id}, ours is {key_id})",
             hint="plan in this workspace, or use the --config of the workspace that planned it",
         )
-    body = bytes(env.payload)
+    body = memoryview(env.payload)  # a view into ``data``, not a copy
     expected = hmac.new(key, body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, env.sig):
         raise ManifestRejected(
@@ -215,7 +294,13 @@ def verify(data: bytes, key: bytes, key_id: str, *, now: datetime) -> Payload:
         )
     if payload.key_id != env.key_id:
         raise ManifestRejected("manifest key id does not match its envelope")
-    expires = parse_instant(payload.expires_at)
+    expires = _instant(payload, "expires_at", payload.expires_at)
+    _instant(payload, "now", payload.now)
+    if sum(e.bytes for e in payload.entries) > INT64_MAX:
+        raise ManifestRejected(
+            f"manifest {payload.manifest_id}: the sizes of its entries add up to more than"
+            " a catalog can record"
+        )
     if now >= expires:
         raise ManifestRejected(
             f"manifest {payload.manifest_id} expired at {format_instant(expires)}",
@@ -224,22 +309,87 @@ def verify(data: bytes, key: bytes, key_id: str, *, now: datetime) -> Payload:
     return payload
 
 
-def read_manifest_bytes(path: str) -> bytes:
-    """The bytes of a manifest file (``-`` for stdin)."""
-    if path == "-":
-        return sys.stdin.buffer.read()
+def _instant(payload: Payload, name: str, text: str) -> datetime:
     try:
-        return Path(path).read_bytes()
+        return parse_instant(text)
+    except UsageError:
+        raise ManifestRejected(
+            f"manifest {payload.manifest_id}: {name} {text!r} is not an instant"
+        ) from None
+
+
+_READ_CHUNK = 1 << 20
+_SIZE_HINT = (
+    "a manifest of a million runs is about 500 MiB; if this one is genuine, raise"
+    " manifest.max_size (RETENTION_MANIFEST_MAX_SIZE)"
+)
+
+
+def _too_large(what: str, size: int | None, limit: int) -> ManifestRejected:
+    have = "larger" if size is None else f"{format_bytes(size)} ({size} bytes), larger"
+    return ManifestRejected(
+        f"{what} is {have} than manifest.max_size ({format_bytes(limit)}, {limit} bytes)",
+        hint=_SIZE_HINT,
+    )
+
+
+def _read_rest(read: Callable[[int], bytes | None], buf: bytearray, limit: int) -> bool:
+    """Append what ``read`` still gives to ``buf``; False once it holds more than ``limit``."""
+    while len(buf) <= limit:
+        chunk = read(min(_READ_CHUNK, limit + 1 - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    return len(buf) <= limit
+
+
+def read_manifest_bytes(path: str, max_size: int | None = None) -> bytearray:
+    """The bytes of a manifest file (``-`` for stdin), read once into one buffer.
+
+    Refuses (`ManifestRejected`) a manifest larger than ``max_size`` (``manifest.max_size``,
+    default 1 GiB): a file by its size, before reading anything; a pipe once it has given
+    one byte more than the limit. Also refuses what is neither a file nor a pipe.
+    """
+    limit = DEFAULT_MANIFEST_MAX_SIZE if max_size is None else max_size
+    buf = bytearray()
+    if path == "-":
+        if not _read_rest(sys.stdin.buffer.read, buf, limit):
+            raise _too_large("the manifest on stdin", None, limit)
+        return buf
+    try:
+        f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
     except FileNotFoundError:
         raise ManifestRejected(f"manifest {path} does not exist") from None
     except IsADirectoryError:
         raise ManifestRejected(f"manifest {path} is a directory") from None
     except PermissionError:
         raise ManifestRejected(f"manifest {path} is not readable (permission denied)") from None
+    with f:
+        st = os.fstat(f.fileno())
+        if stat.S_ISREG(st.st_mode):
+            if st.st_size > limit:
+                raise _too_large(f"manifest {path}", st.st_size, limit)
+            buf = bytearray(st.st_size + 1)  # one more: a file that grew is seen growing
+            n = 0
+            with memoryview(buf) as view:
+                while n < len(view):
+                    got = f.readinto(view[n:])
+                    if not got:
+                        break
+                    n += got
+            grew = n == len(buf)
+            del buf[n:]
+            if not grew:
+                return buf
+        elif not (stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode)):
+            raise ManifestRejected(f"manifest {path} is {file_kind(st.st_mode)}, not a file")
+        if not _read_rest(f.read, buf, limit):
+            raise _too_large(f"manifest {path}", None, limit)
+    return buf
 
 
 def verify_for_workspace(
-    data: bytes, state: StateLayout, catalog: CatalogIdentity, *, now: datetime
+    data: bytes | bytearray, state: StateLayout, catalog: CatalogIdentity, *, now: datetime
 ) -> Payload:
     """`verify` with this workspace's key, then check the manifest belongs to ``catalog``.
 

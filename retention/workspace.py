@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import filelock
 
-from journal import CorruptJournal, Journal, JournalError, fsio
+from journal import CorruptJournal, FsyncError, Journal, JournalError, fsio
 from retention.catalog import SqliteCatalog
 from retention.config import Config
 from retention.errors import LockedError, RecoveryError, StorageError
-from retention.layout import StateLayout
+from retention.layout import STATE_DIR_HINT, StateLayout, require_state_dir
 from retention.participants import ArtifactStore, Catalog
 from retention.store import LocalTrashStore, OutsideRoot, require_artifact_root
 from retention.tombstones import TrashCatalog
@@ -38,22 +39,49 @@ class Workspace:
     store: ArtifactStore
 
 
+_OWNER_MAX = 4096
+
+
 def _holder(state: StateLayout) -> str:
+    """Who holds the lock, from ``lock.owner``; "" when that is not a small regular file
+    (opened without following a symlink and without blocking: a FIFO planted there must
+    not hang the process that only wanted to say the workspace is busy)."""
     try:
-        info = json.loads(state.lock_owner.read_text())
+        fd = os.open(state.lock_owner, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, _OWNER_MAX) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        finally:
+            os.close(fd)
+        info = json.loads(data)
         return f" (pid {info['pid']} on {info['host']}, `{info['command']}`, since {info['since']})"
     except (OSError, ValueError, KeyError, TypeError):
         return ""
 
 
+def _write_owner(state: StateLayout) -> None:
+    """Record who holds the lock (for the other process's error message). Replaced
+    atomically, so a symlink (or FIFO) planted at ``lock.owner`` is replaced, never written
+    through. Best effort: the lock itself is what excludes other processes."""
+    owner = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "command": " ".join(["retention", *sys.argv[1:]])[:200],
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    with contextlib.suppress(OSError, FsyncError):
+        fsio.write_atomic(state.lock_owner, json.dumps(owner).encode(), 0o644)
+
+
 @contextlib.contextmanager
 def workspace_lock(state: StateLayout) -> Iterator[None]:
     """Hold the workspace lock; raise `LockedError` at once if another process has it."""
+    require_state_dir(state)
     try:
         fsio.ensure_dir(state.root)
     except OSError as exc:
         raise StorageError(
-            f"cannot create the state directory {state.root}: {exc.strerror or exc}"
+            f"cannot create the state directory {state.root}: {exc.strerror or exc}",
+            hint=STATE_DIR_HINT,
         ) from None
     lock = filelock.FileLock(str(state.lock), timeout=0)
     try:
@@ -66,17 +94,7 @@ def workspace_lock(state: StateLayout) -> Iterator[None]:
     except OSError as exc:
         raise StorageError(f"cannot take the lock {state.lock}: {exc.strerror or exc}") from None
     try:
-        with contextlib.suppress(OSError):
-            state.lock_owner.write_text(
-                json.dumps(
-                    {
-                        "pid": os.getpid(),
-                        "host": socket.gethostname(),
-                        "command": " ".join(["retention", *sys.argv[1:]])[:200],
-                        "since": datetime.now(UTC).isoformat(timespec="seconds"),
-                    }
-                )
-            )
+        _write_owner(state)
         yield
     finally:
         with contextlib.suppress(OSError):
