@@ -24,6 +24,7 @@ Not thread-safe; one writer process at a time (callers hold a lock).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 from dataclasses import dataclass, field
@@ -154,7 +155,9 @@ class Journal:
         * Missing file: a header-only file is created atomically (mode 0600) and made
           durable (file and parent directory fsynced). The parent directory must exist.
         * Torn tail: the file is truncated to the valid prefix (or its header rewritten)
-          and fsynced before this returns, so appends never follow garbage.
+          and fsynced before this returns, so appends never follow garbage. The bytes
+          dropped are kept beside it, best effort, as ``<path>.torn-<offset>``: a tail the
+          application later proves was not torn but damaged can still be inspected.
         * Otherwise the file and its directory are fsynced once, so that records another
           process wrote without fsync before crashing are durable before the caller acts
           on them.
@@ -177,6 +180,7 @@ class Journal:
                     _write_all(fd, HEADER)
                     length = HEADER_SIZE
                 else:
+                    _keep_tail(spath, length)
                     os.ftruncate(fd, length)
                 failpoint("journal.truncate.before_fsync")
                 fsio.fsync_file(fd)
@@ -381,3 +385,13 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def _keep_tail(path: str, offset: int) -> None:
+    """Copy the bytes from ``offset`` to the end into ``<path>.torn-<offset>`` (best effort:
+    a full disk must not stop the journal from opening)."""
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as f:
+            f.seek(offset)
+            tail = f.read()
+        fsio.write_atomic(f"{path}.torn-{offset}", tail, mode=JOURNAL_FILE_MODE)

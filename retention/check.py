@@ -9,7 +9,9 @@ every apply, undo, purge and crash recovery. What is checked:
 * ``dir_without_row``: a directory at the template's depth under the artifact root that no
   run names (only for ``path_template`` layouts; a path column has no fixed depth);
 * ``trash_missing``: a run deleted into trash whose directory is not in trash;
-* ``trash_orphan``: something in trash that no tombstone accounts for.
+* ``trash_orphan``: something in trash that no tombstone accounts for;
+* ``trash_unsafe``: an entry of ``.trash`` that is a symlink or not a directory (never
+  followed: nothing is read through it).
 
 Not checked: sizes against the manifest (a manifest is a plan, not a record), the contents
 of files.
@@ -27,7 +29,7 @@ from retention.config import Config
 from retention.layout import TRASH_DIRNAME, StateLayout
 from retention.planner import artifact_rel_path
 from retention.status import unfinished_txids
-from retention.store import LocalStore, OutsideRoot, display
+from retention.store import LocalStore, OutsideRoot, display, trash_problems
 from retention.tombstones import TrashCatalog
 
 
@@ -88,9 +90,14 @@ def check(cfg: Config) -> CheckReport:
             findings.append(
                 Finding("trash_missing", "deleted run not found in trash", rid, display(rel))
             )
+    unsafe = trash_problems(root)
+    findings += [Finding("trash_unsafe", why, None, display(rel)) for rel, why in unsafe]
+    unsafe_names = {os.fsdecode(rel).split("/", 1)[1] for rel, _ in unsafe}
     trash_root = root / TRASH_DIRNAME
-    if trash_root.is_dir():
+    if trash_root.is_dir() and not trash_root.is_symlink():
         for txdir in sorted(trash_root.iterdir()):
+            if txdir.name in unsafe_names:
+                continue
             for entry in sorted(txdir.iterdir()) if txdir.is_dir() else [txdir]:
                 if entry.name == "TRASH.json" and txdir.name in live_tx:
                     continue

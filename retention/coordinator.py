@@ -58,15 +58,15 @@ from retention.layout import trash_slot_rel, trash_tx_rel
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.moves import (
     begin_with_intents,
+    intended_moves,
     move_all,
-    moves_of,
     problems_error,
     reconcile,
 )
 from retention.policy import RunId
 from retention.reports import SkippedEntry
 from retention.store import OutsideRoot, ancestors, text_and_raw
-from retention.tombstones import TombRun, TxInfo
+from retention.tombstones import NothingDeleted, TombRun, TxInfo
 from retention.txrecords import Begin, Move
 from retention.workspace import Workspace, open_workspace
 
@@ -173,8 +173,14 @@ def recover_tx(ws: Workspace, tx: TxState, now: datetime) -> Recovered:
 
 def _recover_apply(ws: Workspace, tx: TxState) -> Recovered:
     txid = tx.txid
+    tx_dir = trash_tx_rel(txid)
+    moves = intended_moves(
+        tx,
+        txrecords.decode_begin(tx.begin).moves,
+        # The trash directory is created only after the intents' fsync returned.
+        lambda: f"{ws.store.describe(tx_dir)} exists" if ws.store.lexists(tx_dir) else None,
+    )
     committed = decide(ws, tx)
-    moves = moves_of(tx)
     if committed:
         # Runs already restored by an undo or purged have nothing left to place.
         runs = ws.catalog.tomb_runs(txid)
@@ -394,6 +400,8 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
             raise
         deleted, nbytes, skipped = result
         failpoint("apply.before_done")
+        if not deleted:  # nothing committed: rolled back and closed by _apply_phase
+            return report(None, [], 0, skipped)
         j.done(txid)
         # Purging is its own journaled transaction, after DONE: trash it cannot remove is a
         # warning, never a failure of the apply that just committed.
@@ -457,9 +465,24 @@ def _apply_phase(
         grace_until=begin.grace_until,
         trash_dir=store.describe(trash_tx_rel(txid)),
     )
-    dropped = ws.catalog.commit_delete(
-        info, lineage, runs, before_commit=lambda: failpoint("apply.before_commit")
-    )
+    try:
+        if not runs:  # every move failed
+            raise NothingDeleted({})
+        dropped = ws.catalog.commit_delete(
+            info, lineage, runs, before_commit=lambda: failpoint("apply.before_commit")
+        )
+    except NothingDeleted as nothing:
+        # Not an apply: the catalog committed nothing, so every directory goes home and the
+        # transaction is closed as rolled back (no txid row, no TRASH.json, nothing to undo).
+        j.abort(txid)
+        _, problems = reconcile(store, pf.moves, lambda r: False)
+        if problems:
+            raise problems_error(txid, problems) from None
+        store.drop_tx_dir(txid)
+        j.done(txid)
+        for rid, why in nothing.dropped.items():
+            skipped.append(SkippedEntry(rid, why, "plan again"))
+        return [], 0, skipped
     failpoint("apply.after_commit")
     # Moves whose run the catalog did not delete (changed since the plan) go back home. The
     # rest are in trash already: no need to look at 100k directories again.

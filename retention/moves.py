@@ -125,11 +125,38 @@ def move_all(
 
 
 def moves_of(tx: TxState) -> list[Move]:
-    out: list[Move] = []
+    """Every distinct intended move of ``tx``, in journal order. A move journaled twice (an
+    intents record replayed or duplicated) counts once: recovery is idempotent per intent."""
+    out: dict[Move, None] = {}
     for rec in tx.records:
         if rec.kind == txrecords.KIND_MOVES:
-            out.extend(txrecords.decode_moves(rec.payload).moves)
-    return out
+            out.update(dict.fromkeys(txrecords.decode_moves(rec.payload).moves))
+    return list(out)
+
+
+def intended_moves(tx: TxState, announced: int, acted: Callable[[], str | None]) -> list[Move]:
+    """The intents of an unfinished ``tx`` whose BEGIN announced ``announced`` moves, after
+    proving that none was lost.
+
+    Fewer readable intents than announced means the journal's tail lost them. That is a
+    torn write, safe to drop, only if their fsync never returned, and then nothing acted on
+    them: ``acted()`` looks at the disk for the opposite (returns what it found, or None).
+    If something did act on them, the journal is damaged, not torn: `RecoveryError`
+    (exit 7) before any decision is journaled or anything moves; never a guess.
+    """
+    moves = moves_of(tx)
+    if len(moves) < announced:
+        evidence = acted()
+        if evidence is not None:
+            raise RecoveryError(
+                f"the journal of {tx.txid} is damaged: its BEGIN announced {announced} intended"
+                f" moves but only {len(moves)} intents can be read, and {evidence}; recovery"
+                " stopped, nothing was changed",
+                hint="keep a copy of the journal; the transaction's TRASH.json lists every"
+                " original path, so its directories can be put back by hand before running"
+                " `retention recover` again",
+            )
+    return moves
 
 
 def problems_error(txid: str, problems: list[Problem]) -> RecoveryError:

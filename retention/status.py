@@ -14,6 +14,7 @@ from retention import txrecords
 from retention.config import Config
 from retention.durations import format_instant
 from retention.layout import StateLayout
+from retention.store import display, trash_problems
 from retention.tombstones import TrashCatalog
 
 
@@ -45,6 +46,7 @@ class StatusReport(msgspec.Struct, kw_only=True):
     undoable_bytes: int
     journal_error: str | None = None
     last_apply: dict[str, Any] | None = None
+    trash_problems: list[str] = []  # entries of .trash that are symlinks or not directories
 
 
 def unfinished_txids(state: StateLayout) -> list[str]:
@@ -110,6 +112,9 @@ def status(cfg: Config, now: datetime) -> StatusReport:
         undoable_runs=sum(t.runs for t in live),
         undoable_bytes=sum(t.bytes for t in live),
         last_apply=last,
+        trash_problems=[
+            f"{display(rel)} {why}" for rel, why in trash_problems(Path(cfg.artifact_root))
+        ],
     )
 
 

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from journal import fsio
 from retention.config import Config
-from retention.errors import ConfigError
+from retention.errors import ConfigError, StorageError
 from retention.layout import (
     TRASH_DIRNAME,
     is_trash_index_name,
@@ -36,6 +36,17 @@ from retention.layout import (
 
 class OutsideRoot(ValueError):
     """The artifact path is not inside the artifact root."""
+
+
+class UnsafeTrash(StorageError):
+    """A directory of the trash is not a plain directory inside the artifact root."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"refusing to use the trash: {what}; nothing was moved or removed through it",
+            hint="a symlink there could lead out of the artifact root: put the real directory"
+            " back (see its TRASH.json) or remove the link, then run the command again",
+        )
 
 
 @dataclass(frozen=True)
@@ -215,6 +226,7 @@ class LocalTrashStore(LocalStore):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self._dirty: set[bytes] = set()
+        self._tx_ok: set[bytes] = set()  # transaction directories checked by _verify_tx_dir
         self._trash_dev: int | None = None
         self._parent_dev: dict[bytes, int] = {}
 
@@ -232,7 +244,25 @@ class LocalTrashStore(LocalStore):
         if os.path.dirname(real) != self._real_root:
             raise OutsideRoot(f"{display(trash)} resolves outside the artifact root")
 
+    def _verify_tx_dir(self, rel: bytes) -> None:
+        """Before anything opens, moves from or removes a path under ``.trash/<txid>``:
+        refuse (`UnsafeTrash`) when that directory is not a plain directory (a symlink to a
+        directory elsewhere would carry directories from outside into the root, or remove
+        them). Absent is fine. Checked with ``lstat`` once per transaction directory and
+        again after every `sync` (so a batch never runs on a stale answer)."""
+        parts = rel.split(b"/", 2)
+        if len(parts) < 2 or parts[0] != _TRASH_B:
+            return
+        txdir = parts[0] + b"/" + parts[1]
+        if txdir in self._tx_ok:
+            return
+        problem = tx_dir_problem(self.abspath(txdir))
+        if problem is not None:
+            raise UnsafeTrash(f"{display(self.abspath(txdir))} {problem}")
+        self._tx_ok.add(txdir)
+
     def lexists(self, rel: bytes) -> bool:
+        self._verify_tx_dir(rel)
         return os.path.lexists(self.abspath(rel))
 
     def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
@@ -260,6 +290,8 @@ class LocalTrashStore(LocalStore):
         filesystem, ``FileExistsError`` if ``dst`` exists) and then changes nothing. Not
         durable until `sync`.
         """
+        self._verify_tx_dir(src)
+        self._verify_tx_dir(dst)
         a, b = self.abspath(src), self.abspath(dst)
         fsio.rename_noreplace(a, b)
         self._dirty.add(os.path.dirname(a))
@@ -272,12 +304,16 @@ class LocalTrashStore(LocalStore):
     def write_index(self, txid: str, data: bytes) -> None:
         """Create ``.trash/<txid>/`` and write its TRASH.json durably (before any move)."""
         self.ensure_dir(trash_tx_rel(txid))
+        self._verify_tx_dir(trash_tx_rel(txid))
         fsio.write_atomic(self.abspath(trash_index_rel(txid)), data, 0o644)
 
     def purge_tx(self, txid: str) -> None:
         """Remove ``.trash/<txid>`` and everything in it; a missing file is fine; never
         follows symlinks; a directory we may not write into is made writable by its owner
-        first (as ``rm -rf`` cannot). Not durable until `sync_trash`. Raises `OSError`."""
+        first (as ``rm -rf`` cannot). Not durable until `sync_trash`. Raises `OSError`,
+        or `UnsafeTrash` (nothing removed) when ``.trash/<txid>`` is a symlink."""
+        self._tx_ok.clear()  # look again now, right before removing
+        self._verify_tx_dir(trash_tx_rel(txid))
         _rmtree(self.abspath(trash_tx_rel(txid)))
 
     def sync_trash(self) -> None:
@@ -291,6 +327,8 @@ class LocalTrashStore(LocalStore):
         temp file a kill left while writing it), then fsync ``.trash``; returns whether it
         did. Anything else found there is left alone: we remove only what we put there.
         Idempotent (absent is fine)."""
+        self._tx_ok.clear()
+        self._verify_tx_dir(trash_tx_rel(txid))
         txdir = self.abspath(trash_tx_rel(txid))
         try:
             names = os.listdir(txdir)
@@ -314,7 +352,38 @@ class LocalTrashStore(LocalStore):
         for d in dirs:
             fsio.fsync_dir(d)
         self._dirty.clear()
+        self._tx_ok.clear()
         return len(dirs)
+
+
+def tx_dir_problem(path: bytes) -> str | None:
+    """Why ``path`` (a ``.trash/<txid>`` directory) must not be used, or None when it is a
+    plain directory or absent."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        return f"is a symlink (to {display(os.readlink(path))}), not a directory"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    return None
+
+
+def trash_problems(root: Path) -> list[tuple[bytes, str]]:
+    """Entries of ``<root>/.trash`` that are not plain directories: (relative path, why).
+    Read-only; for `retention check` and `retention status`."""
+    trash = os.fsencode(root) + b"/" + _TRASH_B
+    try:
+        names = sorted(os.listdir(trash))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    out = []
+    for name in names:
+        problem = tx_dir_problem(trash + b"/" + name)
+        if problem is not None:
+            out.append((_TRASH_B + b"/" + name, problem))
+    return out
 
 
 def require_artifact_root(cfg: Config) -> None:

@@ -57,6 +57,15 @@ CREATE TABLE IF NOT EXISTS {TOMB_RUNS} (
 """
 
 
+class NothingDeleted(Exception):
+    """`WritableCatalog.commit_delete` kept none of its runs, so it committed nothing (an
+    apply that deletes nothing is not an apply: no txid row, nothing to undo)."""
+
+    def __init__(self, dropped: dict[RunId, str]) -> None:
+        super().__init__(f"{len(dropped)} runs dropped at commit, none deleted")
+        self.dropped = dropped
+
+
 @dataclass(frozen=True)
 class TombRun:
     """A run about to be deleted: its expected row fingerprint and where its directory goes."""
@@ -163,8 +172,9 @@ class WritableCatalog(SqliteCatalog):
 
         A run whose rows changed since the plan (fingerprint differs or it is gone), or that is
         now protected, is left alone; the returned dict maps those run ids to the reason. Raises
-        `CatalogError` (after an explicit ROLLBACK) if the transaction cannot commit; then the
-        catalog is unchanged.
+        `CatalogError` (after an explicit ROLLBACK) if the transaction cannot commit, and
+        `NothingDeleted` (after a ROLLBACK) when no run is left to delete; then the catalog is
+        unchanged.
         """
         conn = self.conn
         cfg = self.cfg
@@ -200,6 +210,8 @@ class WritableCatalog(SqliteCatalog):
                     f"{base} AND NOT (CASE WHEN ({cfg.filter}) THEN 1 ELSE 0 END)"
                 ):
                     dropped.setdefault(rid, "no longer selected by catalog.filter")
+            if len(dropped) == len(expected):
+                raise NothingDeleted(dropped)
             if dropped:
                 conn.executemany(f"DELETE FROM {IDS_TABLE} WHERE id = ?", ((k,) for k in dropped))
             # Tombstones: runs table, then children, each one INSERT ... SELECT.

@@ -34,7 +34,13 @@ from retention.errors import (
 )
 from retention.failpoints import failpoint
 from retention.layout import trash_tx_rel
-from retention.moves import begin_with_intents, move_all, moves_of, problems_error, reconcile
+from retention.moves import (
+    begin_with_intents,
+    intended_moves,
+    move_all,
+    problems_error,
+    reconcile,
+)
 from retention.policy import RunId
 from retention.store import OutsideRoot, display
 from retention.txrecords import Begin, Move
@@ -283,10 +289,23 @@ def _drop_emptied_trash(ws: Workspace, target: str) -> None:
         ) from None
 
 
+def _moved_home_evidence(ws: Workspace, target: str) -> str | None:
+    """What shows that an undo of ``target`` moved a directory: a run still tombstoned in
+    trash whose directory has left trash for its home."""
+    store = ws.store
+    for rid, r in ws.catalog.tomb_runs(target).items():
+        if r["state"] != "trash" or r["trash"] is None or r["path"] is None:
+            continue
+        if not store.lexists(bytes(r["trash"])) and store.lexists(bytes(r["path"])):
+            return f"run {rid!r} is at home although the catalog still has it in trash"
+    return None
+
+
 def _recover_undo(ws: Workspace, tx: TxState, begin: Begin, now: datetime) -> Recovered:
+    moves = intended_moves(tx, begin.moves, lambda: _moved_home_evidence(ws, begin.targets[0]))
     committed = decide(ws, tx)
     restored = ws.catalog.restored_by(tx.txid) if committed else set()
-    moved, problems = reconcile(ws.store, moves_of(tx), lambda r: r not in restored)
+    moved, problems = reconcile(ws.store, moves, lambda r: r not in restored)
     if problems:
         raise problems_error(tx.txid, problems)
     if committed:

@@ -246,7 +246,8 @@ def apply_lines(r: object) -> list[str]:
         lines.append(
             "Nothing to apply: the manifest is empty."
             if not rep.skipped
-            else "Nothing to apply: no entry of the manifest can be deleted now."
+            else "Nothing was deleted: no entry of the manifest can be deleted now (nothing"
+            " committed, nothing to undo)."
         )
     else:
         skipped = f", {len(rep.skipped)} skipped" if rep.skipped else ""
@@ -383,3 +384,5 @@ def check_lines(rep: Any) -> list[str]:
         f"{plural(rep.runs_checked, 'run')} checked, {plural(len(rep.findings), 'finding')}."
     )
     return lines
+    for problem in rep.trash_problems:
+        lines.append(f"Unsafe trash entry (never followed; put the real directory back): {problem}")
