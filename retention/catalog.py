@@ -398,6 +398,63 @@ class SqliteCatalog:
         st = self.path.stat()
         return f"sqlite:{os.path.realpath(self.path)}#dev={st.st_dev},ino={st.st_ino}"
 
+    # -- what a plan touches (for `show` and `config --check`) ---------------------------
+
+    def total_rows(self, table: str) -> int:
+        """How many rows ``table`` holds (read-only)."""
+        return int(self.conn.execute(f"SELECT count(*) FROM {q(table)}").fetchone()[0])
+
+    def rows_of_loaded(self) -> dict[str, int]:
+        """For the runs table and each involved table, how many of its rows belong to the
+        loaded runs; a row reached from two runs, or along two paths, counts once (read-only).
+        """
+        cfg = self.cfg
+        counts = {
+            cfg.runs_table: int(
+                self.conn.execute(
+                    f"SELECT count(*) FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
+                    f" ON r.{q(cfg.id_column)} = ids.id"
+                ).fetchone()[0]
+            )
+        }
+        for inv in self.schema.children:
+            sql = f"SELECT count(DISTINCT __rowid) FROM ({self.child_select(inv, '1 AS __one')})"
+            counts[inv.table] = int(self.conn.execute(sql).fetchone()[0])
+        return counts
+
+    def declared_keys(self, table: str) -> dict[Hop, str]:
+        """The foreign keys ``table`` declares, as hops, each with its ON DELETE action
+        (``NO ACTION``, ``CASCADE``, ``SET NULL``...). Read-only."""
+        groups: dict[int, list[Any]] = {}
+        for row in self.conn.execute(f"PRAGMA foreign_key_list({q(table)})"):
+            groups.setdefault(row[0], []).append(row)
+        out: dict[Hop, str] = {}
+        for rows in groups.values():
+            rows.sort(key=lambda r: r[1])
+            parent = rows[0][2]
+            pcols = tuple(r[4] for r in rows if r[4])
+            if not pcols and parent in self.db.table_names():
+                pcols = tuple(self.db.table(parent).pks)
+            hop = Hop(table, tuple(r[3] for r in rows), parent, pcols)
+            out[hop] = str(rows[0][6])
+        return out
+
+    def run_like_columns(self) -> list[tuple[str, str]]:
+        """Columns, of tables no plan touches, named like a run id (the id column's name,
+        ``run_id``, ``run_uuid``, ``*_run_id``, ``*_run_uuid``): (table, column) pairs, for a
+        hint that a table may be missing from ``catalog.child_tables``. Read-only."""
+        involved = set(self.schema.involved_tables())
+        names = {self.cfg.id_column.lower(), "run_id", "run_uuid"}
+        found = []
+        for table in sorted(self.db.table_names()):
+            if table in involved or _ours(table):
+                continue
+            for col in self._columns(table):
+                low = col.lower()
+                if low in names or low.endswith(("_run_id", "_run_uuid")):
+                    found.append((table, col))
+        return found
+
 
 def _ours(table: str) -> bool:
     return table.startswith(OUR_PREFIX) or table.startswith("sqlite_")

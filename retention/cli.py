@@ -193,18 +193,30 @@ def show(ctx: click.Context, manifest: str, as_json: bool, top: int) -> None:
 @cli.command("config")
 @_config_opt
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Also open the catalog read-only, validate the configuration against it and list"
+    " every table a plan would touch, with row counts (exit 4 on a catalog problem).",
+)
 @click.pass_context
-def config_cmd(ctx: click.Context, as_json: bool) -> None:
+def config_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
     """Print the effective configuration and where each value came from."""
     cfg = _config(ctx)
+    tables = views.config_tables_report(cfg) if check else None
     if as_json:
-        sys.stdout.buffer.write(msgspec.json.encode(cfg, order="sorted") + b"\n")
+        data: Any = cfg if tables is None else {"config": cfg, "tables": tables}
+        sys.stdout.buffer.write(msgspec.json.encode(data, order="sorted") + b"\n")
         return
     click.echo(f"# config file: {cfg.config_file or '(none: built-in defaults)'}")
     rows = render_config(cfg)
     width = max(len(k) for k, _, _ in rows)
     for key, value, source in rows:
         click.echo(f"{key:<{width}}  {value}    # {source}")
+    if tables is not None:
+        click.echo("")
+        for line in views.tables_lines(tables):
+            click.echo(line)
 
 
 def _emit(report: object) -> None:

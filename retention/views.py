@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from journal import fsio
+from retention.catalog import Hop, SqliteCatalog
 from retention.config import Config
 from retention.durations import format_bytes, format_duration, human_instant, parse_instant, plural
 from retention.errors import StorageError
@@ -104,6 +105,167 @@ def _skipped_lines(skipped: list[SkippedEntry]) -> list[str]:
     return out
 
 
+class HopInfo(msgspec.Struct):
+    """One step from a table towards the runs table: ``table.columns`` references
+    ``parent.parent_columns``."""
+
+    table: str
+    columns: list[str]
+    parent: str
+    parent_columns: list[str]
+    found: str  # "foreign key", "child_tables", or "foreign key, child_tables"
+    on_delete: str | None  # the declared foreign key's ON DELETE action, if declared
+
+
+class TableInfo(msgspec.Struct):
+    """A table whose rows a plan deletes with their runs, how it was found, and its rows."""
+
+    table: str
+    depth: int  # 0: the runs table; 1: references it; 2: references a depth-1 table...
+    found: str  # "runs table", "foreign key", "child_tables", "foreign key, child_tables"
+    rows: int  # rows that belong to the runs counted (see TablesReport.rows_of)
+    total_rows: int  # rows in the table
+    paths: list[list[HopInfo]]  # every chain of hops from this table up to the runs table
+
+
+class NotIncluded(msgspec.Struct):
+    """A column named like a run id in a table that no plan touches."""
+
+    table: str
+    column: str
+
+
+class TablesReport(msgspec.Struct):
+    """Every table a plan touches (the runs table first, then by depth), for `show` and
+    `config --check`, so that a table missing from ``catalog.child_tables`` is noticed."""
+
+    rows_of: str  # which runs the ``rows`` counts are for
+    runs: int  # how many runs that is
+    tables: list[TableInfo]
+    not_included: list[NotIncluded]
+
+
+def _found(hop: Hop, cfg: Config, declared: dict[Hop, str]) -> str:
+    named = any(
+        hop
+        == Hop(
+            ct.table,
+            (ct.column,),
+            ct.parent_table or cfg.runs_table,
+            (ct.parent_column or cfg.id_column,),
+        )
+        for ct in cfg.child_tables
+    )
+    how = ["foreign key"] if hop in declared else []
+    return ", ".join([*how, "child_tables"] if named else how) or "foreign key"
+
+
+def tables_report(cat: SqliteCatalog, rows_of: str, runs: int) -> TablesReport:
+    """The tables a plan touches, with the rows of the runs loaded in ``cat`` (read-only)."""
+    cfg = cat.cfg
+    counts = cat.rows_of_loaded()
+    tables = [
+        TableInfo(
+            table=cfg.runs_table,
+            depth=0,
+            found="runs table",
+            rows=counts[cfg.runs_table],
+            total_rows=cat.total_rows(cfg.runs_table),
+            paths=[],
+        )
+    ]
+    declared: dict[Hop, str] = {}
+    seen: set[str] = set()
+    for inv in cat.schema.children:
+        for hop in (h for path in inv.paths for h in path if h.child not in seen):
+            seen.add(hop.child)
+            declared.update(cat.declared_keys(hop.child))
+        paths = [
+            [
+                HopInfo(
+                    hop.child,
+                    list(hop.child_cols),
+                    hop.parent,
+                    list(hop.parent_cols),
+                    _found(hop, cfg, declared),
+                    declared.get(hop),
+                )
+                for hop in path
+            ]
+            for path in inv.paths
+        ]
+        how = sorted({h.found for p in paths for h in p}, key=len)
+        found = "foreign key, child_tables" if len(how) > 1 else how[0]
+        tables.append(
+            TableInfo(
+                table=inv.table,
+                depth=inv.depth,
+                found=found,
+                rows=counts[inv.table],
+                total_rows=cat.total_rows(inv.table),
+                paths=paths,
+            )
+        )
+    unlisted = [NotIncluded(t, c) for t, c in cat.run_like_columns()]
+    return TablesReport(rows_of=rows_of, runs=runs, tables=tables, not_included=unlisted)
+
+
+def config_tables_report(cfg: Config) -> TablesReport:
+    """`config --check`: open the catalog read-only (which validates the configuration
+    against it: tables, columns, filter, protect, child_tables) and list the tables a plan
+    would touch, with the rows of the runs ``catalog.filter`` selects. Read-only."""
+    with SqliteCatalog(cfg, readonly=True) as cat:
+        ids = [item.id for item in cat.iter_items()]
+        cat.load_ids(ids)
+        if cfg.filter:
+            rows_of = f"the {plural(len(ids), 'run')} selected by catalog.filter"
+        else:
+            rows_of = f"all {plural(len(ids), 'run')}"
+        return tables_report(cat, rows_of, len(ids))
+
+
+def _hop_text(h: HopInfo) -> str:
+    cols = ", ".join(h.columns)
+    pcols = ", ".join(h.parent_columns)
+    action = f", ON DELETE {h.on_delete}" if h.on_delete not in (None, "NO ACTION") else ""
+    return f"{h.table}.{cols} -> {h.parent}.{pcols} ({h.found}{action})"
+
+
+def tables_lines(r: TablesReport) -> list[str]:
+    """Human lines for a `TablesReport`: one line per table, indented by its depth, with its
+    rows and the reference that ties it to its parent (one line per distinct reference; the
+    parent's own lines say how it reaches the runs table)."""
+    names = [("  " * t.depth) + t.table for t in r.tables]
+    width = max(len(n) for n in names)
+    rw = max(len(str(t.rows)) for t in r.tables)
+    tw = max(len(str(t.total_rows)) for t in r.tables)
+    lines = [
+        f"Tables a plan touches ({len(r.tables)}), with the rows of {r.rows_of}"
+        " / all rows in the table:"
+    ]
+    notes = []
+    for name, t in zip(names, r.tables, strict=True):
+        hops = list(dict.fromkeys(_hop_text(p[0]) for p in t.paths)) or ["the runs table"]
+        lead = f"  {name:<{width}}  {t.rows:>{rw}} / {t.total_rows:>{tw}}  "
+        lines.append(lead + hops[0])
+        lines += [" " * len(lead) + h for h in hops[1:]]
+        for h in dict.fromkeys((p[0].table, p[0].on_delete) for p in t.paths):
+            if h[1] in ("SET NULL", "SET DEFAULT", "RESTRICT"):
+                notes.append(
+                    f"Note: {h[0]} declares ON DELETE {h[1]}; retention deletes its rows with"
+                    " their run instead (undo brings them back)."
+                )
+    lines += notes
+    if r.not_included:
+        cols = ", ".join(f"{n.table}.{n.column}" for n in r.not_included)
+        lines.append(f"Not touched, though named like a run id: {cols}.")
+        lines.append(
+            "  Hint: if those rows belong to a run, name their table in catalog.child_tables"
+            " (for a table that references another child table, with parent_table)"
+        )
+    return lines
+
+
 @dataclass
 class Verified:
     """A verified manifest and where it stands against the catalog today."""
@@ -111,6 +273,7 @@ class Verified:
     payload: Payload
     applied_by: list[str]  # applies that already committed this manifest
     gone: int  # entries whose run is no longer in the catalog
+    tables: TablesReport  # the rows its runs have today in every table a plan touches
 
 
 def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
@@ -120,7 +283,9 @@ def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
         payload = verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
         cat.load_ids(e.run_id for e in payload.entries)
         gone = len(payload.entries) - len(cat.existing_ids())
-        return Verified(payload, cat.applied_by_manifest(payload.manifest_id), gone)
+        n = len(payload.entries)
+        tables = tables_report(cat, f"this manifest's {plural(n, 'run')}", n)
+        return Verified(payload, cat.applied_by_manifest(payload.manifest_id), gone, tables)
 
 
 class Group(msgspec.Struct):
@@ -159,6 +324,7 @@ class ShowReport(msgspec.Struct):
     by_reason: list[Group]
     by_directory: list[DirGroup]
     largest: list[Largest]
+    tables: TablesReport
 
 
 def show_report(v: Verified, top: int) -> ShowReport:
@@ -191,6 +357,7 @@ def show_report(v: Verified, top: int) -> ShowReport:
         by_reason=[Group(r, c, b) for r, (c, b) in sorted(groups.items())],
         by_directory=[DirGroup(d, c, b) for d, (c, b) in sorted(dirs.items())],
         largest=[Largest(e.run_id, e.path, e.bytes) for e in largest],
+        tables=v.tables,
     )
 
 
@@ -216,7 +383,7 @@ def show_lines(v: Verified, top: int, name: str) -> list[str]:
         for e in r.largest:
             where = "" if e.path == str(e.run_id) else f"  {e.path or '(no artifacts)'}"
             lines.append(f"  {format_bytes(e.bytes):>10}  {e.run_id}{where}")
-    lines.append("")
+    lines += ["", *tables_lines(r.tables), ""]
     if r.already_applied_by:
         lines.append(
             f"Already applied by {', '.join(r.already_applied_by)}: apply would do nothing."

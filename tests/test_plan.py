@@ -180,7 +180,13 @@ def test_show_groups_by_reason_and_lists_the_largest_entries(workspace: Path) ->
     assert lines[6:8] == ["", "Largest 3:"]
     # The path is shown only where it differs from the run id (not in this layout).
     assert lines[8:11] == [f"  {format_bytes(e['bytes']):>10}  {e['run_id']}" for e in largest]
-    assert lines[11:] == ["", "Apply with: retention apply m.json"]
+    # Then every table the plan touches (tests/test_tables_listing.py), then how to apply.
+    assert lines[11:13] == [
+        "",
+        "Tables a plan touches (2), with the rows of this manifest's 30"
+        " runs / all rows in the table:",
+    ]
+    assert lines[-2:] == ["", "Apply with: retention apply m.json"]
     assert largest[0]["bytes"] >= largest[1]["bytes"] >= largest[2]["bytes"]
 
 
