@@ -26,6 +26,8 @@ from urllib.parse import quote
 import msgspec
 import sqlite_utils
 
+from journal import FsyncError
+from journal.fsio import fsync_dir
 from retention.config import (
     EXPRESSION_HINT,
     TEMPLATE_HINT,
@@ -34,7 +36,13 @@ from retention.config import (
     template_problem,
 )
 from retention.durations import parse_stored_time
-from retention.errors import CatalogError, ConfigError
+from retention.errors import (
+    CatalogError,
+    ConfigError,
+    StorageError,
+    hot_journal_error,
+    is_hot_journal,
+)
 from retention.policy import Item, RunId
 
 OUR_PREFIX = "_retention_"
@@ -119,6 +127,10 @@ class SqliteCatalog:
             self.conn = sqlite3.connect(
                 uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
             )
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
+        try:
+            # Pragmas first, before any statement of ours reads the database.
             self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             if not readonly:
                 # Our connection only: the catalog's journal mode belongs to the application
@@ -130,9 +142,39 @@ class SqliteCatalog:
                 self.conn.execute("PRAGMA synchronous = EXTRA")
             self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if is_hot_journal(exc):  # mode=ro met an interrupted transaction: exit 7
+                raise hot_journal_error(self.path) from None
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
+        if not readonly:
+            self._sync_directory()
         self.db = sqlite_utils.Database(self.conn)
         self.schema = self._load_schema()
+
+    def _sync_directory(self) -> None:
+        """fsync the catalog's directory, once, after the read-write open.
+
+        A hot rollback journal (a writer, any writer, interrupted by a crash or power cut)
+        is rolled back by the first statement that reads the database, and ``PRAGMA
+        synchronous`` itself loads the schema: SQLite unlinks that journal while the level
+        is still the default, without fsyncing the directory. A power loss could then bring
+        the journal back, to be played back again over whatever was written since; this
+        fsync makes its removal durable before we write anything. Done on every read-write
+        open: whether a journal was rolled back is not something SQLite reports.
+        """
+        directory = self.path.absolute().parent
+        try:
+            fsync_dir(directory)
+        except FsyncError:
+            self.conn.close()
+            raise  # fatal, never retried; the CLI says so (exit 7)
+        except OSError as exc:
+            self.conn.close()
+            raise StorageError(
+                f"cannot fsync the catalog's directory {directory}: {exc.strerror or exc}",
+                hint="retention needs to open the catalog's directory to make SQLite's"
+                " rollback of an interrupted transaction durable; fix its permissions",
+            ) from None
 
     def close(self) -> None:
         self.conn.close()

@@ -76,6 +76,12 @@ class RecoveryError(RetentionError):
     exit_code = 7
 
 
+class CatalogNeedsRecovery(CatalogError, RecoveryError):
+    """The catalog holds an interrupted transaction."""
+
+    exit_code = 7
+
+
 class StorageError(RetentionError):
     """A filesystem operation failed."""
 
@@ -103,10 +109,38 @@ _ERRNO_TEXT = {
 }
 
 
+def is_hot_journal(exc: sqlite3.Error) -> bool:
+    """SQLite refused a read because a hot rollback journal must be rolled back first and
+    this connection is read-only (``mode=ro``): SQLITE_READONLY_ROLLBACK. Its text, "attempt
+    to write a readonly database", is shared with real permission problems, so only the
+    extended code tells them apart."""
+    return (
+        getattr(exc, "sqlite_errorname", None) == "SQLITE_READONLY_ROLLBACK"
+        or getattr(exc, "sqlite_errorcode", None) == 776  # SQLITE_READONLY | (3 << 8)
+    )
+
+
+def hot_journal_error(path: object = None) -> CatalogNeedsRecovery:
+    """A read-only command met a hot rollback journal (an interrupted write transaction of
+    any writer, e.g. the application after a power cut). Exit 7: ``retention recover``
+    opens the catalog read-write, which lets SQLite roll the transaction back."""
+    where = f"catalog {path}" if path is not None else "the catalog"
+    journal = f", {path}-journal," if path is not None else ""
+    return CatalogNeedsRecovery(
+        f"{where} holds an interrupted transaction (a hot rollback journal{journal} left by"
+        " a writer that stopped in the middle of a write); a read-only command cannot roll"
+        " it back",
+        hint="run `retention recover` (it opens the catalog read-write, so SQLite rolls the"
+        " unfinished transaction back; committed data is kept), then run this command again",
+    )
+
+
 def catalog_error(exc: sqlite3.Error, path: object = None) -> CatalogError:
     """The one mapping of an SQLite error to what the operator reads."""
     text = str(exc)
     where = f"catalog {path}" if path is not None else "the catalog"
+    if is_hot_journal(exc):
+        return hot_journal_error(path)
     if "locked" in text or "busy" in text:
         return CatalogError(
             f"{where} is busy (another writer holds it): {text}",
