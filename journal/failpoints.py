@@ -10,11 +10,15 @@ Contract:
   ``os._exit(FAILPOINT_EXIT_CODE)`` at once: no flush, no atexit, no finally blocks, which is
   the closest a test can get to a power cut without a VM.
 * The environment is read at every call, so tests may change it between calls.
+* ``FAILPOINT_PAUSE=name[@N]`` with ``FAILPOINT_PAUSE_DIR=DIR`` pauses instead of exiting:
+  the process creates ``DIR/paused`` and waits (up to 120 s) until ``DIR/resume`` exists,
+  so a test can act at exactly that step (take a lock another process will meet, say).
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
 
 FAILPOINT_EXIT_CODE = 86
@@ -76,6 +80,20 @@ def failpoint(name: str) -> None:
         armed, nth = _parse_armed(spec)
         if armed == name and _hits[name] == nth:
             os._exit(FAILPOINT_EXIT_CODE)
+    pause = os.environ.get("FAILPOINT_PAUSE")
+    if pause:
+        armed, nth = _parse_armed(pause)
+        if armed == name and _hits[name] == nth:
+            _pause(os.environ["FAILPOINT_PAUSE_DIR"])
+
+
+def _pause(directory: str) -> None:
+    with open(os.path.join(directory, "paused"), "w", encoding="utf-8"):
+        pass
+    resume = os.path.join(directory, "resume")
+    deadline = time.monotonic() + 120
+    while not os.path.exists(resume) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def hits() -> dict[str, int]:

@@ -72,6 +72,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     sources: dict[str, str]
     allow_missing_dirs: bool = False
     allow_remove_all: bool = False
+    busy_timeout: str = "5s"  # how long a write to the catalog waits for another writer
+
+    @property
+    def busy_timeout_ms(self) -> int:
+        return int(parse_duration(self.busy_timeout).total_seconds() * 1000)
 
     @property
     def grace_seconds(self) -> int:
@@ -312,6 +317,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("catalog.time_format", "time_format", "auto", _time_format),
     Setting("catalog.filter", "filter", None, _expression),
     Setting("catalog.protect", "protect", None, _expression),
+    Setting("catalog.busy_timeout", "busy_timeout", "5s", _required_duration),
     Setting(
         "catalog.child_tables",
         "child_tables",

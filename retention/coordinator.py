@@ -50,6 +50,7 @@ from retention.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
     ManifestRejected,
+    RecoveryError,
     RetentionError,
     from_environment,
 )
@@ -66,7 +67,7 @@ from retention.moves import (
 from retention.policy import RunId
 from retention.reports import SkippedEntry
 from retention.store import OutsideRoot, ancestors, text_and_raw
-from retention.tombstones import NothingDeleted, TombRun, TxInfo
+from retention.tombstones import CommitRefused, NothingDeleted, TombRun, TxInfo
 from retention.txrecords import Begin, Move
 from retention.workspace import Workspace, open_workspace
 
@@ -396,12 +397,14 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         try:
             result = _apply_phase(ws, txid, payload, pf, begin, lineage, now)
         except BaseException as exc:
-            _try_roll_back(ws, txid, now, exc)
-            raise
+            instead = roll_back_now(ws, txid, now, exc, "nothing was deleted")
+            if instead is None:
+                raise
+            raise instead from None
         deleted, nbytes, skipped = result
-        failpoint("apply.before_done")
         if not deleted:  # nothing committed: rolled back and closed by _apply_phase
             return report(None, [], 0, skipped)
+        failpoint("apply.before_done")
         j.done(txid)
         # Purging is its own journaled transaction, after DONE: trash it cannot remove is a
         # warning, never a failure of the apply that just committed.
@@ -498,16 +501,41 @@ def _apply_phase(
     return ids, sum(pf.bytes_by_run[r] for r in ids), skipped
 
 
-def _try_roll_back(ws: Workspace, txid: str, now: datetime, exc: BaseException) -> None:
-    """After an error in the apply phase: let recovery decide now, in-process. If that fails
-    too, the journal keeps the transaction for the next `retention recover`. Not after a
-    failed fsync: that is fatal and never retried, so the next process must look afresh."""
+def roll_back_now(
+    ws: Workspace, txid: str, now: datetime, exc: BaseException, undone: str
+) -> RetentionError | None:
+    """After an error before an apply's or undo's decision: roll the transaction back now,
+    in this process, and return the error to raise instead of ``exc`` (None: raise ``exc``).
+
+    A catalog that refused the commit (`CommitRefused`) certainly did not commit, so the
+    abort is journaled without asking it (it may still be locked); otherwise recovery asks
+    the catalog as usual. If the roll-back cannot finish, the error says plainly that the
+    transaction is interrupted and `retention recover` finishes it. Never after a failed
+    fsync: that is fatal and never retried, so the next process must look afresh.
+    ``undone`` says what did not happen ("nothing was deleted").
+    """
     if isinstance(exc, FsyncError):
-        return
-    with contextlib.suppress(Exception):
+        return None
+    try:
         tx = ws.journal.transactions().get(txid)
-        if tx is not None and tx.status is not TxStatus.DONE:
-            recover_tx(ws, tx, now)
+        if tx is None or tx.status is TxStatus.DONE:
+            return None
+        if isinstance(exc, CommitRefused) and tx.status is TxStatus.ACTIVE:
+            ws.journal.abort(txid)
+            tx = ws.journal.transactions()[txid]
+        recover_tx(ws, tx, now)
+    except Exception as err:
+        why = err.message if isinstance(err, RetentionError) else str(err)
+        first = exc.message if isinstance(exc, RetentionError) else str(exc)
+        return RecoveryError(
+            f"{first}; the roll-back did not finish either ({why}): transaction {txid} is"
+            " interrupted",
+            hint="run `retention recover` once the cause is fixed: it finishes or rolls back"
+            " the transaction, guided by the journal and the catalog",
+        )
+    if isinstance(exc, RetentionError):
+        return type(exc)(f"{exc.message}; rolled back: {undone}", hint=exc.hint)
+    return None
 
 
 def _save_last(ws: Workspace, rep: ApplyReport) -> None:

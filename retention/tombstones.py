@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from retention.catalog import IDS_TABLE, SqliteCatalog, q
-from retention.errors import catalog_error
+from retention.durations import format_duration
+from retention.errors import CatalogError, catalog_error
 from retention.policy import RunId
 
 TX_TABLE = "_retention_tx"
@@ -55,6 +57,12 @@ CREATE TABLE IF NOT EXISTS {TOMB_RUNS} (
     PRIMARY KEY (txid, run_id)
 );
 """
+
+
+class CommitRefused(CatalogError):
+    """The catalog refused the transaction, and certainly did not commit it (it was rolled
+    back before COMMIT, or COMMIT itself was refused as busy): the caller may roll back
+    its own side without asking the catalog, which may still be locked."""
 
 
 class NothingDeleted(Exception):
@@ -120,18 +128,27 @@ class WritableCatalog(SqliteCatalog):
 
     def __init__(self, cfg: Any, *, readonly: bool = False) -> None:
         super().__init__(cfg, readonly=readonly)
+        # How long our writes wait for the application's (catalog.busy_timeout).
+        self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
 
     def _commit_tx(self, body: Any, before_commit: Any) -> Any:
-        """Run ``body()`` inside BEGIN IMMEDIATE ... COMMIT; roll back explicitly on any error."""
+        """Run ``body()`` inside BEGIN IMMEDIATE ... COMMIT; roll back explicitly on any error.
+
+        Raises `CommitRefused` when the catalog certainly did not commit (any error before
+        COMMIT, or COMMIT refused as busy), `CatalogError` when COMMIT itself failed
+        otherwise (an I/O error: whether it committed is for recovery to ask)."""
         conn = self.conn
+        t0 = time.monotonic()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise catalog_error(exc, self.path) from None
+            raise self._refused(exc, t0) from None
+        committing = False
         try:
             result = body()
             if before_commit is not None:
                 before_commit()
+            committing = True
             conn.execute("COMMIT")
             return result
         except BaseException as exc:
@@ -140,8 +157,24 @@ class WritableCatalog(SqliteCatalog):
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+                if not committing or code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                    raise self._refused(exc, t0) from None
                 raise catalog_error(exc, self.path) from None
             raise
+
+    def _refused(self, exc: sqlite3.Error, t0: float) -> CommitRefused:
+        err = catalog_error(exc, self.path)
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            waited = format_duration(time.monotonic() - t0)
+            return CommitRefused(
+                f"catalog {self.path} is busy: another writer held it longer than"
+                f" catalog.busy_timeout ({self.cfg.busy_timeout}; waited {waited})",
+                hint="retry when the application's write finishes, or raise"
+                " catalog.busy_timeout (RETENTION_BUSY_TIMEOUT)",
+            )
+        return CommitRefused(err.message, hint=err.hint)
 
     def tx_row(self, txid: str) -> dict[str, Any] | None:
         """The recorded row of a transaction, or None if the catalog never committed it."""
@@ -474,8 +507,8 @@ class TrashCatalog(WritableCatalog):
         """
         conn = self.conn
         tables = self._restore_tables()
-        key_tables = {t for t in tables if self._rowid_is_key(t)}
-        tombs = set(_tomb_tables(conn))
+        key_tables: set[str] = set()
+        tombs: set[str] = set()
 
         def restore(ids: list[RunId]) -> None:
             self.load_ids(ids)
@@ -520,6 +553,9 @@ class TrashCatalog(WritableCatalog):
                 conn.execute(f"DELETE FROM {q(tomb)} WHERE {sel}", (target,))
 
         def body() -> dict[RunId, str]:
+            # Read inside the transaction: a locked catalog refuses the commit as a whole.
+            key_tables.update(t for t in tables if self._rowid_is_key(t))
+            tombs.update(_tomb_tables(conn))
             refused: dict[RunId, str] = {}
             restored: list[RunId] = [rid for g in groups for rid in g]
             conn.execute("SAVEPOINT restore_all")

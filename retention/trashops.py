@@ -22,7 +22,14 @@ import msgspec
 from journal import FsyncError, TxState
 from retention import txrecords
 from retention.config import Config
-from retention.coordinator import Recovered, compact, decide, new_txid, recover_all
+from retention.coordinator import (
+    Recovered,
+    compact,
+    decide,
+    new_txid,
+    recover_all,
+    roll_back_now,
+)
 from retention.durations import format_instant, parse_instant
 from retention.errors import (
     EXIT_OK,
@@ -244,11 +251,10 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
                 before_commit=lambda: failpoint("undo.before_commit"),
             )
         except BaseException as exc:
-            if not isinstance(exc, FsyncError):  # a failed fsync is never retried
-                with contextlib.suppress(Exception):
-                    tx = j.transactions()[utxid]
-                    _recover_undo(ws, tx, begin, now)
-            raise
+            instead = roll_back_now(ws, utxid, now, exc, "nothing was restored")
+            if instead is None:
+                raise
+            raise instead from None
         failpoint("undo.after_commit")
         conflicts.update(refused)
         restored = cat.restored_by(utxid)
