@@ -47,7 +47,6 @@ from retention.policy import Item, RunId
 
 OUR_PREFIX = "_retention_"
 IDS_TABLE = "temp._retention_ids"
-BUSY_TIMEOUT_MS = 5000
 
 
 def q(name: str) -> str:
@@ -125,13 +124,14 @@ class SqliteCatalog:
         uri = "file:" + quote(str(self.path.absolute())) + ("?mode=ro" if readonly else "?mode=rw")
         try:
             self.conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000
+                uri, uri=True, isolation_level=None, timeout=cfg.busy_timeout_ms / 1000
             )
         except sqlite3.DatabaseError as exc:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
         try:
             # Pragmas first, before any statement of ours reads the database.
-            self.conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # How long we wait for the application's writers (catalog.busy_timeout).
+            self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
             if not readonly:
                 # Our connection only: the catalog's journal mode belongs to the application
                 # and is never changed. EXTRA, not FULL: in rollback-journal (DELETE) mode the

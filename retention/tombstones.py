@@ -128,8 +128,6 @@ class WritableCatalog(SqliteCatalog):
 
     def __init__(self, cfg: Any, *, readonly: bool = False) -> None:
         super().__init__(cfg, readonly=readonly)
-        # How long our writes wait for the application's (catalog.busy_timeout).
-        self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
 
     def _commit_tx(self, body: Any, before_commit: Any) -> Any:
         """Run ``body()`` inside BEGIN IMMEDIATE ... COMMIT; roll back explicitly on any error.
