@@ -5,10 +5,10 @@ The store is built once per module by ``examples/mlflow/make_sample.py`` through
 test. The real ``retention`` executable runs plan, apply, undo, apply again (a new plan) and
 ``purge --all`` with ``examples/mlflow/retention.toml``; after each step the store is read
 back through ``MlflowClient`` only (search_runs over every view type, get_run, metric
-histories, logged models, list_artifacts and the artifact files' contents), and the
-SQLite file is checked for dangling rows: ``PRAGMA foreign_key_check`` and the references
-MLflow does not declare (inputs -> runs, input_tags -> inputs, entity_associations -> runs,
-latest_metrics <-> metrics).
+histories, logged models, linked traces, list_artifacts and the artifact files' contents),
+and the SQLite file is checked for dangling rows: ``PRAGMA foreign_key_check`` and the
+references MLflow does not declare (inputs -> runs, input_tags -> inputs,
+entity_associations -> runs, latest_metrics <-> metrics).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ UNDECLARED = {
         "SELECT count(*) FROM input_tags WHERE input_uuid NOT IN (SELECT input_uuid FROM inputs)"
     ),
     "entity_associations.destination_id -> runs": (
-        "SELECT count(*) FROM entity_associations WHERE destination_type = 'RUN'"
+        "SELECT count(*) FROM entity_associations WHERE destination_type = 'run'"
         " AND destination_id NOT IN (SELECT run_uuid FROM runs)"
     ),
     "latest_metrics without metrics": (
@@ -80,6 +80,7 @@ def quiet_mlflow() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
         mp.setenv("DO_NOT_TRACK", "true")
+        mp.setenv("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
         yield
 
 
@@ -159,6 +160,7 @@ class Snapshot:
     views: dict[str, list[str]]  # view type -> run ids search_runs finds
     runs: dict[str, dict[str, Any]]  # run id -> everything the client tells about it
     models: dict[str, Any]  # logged model id -> source run and metrics (with their run ids)
+    traces: list[str]  # every trace of the experiments (they stay when a linked run goes)
 
 
 def _client(store: Store) -> Any:
@@ -180,6 +182,13 @@ def _artifacts(client: Any, run_id: str) -> dict[str, Any]:
         }
     assert sorted({name.split("/")[0] for name in files}) == [path for path, _, _ in listed]
     return {"listed": listed, "files": files}
+
+
+def _traces(client: Any, store: Store, run_id: str | None) -> list[str]:
+    """Ids of the traces linked to a run (or of every trace of the experiments)."""
+    found = client.search_traces(locations=store.experiments, run_id=run_id, max_results=500)
+    assert found.token is None
+    return sorted(t.info.trace_id for t in found)
 
 
 def read_store(store: Store) -> Snapshot:
@@ -209,6 +218,7 @@ def read_store(store: Store) -> Snapshot:
             "run": run.to_dictionary(),
             "history": history,
             "artifacts": _artifacts(client, run_id),
+            "traces": _traces(client, store, run_id),
         }
     models = {
         m.model_id: (
@@ -217,7 +227,7 @@ def read_store(store: Store) -> Snapshot:
         )
         for m in client.search_logged_models(store.experiments)
     }
-    return Snapshot(views, runs, models)
+    return Snapshot(views, runs, models, _traces(client, store, None))
 
 
 def assert_removed(store: Store, removed: list[str], before: Snapshot) -> None:
@@ -233,6 +243,8 @@ def assert_removed(store: Store, removed: list[str], before: Snapshot) -> None:
             assert client.get_metric_history(run_id, key) == []
         with pytest.raises(MlflowException):
             client.list_artifacts(run_id)
+        with pytest.raises(MlflowException):  # search_traces(run_id=...) looks the run up
+            _traces(client, store, run_id)
         exp = before.runs[run_id]["run"]["info"]["experiment_id"]
         assert not store.run_dir(exp, run_id).exists()
 
@@ -256,6 +268,7 @@ def assert_as_after_apply(store: Store, before: Snapshot) -> None:
         mid: (src, [m for m in metrics if m[4] not in removed])
         for mid, (src, metrics) in before.models.items()
     }
+    assert after.traces == before.traces
     assert_no_dangling(store)
 
 
@@ -343,7 +356,9 @@ def test_plan_apply_undo_apply_purge_read_back_through_mlflow(store: Store) -> N
     assert any(before.models.values()), "the sample logs models with metrics"
     assert_no_dangling(store)
     expected_rows = rows_of(store, store.deleted_old)
-    assert expected_rows["input_tags"] > 0 and expected_rows["logged_model_metrics"] > 0
+    for table in ("input_tags", "logged_model_metrics", "entity_associations"):
+        assert expected_rows[table] > 0, table
+    assert any(before.runs[r]["traces"] for r in store.deleted_old)
 
     # plan: read-only, exactly the soft-deleted runs older than 30 days.
     untouched = (digest(store.db), tree(store.dir / "mlruns"))

@@ -3,14 +3,15 @@
     python make_sample.py                  # mlruns.db and mlruns/ beside this script
     python make_sample.py --dir /tmp/store --runs 200
 
-The store is what `mlflow server --backend-store-uri sqlite:///mlruns.db` keeps: an SQLite
-database created by MLflow's migrations, and an artifact tree at
-``mlruns/<experiment_id>/<run_uuid>/artifacts/``. Everything is written through
+The store is what a ``sqlite:///mlruns.db`` tracking URI keeps: an SQLite database created
+by MLflow's migrations, and an artifact tree at ``mlruns/<experiment_id>/<run_uuid>/artifacts/``
+(``mlflow server`` serves artifacts from ``./mlartifacts`` by default, with the same layout
+under it: point ``artifacts.root`` there). Everything is written through
 `mlflow.tracking.MlflowClient` (needs ``mlflow-skinny``, ``sqlalchemy`` and ``alembic``):
 a few experiments, runs with params, tags, metric histories, a logged dataset input (rows in
-``inputs`` and ``input_tags``), a few artifact files, and for some runs a logged model that
-the run outputs (``inputs`` rows with ``source_id`` = the run, ``logged_model_metrics``) or
-takes as input.
+``inputs`` and ``input_tags``), a few artifact files, for some runs a logged model that the
+run outputs (``inputs`` rows with ``source_id`` = the run, ``logged_model_metrics``) or takes
+as input, and for some a trace linked to the run (``entity_associations``).
 
 Run ``i`` (0-based) is soft-deleted with ``client.delete_run`` when ``i % 3 == 1``, and its
 ``deleted_time`` is then moved to ``--deleted-days-ago`` days back (MLflow stamps "now";
@@ -41,6 +42,9 @@ def _quiet_mlflow() -> None:
     # No network here and none wanted: MLflow 3 sends usage telemetry unless told not to.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("DO_NOT_TRACK", "true")
+    # Traces are exported by a background thread unless this is off; the store must hold
+    # them before the run they are linked to is soft-deleted.
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -73,6 +77,7 @@ def build(
     if db.exists():
         raise SystemExit(f"{db} exists already; remove it (and mlruns/) or pick another --dir")
     _quiet_mlflow()
+    import mlflow
     from mlflow.entities import (
         Dataset,
         DatasetInput,
@@ -92,8 +97,10 @@ def build(
     deleted_at: dict[str, int] = {}
     # A sqlite:/// store puts artifacts under ./mlruns of the current directory: that is
     # MLflow's default artifact root, so the layout is the one users have.
+    previous_uri = mlflow.get_tracking_uri()
     with contextlib.chdir(out):
         client = MlflowClient(tracking_uri=f"sqlite:///{db}")
+        mlflow.set_tracking_uri(f"sqlite:///{db}")  # where the tracer exports traces
         exp_ids = [client.create_experiment(f"sample-{n}") for n in range(experiments)]
         datasets = {
             e: Dataset(
@@ -156,6 +163,10 @@ def build(
                 client.log_outputs(rid, [LoggedModelOutput(model.model_id, step=7)])
                 client.log_metric(rid, "val_loss", 0.25, timestamp=start, model_id=model.model_id)
                 last_model[exp] = model.model_id
+            if i % 4 == 1:  # a trace linked to the run (entity_associations: trace -> run)
+                span = client.start_trace(f"query-{i}", experiment_id=exp, inputs={"q": i})
+                client.end_trace(span.trace_id, outputs={"answer": i})
+                client.link_traces_to_run([span.trace_id], rid)
             client.set_terminated(rid, "FINISHED", end_time=start + 60_000)
             state = state_of(i)
             by_state[state].append(rid)
@@ -163,6 +174,7 @@ def build(
                 client.delete_run(rid)
                 days = deleted_days_ago if state == "deleted_old" else 2
                 deleted_at[rid] = now_ms - days * DAY_MS
+    mlflow.set_tracking_uri(previous_uri)
     # MLflow stamps deleted_time with "now"; age the deletions as if they had happened then.
     con = sqlite3.connect(db)
     with con:
