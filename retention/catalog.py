@@ -54,14 +54,23 @@ def q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+# What a reference to a deleted row does, by its declared ON DELETE action (see
+# `SqliteCatalog._load_schema`): the referencing row is owned (deleted with it), set, or
+# keeps the referenced run. A reference named in catalog.child_tables is owned.
+OWNED, SET_NULL, SET_DEFAULT, BLOCKS = "delete", "set null", "set default", "blocks"
+
+
 @dataclass(frozen=True)
 class Hop:
-    """``child.child_cols`` references ``parent.parent_cols``."""
+    """``child.child_cols`` references ``parent.parent_cols``. ``action`` is the declared
+    ON DELETE action ("CONFIGURED" for a reference named in catalog.child_tables); it
+    does not take part in equality."""
 
     child: str
     child_cols: tuple[str, ...]
     parent: str
     parent_cols: tuple[str, ...]
+    action: str = field(default="CONFIGURED", compare=False)
 
 
 @dataclass
@@ -80,6 +89,12 @@ class Schema:
     id_column: str
     runs_columns: list[str]
     children: list[Involved]  # parents before children (restore order); reverse to delete
+    # References to owned rows that are not ownership: SET NULL / SET DEFAULT ones (the
+    # referencing row stays, its columns are set) and blocking ones (RESTRICT, and NO
+    # ACTION when catalog.no_action = "blocks": a run referenced by a row that stays is
+    # kept).
+    setters: list[Hop] = field(default_factory=list)
+    blockers: list[Hop] = field(default_factory=list)
 
     def involved_tables(self) -> list[str]:
         return [self.runs_table, *(c.table for c in self.children)]
@@ -253,6 +268,9 @@ class SqliteCatalog:
                     raise CatalogError(
                         f"table {t!r} has no column {col!r} (named in catalog.child_tables)"
                     )
+        actions = {t: self._on_delete(t) for t in fks}
+        setters: list[Hop] = []
+        blockers: list[Hop] = []
         depth = 0
         while frontier and depth < 16:
             depth += 1
@@ -267,14 +285,23 @@ class SqliteCatalog:
                         pcols = tuple(c for c in fk.other_columns if c) or tuple(
                             self.db.table(parent).pks
                         )
-                        hops.append(Hop(child, cols, parent, pcols))
+                        act = actions[child].get((cols, parent), "NO ACTION")
+                        hops.append(Hop(child, cols, parent, pcols, act))
+                configured = []
                 for ct in extra:
                     if (ct.parent_table or cfg.runs_table) == parent:
                         pcol = ct.parent_column or cfg.id_column
-                        hop = Hop(ct.table, (ct.column,), parent, (pcol,))
-                        if hop not in hops:
-                            hops.append(hop)
+                        configured.append(Hop(ct.table, (ct.column,), parent, (pcol,)))
+                # Named in config: ownership, whatever is declared.
+                hops = [h for h in hops if h not in configured] + configured
+                owned = []
                 for hop in hops:
+                    kind = self._kind(hop)
+                    if kind == OWNED:
+                        owned.append(hop)
+                    elif hop not in (setters if kind in (SET_NULL, SET_DEFAULT) else blockers):
+                        (setters if kind in (SET_NULL, SET_DEFAULT) else blockers).append(hop)
+                for hop in owned:
                     if any(h.child == hop.child for h in path) or hop.child == cfg.runs_table:
                         continue  # a cycle
                     inv = involved.setdefault(hop.child, Involved(hop.child, depth))
@@ -294,7 +321,50 @@ class SqliteCatalog:
                     f"table {inv.table!r} is a WITHOUT ROWID table, which retention does not"
                     " support yet"
                 ) from None
-        return Schema(cfg.runs_table, cfg.id_column, runs_cols, children)
+        return Schema(cfg.runs_table, cfg.id_column, runs_cols, children, setters, blockers)
+
+    def _on_delete(self, table: str) -> dict[tuple[tuple[str, ...], str], str]:
+        """The ON DELETE action of each foreign key ``table`` declares, keyed by (its
+        columns, the parent table)."""
+        groups: dict[int, list[Any]] = {}
+        for row in self.conn.execute(f"PRAGMA foreign_key_list({q(table)})"):
+            groups.setdefault(row[0], []).append(row)
+        out = {}
+        for rows in groups.values():
+            rows.sort(key=lambda r: r[1])
+            out[(tuple(r[3] for r in rows), rows[0][2])] = str(rows[0][6]).upper()
+        return out
+
+    def _kind(self, hop: Hop) -> str:
+        """What deleting the referenced row does to the referencing one (see `OWNED`)."""
+        if hop.action in ("CONFIGURED", "CASCADE"):
+            return OWNED
+        if hop.action in ("SET NULL", "SET DEFAULT"):
+            return SET_NULL if hop.action == "SET NULL" else SET_DEFAULT
+        if hop.action == "NO ACTION" and self.cfg.no_action == "owned":
+            return OWNED
+        return BLOCKS  # RESTRICT, or NO ACTION declared blocking
+
+    def referencing_select(self, hop: Hop, what: str) -> str:
+        """SELECT ``__run, __rowid, <what>`` (``c`` is ``hop.child``) for rows of
+        ``hop.child`` that reference a row of a loaded run in ``hop.parent`` (the runs
+        table or an owned table) along ``hop``."""
+        def keys(alias: str) -> str:
+            return ", ".join(f"{alias}.{q(c)} AS __k{i}" for i, c in enumerate(hop.parent_cols))
+
+        if hop.parent == self.cfg.runs_table:
+            parent = (
+                f"SELECT ids.id AS __run, {keys('p')} FROM {q(hop.parent)} AS p"
+                f" JOIN {IDS_TABLE} AS ids ON p.{q(self.cfg.id_column)} = ids.id"
+            )
+        else:
+            inv = next(i for i in self.schema.children if i.table == hop.parent)
+            parent = self.child_select(inv, keys("t0"))
+        on = " AND ".join(f"c.{q(c)} = par.__k{i}" for i, c in enumerate(hop.child_cols))
+        return (
+            f"SELECT par.__run AS __run, c.rowid AS __rowid, {what}"
+            f" FROM {q(hop.child)} AS c JOIN ({parent}) AS par ON {on}"
+        )
 
     # -- reading -------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     allow_missing_dirs: bool = False
     allow_remove_all: bool = False
     busy_timeout: str = "5s"  # how long a write to the catalog waits for another writer
+    no_action: str = "owned"  # a declared foreign key without ON DELETE: owned | blocks
 
     @property
     def busy_timeout_ms(self) -> int:
@@ -165,6 +166,20 @@ def _time_format(value: Any, where: str) -> str:
     text = _str(value, where)
     if text not in TIME_FORMATS:
         raise ConfigError(f"{where}: expected one of {', '.join(TIME_FORMATS)}, got {text!r}")
+    return text
+
+
+NO_ACTION_MODES = ("owned", "blocks")
+
+
+def _no_action(value: Any, where: str) -> str:
+    text = _str(value, where)
+    if text not in NO_ACTION_MODES:
+        raise ConfigError(
+            f"{where}: expected one of {', '.join(NO_ACTION_MODES)}, got {text!r}",
+            hint="owned: rows referencing a run without an ON DELETE clause go with it (as"
+            " MLflow means them); blocks: such a row keeps its run",
+        )
     return text
 
 
@@ -318,6 +333,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("catalog.filter", "filter", None, _expression),
     Setting("catalog.protect", "protect", None, _expression),
     Setting("catalog.busy_timeout", "busy_timeout", "5s", _required_duration),
+    Setting("catalog.no_action", "no_action", "owned", _no_action),
     Setting(
         "catalog.child_tables",
         "child_tables",

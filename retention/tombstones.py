@@ -8,7 +8,10 @@ transaction, never touching the application's tables' schema):
   that recovery asks for (presumed abort: no row, no commit);
 * ``_retention_runs``: each deleted run with its original path and its place in trash;
 * ``_retention_t_<table>``: the deleted rows of each involved table, untyped columns so
-  every value keeps its exact storage class, with the txid, run id and original rowid.
+  every value keeps its exact storage class, with the txid, run id and original rowid;
+* ``_retention_n_<table>``: for rows that stay but reference a deleted row through a
+  ``SET NULL`` / ``SET DEFAULT`` foreign key: the column, its old value and the value set
+  (undo puts the old one back where the column still holds the value set).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from retention.policy import RunId
 TX_TABLE = "_retention_tx"
 TOMB_RUNS = "_retention_runs"
 TOMB_PREFIX = "_retention_t_"
+NULLS_PREFIX = "_retention_n_"  # columns an apply set (SET NULL / SET DEFAULT), for undo
 TXID_COL = "__retention_txid"
 RUN_COL = "__retention_run"
 ROWID_COL = "__retention_rowid"
@@ -112,6 +116,29 @@ def _ensure_tomb(conn: sqlite3.Connection, table: str, columns: list[str]) -> st
             if c not in have:  # the application added a column since the last apply
                 conn.execute(f"ALTER TABLE {q(tomb)} ADD COLUMN {q(c)}")
     return tomb
+
+
+OLD_COL, NEW_COL, COL_COL = "__retention_old", "__retention_new", "__retention_col"
+
+
+def _ensure_nulls(conn: sqlite3.Connection, table: str) -> str:
+    name = NULLS_PREFIX + table
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {q(name)} ({q(TXID_COL)} TEXT NOT NULL, {q(RUN_COL)},"
+        f" {q(ROWID_COL)} INTEGER, {q(COL_COL)} TEXT, {q(OLD_COL)}, {q(NEW_COL)})"
+    )
+    conn.execute(
+        f"CREATE INDEX IF NOT EXISTS {q(name + '_tx')} ON {q(name)} ({q(TXID_COL)}, {q(RUN_COL)})"
+    )
+    return name
+
+
+def _default_value(conn: sqlite3.Connection, table: str, column: str) -> Any:
+    """The value ``column``'s declared DEFAULT gives now (None without one)."""
+    for row in conn.execute(f"PRAGMA table_info({q(table)})"):
+        if row[1] == column and row[4] is not None:
+            return conn.execute(f"SELECT {row[4]}").fetchone()[0]
+    return None
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:
@@ -241,6 +268,16 @@ class WritableCatalog(SqliteCatalog):
                     f"{base} AND NOT (CASE WHEN ({cfg.filter}) THEN 1 ELSE 0 END)"
                 ):
                     dropped.setdefault(rid, "no longer selected by catalog.filter")
+            # A run referenced (RESTRICT, or NO ACTION declared blocking) by a row that stays.
+            for hop in self.schema.blockers:
+                sel = self.referencing_select(hop, "1")
+                inv = next((i for i in self.schema.children if i.table == hop.child), None)
+                if inv is not None:  # rows of an owned table that go anyway do not block
+                    own = self.child_select(inv, "1")
+                    sel = f"{sel} WHERE c.rowid NOT IN (SELECT __rowid FROM ({own}))"
+                for (rid,) in conn.execute(f"SELECT DISTINCT __run FROM ({sel})"):
+                    ref = f"{hop.child}.{','.join(hop.child_cols)}"
+                    dropped.setdefault(rid, f"referenced by {ref} of a kept row")
             if len(dropped) == len(expected):
                 raise NothingDeleted(dropped)
             if dropped:
@@ -265,6 +302,23 @@ class WritableCatalog(SqliteCatalog):
                     f" SELECT ?, __run, __rowid, {cols} FROM ({sel})",
                     (info.txid,),
                 )
+            # Rows that stay but reference a deleted row (SET NULL / SET DEFAULT): record
+            # each column's old value and the value it gets, before the rows they reference go.
+            setting: list[tuple[str, str, str]] = []
+            for hop in self.schema.setters:
+                nulls = _ensure_nulls(conn, hop.child)
+                for col in hop.child_cols:
+                    new = None
+                    if hop.action == "SET DEFAULT":
+                        new = _default_value(conn, hop.child, col)
+                    conn.execute(
+                        f"INSERT INTO {q(nulls)} ({q(TXID_COL)}, {q(RUN_COL)}, {q(ROWID_COL)},"
+                        f" {q(COL_COL)}, {q(OLD_COL)}, {q(NEW_COL)})"
+                        f" SELECT DISTINCT ?, __run, __rowid, ?, __old, ?"
+                        f" FROM ({self.referencing_select(hop, f'c.{q(col)} AS __old')})",
+                        (info.txid, col, new),
+                    )
+                    setting.append((nulls, hop.child, col))
             # Deletes: deepest children first, the runs table last.
             for inv in reversed(self.schema.children):
                 conn.execute(
@@ -275,6 +329,13 @@ class WritableCatalog(SqliteCatalog):
                 f"DELETE FROM {q(cfg.runs_table)} WHERE {q(cfg.id_column)} IN"
                 f" (SELECT id FROM {IDS_TABLE})"
             )
+            for nulls, table, col in setting:  # rows deleted meanwhile are simply gone
+                conn.execute(
+                    f"UPDATE {q(table)} SET {q(col)} = n.v FROM (SELECT {q(ROWID_COL)} AS r,"
+                    f" {q(NEW_COL)} AS v FROM {q(nulls)} WHERE {q(TXID_COL)} = ?"
+                    f" AND {q(COL_COL)} = ?) AS n WHERE {q(table)}.rowid = n.r",
+                    (info.txid, col),
+                )
             kept = [r for r in runs if r.run_id not in dropped]
             conn.executemany(
                 f"INSERT INTO {TOMB_RUNS} (txid, run_id, path, trash, bytes)"
@@ -325,14 +386,18 @@ class WritableCatalog(SqliteCatalog):
         }
 
 
-def _tomb_tables(conn: sqlite3.Connection) -> list[str]:
+def _tables_like(conn: sqlite3.Connection, prefix: str) -> list[str]:
     return [
         r[0]
         for r in conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ? ESCAPE '\\'",
-            (TOMB_PREFIX.replace("_", "\\_") + "%",),
+            (prefix.replace("_", "\\_") + "%",),
         )
     ]
+
+
+def _tomb_tables(conn: sqlite3.Connection) -> list[str]:
+    return _tables_like(conn, TOMB_PREFIX)
 
 
 class TrashCatalog(WritableCatalog):
@@ -549,6 +614,25 @@ class TrashCatalog(WritableCatalog):
                 )
             for tomb in tombs:  # also tables dropped since: their rows cannot come back
                 conn.execute(f"DELETE FROM {q(tomb)} WHERE {sel}", (target,))
+            # Columns the apply set: back to their old value where they still hold the value
+            # set (a value the application wrote since wins).
+            for nulls in _tables_like(conn, NULLS_PREFIX):
+                table = nulls[len(NULLS_PREFIX) :]
+                live = set(self._columns(table)) if _has_table(conn, table) else set()
+                cols = conn.execute(
+                    f"SELECT DISTINCT {q(COL_COL)} FROM {q(nulls)} WHERE {sel}", (target,)
+                ).fetchall()
+                for (col,) in cols:
+                    if col not in live:
+                        continue
+                    conn.execute(
+                        f"UPDATE {q(table)} SET {q(col)} = n.old FROM (SELECT {q(ROWID_COL)}"
+                        f" AS r, {q(OLD_COL)} AS old, {q(NEW_COL)} AS new FROM {q(nulls)}"
+                        f" WHERE {q(COL_COL)} = ? AND {sel}) AS n"
+                        f" WHERE {q(table)}.rowid = n.r AND {q(table)}.{q(col)} IS n.new",
+                        (col, target),
+                    )
+                conn.execute(f"DELETE FROM {q(nulls)} WHERE {sel}", (target,))
 
         def body() -> dict[RunId, str]:
             # Read inside the transaction: a locked catalog refuses the commit as a whole.
@@ -646,7 +730,7 @@ class TrashCatalog(WritableCatalog):
                 f" WHERE state = 'trash' AND txid IN ({marks})",
                 targets,
             )
-            for tomb in _tomb_tables(conn):
+            for tomb in _tomb_tables(conn) + _tables_like(conn, NULLS_PREFIX):
                 conn.execute(f"DELETE FROM {q(tomb)} WHERE {q(TXID_COL)} IN ({marks})", targets)
 
         self._commit_tx(body, None)
