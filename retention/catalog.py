@@ -345,6 +345,22 @@ class SqliteCatalog:
             return OWNED
         return BLOCKS  # RESTRICT, or NO ACTION declared blocking
 
+    def blocked_runs(self) -> dict[RunId, str]:
+        """Loaded runs that a row which stays references through a blocking foreign key
+        (RESTRICT, or NO ACTION declared blocking), with the reason (read-only). Rows of
+        an owned table that go with the loaded runs do not block."""
+        out: dict[RunId, str] = {}
+        for hop in self.schema.blockers:
+            sel = self.referencing_select(hop, "1")
+            inv = next((i for i in self.schema.children if i.table == hop.child), None)
+            if inv is not None:
+                own = self.child_select(inv, "1")
+                sel = f"{sel} WHERE c.rowid NOT IN (SELECT __rowid FROM ({own}))"
+            ref = f"{hop.child}.{','.join(hop.child_cols)}"
+            for (rid,) in self.conn.execute(f"SELECT DISTINCT __run FROM ({sel})"):
+                out.setdefault(rid, f"referenced by {ref} of a kept row (ON DELETE {hop.action})")
+        return out
+
     def referencing_select(self, hop: Hop, what: str) -> str:
         """SELECT ``__run, __rowid, <what>`` (``c`` is ``hop.child``) for rows of
         ``hop.child`` that reference a row of a loaded run in ``hop.parent`` (the runs

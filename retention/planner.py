@@ -57,6 +57,12 @@ class PlanResult:
     warnings: list[str] = field(default_factory=list)  # e.g. an interrupted transaction
 
 
+BLOCKED_HINT = (
+    "the application keeps the referencing row: remove or unlink it first (a foreign key"
+    " without ON DELETE counts as owned unless catalog.no_action = \"blocks\")"
+)
+
+
 def policy_from_config(cfg: Config) -> PolicySpec:
     """The policy the configuration asks for; refuses one that would keep nothing."""
     max_age = int(parse_duration(cfg.max_age).total_seconds()) if cfg.max_age is not None else None
@@ -307,6 +313,7 @@ def build_plan(
         verdicts: dict[Any, Verdict] = {v.item.id: v for v in decision.remove}
         cat.load_ids(verdicts)
         fps = cat.fingerprints()
+        blocked = cat.blocked_runs()
         entries: list[Entry] = []
         skipped: list[SkippedEntry] = []
         bar = (progress or (lambda label, total: Progress(label, total)))(
@@ -329,6 +336,9 @@ def build_plan(
             bar.advance()
             if run_id in shared:
                 skipped.append(SkippedEntry(run_id, shared[run_id], hint=OVERLAP_HINT))
+                continue
+            if run_id in blocked:
+                skipped.append(SkippedEntry(run_id, blocked[run_id], hint=BLOCKED_HINT))
                 continue
             m = store.measure(rel) if rel is not None else None
             if m is not None:

@@ -269,15 +269,8 @@ class WritableCatalog(SqliteCatalog):
                 ):
                     dropped.setdefault(rid, "no longer selected by catalog.filter")
             # A run referenced (RESTRICT, or NO ACTION declared blocking) by a row that stays.
-            for hop in self.schema.blockers:
-                sel = self.referencing_select(hop, "1")
-                inv = next((i for i in self.schema.children if i.table == hop.child), None)
-                if inv is not None:  # rows of an owned table that go anyway do not block
-                    own = self.child_select(inv, "1")
-                    sel = f"{sel} WHERE c.rowid NOT IN (SELECT __rowid FROM ({own}))"
-                for (rid,) in conn.execute(f"SELECT DISTINCT __run FROM ({sel})"):
-                    ref = f"{hop.child}.{','.join(hop.child_cols)}"
-                    dropped.setdefault(rid, f"referenced by {ref} of a kept row")
+            for rid, why in self.blocked_runs().items():
+                dropped.setdefault(rid, why)
             if len(dropped) == len(expected):
                 raise NothingDeleted(dropped)
             if dropped:

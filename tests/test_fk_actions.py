@@ -87,12 +87,14 @@ def test_each_foreign_key_action_is_honoured_through_apply_undo_apply_purge(
     ws, ids = _build(tmp_path / "ws")
     old, blocked, kept = ids[:4], ids[1], ids[4:]
     before = _snapshot(ws)
-    p = ck.run(ws, "apply", str(ck.plan(ws, keep_last=4)))
-    assert p.returncode == 3, p.stderr  # the RESTRICT-referenced run is skipped
+    # Plan leaves the RESTRICT-referenced run out, with the reason.
+    plan = ck.run(ws, "plan", "--keep-last", "4", "--now", "2026-11-01T00:00:00Z", "-o", "m.json")
+    assert plan.returncode in (0, 3), plan.stderr
+    assert f"{blocked}: referenced by c_restrict.run_id of a kept row" in plan.stderr.decode()
+    p = ck.run(ws, "apply", "m.json")
+    assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
-    skipped = {s["run_id"]: s["reason"] for s in rep["skipped"]}
-    assert set(skipped) == {blocked}
-    assert "referenced by c_restrict.run_id of a kept row" in skipped[blocked]
+    assert blocked not in rep["deleted_run_ids"]
     gone = [r for r in old if r != blocked]
     after = _snapshot(ws)
     for t in ("c_cascade", "c_noaction", "c_configured"):
@@ -116,7 +118,7 @@ def test_each_foreign_key_action_is_honoured_through_apply_undo_apply_purge(
     plan = ck.run(ws, "plan", "--keep-last", "4", "--now", "2026-11-01T00:00:01Z", "-o", "m2.json")
     assert plan.returncode in (0, 3), plan.stderr
     p = ck.run(ws, "apply", "m2.json")
-    assert p.returncode == 3, p.stderr
+    assert p.returncode == 0, p.stderr
     assert ck.run(ws, "purge", "--all").returncode == 0
     final = _snapshot(ws)
     assert final == after
@@ -158,3 +160,18 @@ def test_a_run_whose_set_null_column_changed_since_is_restored_without_clobberin
     db.close()
     assert ck.run(ws, "undo", txid).returncode == 0
     assert _rows(ws, "c_setnull")[row] == ids[-1]
+
+
+def test_a_restrict_reference_added_after_the_plan_skips_the_run_at_commit(tmp_path: Path) -> None:
+    ws, ids = _build(tmp_path / "ws")
+    manifest = ck.plan(ws, keep_last=4)
+    db = sqlite3.connect(ws / "data/catalog.db")
+    db.execute("INSERT INTO c_restrict (run_id, v) VALUES (?, 'late')", (ids[0],))
+    db.commit()
+    db.close()
+    p = ck.run(ws, "apply", str(manifest))
+    assert p.returncode == 3, p.stderr
+    skipped = {s["run_id"]: s["reason"] for s in json.loads(p.stdout)["skipped"]}
+    assert "referenced by c_restrict.run_id of a kept row" in skipped[ids[0]]
+    assert (ws / "data/backtests" / ids[0]).is_dir()  # moved back home
+    assert ids[0] in _rows(ws, "c_cascade").values()
