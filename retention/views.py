@@ -278,7 +278,7 @@ class Verified:
 
 def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
     """Read a manifest and verify signature, expiry and catalog identity (read-only)."""
-    data = read_manifest_bytes(manifest_path)
+    data = read_manifest_bytes(manifest_path, cfg.manifest_max_size)
     with TrashCatalog(cfg, readonly=True) as cat:
         payload = verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
         cat.load_ids(e.run_id for e in payload.entries)
