@@ -365,6 +365,7 @@ class SqliteCatalog:
         """SELECT ``__run, __rowid, <what>`` (``c`` is ``hop.child``) for rows of
         ``hop.child`` that reference a row of a loaded run in ``hop.parent`` (the runs
         table or an owned table) along ``hop``."""
+
         def keys(alias: str) -> str:
             return ", ".join(f"{alias}.{q(c)} AS __k{i}" for i, c in enumerate(hop.parent_cols))
 
@@ -566,6 +567,17 @@ class SqliteCatalog:
             hop = Hop(table, tuple(r[3] for r in rows), parent, pcols)
             out[hop] = str(rows[0][6])
         return out
+
+    def rows_referencing(self, hop: Hop) -> int:
+        """How many rows of ``hop.child`` reference a row of the loaded runs along ``hop`` (a
+        SET NULL, SET DEFAULT or blocking reference), leaving out rows that go with those
+        runs anyway (read-only)."""
+        sel = self.referencing_select(hop, "1")
+        inv = next((i for i in self.schema.children if i.table == hop.child), None)
+        if inv is not None:
+            own = self.child_select(inv, "1")
+            sel = f"{sel} WHERE c.rowid NOT IN (SELECT __rowid FROM ({own}))"
+        return int(self.conn.execute(f"SELECT count(DISTINCT __rowid) FROM ({sel})").fetchone()[0])
 
     def run_like_columns(self) -> list[tuple[str, str]]:
         """Columns, of tables no plan touches, named like a run id (the id column's name,

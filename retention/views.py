@@ -118,14 +118,18 @@ class HopInfo(msgspec.Struct):
 
 
 class TableInfo(msgspec.Struct):
-    """A table whose rows a plan deletes with their runs, how it was found, and its rows."""
+    """A table a plan touches, what it does to its rows, how it was found, and its rows."""
 
     table: str
     depth: int  # 0: the runs table; 1: references it; 2: references a depth-1 table...
     found: str  # "runs table", "foreign key", "child_tables", "foreign key, child_tables"
-    rows: int  # rows that belong to the runs counted (see TablesReport.rows_of)
+    rows: int  # rows of the runs counted (see TablesReport.rows_of) that the action concerns
     total_rows: int  # rows in the table
     paths: list[list[HopInfo]]  # every chain of hops from this table up to the runs table
+    # "delete": the rows go with their run; "set null" / "set default": they stay and the
+    # referencing column is set (undo puts it back); "blocks": a run that a row which stays
+    # references is left out of the plan (RESTRICT, or NO ACTION with catalog.no_action).
+    action: str = "delete"
 
 
 class NotIncluded(msgspec.Struct):
@@ -161,8 +165,27 @@ def _found(hop: Hop, cfg: Config, declared: dict[Hop, str]) -> str:
 
 
 def tables_report(cat: SqliteCatalog, rows_of: str, runs: int) -> TablesReport:
-    """The tables a plan touches, with the rows of the runs loaded in ``cat`` (read-only)."""
+    """The tables a plan touches, with the rows of the runs loaded in ``cat`` (read-only):
+    the runs table, the tables whose rows go with their run, then the tables a reference
+    from which is set (SET NULL, SET DEFAULT) or keeps the run (blocks)."""
     cfg = cat.cfg
+    declared: dict[Hop, str] = {}
+    seen: set[str] = set()
+
+    def info(hop: Hop) -> HopInfo:
+        if hop.child not in seen:
+            seen.add(hop.child)
+            declared.update(cat.declared_keys(hop.child))
+        found = _found(hop, cfg, declared)
+        return HopInfo(
+            hop.child,
+            list(hop.child_cols),
+            hop.parent,
+            list(hop.parent_cols),
+            found,
+            declared.get(hop),
+        )
+
     counts = cat.rows_of_loaded()
     tables = [
         TableInfo(
@@ -174,39 +197,37 @@ def tables_report(cat: SqliteCatalog, rows_of: str, runs: int) -> TablesReport:
             paths=[],
         )
     ]
-    declared: dict[Hop, str] = {}
-    seen: set[str] = set()
+    owned = {inv.table: inv for inv in cat.schema.children}
     for inv in cat.schema.children:
-        for hop in (h for path in inv.paths for h in path if h.child not in seen):
-            seen.add(hop.child)
-            declared.update(cat.declared_keys(hop.child))
-        paths = [
-            [
-                HopInfo(
-                    hop.child,
-                    list(hop.child_cols),
-                    hop.parent,
-                    list(hop.parent_cols),
-                    _found(hop, cfg, declared),
-                    declared.get(hop),
-                )
-                for hop in path
-            ]
-            for path in inv.paths
-        ]
-        how = sorted({h.found for p in paths for h in p}, key=len)
-        found = "foreign key, child_tables" if len(how) > 1 else how[0]
+        paths = [[info(hop) for hop in path] for path in inv.paths]
+        how = {h.found for p in paths for h in p}
         tables.append(
             TableInfo(
                 table=inv.table,
                 depth=inv.depth,
-                found=found,
+                found=how.pop() if len(how) == 1 else "foreign key, child_tables",
                 rows=counts[inv.table],
                 total_rows=cat.total_rows(inv.table),
                 paths=paths,
             )
         )
-    unlisted = [NotIncluded(t, c) for t, c in cat.run_like_columns()]
+    for action, hops in (("", cat.schema.setters), ("blocks", cat.schema.blockers)):
+        for hop in hops:
+            up = [()] if hop.parent == cfg.runs_table else owned[hop.parent].paths
+            tables.append(
+                TableInfo(
+                    table=hop.child,
+                    depth=1 if hop.parent == cfg.runs_table else owned[hop.parent].depth + 1,
+                    found="foreign key",
+                    rows=cat.rows_referencing(hop),
+                    total_rows=cat.total_rows(hop.child),
+                    paths=[[info(hop), *(info(h) for h in path)] for path in up],
+                    action=action or hop.action.lower(),
+                )
+            )
+    tables[1:] = sorted(tables[1:], key=lambda t: (t.depth, t.table, t.action))
+    listed = {t.table for t in tables}
+    unlisted = [NotIncluded(t, c) for t, c in cat.run_like_columns() if t not in listed]
     return TablesReport(rows_of=rows_of, runs=runs, tables=tables, not_included=unlisted)
 
 
@@ -231,10 +252,18 @@ def _hop_text(h: HopInfo) -> str:
     return f"{h.table}.{cols} -> {h.parent}.{pcols} ({h.found}{action})"
 
 
+ACTION_TEXT = {
+    "set null": ": the rows stay, the column is set to NULL",
+    "set default": ": the rows stay, the column is set to its default",
+    "blocks": ": a run that such a row references is left out of the plan",
+}
+
+
 def tables_lines(r: TablesReport) -> list[str]:
     """Human lines for a `TablesReport`: one line per table, indented by its depth, with its
     rows and the reference that ties it to its parent (one line per distinct reference; the
-    parent's own lines say how it reaches the runs table)."""
+    parent's own lines say how it reaches the runs table), and what the plan does to rows
+    that it does not delete."""
     names = [("  " * t.depth) + t.table for t in r.tables]
     width = max(len(n) for n in names)
     rw = max(len(str(t.rows)) for t in r.tables)
@@ -243,19 +272,12 @@ def tables_lines(r: TablesReport) -> list[str]:
         f"Tables a plan touches ({len(r.tables)}), with the rows of {r.rows_of}"
         " / all rows in the table:"
     ]
-    notes = []
     for name, t in zip(names, r.tables, strict=True):
         hops = list(dict.fromkeys(_hop_text(p[0]) for p in t.paths)) or ["the runs table"]
+        hops[-1] += ACTION_TEXT.get(t.action, "")
         lead = f"  {name:<{width}}  {t.rows:>{rw}} / {t.total_rows:>{tw}}  "
         lines.append(lead + hops[0])
         lines += [" " * len(lead) + h for h in hops[1:]]
-        for h in dict.fromkeys((p[0].table, p[0].on_delete) for p in t.paths):
-            if h[1] in ("SET NULL", "SET DEFAULT", "RESTRICT"):
-                notes.append(
-                    f"Note: {h[0]} declares ON DELETE {h[1]}; retention deletes its rows with"
-                    " their run instead (undo brings them back)."
-                )
-    lines += notes
     if r.not_included:
         cols = ", ".join(f"{n.table}.{n.column}" for n in r.not_included)
         lines.append(f"Not touched, though named like a run id: {cols}.")

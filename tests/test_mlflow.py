@@ -61,8 +61,8 @@ UNDECLARED = {
     ),
 }
 # Every table whose rows a plan deletes with their run, and how each is found. Not here:
-# issues (source_run_id declares ON DELETE SET NULL; what a plan does with those rows is
-# issue 15's, and the sample has none).
+# issues, whose source_run_id declares ON DELETE SET NULL: the rows stay, the column is set
+# (the sample has none).
 TOUCHED = {
     "runs": "runs table",
     "metrics": "foreign key",
@@ -373,6 +373,9 @@ def test_plan_apply_undo_apply_purge_read_back_through_mlflow(store: Store) -> N
     assert {t: v["found"] for t, v in listed.items()} == TOUCHED
     assert {t: v["rows"] for t, v in listed.items()} == expected_rows
     assert listed["input_tags"]["depth"] == 2
+    assert {t["action"] for t in listed.values()} == {"delete"}
+    issues = next(t for t in report["tables"]["tables"] if t["table"] == "issues")
+    assert (issues["found"], issues["action"], issues["rows"]) == ("foreign key", "set null", 0)
 
     # apply
     applied = run_exe("apply", first.name, cwd=store.dir)

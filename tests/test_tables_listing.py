@@ -249,3 +249,57 @@ def test_config_check_refuses_a_configuration_the_catalog_does_not_match(
     assert result.stderr.splitlines()[0] == (
         "Error: catalog has no table 'note_tag' (named in catalog.child_tables)"
     )
+
+
+def test_set_null_and_blocking_references_are_listed_with_what_a_plan_does(
+    catalog: Path,
+) -> None:
+    """Rows that stay: a SET NULL reference has its column set; a RESTRICT one keeps the run."""
+    db = sqlite3.connect(catalog)
+    db.executescript(
+        """
+        CREATE TABLE issues (id INTEGER PRIMARY KEY,
+                             run_id TEXT REFERENCES runs(id) ON DELETE SET NULL);
+        CREATE TABLE holds (id INTEGER PRIMARY KEY,
+                            step_id INTEGER REFERENCES steps(step_id) ON DELETE RESTRICT);
+        INSERT INTO issues (run_id) VALUES ('r0'), ('r1'), ('r5'), (NULL);
+        INSERT INTO holds (step_id) SELECT step_id FROM steps WHERE run_id = 'r1' AND n = 0;
+        """
+    )
+    db.commit()
+    db.close()
+    report = json.loads(invoke("config", "--check", "--json").stdout)["tables"]
+    got = {t["table"]: t for t in report["tables"]}
+    assert {t: (got[t]["action"], got[t]["depth"], got[t]["rows"]) for t in got} == {
+        "runs": ("delete", 0, 4),
+        "links": ("delete", 1, 4),
+        "notes": ("delete", 1, 4),
+        "steps": ("delete", 1, 8),
+        "note_tags": ("delete", 2, 12),
+        "step_logs": ("delete", 2, 16),
+        "issues": ("set null", 1, 2),  # r0 and r1 are among the considered runs, r5 is not
+        "holds": ("blocks", 2, 1),
+    }
+    assert got["holds"]["paths"] == [
+        [
+            _hop("holds", "step_id", "steps", "step_id", "foreign key", "RESTRICT"),
+            STEPS,
+        ]
+    ]
+    assert report["not_included"] == [{"table": "audit", "column": "run_id"}]
+    out = invoke("config", "--check").stdout
+    assert (
+        "    issues        2 /  4  issues.run_id -> runs.id (foreign key, ON DELETE SET NULL):"
+        " the rows stay, the column is set to NULL"
+    ) in out
+    assert (
+        "      holds       1 /  1  holds.step_id -> steps.step_id (foreign key, ON DELETE"
+        " RESTRICT): a run that such a row references is left out of the plan"
+    ) in out
+
+    # The plan leaves r1 out (held); show counts r0's issue, and no holds row.
+    assert invoke("plan", "--now", NOW_TEXT, "-o", "m.json").exit_code == 3
+    shown = json.loads(invoke("show", "--json", "m.json").stdout)
+    assert shown["run_ids"] == ["r0"]
+    rows = {t["table"]: t["rows"] for t in shown["tables"]["tables"]}
+    assert (rows["issues"], rows["holds"]) == (1, 0)
