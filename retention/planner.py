@@ -59,7 +59,7 @@ class PlanResult:
 
 BLOCKED_HINT = (
     "the application keeps the referencing row: remove or unlink it first (a foreign key"
-    " without ON DELETE counts as owned unless catalog.no_action = \"blocks\")"
+    ' without ON DELETE counts as owned unless catalog.no_action = "blocks")'
 )
 
 
