@@ -25,6 +25,7 @@ from retention.errors import (
     UsageError,
     from_environment,
 )
+from retention.reporting import safe_text
 
 
 class RetentionGroup(click.Group):
@@ -40,10 +41,16 @@ class RetentionGroup(click.Group):
             _render(ctx, mapped)
 
 
+def _say(text: str = "", *, err: bool = False) -> None:
+    """Print one line for people; control characters in it (from a run id, a path, a
+    message) are escaped, so nothing can forge a line or reach the terminal as a sequence."""
+    click.echo(safe_text(text), err=err)
+
+
 def _render(ctx: click.Context, exc: RetentionError) -> None:
-    click.echo(f"Error: {exc.message}", err=True)
+    _say(f"Error: {exc.message}", err=True)
     if exc.hint:
-        click.echo(f"Hint: {exc.hint}", err=True)
+        _say(f"Hint: {exc.hint}", err=True)
     ctx.exit(exc.exit_code)
 
 
@@ -162,7 +169,7 @@ def plan(
         sys.stdout.buffer.write(result.manifest)
         sys.stdout.flush()
     for line in views.plan_summary(result, output, datetime.now(UTC)):
-        click.echo(line, err=True)
+        _say(line, err=True)
     if result.skipped:
         ctx.exit(EXIT_PARTIAL)
 
@@ -187,7 +194,7 @@ def show(ctx: click.Context, manifest: str, as_json: bool, top: int) -> None:
         _emit(views.show_report(verified, top))
     else:
         for line in views.show_lines(verified, top, manifest):
-            click.echo(line)
+            _say(line)
 
 
 @cli.command("config")
@@ -208,15 +215,15 @@ def config_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
         data: Any = cfg if tables is None else {"config": cfg, "tables": tables}
         sys.stdout.buffer.write(msgspec.json.encode(data, order="sorted") + b"\n")
         return
-    click.echo(f"# config file: {cfg.config_file or '(none: built-in defaults)'}")
+    _say(f"# config file: {cfg.config_file or '(none: built-in defaults)'}")
     rows = render_config(cfg)
     width = max(len(k) for k, _, _ in rows)
     for key, value, source in rows:
-        click.echo(f"{key:<{width}}  {value}    # {source}")
+        _say(f"{key:<{width}}  {value}    # {source}")
     if tables is not None:
-        click.echo("")
+        _say("")
         for line in views.tables_lines(tables):
-            click.echo(line)
+            _say(line)
 
 
 def _emit(report: object) -> None:
@@ -240,7 +247,7 @@ def apply(ctx: click.Context, manifest: str) -> None:
     report = apply_manifest(_config(ctx), manifest)
     _emit(report)
     for line in views.apply_lines(report):
-        click.echo(line, err=True)
+        _say(line, err=True)
     ctx.exit(report.exit_code)
 
 
@@ -254,7 +261,7 @@ def recover(ctx: click.Context) -> None:
     report = run_recover(_config(ctx))
     _emit(report)
     for line in views.recover_lines(report.recovered):
-        click.echo(line, err=True)
+        _say(line, err=True)
 
 
 @cli.command()
@@ -280,7 +287,7 @@ def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str
     )
     _emit(report)
     for line in views.undo_lines(report):
-        click.echo(line, err=True)
+        _say(line, err=True)
     ctx.exit(report.exit_code)
 
 
@@ -303,7 +310,7 @@ def purge(ctx: click.Context, mode: str, now_text: str | None) -> None:
     report = run_purge(_config(ctx), everything=mode == "all", now=_now(now_text))
     _emit(report)
     for line in views.purge_lines(report):
-        click.echo(line, err=True)
+        _say(line, err=True)
 
 
 @cli.command()
@@ -320,7 +327,7 @@ def status(ctx: click.Context, as_json: bool, now_text: str | None) -> None:
         _emit(report)
     else:
         for line in views.status_lines(report):
-            click.echo(line)
+            _say(line)
 
 
 @cli.command()
@@ -339,7 +346,7 @@ def check(ctx: click.Context, as_json: bool) -> None:
         _emit(report)
     else:
         for line in views.check_lines(report):
-            click.echo(line)
+            _say(line)
     if report.findings:
         ctx.exit(EXIT_INCONSISTENT)
 

@@ -33,3 +33,15 @@ class Progress:
         if self.enabled and self._last:
             self.stream.write("\r\033[K")
             self.stream.flush()
+
+
+# Control characters (C0, DEL, C1) as visible escapes: a run id, path or message holding
+# them must not move the cursor, forge a line ("Applied ...") or send a terminal sequence.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every control character escaped (``\\n``, ``\\x1b``...): what every
+    line for people goes through before it is printed."""
+    return text.translate(_ESCAPES)
