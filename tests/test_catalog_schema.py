@@ -392,7 +392,8 @@ def test_template_value_with_dot_dot_is_left_out_and_reported(ml: Path) -> None:
     assert "Skipped ../exp2/1b2c-old: artifact path refused: exp1/../exp2/1b2c-old contains" in (
         stderr
     )
-    for run in ("x", "../exp2/1b2c-old", "..", "nul\0byte"):
+    # (human lines escape control characters: the NUL shows as \x00)
+    for run in ("x", "../exp2/1b2c-old", "..", "nul\\x00byte"):
         assert f"Skipped {run}: artifact path refused: " in stderr, (run, stderr)
     assert [e["path"] for e in payload["entries"]].count("exp2/1b2c-old") == 1
     assert (art / "exp2" / "1b2c-old" / "model.bin").exists()
