@@ -55,7 +55,7 @@ def _assert_busy_error(p: subprocess.CompletedProcess) -> str:
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, err
-    assert "busy" in errors[0] and "1.0 s" in errors[0], errors[0]
+    assert "busy" in errors[0] and "catalog.busy_timeout (1s; waited " in errors[0], errors[0]
     return errors[0]
 
 
