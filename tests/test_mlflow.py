@@ -31,7 +31,10 @@ from .conftest import invoke, run_exe
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "mlflow"
 # MLflow's own store code trips a SQLAlchemy deprecation; not ours to act on.
-pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy is deprecated"),
+    pytest.mark.xdist_group("mlflow"),  # one worker builds the store once
+]
 
 # References to a run, or to a run's rows, that MLflow's SQLite schema does not declare
 # (so PRAGMA foreign_key_check cannot see them); each query counts the dangling rows.
