@@ -104,10 +104,93 @@ def _config_opt(f: Any) -> Any:
     )(f)
 
 
+class KeepCount(click.ParamType):
+    """A rule's count: N >= 0, or ``unlimited`` / -1 (restic's "keep all")."""
+
+    name = "N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        elif str(value).strip().lower() == "unlimited":
+            return -1
+        else:
+            try:
+                number = int(str(value).strip())
+            except ValueError:
+                self.fail(f"{value!r} is not a count: give N >= 0, or unlimited (-1)", param, ctx)
+        if number < -1:
+            self.fail(f"{value} is not a count: give N >= 0, or unlimited (-1)", param, ctx)
+        return number
+
+
+def _policy_options(f: Any) -> Any:
+    """The rules of ``plan`` (restic's ``forget`` options, plus ours); each flag replaces only
+    its own setting of the ``[policy]`` table."""
+    count = KeepCount()
+    options = [
+        click.option("--keep-last", type=count, help="Keep the newest N runs (unlimited: -1)."),
+        click.option("--max-age", help="Keep runs younger than this, from now (180d, 12h, 1y)."),
+    ]
+    for unit, noun in (
+        ("hourly", "hour"),
+        ("daily", "day"),
+        ("weekly", "ISO week"),
+        ("monthly", "month"),
+        ("yearly", "year"),
+    ):
+        options.append(
+            click.option(
+                f"--keep-{unit}",
+                type=count,
+                help=f"Keep the newest run of each of the latest N {noun}s with runs.",
+            )
+        )
+    options.append(
+        click.option(
+            "--keep-within",
+            metavar="D",
+            help="Keep every run within D of the newest run (restic's 1y2m3d4h; m = months).",
+        )
+    )
+    for unit in ("hourly", "daily", "weekly", "monthly", "yearly"):
+        options.append(
+            click.option(
+                f"--keep-within-{unit}",
+                metavar="D",
+                help=f"Keep the newest run of each {unit[:-2] if unit == 'daily' else unit}"
+                " period within D of the newest run.",
+            )
+        )
+    options += [
+        click.option(
+            "--keep-tag",
+            "keep_tags",
+            multiple=True,
+            metavar="TAG[,TAG]",
+            help="Keep runs carrying all these tags (repeatable; '' = untagged runs);"
+            " tags from policy.tags_column.",
+        ),
+        click.option(
+            "--tz",
+            help="Take calendar periods in this IANA zone (default: each"
+            " run's recorded UTC offset, UTC for naive and epoch times).",
+        ),
+        click.option(
+            "--checkpoint",
+            type=click.Choice(["last", "first"]),
+            help="Which run of a period the calendar rules keep: last (newest, restic) or"
+            " first (oldest).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
 @cli.command()
 @_config_opt
-@click.option("--keep-last", type=click.IntRange(min=0), help="Keep the newest N runs.")
-@click.option("--max-age", help="Keep runs younger than this (180d, 12h, 2w, 1y).")
+@_policy_options
 @click.option("--catalog", "catalog_path", help="Catalog file (overrides catalog.path).")
 @click.option("--artifact-root", help="Artifact root (overrides artifacts.root).")
 @click.option("--state-dir", help="State directory (overrides state.dir).")
@@ -127,8 +210,6 @@ def _config_opt(f: Any) -> Any:
 @click.pass_context
 def plan(
     ctx: click.Context,
-    keep_last: int | None,
-    max_age: str | None,
     catalog_path: str | None,
     artifact_root: str | None,
     state_dir: str | None,
@@ -136,6 +217,7 @@ def plan(
     allow_remove_all: bool,
     allow_missing_dirs: bool,
     output: str | None,
+    **policy: Any,
 ) -> None:
     """Evaluate the policy and write a signed deletion manifest (stdout or -o FILE).
 
@@ -144,10 +226,10 @@ def plan(
     """
     from retention.planner import build_plan
 
+    policy["keep_tags"] = policy["keep_tags"] or None  # () when not given
     cfg = _config(
         ctx,
-        keep_last=keep_last,
-        max_age=max_age,
+        **policy,
         catalog_path=catalog_path,
         artifact_root=artifact_root,
         state_dir=state_dir,

@@ -24,8 +24,8 @@ from typing import Any
 
 import msgspec
 
-from retention.durations import parse_duration
-from retention.errors import ConfigError
+from retention.durations import parse_duration, parse_span
+from retention.errors import ConfigError, UsageError
 
 CONFIG_ENV = "RETENTION_CONFIG"
 DEFAULT_CONFIG_NAME = "retention.toml"
@@ -65,6 +65,23 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     path_column: str | None
     keep_last: int | None
     max_age: str | None
+    # Calendar rules, restic's forget semantics (retention.policy): counts (-1: unlimited),
+    # spans in restic's form (1y2m3d4h), tag lists read from tags_column.
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: str | None = None
+    keep_within_hourly: str | None = None
+    keep_within_daily: str | None = None
+    keep_within_weekly: str | None = None
+    keep_within_monthly: str | None = None
+    keep_within_yearly: str | None = None
+    keep_tags: tuple[tuple[str, ...], ...] | None = None
+    tags_column: str | None = None
+    tz: str | None = None
+    checkpoint: str = "last"
     state_dir: str
     grace_period: str
     manifest_ttl: str
@@ -121,6 +138,93 @@ def _count(value: Any, where: str) -> int | None:
     if value < 0:
         raise ConfigError(f"{where}: must not be negative, got {value}")
     return value
+
+
+UNLIMITED_WORDS = ("unlimited", "-1")
+
+
+def _keep_count(value: Any, where: str) -> int | None:
+    """A rule's count: N >= 0, or -1 / ``unlimited`` (restic's "keep all")."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.strip().lower() in UNLIMITED_WORDS:
+        return -1
+    shape = f"{where}: expected a whole number >= 0, or unlimited (-1), got {value!r}"
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(shape) from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ConfigError(shape)
+    return value
+
+
+def _span(value: Any, where: str) -> str | None:
+    """restic's duration form (1y2m3d4h; m is months), normalised; "0d" turns the rule off."""
+    if value is None or value == "":
+        return None
+    try:
+        return str(parse_span(_str(value, where)))
+    except UsageError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
+
+
+def split_tags(text: str) -> tuple[str, ...]:
+    """restic's tag list: comma-separated, blanks stripped, an empty tag kept (``''``
+    alone matches untagged runs)."""
+    return tuple(t.strip() for t in text.split(","))
+
+
+def _tag_lists(value: Any, where: str) -> tuple[tuple[str, ...], ...] | None:
+    """``--keep-tag a,b --keep-tag c``: a list of tag lists. File: ["a,b", "c"] or
+    [["a", "b"], ["c"]]; environment: "a,b;c"."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.split(";")
+    shape = f'{where}: expected tag lists like ["a,b", "c"] (environment: a,b;c), got {value!r}'
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(shape)
+    out = []
+    for v in value:
+        if isinstance(v, str):
+            out.append(split_tags(v))
+        elif isinstance(v, list | tuple) and v and all(isinstance(t, str) for t in v):
+            out.append(tuple(t.strip() for t in v))
+        else:
+            raise ConfigError(shape)
+    return tuple(out)
+
+
+def _zone(value: Any, where: str) -> str | None:
+    """An IANA time zone name, checked against the zone database."""
+    text = _opt_str(value, where)
+    if text is None:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{where}: unknown time zone {text!r}",
+            hint="give an IANA zone name, e.g. UTC, Europe/Berlin, America/New_York",
+        ) from None
+    return text.strip()
+
+
+CHECKPOINTS = ("last", "first")
+
+
+def _checkpoint(value: Any, where: str) -> str:
+    text = _str(value, where).strip().lower()
+    if text not in CHECKPOINTS:
+        raise ConfigError(
+            f"{where}: expected last or first, got {value!r}",
+            hint="last keeps the newest run of each period (restic), first the oldest",
+        )
+    return text
 
 
 def _duration(value: Any, where: str) -> str | None:
@@ -311,6 +415,18 @@ def _children(value: Any, where: str) -> tuple[ChildTable, ...]:
         raise ConfigError(f"{where}: {shape}; {exc}") from None
 
 
+CALENDAR_UNITS = ("hourly", "daily", "weekly", "monthly", "yearly")
+# The settings that are rules: with none of them given anywhere, keep_last defaults to 100.
+RULE_FIELDS = (
+    "keep_last",
+    "max_age",
+    *(f"keep_{u}" for u in CALENDAR_UNITS),
+    "keep_within",
+    *(f"keep_within_{u}" for u in CALENDAR_UNITS),
+    "keep_tags",
+)
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str  # "<toml section>.<name>"
@@ -344,8 +460,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("artifacts.path_template", "path_template", "{run_id}", _template),
     Setting("artifacts.path_column", "path_column", None, _opt_str),
     Setting("artifacts.allow_missing_dirs", "allow_missing_dirs", False, _bool),
-    Setting("policy.keep_last", "keep_last", None, _count),
+    Setting("policy.keep_last", "keep_last", None, _keep_count),
     Setting("policy.max_age", "max_age", None, _duration),
+    *(Setting(f"policy.keep_{u}", f"keep_{u}", None, _keep_count) for u in CALENDAR_UNITS),
+    Setting("policy.keep_within", "keep_within", None, _span),
+    *(Setting(f"policy.keep_within_{u}", f"keep_within_{u}", None, _span) for u in CALENDAR_UNITS),
+    Setting("policy.keep_tags", "keep_tags", None, _tag_lists),
+    Setting("policy.tags_column", "tags_column", None, _opt_str),
+    Setting("policy.tz", "tz", None, _zone),
+    Setting("policy.checkpoint", "checkpoint", "last", _checkpoint),
     Setting("policy.allow_remove_all", "allow_remove_all", False, _bool),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
@@ -443,7 +566,7 @@ def load_config(
         values[s.field] = value
         sources[s.field] = src
 
-    if values["keep_last"] is None and values["max_age"] is None:
+    if all(values[f] is None for f in RULE_FIELDS):
         values["keep_last"] = DEFAULT_KEEP_LAST
         sources["keep_last"] = "default (no rule given)"
     if values["path_column"] is not None and sources["path_template"] == "default":
@@ -458,6 +581,8 @@ def render_config(cfg: Config) -> list[tuple[str, str, str]]:
         value = getattr(cfg, s.field)
         if isinstance(value, bool):
             value = "true" if value else "false"
+        elif s.field == "keep_tags" and value is not None:
+            value = "; ".join(",".join(tl) or "''" for tl in value)
         elif isinstance(value, tuple):
             value = (
                 ", ".join(v if isinstance(v, str) else f"{v.table}.{v.column}" for v in value)

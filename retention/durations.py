@@ -6,6 +6,7 @@ Pure functions: no I/O, no clock.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from retention.errors import UsageError
@@ -53,6 +54,93 @@ def parse_duration(text: str) -> timedelta:
     if total > MAX_DURATION_S:
         raise UsageError(f"invalid duration {text!r}: longer than 1000 years")
     return timedelta(seconds=total)
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """A calendar span in restic's form (``1y2m3d4h``): years, months, days and hours.
+
+    Subtracted calendar-wise (see `retention.policy.calendar.cutoff`), not as a fixed
+    number of seconds: a month back from March 31st is not 30 days back.
+    """
+
+    years: int = 0
+    months: int = 0
+    days: int = 0
+    hours: int = 0
+
+    def is_zero(self) -> bool:
+        return not (self.years or self.months or self.days or self.hours)
+
+    def __str__(self) -> str:
+        """restic's rendering: ``1y2m3d4h``, zero parts left out (``0h`` for zero)."""
+        parts = zip((self.years, self.months, self.days, self.hours), "ymdh", strict=True)
+        return "".join(f"{n}{u}" for n, u in parts if n) or "0h"
+
+
+_SPAN_PART = re.compile(r"(\d+)([ymdh])")
+MAX_SPAN_UNITS = 1_000_000  # any more is a typo, and beyond datetime's range anyway
+_SPAN_HINT = (
+    "use restic's form: whole numbers of y (years), m (months), d (days) and h (hours),"
+    " e.g. 7d, 1m, 1y6m, 2y5m7d3h (w and min are not units here; m is months)"
+)
+
+
+def parse_span(text: str) -> Span:
+    """Parse restic's duration form ``2y5m7d3h`` (``--keep-within``): each of y, m (months),
+    d, h at most once, in any order. ``0d`` is a zero span (the caller decides whether that
+    turns a rule off). Raises `UsageError` naming the input for anything else: empty, a
+    negative number, an unknown unit (``w``, ``min``, ``s``), a repeated unit."""
+    s = str(text).strip().lower()
+    values: dict[str, int] = {}
+    pos = 0
+    for m in _SPAN_PART.finditer(s):
+        if m.start() != pos:
+            break
+        unit = m.group(2)
+        if unit in values:
+            raise UsageError(f"invalid duration {text!r}: {unit!r} given twice", hint=_SPAN_HINT)
+        values[unit] = int(m.group(1))
+        pos = m.end()
+    if not s or pos != len(s):
+        raise UsageError(f"invalid duration {text!r}", hint=_SPAN_HINT)
+    if any(v > MAX_SPAN_UNITS for v in values.values()):
+        raise UsageError(f"invalid duration {text!r}: too long")
+    return Span(values.get("y", 0), values.get("m", 0), values.get("d", 0), values.get("h", 0))
+
+
+_SIZE_SUFFIX = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"(\d+)\s*([a-z]*)")
+
+
+def parse_size(text: str) -> int:
+    """Parse a byte size: ``50G``, ``512M``, ``1T``, ``50GiB`` or a number of bytes. K, M, G
+    and T are binary (1024-based, as in restic and du); ``GB``-style suffixes are refused as
+    ambiguous. Returns a positive int; raises `UsageError` naming the input otherwise."""
+    s = str(text).strip().lower()
+    m = _SIZE.fullmatch(s)
+    hint = "use a number and K, M, G or T (binary: 1G = 1024^3 bytes), e.g. 50G, 512M"
+    if m is None or m.group(2) not in _SIZE_SUFFIX:
+        if m is not None and m.group(2) in ("kb", "mb", "gb", "tb"):
+            raise UsageError(f"invalid size {text!r}: {m.group(2).upper()} is ambiguous", hint=hint)
+        raise UsageError(f"invalid size {text!r}", hint=hint)
+    size = int(m.group(1)) * _SIZE_SUFFIX[m.group(2)]
+    if size <= 0:
+        raise UsageError(f"invalid size {text!r}: must be greater than zero")
+    if size >= 1 << 63:
+        raise UsageError(f"invalid size {text!r}: too large")
+    return size
 
 
 def format_duration(td: timedelta | float) -> str:
@@ -122,12 +210,16 @@ def format_instant(dt: datetime) -> str:
 _MS_THRESHOLD = 100_000_000_000  # 1e11: as seconds that is year 5138, as milliseconds 1973
 
 
-def parse_stored_time(value: object, fmt: str = "auto") -> datetime | None:
+def parse_stored_time(
+    value: object, fmt: str = "auto", *, keep_offset: bool = False
+) -> datetime | None:
     """Interpret a timestamp as stored in a catalog; None when it cannot be parsed.
 
     ``fmt`` is ``iso`` (ISO-8601 text, naive means UTC), ``epoch_s``, ``epoch_ms`` or
     ``auto`` (numbers above 1e11 are milliseconds, text is ISO-8601 or a number). Never
     raises: a value that is not a timestamp yields None, so the caller can keep the run.
+    The result is in UTC, unless ``keep_offset`` asks to keep the UTC offset ISO text
+    recorded (the same instant: calendar rules take a run's day in its own offset).
     """
     if value is None or isinstance(value, bool):
         return None
@@ -158,7 +250,13 @@ def parse_stored_time(value: object, fmt: str = "auto") -> datetime | None:
                 dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
             except ValueError:
                 return None
-            return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+            if dt.tzinfo is None:
+                return dt.replace(tzinfo=UTC)
+            try:
+                utc = dt.astimezone(UTC)
+            except OverflowError:  # e.g. 0001-01-01T00:00+05:00: no such instant in UTC
+                return None
+            return dt if keep_offset else utc
     else:
         return None
     if fmt == "iso" or number != number or number in (float("inf"), float("-inf")):

@@ -15,22 +15,31 @@ than the trash, is left out with a reason: apply moves with one rename.
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from retention import identity
 from retention.catalog import SqliteCatalog, q, template_fields
 from retention.config import Config
-from retention.durations import format_instant, parse_duration, parse_instant
-from retention.errors import CatalogError, UsageError
+from retention.durations import (
+    format_instant,
+    parse_duration,
+    parse_instant,
+    parse_span,
+    parse_stored_time,
+)
+from retention.errors import CatalogError, ConfigError, UsageError
 from retention.layout import TRASH_DIRNAME, StateLayout
 from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
 from retention.manifest import with_id as manifest_with_id
-from retention.policy import Item, PolicySpec, Verdict, evaluate
+from retention.policy import UNITS, Attrs, Item, PolicySpec, Verdict, evaluate
 from retention.reporting import Progress
 from retention.reports import SkippedEntry
 from retention.status import journal_warnings
@@ -63,16 +72,140 @@ BLOCKED_HINT = (
 )
 
 
+EMPTY_POLICY_HINT = (
+    "give a rule that keeps something: --keep-last N, --keep-hourly/daily/weekly/monthly/"
+    "yearly N, --keep-within D, --keep-within-daily D (and the like), --keep-tag TAGS or"
+    " --max-age D"
+)
+
+
+def _span(text: str | None) -> str | None:
+    """A calendar span from the config (already normalised); zero turns the rule off."""
+    return None if text is None or parse_span(text).is_zero() else text
+
+
 def policy_from_config(cfg: Config) -> PolicySpec:
-    """The policy the configuration asks for; refuses one that would keep nothing."""
+    """The policy the configuration asks for; refuses one that would keep nothing (no
+    rule that can keep a run, as restic refuses an empty policy) and rules that need a
+    column nobody named."""
     max_age = int(parse_duration(cfg.max_age).total_seconds()) if cfg.max_age is not None else None
-    spec = PolicySpec(keep_last=cfg.keep_last, max_age_seconds=max_age)
-    if spec.is_empty() or (spec.keep_last == 0 and spec.max_age_seconds is None):
-        raise UsageError(
-            "refusing a policy that keeps nothing",
-            hint="give --keep-last N (N >= 1) and/or --max-age DURATION",
+    rules: dict[str, Any] = {f"keep_{u}": getattr(cfg, f"keep_{u}") for u in UNITS}
+    rules["keep_within"] = _span(cfg.keep_within)
+    rules |= {f"keep_within_{u}": _span(getattr(cfg, f"keep_within_{u}")) for u in UNITS}
+    calendar = any(v not in (None, 0) for v in rules.values())
+    spec = PolicySpec(
+        keep_last=cfg.keep_last,
+        max_age_seconds=max_age,
+        keep_tags=cfg.keep_tags or None,
+        # Only where they change a decision: the zone for calendar rules and spans, which
+        # run of a period for calendar rules.
+        tz=cfg.tz if calendar else None,
+        checkpoint="first" if calendar and cfg.checkpoint == "first" else None,
+        **rules,
+    )
+    if spec.is_empty() or spec.keeps_nothing():
+        raise UsageError("refusing a policy that keeps nothing", hint=EMPTY_POLICY_HINT)
+    if spec.keep_tags and not cfg.tags_column:
+        raise ConfigError(
+            "policy.keep_tags needs policy.tags_column: the column of the runs table that"
+            " holds each run's tags (comma-separated text or a JSON array)"
         )
     return spec
+
+
+def policy_zone(spec: PolicySpec) -> tzinfo | None:
+    """The zone calendar periods are taken in (``--tz``), read from the zone database."""
+    return ZoneInfo(spec.tz) if spec.tz is not None else None
+
+
+def _columns(cfg: Config, spec: PolicySpec) -> dict[str, tuple[str, str]]:
+    """Columns of the runs table the policy reads besides id and time: role -> (setting,
+    column)."""
+    roles: dict[str, tuple[str, str]] = {}
+    if spec.keep_tags and cfg.tags_column:
+        roles["tags"] = ("policy.tags_column", cfg.tags_column)
+    return roles
+
+
+def _needs_offsets(spec: PolicySpec) -> bool:
+    """Calendar periods and spans without ``--tz`` are taken in each run's recorded offset."""
+    if spec.tz is not None:
+        return False
+    fields = [f"keep_{u}" for u in UNITS] + ["keep_within"] + [f"keep_within_{u}" for u in UNITS]
+    return any(getattr(spec, f) not in (None, 0) for f in fields)
+
+
+def parse_tags(value: object) -> frozenset[str] | None:
+    """A run's tags: a JSON array of strings, or comma-separated text; NULL is no tags.
+    None when the value cannot be read (a broken JSON array, bytes that are not UTF-8):
+    keep-tag keeps such a run rather than guess."""
+    if value is None:
+        return frozenset()
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return None
+    text = str(value).strip()
+    if text.startswith("["):
+        try:
+            tags = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            return None
+        return frozenset(t.strip() for t in tags if t.strip())
+    return frozenset(t.strip() for t in text.split(",") if t.strip())
+
+
+def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
+    """The runs the policy considers, with what ``spec`` needs of them (read-only).
+
+    A policy that needs nothing but timestamps (keep-last, max-age) reads them through
+    `SqliteCatalog.iter_items`, unchanged. Otherwise one streamed SELECT reads, with the
+    same filter, protect expression and timestamp fallback, the recorded UTC offsets and
+    the columns the rules and protections name. (It belongs with the catalog seam; it
+    lives here while that module is being changed by others.)
+    """
+    roles = _columns(cfg, spec)
+    offsets = _needs_offsets(spec)
+    if not roles and not offsets:
+        return list(cat.iter_items())
+    runs_cols = cat.schema.runs_columns
+    for setting, col in roles.values():
+        if col not in runs_cols:
+            raise CatalogError(
+                f"table {cfg.runs_table!r} has no column {col!r} (named by {setting})"
+            )
+    names = list(roles)
+    times = ", ".join(q(c) for c in cfg.time_columns)
+    protect = f"CASE WHEN ({cfg.protect}) THEN 1 ELSE 0 END" if cfg.protect else "0"
+    extra = "".join(f", {q(roles[r][1])}" for r in names)
+    where = f" WHERE ({cfg.filter})" if cfg.filter else ""
+    sql = f"SELECT {q(cfg.id_column)}, {protect}{extra}, {times} FROM {q(cfg.runs_table)}{where}"
+    first_time = 2 + len(names)
+    fmt = cfg.time_format
+    tag_sets: dict[frozenset[str] | None, frozenset[str] | None] = {}
+    items: list[Item] = []
+    try:
+        for row in cat.conn.execute(sql):
+            t = None
+            for value in row[first_time:]:
+                if value is not None:  # as iter_items: only NULL falls through
+                    t = parse_stored_time(value, fmt, keep_offset=offsets)
+                    break
+            got = dict(zip(names, row[2:first_time], strict=True))
+            attrs = None
+            if got:
+                tags: frozenset[str] | None = frozenset()
+                if "tags" in got:
+                    tags = parse_tags(got["tags"])
+                    tags = tag_sets.setdefault(tags, tags)
+                attrs = Attrs(tags=tags)
+            items.append(Item(row[0], t, bool(row[1]), attrs))
+    except sqlite3.Error as exc:
+        raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
+    return items
 
 
 def artifact_rel_path(cfg: Config, row: dict[str, Any], root: Path) -> bytes | None:
@@ -297,9 +430,9 @@ def build_plan(
     store = LocalStore(root)
     with SqliteCatalog(cfg, readonly=True) as cat:
         require_artifact_root(cfg)
-        items = list(cat.iter_items())
+        items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
-        decision = evaluate(items, spec, now)
+        decision = evaluate(items, spec, now, policy_zone(spec))
         del items
         if decision.remove and not allow_remove_all:
             _refuse_remove_all(cfg, cat, len(decision.remove))

@@ -155,20 +155,25 @@ def test_bad_max_age_from_environment_is_exit_2_with_the_unit_hint(
     error_line(result, 2)
 
 
-@pytest.mark.parametrize("value", ["-1", "-100", "ten", "1.5"])
+@pytest.mark.parametrize("value", ["-2", "-100", "ten", "1.5"])  # -1 is restic's unlimited
 def test_bad_keep_last_is_exit_2(workspace: Path, value: str) -> None:
     result = invoke("plan", "--keep-last", value, "--now", NOW_TEXT)
     line = error_line(result, 2)
     assert line.startswith("Error: Invalid value for '--keep-last': ")
     if value.startswith("-"):
-        assert line == f"Error: Invalid value for '--keep-last': {value} is not in the range x>=0."
+        assert line == (
+            f"Error: Invalid value for '--keep-last': {value} is not a count:"
+            " give N >= 0, or unlimited (-1)"
+        )
 
 
 def test_keep_last_zero_alone_keeps_nothing_and_is_refused(workspace: Path) -> None:
     result = invoke("plan", "--keep-last", "0", "--now", NOW_TEXT)
     assert result.stderr.splitlines() == [
         "Error: refusing a policy that keeps nothing",
-        "Hint: give --keep-last N (N >= 1) and/or --max-age DURATION",
+        "Hint: give a rule that keeps something: --keep-last N, --keep-hourly/daily/weekly/"
+        "monthly/yearly N, --keep-within D, --keep-within-daily D (and the like), --keep-tag"
+        " TAGS or --max-age D",
     ]
     error_line(result, 2)
     assert "keeps nothing" in result.stderr
@@ -202,7 +207,8 @@ def test_bad_now_is_exit_2(workspace: Path) -> None:
 def test_unknown_option_is_exit_2(workspace: Path) -> None:
     result = invoke("plan", "--keep-newest", "3")
     assert error_line(result, 2) == (
-        "Error: No such option '--keep-newest'. Did you mean '--keep-last'?"
+        "Error: No such option '--keep-newest'. (Did you mean one of: '--keep-last',"
+        " '--keep-tag', '--keep-within'?)"
     )
 
 

@@ -67,7 +67,7 @@ def test_env_config_path_is_used(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[policy]\nkeep_last = -1\n", "policy.keep_last"),
+        ("[policy]\nkeep_last = -2\n", "policy.keep_last"),  # -1 is restic's unlimited
         ('[policy]\nmax_age = "soon"\n', "policy.max_age"),
         ("[catalog]\nnope = 1\n", "unknown setting 'catalog.nope'"),
         ("[catalog\n", "not valid TOML"),

@@ -1,0 +1,356 @@
+"""The retention policy: a pure function of items, a policy and ``now``.
+
+No I/O, no clock, no config parsing: `evaluate` is given everything it needs (the calendar
+zone too, resolved by the caller). A run is removed only when no rule keeps it and nothing
+protects it (the union of keeps, as restic's ``forget`` does).
+
+The stages, in order, over one group of runs (today every run is in one group; groups will
+call `_decide` once per group, with dependencies and the budget across them):
+
+1. runs without a valid timestamp are kept (they are nobody's to judge);
+2. runs not in a terminal state (``terminal_states``) are kept and not counted;
+3. the rules (`retention.policy.rules`) see the remaining runs, newest first;
+4. protections: ``catalog.protect``, pins, the newest run of each configured kind;
+5. dependencies: a run that a kept run depends on (transitively) is kept;
+6. the floor: while fewer than ``min_keep`` runs are kept, the newest other runs are;
+7. the size budget (`retention.policy.budget`), which only ever removes runs kept by rules
+   alone, never one a kept run depends on, never below the floor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from retention.policy import budget as budget_mod
+from retention.policy.budget import BudgetReport
+from retention.policy.marks import (
+    CHECKPOINT,
+    DEPENDED_ON,
+    FLOOR,
+    NEWEST_KIND,
+    NOT_TERMINAL,
+    PINNED,
+    PROTECTED,
+    RULE,
+)
+from retention.policy.rules import Ctx, active_rules
+from retention.policy.spec import PolicySpec
+
+RunId = str | int
+
+
+@dataclass(frozen=True, slots=True)
+class Attrs:
+    """What some rules and protections need beyond a timestamp; None on an `Item` when the
+    policy needs none of it (the common case: no memory spent per run).
+
+    ``tags`` None means the tags column could not be read (keep-tag keeps such a run);
+    ``size`` None means unknown (counted as 0 bytes by the budget)."""
+
+    tags: frozenset[str] | None = frozenset()
+    state: str | None = None
+    pinned: bool = False
+    kind: str | None = None
+    parent: RunId | None = None
+    size: int | None = None
+
+
+NO_ATTRS = Attrs()
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One run as the policy sees it. ``time`` is None when it could not be parsed; it
+    keeps the UTC offset the catalog recorded (calendar periods are taken in it)."""
+
+    id: RunId
+    time: datetime | None
+    protected: bool = False
+    attrs: Attrs | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The decision for one item, with every reason that applies, in a fixed order:
+    protections first, then rules (in `RULES` order), then the floor and dependencies."""
+
+    item: Item
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``keep`` and ``remove`` partition the input. ``remove`` is sorted newest first;
+    ``keep`` lists items without a valid timestamp first, then the rest newest first.
+    ``budget`` is set when the spec has a size budget."""
+
+    keep: list[Verdict]
+    remove: list[Verdict]
+    budget: BudgetReport | None = None
+
+
+class DependencyCycle(ValueError):
+    """Runs whose parent column leads back to themselves."""
+
+    def __init__(self, runs: list[RunId]) -> None:
+        self.runs = runs
+        super().__init__("dependency cycle: " + " -> ".join(map(str, [*runs, runs[0]])))
+
+
+def sort_key(item: Item) -> tuple[datetime, str]:
+    """Newest-first order is descending on this key; ties broken by id for determinism."""
+    assert item.time is not None
+    return (item.time, str(item.id))
+
+
+def evaluate(
+    items: Iterable[Item], spec: PolicySpec, now: datetime, zone: tzinfo | None = None
+) -> Decision:
+    """Decide, for every item, whether it is kept or removed, and why.
+
+    Returns a `Decision` whose ``keep`` and ``remove`` partition ``items``. Never raises
+    for odd data: a bad timestamp only makes an item kept. Raises ``ValueError`` for an
+    empty or invalid spec (the planner refuses those before calling), for ``spec.tz``
+    without its ``zone`` (resolving a zone name reads the zone database: the caller's
+    job), and `DependencyCycle` when parents form a cycle. Pure: no I/O, no clock.
+    """
+    if spec.is_empty():
+        raise ValueError("empty policy")
+    problem = spec.problem()
+    if problem:
+        raise ValueError(problem)
+    if spec.tz is not None and zone is None:
+        raise ValueError(f"the policy takes calendar periods in {spec.tz}: pass zone=")
+    no_time: list[Item] = []
+    valid: list[Item] = []
+    for item in items:
+        (valid if item.time is not None else no_time).append(item)
+    valid.sort(key=sort_key, reverse=True)
+    return _decide(no_time, valid, spec, now, zone)
+
+
+class _Reasons:
+    """Reasons per position of the sorted runs, each combination stored once."""
+
+    def __init__(self, n: int) -> None:
+        self.rules: list[tuple[str, ...]] = [()] * n
+        self.before: dict[int, tuple[str, ...]] = {}  # protections, listed first
+        self.after: dict[int, tuple[str, ...]] = {}  # floor, dependencies, listed last
+        shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.share = shared.setdefault  # share(combo, combo): the one stored copy
+
+    def guard(self, i: int, reason: str) -> None:
+        combo = (*self.before.get(i, ()), reason)
+        self.before[i] = self.share(combo, combo)
+
+    def late(self, i: int, reason: str) -> None:
+        combo = (*self.after.get(i, ()), reason)
+        self.after[i] = self.share(combo, combo)
+
+    def of(self, i: int) -> tuple[str, ...]:
+        combo = self.before.get(i, ()) + self.rules[i] + self.after.get(i, ())
+        return self.share(combo, combo)
+
+
+def _decide(
+    no_time: list[Item], valid: list[Item], spec: PolicySpec, now: datetime, zone: tzinfo | None
+) -> Decision:
+    n = len(valid)
+    why = _Reasons(n)
+    flags = bytearray(n)
+
+    # 2. The list the rules see: terminal runs only, when a terminal set is given.
+    if spec.terminal_states is not None:
+        terminal = frozenset(spec.terminal_states)
+        state_reason: dict[str | None, str] = {}
+        pos: list[int] = []
+        for i, item in enumerate(valid):
+            state = (item.attrs or NO_ATTRS).state
+            if state in terminal:
+                pos.append(i)
+                continue
+            text = state_reason.get(state)
+            if text is None:
+                shown = "NULL" if state is None else repr(state)
+                text = state_reason[state] = f"kept: state {shown} is not terminal"
+            why.guard(i, text)
+            flags[i] |= NOT_TERMINAL
+        seen: list[Item] = [valid[i] for i in pos]
+    else:
+        pos = range(n)  # type: ignore[assignment]
+        seen = valid
+
+    # 3. The rules.
+    latest = next((it.time for it in seen if it.time is not None and it.time < now), None)
+    ctx = Ctx(spec, now, zone, latest)
+    active = active_rules(spec)
+    rule_reasons, share = why.rules, why.share
+    # Marks of what rules keep matter only to the stages after them; without those stages
+    # and without a state filter, the plain loop (the keep-last case at a million runs).
+    plain = not (spec.dependencies or spec.min_keep or spec.max_total_bytes is not None)
+    for rd in active:
+        if plain and seen is valid:
+            for i, reason in rd.rule(seen, ctx):
+                combo = (*rule_reasons[i], reason)
+                rule_reasons[i] = share(combo, combo)
+            continue
+        bit = RULE | (CHECKPOINT if rd.calendar else 0)
+        for j, reason in rd.rule(seen, ctx):
+            i = pos[j]
+            combo = (*rule_reasons[i], reason)
+            rule_reasons[i] = share(combo, combo)
+            flags[i] |= bit
+
+    # 4. Protections.
+    for j in [j for j, item in enumerate(seen) if item.protected]:
+        why.guard(pos[j], "kept: protected")
+        flags[pos[j]] |= PROTECTED
+    kinds = dict.fromkeys(spec.newest_of_kind or ())
+    if spec.pins or kinds:
+        for j, item in enumerate(seen):
+            attrs = item.attrs
+            if attrs is None:
+                continue
+            if attrs.pinned:
+                why.guard(pos[j], "kept: pinned")
+                flags[pos[j]] |= PINNED
+            if attrs.kind in kinds and kinds[attrs.kind] is None:
+                kinds[attrs.kind] = j
+                why.guard(pos[j], f"kept: newest run of kind {attrs.kind!r}")
+                flags[pos[j]] |= NEWEST_KIND
+
+    # 5, 6. Dependencies, the floor, and dependencies of the runs the floor adds.
+    parents = _parents(no_time, valid) if spec.dependencies else None
+    if parents is not None:
+        _keep_ancestors(parents, no_time, valid, flags, why, range(n))
+    if spec.min_keep:
+        added = _floor(spec.min_keep, len(no_time), valid, flags, why)
+        if parents is not None and added:
+            _keep_ancestors(parents, no_time, valid, flags, why, added)
+
+    # 7. The budget.
+    report = None
+    budget_out: dict[int, str] = {}
+    if spec.max_total_bytes is not None:
+        up = (parents.parent, parents.no_time_parent) if parents else None
+        report, budget_out = budget_mod.apply(spec, no_time, valid, flags, up)
+
+    keep = [Verdict(item, True, ("kept: timestamp missing or unparseable",)) for item in no_time]
+    remove: list[Verdict] = []
+    removed = ("removed: " + " and ".join(rd.why(spec) for rd in active),)
+    if not why.before and not why.after and not budget_out:  # the common case, kept lean
+        for item, kept_by in zip(valid, why.rules, strict=True):
+            if kept_by:
+                keep.append(Verdict(item, True, kept_by))
+            else:
+                remove.append(Verdict(item, False, removed))
+        return Decision(keep=keep, remove=remove, budget=report)
+    overruled: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for i, item in enumerate(valid):
+        if not (flags[i] or why.rules[i]):
+            remove.append(Verdict(item, False, removed))
+        elif i in budget_out:
+            kept_by = why.of(i)
+            was = overruled.get(kept_by)
+            if was is None:
+                was = overruled[kept_by] = tuple(
+                    "overruled: " + r.removeprefix("kept: ") for r in kept_by
+                )
+            remove.append(Verdict(item, False, (budget_out[i], *was)))
+        else:
+            keep.append(Verdict(item, True, why.of(i)))
+    return Decision(keep=keep, remove=remove, budget=report)
+
+
+@dataclass
+class _Parents:
+    """The dependency graph: ``parent[i]`` is the position (in the sorted valid runs) of the
+    run that run ``i`` depends on, -1 for none or one outside the considered runs, and
+    ``no_time_parent`` the same for runs without a timestamp (always kept)."""
+
+    parent: list[int]
+    no_time_parent: list[int]
+
+
+def _parents(no_time: list[Item], valid: list[Item]) -> _Parents | None:
+    """Positions of parents; raises `DependencyCycle` for a cycle (through any runs)."""
+    at: dict[RunId, int] = {item.id: i for i, item in enumerate(valid)}
+    off = len(valid)
+    for k, item in enumerate(no_time):
+        at.setdefault(item.id, off + k)
+    everyone = [*valid, *no_time]
+    up = [-1] * len(everyone)
+    any_parent = False
+    for i, item in enumerate(everyone):
+        p = (item.attrs or NO_ATTRS).parent
+        if p is not None:
+            j = at.get(p, -1)
+            up[i] = j
+            any_parent |= j >= 0
+    if not any_parent:
+        return None
+    _refuse_cycles(up, everyone)
+    # A parent without a timestamp is kept anyway: the chain stops there for the valid runs.
+    parent = [p if p < off else -1 for p in up[:off]]
+    return _Parents(parent, [p if p < off else -1 for p in up[off:]])
+
+
+def _refuse_cycles(up: list[int], everyone: list[Item]) -> None:
+    state = bytearray(len(up))  # 0 unseen, 1 on the current path, 2 done
+    for start in range(len(up)):
+        path = []
+        i = start
+        while i >= 0 and state[i] == 0:
+            state[i] = 1
+            path.append(i)
+            i = up[i]
+        if i >= 0 and state[i] == 1:  # back on the current path: a cycle from i
+            cycle = path[path.index(i) :]
+            raise DependencyCycle([everyone[k].id for k in cycle])
+        for k in path:
+            state[k] = 2
+
+
+def _keep_ancestors(
+    parents: _Parents,
+    no_time: list[Item],
+    valid: list[Item],
+    flags: bytearray,
+    why: _Reasons,
+    among: Iterable[int],
+) -> None:
+    """Keep every run that a kept run of ``among`` (and every run without a timestamp)
+    depends on, transitively; the reason names the run that depends on it. Each run is
+    walked once: O(n)."""
+    up = parents.parent
+    starts: list[tuple[RunId, int]] = [
+        (item.id, parents.no_time_parent[k]) for k, item in enumerate(no_time)
+    ]
+    starts += [(valid[i].id, up[i]) for i in among if flags[i]]
+    for child, p in starts:
+        while p >= 0 and not flags[p] & DEPENDED_ON:
+            flags[p] |= DEPENDED_ON
+            why.late(p, f"kept: run {child} depends on it")
+            child, p = valid[p].id, up[p]
+
+
+def _floor(
+    min_keep: int, already: int, valid: list[Item], flags: bytearray, why: _Reasons
+) -> list[int]:
+    """Keep the newest runs not kept yet until ``min_keep`` runs are kept in all
+    (``already`` counts runs kept before: those without a timestamp)."""
+    kept = already + sum(1 for f in flags if f)
+    added: list[int] = []
+    reason = f"kept: min-keep {min_keep} (never fewer runs than that)"
+    for i in range(len(valid)):
+        if kept >= min_keep:
+            break
+        if not flags[i]:
+            flags[i] |= FLOOR
+            why.late(i, reason)
+            added.append(i)
+            kept += 1
+    return added

@@ -1,0 +1,176 @@
+"""What to keep: the policy as data. It travels in the signed manifest and its digest.
+
+Defaults are left out of the encoding (``omit_defaults``), so a policy that uses only the
+first rules (keep-last, max-age) encodes, and digests, exactly as it did before the calendar
+rules existed. Counts are whole numbers, -1 meaning unlimited (restic's ``unlimited``);
+calendar spans are restic's text (``1y2m3d4h``, normalised); no floats anywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from retention.durations import format_bytes, parse_span
+from retention.errors import UsageError
+
+UNLIMITED = -1
+UNITS = ("hourly", "daily", "weekly", "monthly", "yearly")
+NOUN = {"hourly": "hour", "daily": "day", "weekly": "week", "monthly": "month", "yearly": "year"}
+COUNT_FIELDS = ("keep_last", *(f"keep_{u}" for u in UNITS))
+SPAN_FIELDS = ("keep_within", *(f"keep_within_{u}" for u in UNITS))
+
+
+class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What to keep. Durations for max-age are whole seconds; calendar spans restic's text.
+
+    Rules (a run is kept if any keeps it): ``keep_last``, ``max_age_seconds``,
+    ``keep_{hourly,daily,weekly,monthly,yearly}``, ``keep_within``,
+    ``keep_within_{hourly,...}``, ``keep_tags``. Protections (never removed, whatever the
+    rules say): runs not in ``terminal_states``, pinned runs (``pins``), the newest run of
+    each kind in ``newest_of_kind``, the ``min_keep`` floor, and with ``dependencies`` every
+    run a kept run depends on. ``max_total_bytes`` is the size budget applied last.
+    """
+
+    keep_last: int | None = None
+    max_age_seconds: int | None = None
+    keep_hourly: int | None = None
+    keep_daily: int | None = None
+    keep_weekly: int | None = None
+    keep_monthly: int | None = None
+    keep_yearly: int | None = None
+    keep_within: str | None = None
+    keep_within_hourly: str | None = None
+    keep_within_daily: str | None = None
+    keep_within_weekly: str | None = None
+    keep_within_monthly: str | None = None
+    keep_within_yearly: str | None = None
+    keep_tags: tuple[tuple[str, ...], ...] | None = None
+    tz: str | None = None  # IANA zone for calendar periods; None: each run's recorded offset
+    checkpoint: Literal["first"] | None = None  # None: newest of each period (restic)
+    min_keep: int | None = None
+    terminal_states: tuple[str, ...] | None = None
+    pins: bool | None = None
+    newest_of_kind: tuple[str, ...] | None = None
+    dependencies: bool | None = None
+    max_total_bytes: int | None = None
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f) is None for f in self.__struct_fields__)
+
+    def keeps_nothing(self) -> bool:
+        """True when no rule can keep a run (protections and the floor are not rules):
+        the policy restic calls empty, refused by `retention.planner`."""
+        if any(getattr(self, f) not in (None, 0) for f in COUNT_FIELDS):
+            return False
+        if any(getattr(self, f) is not None for f in SPAN_FIELDS):
+            return False
+        return not self.keep_tags and self.max_age_seconds is None
+
+    def problem(self) -> str | None:
+        """Why this spec cannot be evaluated (a value out of its domain), or None."""
+        for f in COUNT_FIELDS:
+            v = getattr(self, f)
+            if v is not None and v < UNLIMITED:
+                return f"{f} must be >= 0 or -1 (unlimited), got {v}"
+        for f in SPAN_FIELDS:
+            v = getattr(self, f)
+            if v is not None:
+                try:
+                    span = parse_span(v)
+                except UsageError as exc:
+                    return f"{f}: {exc.message}"
+                if span.is_zero():
+                    return f"{f} must not be zero (leave it out instead)"
+        if self.max_age_seconds is not None and self.max_age_seconds <= 0:
+            return "max_age_seconds must be positive"
+        if self.min_keep is not None and self.min_keep < 0:
+            return "min_keep must not be negative"
+        if self.max_total_bytes is not None and self.max_total_bytes <= 0:
+            return "max_total_bytes must be positive"
+        if self.keep_tags is not None and not all(self.keep_tags):
+            return "keep_tags: every tag list needs at least one tag ('' for untagged runs)"
+        return None
+
+    def describe(self) -> str:
+        """The policy in words, printed first by ``plan``."""
+        parts = []
+        if self.keep_last == UNLIMITED:
+            parts.append("every run (keep-last unlimited)")
+        elif self.keep_last:  # 0 keeps nothing: not worth a clause
+            parts.append(
+                "the newest run" if self.keep_last == 1 else f"the newest {self.keep_last} runs"
+            )
+        if self.max_age_seconds is not None:
+            parts.append(f"every run younger than {age_text(self.max_age_seconds)}")
+        which = "first" if self.checkpoint == "first" else "newest"
+        for unit in UNITS:
+            n = getattr(self, f"keep_{unit}")
+            if n == UNLIMITED:
+                parts.append(f"the {which} run of every {NOUN[unit]}")
+            elif n == 1:
+                parts.append(f"the {which} run of the latest {NOUN[unit]} with runs")
+            elif n:
+                parts.append(f"the {which} run of each of the {n} latest {NOUN[unit]}s with runs")
+        if self.keep_within is not None:
+            parts.append(f"every run within {self.keep_within} of the newest run")
+        for unit in UNITS:
+            span = getattr(self, f"keep_within_{unit}")
+            if span is not None:
+                parts.append(
+                    f"the {which} run of each {NOUN[unit]} within {span} of the newest run"
+                )
+        for tags in self.keep_tags or ():
+            parts.append(f"every run {tags_text(tags)}")
+        if not parts:
+            return "Keep nothing (empty policy)."
+        text = (
+            "Keep "
+            + ", and ".join(parts)
+            + "; remove a run only when no rule keeps it. Runs with no valid timestamp"
+            " and protected runs are always kept."
+        )
+        return text + "".join(" " + s for s in self._protections())
+
+    def _protections(self) -> list[str]:
+        out = []
+        if self.terminal_states is not None:
+            out.append(
+                "Only runs in a terminal state (" + ", ".join(self.terminal_states) + ") may go."
+            )
+        if self.pins:
+            out.append("Pinned runs are always kept.")
+        for kind in self.newest_of_kind or ():
+            out.append(f"The newest run of kind {kind!r} is always kept.")
+        if self.dependencies:
+            out.append("A run that a kept run depends on is kept.")
+        if self.min_keep:
+            out.append(f"At least {self.min_keep} runs are always kept.")
+        if self.max_total_bytes is not None:
+            out.append(
+                f"While the kept runs exceed {format_bytes(self.max_total_bytes)}, the oldest"
+                " unprotected ones go (other runs before calendar checkpoints)."
+            )
+        if self.tz is not None:
+            out.append(f"Calendar periods are taken in {self.tz}.")
+        return out
+
+
+def age_text(seconds: float) -> str:
+    seconds = int(seconds)
+    for unit, size in (("y", 365 * 86400), ("w", 7 * 86400), ("d", 86400), ("h", 3600)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    if seconds >= 86400:
+        return f"{seconds // 86400}d"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h"
+    return f"{seconds}s"
+
+
+def tags_text(tags: tuple[str, ...]) -> str:
+    """``tagged a and b``; restic's ``''`` (untagged runs only) as ``without tags``."""
+    if "" in tags and len(tags) == 1:
+        return "without tags"
+    return "tagged " + " and ".join(t if t else "''" for t in tags)

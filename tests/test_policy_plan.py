@@ -1,0 +1,193 @@
+"""The policy through `retention plan`: a real SQLite catalog, real directories, the CLI.
+
+The catalog is a backups table in the shape of USERS.md scenario 3 (tags, kind, parent,
+preserved, size, state columns), so every rule and protection reads a real column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from .conftest import invoke
+
+NOW = "2026-04-01T00:00:00Z"
+
+SCHEMA = """
+CREATE TABLE backups (
+    backup_id TEXT PRIMARY KEY,
+    created_at TEXT,
+    kind TEXT,
+    parent_id TEXT REFERENCES backups(backup_id),
+    preserved INTEGER DEFAULT 0,
+    size_bytes INTEGER,
+    tags TEXT,
+    state TEXT DEFAULT 'completed'
+);
+"""
+
+CONFIG = """
+[catalog]
+path = "catalog.db"
+runs_table = "backups"
+id_column = "backup_id"
+time_columns = ["created_at"]
+child_tables = []
+
+[artifacts]
+root = "backups"
+path_template = "{backup_id}"
+"""
+
+
+def make(ws: Path, rows: list[dict], extra: str = "") -> None:
+    """A catalog with ``rows`` (created_at required), a directory of size_bytes per row."""
+    db = sqlite3.connect(ws / "catalog.db")
+    db.executescript(SCHEMA)
+    for r in rows:
+        cols = ", ".join(r)
+        db.execute(
+            f"INSERT INTO backups ({cols}) VALUES ({', '.join('?' * len(r))})", list(r.values())
+        )
+        d = ws / "backups" / r["backup_id"]
+        d.mkdir(parents=True)
+        (d / "data.bin").write_bytes(b"x" * int(r.get("size_bytes") or 10))
+    db.commit()
+    db.close()
+    (ws / "retention.toml").write_text(CONFIG + extra)
+
+
+@pytest.fixture
+def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for k in list(os.environ):
+        if k.startswith("RETENTION_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
+    return tmp_path
+
+
+def plan(*args: str) -> dict:
+    result = invoke("plan", "--now", NOW, *args)
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)["payload"]
+
+
+def removed(*args: str) -> set[str]:
+    return {e["run_id"] for e in plan(*args)["entries"]}
+
+
+def fails(code: int, *args: str) -> list[str]:
+    result = invoke("plan", "--now", NOW, *args)
+    assert result.exit_code == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+    return result.stderr.splitlines()
+
+
+# -- calendar rules --------------------------------------------------------------------------
+
+OFFSETS = [
+    # the same instant twice: 2026-03-09T23:00Z, recorded as the 10th in +02:00
+    {"backup_id": "a", "created_at": "2026-03-10T01:00:00+02:00"},
+    {"backup_id": "b", "created_at": "2026-03-09T22:00:00Z"},
+    {"backup_id": "c", "created_at": "2026-03-08T12:00:00"},  # naive: UTC
+    {"backup_id": "d", "created_at": "1772884800"},  # epoch: 2026-03-07T12:00Z
+    {"backup_id": "e", "created_at": "2026-03-06T12:00:00Z"},
+]
+
+
+def test_keep_daily_takes_days_in_each_runs_recorded_offset(ws: Path) -> None:
+    make(ws, OFFSETS)
+    # a is the 10th (its own +02:00), b the 9th, c the 8th: three days, three runs
+    assert removed("--keep-daily", "3") == {"d", "e"}
+    # in UTC, a and b are the same day (9th): a, the newer, keeps it; c, d are next
+    assert removed("--keep-daily", "3", "--tz", "UTC") == {"b", "e"}
+    payload = plan("--keep-daily", "3", "--tz", "UTC")
+    assert payload["policy"] == {"keep_daily": 3, "tz": "UTC"}
+    assert "Calendar periods are taken in UTC." in payload["policy_text"]
+    entries = {e["run_id"]: e for e in payload["entries"]}
+    assert entries["b"]["reason"] == "removed: not a daily checkpoint (keep-daily 3)"
+    assert entries["b"]["time"] == "2026-03-09T22:00:00Z"  # manifests stay in UTC
+
+
+def test_unlimited_and_minus_one_are_the_same(ws: Path) -> None:
+    make(ws, OFFSETS)
+    assert removed("--keep-daily", "unlimited") == removed("--keep-daily", "-1") == set()
+    assert plan("--keep-weekly", "UNLIMITED")["policy"] == {"keep_weekly": -1}
+
+
+def test_keep_within_from_the_newest_run_and_checkpoint_first(ws: Path) -> None:
+    make(ws, OFFSETS)
+    # newest a (2026-03-09T23:00Z); 2d back: 03-07T23:00Z in a's +02:00 is the same instant
+    assert removed("--keep-within", "2d") == {"d", "e"}
+    # the first run of the latest two days (own offsets: a's 10th, b's 9th)
+    assert removed("--keep-daily", "2", "--checkpoint", "first") == {"c", "d", "e"}
+
+
+def test_keep_tag_reads_comma_text_and_json_arrays(ws: Path) -> None:
+    make(
+        ws,
+        [
+            {"backup_id": "csv", "created_at": "2026-03-01T00:00:00Z", "tags": "release, db"},
+            {"backup_id": "json", "created_at": "2026-03-02T00:00:00Z", "tags": '["db","release"]'},
+            {"backup_id": "one", "created_at": "2026-03-03T00:00:00Z", "tags": "db"},
+            {"backup_id": "null", "created_at": "2026-03-04T00:00:00Z", "tags": None},
+            {"backup_id": "broken", "created_at": "2026-03-05T00:00:00Z", "tags": '["db"'},
+            {"backup_id": "new", "created_at": "2026-03-06T00:00:00Z", "tags": ""},
+        ],
+        '\n[policy]\ntags_column = "tags"\n',
+    )
+    assert removed("--keep-tag", "release,db", "--keep-last", "1") == {"one", "null"}
+    # '' keeps untagged runs only (NULL and empty text)
+    assert removed("--keep-tag", "", "--keep-tag", "db") == set()
+    assert removed("--keep-tag", "") == {"csv", "json", "one"}
+    kept_broken = plan("--keep-tag", "release")
+    assert "broken" not in {e["run_id"] for e in kept_broken["entries"]}
+
+
+def test_keep_tag_needs_a_tags_column(ws: Path) -> None:
+    make(ws, OFFSETS)
+    lines = fails(2, "--keep-tag", "release")
+    assert lines[0].startswith("Error: policy.keep_tags needs policy.tags_column")
+
+
+def test_a_column_that_does_not_exist_is_exit_4(ws: Path) -> None:
+    make(ws, OFFSETS, '\n[policy]\ntags_column = "labels"\n')
+    assert fails(4, "--keep-tag", "x") == [
+        "Error: table 'backups' has no column 'labels' (named by policy.tags_column)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "first"),
+    [
+        (("--keep-daily", "-2"), "Error: Invalid value for '--keep-daily': -2 is not a count"),
+        (("--keep-hourly", "many"), "Error: Invalid value for '--keep-hourly': 'many' is not"),
+        (("--keep-within", "1w"), "Error: policy.keep_within (from flag): invalid duration '1w'"),
+        (("--keep-within-daily", "-3d"), "Error: policy.keep_within_daily (from flag): invalid"),
+        (("--keep-within", "1d1d"), "Error: policy.keep_within (from flag): invalid duration"),
+        (("--tz", "Mars/Olympus"), "Error: policy.tz (from flag): unknown time zone"),
+        (("--checkpoint", "middle"), "Error: Invalid value for '--checkpoint'"),
+        (("--keep-daily", "0"), "Error: refusing a policy that keeps nothing"),
+        (("--keep-within", "0d"), "Error: refusing a policy that keeps nothing"),
+    ],
+)
+def test_bad_calendar_flags_are_exit_2_with_one_error_line(
+    ws: Path, args: tuple[str, ...], first: str
+) -> None:
+    make(ws, OFFSETS)
+    lines = fails(2, *args)
+    error = [ln for ln in lines if ln.startswith("Error:")]
+    assert len(error) == 1 and error[0].startswith(first), lines
+    assert not (ws / ".retention").exists()
+
+
+def test_the_within_hint_explains_restics_units(ws: Path) -> None:
+    make(ws, OFFSETS)
+    lines = fails(2, "--keep-within", "30min")
+    assert lines[1].startswith("Hint: use restic's form: whole numbers of y (years), m (months)")
