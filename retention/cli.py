@@ -182,6 +182,12 @@ def _policy_options(f: Any) -> Any:
             help="Which run of a period the calendar rules keep: last (newest, restic) or"
             " first (oldest).",
         ),
+        click.option(
+            "--min-keep",
+            type=click.IntRange(min=0),
+            metavar="N",
+            help="Never keep fewer than N runs, however old (the newest go last).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)

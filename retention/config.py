@@ -30,6 +30,7 @@ from retention.errors import ConfigError, UsageError
 CONFIG_ENV = "RETENTION_CONFIG"
 DEFAULT_CONFIG_NAME = "retention.toml"
 DEFAULT_KEEP_LAST = 100
+DEFAULT_TERMINAL_STATES = ("completed", "failed", "canceled")
 # A manifest of a million runs is about 400-500 MiB; refuse anything larger than this unread.
 DEFAULT_MANIFEST_MAX_SIZE = 1 << 30
 TIME_FORMATS = ("auto", "iso", "epoch_s", "epoch_ms")
@@ -82,6 +83,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     tags_column: str | None = None
     tz: str | None = None
     checkpoint: str = "last"
+    # Floors and filters: never fewer than min_keep runs; only runs whose state_column is
+    # one of terminal_states may go (default completed, failed, canceled).
+    min_keep: int | None = None
+    state_column: str | None = None
+    terminal_states: tuple[str, ...] | None = None
     state_dir: str
     grace_period: str
     manifest_ttl: str
@@ -469,6 +475,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.tags_column", "tags_column", None, _opt_str),
     Setting("policy.tz", "tz", None, _zone),
     Setting("policy.checkpoint", "checkpoint", "last", _checkpoint),
+    Setting("policy.min_keep", "min_keep", None, _count),
+    Setting("policy.state_column", "state_column", None, _opt_str),
+    Setting("policy.terminal_states", "terminal_states", None, _str_list),
     Setting("policy.allow_remove_all", "allow_remove_all", False, _bool),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
@@ -569,6 +578,9 @@ def load_config(
     if all(values[f] is None for f in RULE_FIELDS):
         values["keep_last"] = DEFAULT_KEEP_LAST
         sources["keep_last"] = "default (no rule given)"
+    if values["state_column"] is not None and values["terminal_states"] is None:
+        values["terminal_states"] = DEFAULT_TERMINAL_STATES
+        sources["terminal_states"] = "default (policy.state_column set)"
     if values["path_column"] is not None and sources["path_template"] == "default":
         values["path_template"] = None
     return Config(config_file=str(path) if path else None, sources=sources, **values)

@@ -93,10 +93,17 @@ def policy_from_config(cfg: Config) -> PolicySpec:
     rules["keep_within"] = _span(cfg.keep_within)
     rules |= {f"keep_within_{u}": _span(getattr(cfg, f"keep_within_{u}")) for u in UNITS}
     calendar = any(v not in (None, 0) for v in rules.values())
+    if cfg.terminal_states is not None and not cfg.state_column:
+        raise ConfigError(
+            "policy.terminal_states needs policy.state_column: the column of the runs table"
+            " that holds each run's state"
+        )
     spec = PolicySpec(
         keep_last=cfg.keep_last,
         max_age_seconds=max_age,
         keep_tags=cfg.keep_tags or None,
+        min_keep=cfg.min_keep or None,
+        terminal_states=cfg.terminal_states if cfg.state_column else None,
         # Only where they change a decision: the zone for calendar rules and spans, which
         # run of a period for calendar rules.
         tz=cfg.tz if calendar else None,
@@ -124,7 +131,18 @@ def _columns(cfg: Config, spec: PolicySpec) -> dict[str, tuple[str, str]]:
     roles: dict[str, tuple[str, str]] = {}
     if spec.keep_tags and cfg.tags_column:
         roles["tags"] = ("policy.tags_column", cfg.tags_column)
+    if spec.terminal_states is not None and cfg.state_column:
+        roles["state"] = ("policy.state_column", cfg.state_column)
     return roles
+
+
+def _text(value: object) -> str | None:
+    """A column value as text for comparing with configured values (states, kinds)."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode(errors="backslashreplace")
+    return str(value)
 
 
 def _needs_offsets(spec: PolicySpec) -> bool:
@@ -186,6 +204,7 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
     first_time = 2 + len(names)
     fmt = cfg.time_format
     tag_sets: dict[frozenset[str] | None, frozenset[str] | None] = {}
+    texts: dict[str | None, str | None] = {}  # one copy of each state or kind
     items: list[Item] = []
     try:
         for row in cat.conn.execute(sql):
@@ -201,7 +220,8 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                 if "tags" in got:
                     tags = parse_tags(got["tags"])
                     tags = tag_sets.setdefault(tags, tags)
-                attrs = Attrs(tags=tags)
+                state = _text(got.get("state"))
+                attrs = Attrs(tags=tags, state=texts.setdefault(state, state))
             items.append(Item(row[0], t, bool(row[1]), attrs))
     except sqlite3.Error as exc:
         raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None

@@ -191,3 +191,55 @@ def test_the_within_hint_explains_restics_units(ws: Path) -> None:
     make(ws, OFFSETS)
     lines = fails(2, "--keep-within", "30min")
     assert lines[1].startswith("Hint: use restic's form: whole numbers of y (years), m (months)")
+
+
+# -- floors and filters -------------------------------------------------------------------
+
+JOBS = [
+    {"backup_id": "j1", "created_at": "2026-01-01T00:00:00Z", "state": "completed"},
+    {"backup_id": "j2", "created_at": "2026-01-02T00:00:00Z", "state": "failed"},
+    {"backup_id": "j3", "created_at": "2026-01-03T00:00:00Z", "state": "running"},
+    {"backup_id": "j4", "created_at": "2026-01-04T00:00:00Z", "state": "canceled"},
+    {"backup_id": "j5", "created_at": "2026-01-05T00:00:00Z", "state": None},
+    {"backup_id": "j6", "created_at": "not a time", "state": "completed"},
+    {"backup_id": "j7", "created_at": "2026-03-30T00:00:00Z", "state": "completed"},
+]
+
+
+def test_state_filter_with_the_default_terminal_set(ws: Path) -> None:
+    make(ws, JOBS, '\n[policy]\nstate_column = "state"\n')
+    # a 7-day TTL: the old terminal runs go; running, NULL state and no timestamp stay
+    assert removed("--max-age", "7d") == {"j1", "j2", "j4"}
+    payload = plan("--max-age", "7d")
+    assert payload["policy"]["terminal_states"] == ["completed", "failed", "canceled"]
+    assert (
+        "Only runs in a terminal state (completed, failed, canceled) may go."
+        in (payload["policy_text"])
+    )
+    result = invoke("config")
+    assert "policy.terminal_states" in result.stdout
+    assert "default (policy.state_column set)" in result.stdout
+
+
+def test_min_keep_flag_and_env(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make(ws, JOBS, '\n[policy]\nstate_column = "state"\nterminal_states = ["completed"]\n')
+    # only j1 and j7 may go; max-age keeps j7; 7 runs are more than the floor of 5 anyway
+    assert removed("--max-age", "7d") == {"j1"}
+    assert removed("--max-age", "7d", "--min-keep", "7") == set()
+    monkeypatch.setenv("RETENTION_MIN_KEEP", "7")
+    assert removed("--max-age", "7d") == set()
+    assert removed("--max-age", "7d", "--min-keep", "0") == {"j1"}  # the flag wins
+
+
+def test_terminal_states_need_a_state_column(ws: Path) -> None:
+    make(ws, JOBS, '\n[policy]\nterminal_states = "completed,failed"\n')
+    assert fails(2, "--keep-last", "1")[0].startswith(
+        "Error: policy.terminal_states needs policy.state_column"
+    )
+
+
+def test_a_missing_state_column_is_exit_4(ws: Path) -> None:
+    make(ws, JOBS, '\n[policy]\nstate_column = "status"\n')
+    assert fails(4, "--keep-last", "1") == [
+        "Error: table 'backups' has no column 'status' (named by policy.state_column)"
+    ]
