@@ -389,16 +389,30 @@ def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str
     help="Only trash whose grace period is over (the default).",
 )
 @click.option("--all", "mode", flag_value="all", help="Empty the whole trash (no undo after).")
+@click.option(
+    "--vacuum",
+    is_flag=True,
+    help="Then give the catalog's free pages back to the filesystem: PRAGMA"
+    " incremental_vacuum where its auto_vacuum is incremental (short), else VACUUM, which"
+    " rewrites the whole file under an exclusive lock (the application waits) and needs free"
+    " disk for a copy of it and as much again.",
+)
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
 @click.pass_context
-def purge(ctx: click.Context, mode: str, now_text: str | None) -> None:
-    """Remove trash whose grace period is over (or, with --all, all of it)."""
+def purge(ctx: click.Context, mode: str, vacuum: bool, now_text: str | None) -> None:
+    """Remove trash whose grace period is over (or, with --all, all of it).
+
+    Reports the catalog file's size before and after, and its free pages (the space the
+    dropped tombstones took, which SQLite reuses). Exit 4 or 8 if --vacuum failed (the
+    purge itself is done).
+    """
     from retention.trashops import purge as run_purge
 
-    report = run_purge(_config(ctx), everything=mode == "all", now=_now(now_text))
+    report = run_purge(_config(ctx), everything=mode == "all", vacuum=vacuum, now=_now(now_text))
     _emit(report)
     for line in views.purge_lines(report):
         _say(line, err=True)
+    ctx.exit(report.exit_code)
 
 
 @cli.command()
@@ -407,7 +421,8 @@ def purge(ctx: click.Context, mode: str, now_text: str | None) -> None:
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, now_text: str | None) -> None:
-    """Show interrupted transactions, trash per transaction and the undo window (read-only)."""
+    """Show interrupted transactions, trash per transaction and the undo window, and how
+    much of the catalog file the tombstones take (read-only)."""
     from retention.status import status as run_status
 
     report = run_status(_config(ctx), _now(now_text))

@@ -88,6 +88,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     min_keep: int | None = None
     state_column: str | None = None
     terminal_states: tuple[str, ...] | None = None
+    # Protections: a truthy pin_column never goes; nor the newest run whose kind_column is
+    # one of newest_of_kind; nor a run that a kept run names in parent_column (transitively).
+    pin_column: str | None = None
+    kind_column: str | None = None
+    newest_of_kind: tuple[str, ...] | None = None
+    parent_column: str | None = None
     state_dir: str
     grace_period: str
     manifest_ttl: str
@@ -478,6 +484,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.min_keep", "min_keep", None, _count),
     Setting("policy.state_column", "state_column", None, _opt_str),
     Setting("policy.terminal_states", "terminal_states", None, _str_list),
+    Setting("policy.pin_column", "pin_column", None, _opt_str),
+    Setting("policy.kind_column", "kind_column", None, _opt_str),
+    Setting("policy.newest_of_kind", "newest_of_kind", None, _str_list),
+    Setting("policy.parent_column", "parent_column", None, _opt_str),
     Setting("policy.allow_remove_all", "allow_remove_all", False, _bool),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),

@@ -39,7 +39,15 @@ from retention.errors import CatalogError, ConfigError, UsageError
 from retention.layout import TRASH_DIRNAME, StateLayout
 from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
 from retention.manifest import with_id as manifest_with_id
-from retention.policy import UNITS, Attrs, Item, PolicySpec, Verdict, evaluate
+from retention.policy import (
+    UNITS,
+    Attrs,
+    DependencyCycle,
+    Item,
+    PolicySpec,
+    Verdict,
+    evaluate,
+)
 from retention.reporting import Progress
 from retention.reports import SkippedEntry
 from retention.status import journal_warnings
@@ -98,12 +106,20 @@ def policy_from_config(cfg: Config) -> PolicySpec:
             "policy.terminal_states needs policy.state_column: the column of the runs table"
             " that holds each run's state"
         )
+    if cfg.newest_of_kind is not None and not cfg.kind_column:
+        raise ConfigError(
+            "policy.newest_of_kind needs policy.kind_column: the column of the runs table"
+            " that holds each run's kind"
+        )
     spec = PolicySpec(
         keep_last=cfg.keep_last,
         max_age_seconds=max_age,
         keep_tags=cfg.keep_tags or None,
         min_keep=cfg.min_keep or None,
         terminal_states=cfg.terminal_states if cfg.state_column else None,
+        pins=True if cfg.pin_column else None,
+        newest_of_kind=cfg.newest_of_kind if cfg.kind_column else None,
+        dependencies=True if cfg.parent_column else None,
         # Only where they change a decision: the zone for calendar rules and spans, which
         # run of a period for calendar rules.
         tz=cfg.tz if calendar else None,
@@ -133,7 +149,28 @@ def _columns(cfg: Config, spec: PolicySpec) -> dict[str, tuple[str, str]]:
         roles["tags"] = ("policy.tags_column", cfg.tags_column)
     if spec.terminal_states is not None and cfg.state_column:
         roles["state"] = ("policy.state_column", cfg.state_column)
+    if spec.pins and cfg.pin_column:
+        roles["pin"] = ("policy.pin_column", cfg.pin_column)
+    if spec.newest_of_kind and cfg.kind_column:
+        roles["kind"] = ("policy.kind_column", cfg.kind_column)
+    if spec.dependencies and cfg.parent_column:
+        roles["parent"] = ("policy.parent_column", cfg.parent_column)
     return roles
+
+
+_FALSY = ("", "0", "false", "f", "no", "n", "off")
+
+
+def truthy(value: object) -> bool:
+    """A pin column's value: NULL, 0 and false-like text are false; anything else (any
+    other number or text) pins the run, so an unexpected value keeps rather than deletes."""
+    if value is None:
+        return False
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, bytes):
+        value = value.decode(errors="replace")
+    return str(value).strip().lower() not in _FALSY
 
 
 def _text(value: object) -> str | None:
@@ -221,7 +258,14 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     tags = parse_tags(got["tags"])
                     tags = tag_sets.setdefault(tags, tags)
                 state = _text(got.get("state"))
-                attrs = Attrs(tags=tags, state=texts.setdefault(state, state))
+                kind = _text(got.get("kind"))
+                attrs = Attrs(
+                    tags=tags,
+                    state=texts.setdefault(state, state),
+                    pinned=truthy(got.get("pin")),
+                    kind=texts.setdefault(kind, kind),
+                    parent=got.get("parent"),
+                )
             items.append(Item(row[0], t, bool(row[1]), attrs))
     except sqlite3.Error as exc:
         raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
@@ -427,6 +471,20 @@ def _refuse_missing_dirs(cfg: Config, cat: SqliteCatalog, store: LocalStore, mis
     )
 
 
+def _cycle_error(cfg: Config, exc: DependencyCycle) -> CatalogError:
+    """A dependency cycle is the catalog's to fix: exit 4, naming the runs."""
+    runs = [str(r) for r in exc.runs]
+    shown = runs if len(runs) <= 8 else [*runs[:7], "..."]
+    chain = " -> ".join([*shown, runs[0]])
+    one = "a run that depends on itself" if len(runs) == 1 else f"{len(runs)} runs that depend"
+    return CatalogError(
+        f"{one}{' on each other' if len(runs) > 1 else ''} through policy.parent_column"
+        f" {cfg.parent_column!r}: {chain}",
+        hint="a run cannot depend on itself, even through others: fix the parent column of"
+        " one of them (a cycle has no oldest run to keep first)",
+    )
+
+
 def build_plan(
     cfg: Config,
     now: datetime,
@@ -452,7 +510,10 @@ def build_plan(
         require_artifact_root(cfg)
         items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
-        decision = evaluate(items, spec, now, policy_zone(spec))
+        try:
+            decision = evaluate(items, spec, now, policy_zone(spec))
+        except DependencyCycle as exc:
+            raise _cycle_error(cfg, exc) from None
         del items
         if decision.remove and not allow_remove_all:
             _refuse_remove_all(cfg, cat, len(decision.remove))

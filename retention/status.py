@@ -15,7 +15,13 @@ from retention.config import Config
 from retention.durations import format_instant
 from retention.layout import StateLayout
 from retention.store import display, trash_problems
-from retention.tombstones import TrashCatalog
+from retention.tombstones import (
+    CatalogSpace,
+    RetentionUsage,
+    TrashCatalog,
+    catalog_space,
+    retention_usage,
+)
 
 
 class Interrupted(msgspec.Struct):
@@ -47,6 +53,10 @@ class StatusReport(msgspec.Struct, kw_only=True):
     journal_error: str | None = None
     last_apply: dict[str, Any] | None = None
     trash_problems: list[str] = []  # entries of .trash that are symlinks or not directories
+    # The catalog file, and how much of it retention's tables take: the tombstones live
+    # in the catalog until their apply is purged (or undone).
+    catalog: CatalogSpace | None = None
+    catalog_usage: RetentionUsage | None = None
 
 
 def unfinished_txids(state: StateLayout) -> list[str]:
@@ -101,6 +111,7 @@ def status(cfg: Config, now: datetime) -> StatusReport:
             if r["state"] not in ("purged", "undone")  # nothing of it is in trash any more
         ]
         last = _last_apply(state, cat)
+        space, usage = catalog_space(cat.conn, cat.path), retention_usage(cat.conn)
     live = [t for t in trash if t.undoable]
     return StatusReport(
         now=format_instant(now),
@@ -115,6 +126,8 @@ def status(cfg: Config, now: datetime) -> StatusReport:
         trash_problems=[
             f"{display(rel)} {why}" for rel, why in trash_problems(Path(cfg.artifact_root))
         ],
+        catalog=space,
+        catalog_usage=usage,
     )
 
 

@@ -6,7 +6,8 @@ transaction, never touching the application's tables' schema):
 * ``_retention_meta``: the lineage id (see `retention.identity`);
 * ``_retention_tx``: one row per committed transaction: the txid is the decision record
   that recovery asks for (presumed abort: no row, no commit);
-* ``_retention_runs``: each deleted run with its original path and its place in trash;
+* ``_retention_runs``: each deleted run with its original path and its place in trash,
+  until ``state.history`` after its apply was purged or undone (`compact_history`);
 * ``_retention_t_<table>``: the deleted rows of each involved table, untyped columns so
   every value keeps its exact storage class, with the txid, run id and original rowid;
 * ``_retention_n_<table>``: for rows that stay but reference a deleted row through a
@@ -17,14 +18,30 @@ transaction, never touching the application's tables' schema):
 from __future__ import annotations
 
 import contextlib
+import math
+import os
+import shutil
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
+
+import msgspec
 
 from retention.catalog import IDS_TABLE, SqliteCatalog, q
-from retention.durations import format_duration
-from retention.errors import CatalogError, catalog_error
+from retention.config import Config
+from retention.durations import (
+    format_bytes,
+    format_duration,
+    format_instant,
+    parse_duration,
+    parse_instant,
+)
+from retention.errors import CatalogError, StorageError, catalog_error
 from retention.policy import RunId
 
 TX_TABLE = "_retention_tx"
@@ -34,6 +51,15 @@ NULLS_PREFIX = "_retention_n_"  # columns an apply set (SET NULL / SET DEFAULT),
 TXID_COL = "__retention_txid"
 RUN_COL = "__retention_run"
 ROWID_COL = "__retention_rowid"
+
+# Reads that plan an undo or a purge go READ_BATCH runs per statement, each statement read
+# to its end before anything else happens: a statement in progress holds a read lock, and in
+# a rollback-journal catalog that keeps the application's writers from committing. So they
+# wait for one batch at most, never for a whole plan, and never across directory moves.
+READ_BATCH = 1000
+# Purge drops tombstones, and compaction the deletion log, WRITE_BATCH rows per transaction:
+# the application's writers wait for one such transaction at most.
+WRITE_BATCH = 20_000
 
 _DDL = f"""
 CREATE TABLE IF NOT EXISTS _retention_meta (key TEXT PRIMARY KEY, value TEXT);
@@ -210,12 +236,30 @@ class WritableCatalog(SqliteCatalog):
         return None if row is None else dict(zip([d[0] for d in cur.description], row, strict=True))
 
     def tomb_runs(self, txid: str) -> dict[RunId, dict[str, Any]]:
-        """Tombstoned runs of an apply transaction (empty if none)."""
+        """Tombstoned runs of an apply transaction (empty if none). Read in batches."""
         if not _has_table(self.conn, TOMB_RUNS):
             return {}
-        cur = self.conn.execute(f"SELECT * FROM {TOMB_RUNS} WHERE txid = ?", (txid,))
-        names = [d[0] for d in cur.description]
-        return {row[1]: dict(zip(names, row, strict=True)) for row in cur}
+        names = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TOMB_RUNS})")]
+        return {
+            row[0]: dict(zip(names, row[1:], strict=True))
+            for batch in self._runs_of(txid, ", ".join(q(n) for n in names))
+            for row in batch
+        }
+
+    def _runs_of(self, txid: str, columns: str) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of ``_retention_runs`` of ``txid`` (``run_id``, then ``columns``), in
+        run id order, `READ_BATCH` at a time: each batch one statement on the primary key
+        (keyset: the next starts after the last run id), fetched whole before it is
+        yielded, so no read lock outlives a batch whatever the caller does in between."""
+        sql = f"SELECT run_id, {columns} FROM {TOMB_RUNS} WHERE txid = ?"
+        rows = self.conn.execute(f"{sql} ORDER BY run_id LIMIT ?", (txid, READ_BATCH)).fetchall()
+        while rows:
+            yield rows
+            if len(rows) < READ_BATCH:
+                return
+            rows = self.conn.execute(
+                f"{sql} AND run_id > ? ORDER BY run_id LIMIT ?", (txid, rows[-1][0], READ_BATCH)
+            ).fetchall()
 
     def commit_delete(
         self,
@@ -397,16 +441,17 @@ class TrashCatalog(WritableCatalog):
     """The catalog side of undo and purge."""
 
     def trash_totals(self, txids: list[str]) -> tuple[int, int]:
-        """Runs and bytes still in trash for these applies (read-only)."""
+        """Runs and bytes still in trash for these applies (read-only, in batches)."""
         if not txids or not _has_table(self.conn, TOMB_RUNS):
             return 0, 0
-        marks = ", ".join("?" * len(txids))
-        runs, nbytes = self.conn.execute(
-            f"SELECT count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
-            f" WHERE state = 'trash' AND txid IN ({marks})",
-            txids,
-        ).fetchone()
-        return int(runs), int(nbytes)
+        runs = nbytes = 0
+        for txid in txids:
+            for batch in self._runs_of(txid, "state, bytes"):
+                for _, state, size in batch:
+                    if state == "trash":
+                        runs += 1
+                        nbytes += int(size)
+        return runs, nbytes
 
     def trash_slots(self) -> dict[bytes, RunId]:
         """Where each run deleted into trash lies (relative to the root). Read-only."""
@@ -461,40 +506,62 @@ class TrashCatalog(WritableCatalog):
     def _restore_tables(self) -> list[str]:
         return [self.cfg.runs_table, *(c.table for c in self.schema.children)]
 
-    def _shared(self, txid: str) -> dict[RunId, set[RunId]]:
-        """Runs of ``txid`` that share a tombstoned row (a row linking two runs): they can
-        only come back together (read-only).
+    def _id_ranges(self) -> list[tuple[int, int]]:
+        """The loaded ids (see `load_ids`) as rowid ranges of `READ_BATCH` each: every read
+        that joins them to the catalog goes one range per statement."""
+        top = self.conn.execute(f"SELECT max(rowid) FROM {IDS_TABLE}").fetchone()[0] or 0
+        return [(lo, lo + READ_BATCH - 1) for lo in range(1, top + 1, READ_BATCH)]
 
-        Linear in the tombstones of ``txid``: the rows tombstoned for more than one run are
-        found by one grouped scan (served by the ``(txid, run)`` index), never by a self-join
-        on the original rowid, which no index serves and which grew with the square of the
-        rows. Each shared row links its runs to the first of them (a star): enough for the
+    def _shared(self, txid: str, ranges: list[tuple[int, int]]) -> dict[RunId, set[RunId]]:
+        """Runs of ``txid`` (those loaded) that share a tombstoned row (a row linking two
+        runs): they can only come back together (read-only).
+
+        The (row, run) pairs of their tombstones are copied into a temp table, a batch of
+        runs per statement (each served by the ``(txid, run)`` index); the rows tombstoned
+        for more than one run are then found by one grouped scan of that copy, which holds
+        no lock on the catalog at all. Linear in the tombstones: never a self-join on the
+        original rowid, which no index serves and which grew with the square of the rows.
+        Each shared row links its runs to the first of them (a star): enough for the
         connected groups `undo_plan` builds.
         """
-        links: dict[RunId, set[RunId]] = {}
-        rid = q(ROWID_COL)
-        for table in self._restore_tables():
+        conn = self.conn
+        rid, run = q(ROWID_COL), q(RUN_COL)
+        conn.execute("DROP TABLE IF EXISTS temp._retention_rows")
+        conn.execute("CREATE TEMP TABLE _retention_rows (t INTEGER NOT NULL, r, run)")
+        for n, table in enumerate(self._restore_tables()):
             tomb = TOMB_PREFIX + table
-            if not _has_table(self.conn, tomb):
+            if not _has_table(conn, tomb):
                 continue
-            hub: dict[Any, RunId] = {}
-            for row, run in self.conn.execute(
-                f"SELECT {rid}, {q(RUN_COL)} FROM {q(tomb)} WHERE {q(TXID_COL)} = ?"
-                f" AND {rid} IN (SELECT {rid} FROM {q(tomb)} WHERE {q(TXID_COL)} = ?"
-                f" GROUP BY {rid} HAVING count(DISTINCT {q(RUN_COL)}) > 1)",
-                (txid, txid),
-            ):
-                first = hub.setdefault(row, run)
-                if first != run:
-                    links.setdefault(first, set()).add(run)
-                    links.setdefault(run, set()).add(first)
+            for lo, hi in ranges:
+                conn.execute(
+                    f"INSERT INTO temp._retention_rows SELECT ?, tb.{rid}, tb.{run}"
+                    f" FROM {IDS_TABLE} AS ids JOIN {q(tomb)} AS tb"
+                    f" ON tb.{q(TXID_COL)} = ? AND tb.{run} = ids.id"
+                    " WHERE ids.rowid BETWEEN ? AND ?",
+                    (n, txid, lo, hi),
+                )
+        conn.execute("CREATE INDEX temp._retention_rows_tr ON _retention_rows (t, r, run)")
+        links: dict[RunId, set[RunId]] = {}
+        hub: dict[tuple[int, Any], RunId] = {}
+        for t, row, member in conn.execute(
+            "SELECT t, r, run FROM temp._retention_rows WHERE (t, r) IN"
+            " (SELECT t, r FROM temp._retention_rows GROUP BY t, r"
+            " HAVING count(DISTINCT run) > 1)"
+        ).fetchall():
+            first = hub.setdefault((t, row), member)
+            if first != member:
+                links.setdefault(first, set()).add(member)
+                links.setdefault(member, set()).add(first)
+        conn.execute("DROP TABLE temp._retention_rows")
         return links
 
     def undo_plan(
         self, txid: str, run_ids: list[RunId], blocked: dict[RunId, str]
     ) -> tuple[dict[RunId, str], list[list[RunId]]]:
         """Which runs of ``txid`` cannot be restored, and the rest in groups that must be
-        restored together. Read-only.
+        restored together. Read-only, and in batches: every statement reads the catalog
+        for `READ_BATCH` runs at most and is read to its end, so the application's writers
+        never wait for the whole plan (nor for the moves after it).
 
         A run conflicts when ``blocked`` says so (its path is taken, say), when its id exists
         again, or when a row id it needs is taken in a table whose rowid is the primary key.
@@ -502,23 +569,31 @@ class TrashCatalog(WritableCatalog):
         link row would leave it pointing at a run that is not there.
         """
         cfg = self.cfg
+        conn = self.conn
         self.load_ids(run_ids)
+        ranges = self._id_ranges()
         out: dict[RunId, str] = dict(blocked)
-        for rid in self.existing_ids():
-            out.setdefault(rid, f"run id {rid!r} exists again in {cfg.runs_table!r}")
+        for lo, hi in ranges:
+            for (rid,) in conn.execute(
+                f"SELECT ids.id FROM {IDS_TABLE} AS ids JOIN {q(cfg.runs_table)} AS r"
+                f" ON r.{q(cfg.id_column)} = ids.id WHERE ids.rowid BETWEEN ? AND ?",
+                (lo, hi),
+            ).fetchall():
+                out.setdefault(rid, f"run id {rid!r} exists again in {cfg.runs_table!r}")
         for table in self._restore_tables():
             tomb = TOMB_PREFIX + table
-            if not _has_table(self.conn, tomb) or not self._rowid_is_key(table):
+            if not _has_table(conn, tomb) or not self._rowid_is_key(table):
                 continue
-            for (rid,) in self.conn.execute(
-                f"SELECT DISTINCT tb.{q(RUN_COL)} FROM {q(tomb)} AS tb"
-                f" JOIN {IDS_TABLE} AS ids ON tb.{q(RUN_COL)} = ids.id"
-                f" JOIN {q(table)} AS t ON t.rowid = tb.{q(ROWID_COL)}"
-                f" WHERE tb.{q(TXID_COL)} = ?",
-                (txid,),
-            ):
-                out.setdefault(rid, f"a row of {table!r} took its place (same rowid)")
-        links = self._shared(txid)
+            for lo, hi in ranges:
+                for (rid,) in conn.execute(
+                    f"SELECT DISTINCT tb.{q(RUN_COL)} FROM {IDS_TABLE} AS ids"
+                    f" JOIN {q(tomb)} AS tb ON tb.{q(TXID_COL)} = ? AND tb.{q(RUN_COL)} = ids.id"
+                    f" JOIN {q(table)} AS t ON t.rowid = tb.{q(ROWID_COL)}"
+                    " WHERE ids.rowid BETWEEN ? AND ?",
+                    (txid, lo, hi),
+                ).fetchall():
+                    out.setdefault(rid, f"a row of {table!r} took its place (same rowid)")
+        links = self._shared(txid, ranges)
         wanted = set(run_ids)
         todo = list(out)
         while todo:
@@ -677,13 +752,16 @@ class TrashCatalog(WritableCatalog):
         return result
 
     def restored_by(self, undo_txid: str) -> set[RunId]:
-        if not _has_table(self.conn, TOMB_RUNS):
+        """Runs the committed undo ``undo_txid`` restored (empty if it never committed):
+        the runs of the apply it undid, read in batches by that apply's txid."""
+        row = self.tx_row(undo_txid)
+        if row is None or not row["target"] or not _has_table(self.conn, TOMB_RUNS):
             return set()
         return {
-            r[0]
-            for r in self.conn.execute(
-                f"SELECT run_id FROM {TOMB_RUNS} WHERE undo_txid = ?", (undo_txid,)
-            )
+            rid
+            for batch in self._runs_of(str(row["target"]), "undo_txid")
+            for rid, by in batch
+            if by == undo_txid
         }
 
     def mark_purging(
@@ -707,11 +785,22 @@ class TrashCatalog(WritableCatalog):
         self._commit_tx(body, before_commit)
 
     def mark_purged(self, targets: list[str], now: str) -> None:
-        """After the trash directories are gone: mark purged, drop the row tombstones (the
-        deletion log in ``_retention_tx`` / ``_retention_runs`` stays). Idempotent."""
-        conn = self.conn
+        """After the trash directories are gone: drop the targets' row tombstones, mark them
+        purged, then compact the deletion log (`compact_history`). Idempotent.
 
+        The tombstones go `WRITE_BATCH` rows per transaction (the application's writers
+        wait for one batch at most); a crash between batches leaves the targets
+        ``purging`` with some tombstones, and the recovery of the purge calls this again.
+        The space they took stays in the file as free pages, which SQLite reuses (``purge
+        --vacuum`` gives it back to the filesystem)."""
+        conn = self.conn
         marks = ", ".join("?" * len(targets))
+        for tomb in _tomb_tables(conn) + _tables_like(conn, NULLS_PREFIX):
+            sql = (
+                f"DELETE FROM {q(tomb)} WHERE rowid IN (SELECT rowid FROM {q(tomb)}"
+                f" WHERE {q(TXID_COL)} IN ({marks}) LIMIT {WRITE_BATCH})"
+            )
+            self._delete_batched(sql, targets)
 
         def body() -> None:
             conn.execute(
@@ -723,7 +812,265 @@ class TrashCatalog(WritableCatalog):
                 f" WHERE state = 'trash' AND txid IN ({marks})",
                 targets,
             )
-            for tomb in _tomb_tables(conn) + _tables_like(conn, NULLS_PREFIX):
-                conn.execute(f"DELETE FROM {q(tomb)} WHERE {q(TXID_COL)} IN ({marks})", targets)
 
         self._commit_tx(body, None)
+        self.compact_history(parse_instant(now))
+
+    def compact_history(self, now: datetime) -> int:
+        """Remove from ``_retention_runs`` the runs of every apply purged or undone longer
+        ago than ``state.history`` (they can never come back, and nothing asks for them);
+        the apply's row in ``_retention_tx`` stays, with its counts and bytes (the audit
+        summary). Set-based, `WRITE_BATCH` rows per transaction. Returns the rows removed."""
+        conn = self.conn
+        if not _has_table(conn, TOMB_RUNS):
+            return 0
+        cutoff = format_instant(now - parse_duration(self.cfg.history))
+        sql = (
+            f"DELETE FROM {TOMB_RUNS} WHERE rowid IN (SELECT r.rowid FROM {TX_TABLE} AS t"
+            f" JOIN {TOMB_RUNS} AS r ON r.txid = t.txid WHERE t.op = 'apply'"
+            " AND t.state IN ('purged', 'undone') AND t.finished_at IS NOT NULL"
+            f" AND julianday(t.finished_at) < julianday(?) LIMIT {WRITE_BATCH})"
+        )
+        return self._delete_batched(sql, (cutoff,))
+
+    def _delete_batched(self, sql: str, params: Any) -> int:
+        """Run ``sql``, a DELETE of at most `WRITE_BATCH` rows, each time in a transaction
+        of its own, until it deletes fewer; returns how many rows it deleted."""
+        total = 0
+        while True:
+            n = int(self._commit_tx(lambda: self.conn.execute(sql, params).rowcount, None))
+            total += n
+            if n < WRITE_BATCH:
+                return total
+
+
+# -- the catalog file: its pages, the space retention's tables take, VACUUM --------------
+
+
+class CatalogSpace(msgspec.Struct):
+    """The catalog file and its free pages: space inside the file that SQLite reuses for
+    new rows but that the filesystem gets back only through a VACUUM (or, where the
+    catalog's ``auto_vacuum`` is ``incremental``, ``PRAGMA incremental_vacuum``)."""
+
+    file_bytes: int  # the database file on disk
+    wal_bytes: int  # its -wal file (WAL mode; 0 when there is none)
+    page_size: int
+    pages: int  # PRAGMA page_count
+    free_pages: int  # PRAGMA freelist_count
+    free_bytes: int  # free_pages x page_size
+    auto_vacuum: str  # none | full | incremental
+    journal_mode: str  # delete, wal... (the application's; never changed)
+
+
+class RetentionUsage(msgspec.Struct):
+    """How much of the catalog file retention's own tables take (with their indexes)."""
+
+    tombstone_bytes: int  # the deleted rows kept for undo (_retention_t_*, _retention_n_*)
+    log_bytes: int  # the deletion log and lineage (_retention_runs, _retention_tx, _meta)
+    exact: bool  # True: pages counted with dbstat; False: estimated from rows and sizes
+
+
+_AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
+
+
+def catalog_space(conn: sqlite3.Connection, path: Path) -> CatalogSpace:
+    """Sizes and free pages of the catalog ``conn`` has open at ``path`` (read-only)."""
+
+    def pragma(name: str) -> Any:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+    page_size, free = int(pragma("page_size")), int(pragma("freelist_count"))
+    wal = Path(f"{path}-wal")
+    return CatalogSpace(
+        file_bytes=path.stat().st_size,
+        wal_bytes=wal.stat().st_size if wal.exists() else 0,
+        page_size=page_size,
+        pages=int(pragma("page_count")),
+        free_pages=free,
+        free_bytes=free * page_size,
+        auto_vacuum=_AUTO_VACUUM.get(int(pragma("auto_vacuum")), "none"),
+        journal_mode=str(pragma("journal_mode")),
+    )
+
+
+def _our_objects(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(name, its table, type) of every table and index of ours, automatic indexes too."""
+    return [
+        (str(n), str(t), str(k))
+        for n, t, k in conn.execute(
+            "SELECT name, tbl_name, type FROM sqlite_master WHERE type IN ('table', 'index')"
+            " AND tbl_name LIKE '\\_retention\\_%' ESCAPE '\\' ORDER BY name"
+        ).fetchall()
+    ]
+
+
+def _is_tombstone(table: str) -> bool:
+    return table.startswith((TOMB_PREFIX, NULLS_PREFIX))
+
+
+def retention_usage(conn: sqlite3.Connection) -> RetentionUsage:
+    """The pages of retention's tables and indexes (read-only): counted with the ``dbstat``
+    virtual table, one object per statement, or estimated when SQLite was built without it
+    (`estimate_usage`)."""
+    objects = _our_objects(conn)
+    try:
+        conn.execute("SELECT 1 FROM dbstat LIMIT 0").fetchall()
+    except sqlite3.OperationalError:
+        return estimate_usage(conn)
+    tomb = log = 0
+    for name, table, _ in objects:
+        (size,) = conn.execute(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ? AND aggregate = 1",
+            (name,),
+        ).fetchone()
+        if _is_tombstone(table):
+            tomb += int(size)
+        else:
+            log += int(size)
+    return RetentionUsage(tombstone_bytes=tomb, log_bytes=log, exact=True)
+
+
+_SAMPLE = 200  # rows sampled per table for the estimate
+
+
+def estimate_usage(conn: sqlite3.Connection) -> RetentionUsage:
+    """`retention_usage` without ``dbstat``: per table and index, its rows times the mean
+    size of a sampled entry (values, one header byte per column, the rowid and the cell's
+    own overhead), over the usual page fill. Within a few tens of percent; read-only."""
+    tomb = log = 0
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    for name, table, kind in _our_objects(conn):
+        if kind == "table":
+            cols = [r[1] for r in conn.execute(f"PRAGMA table_info({q(name)})").fetchall()]
+        else:
+            cols = [r[2] for r in conn.execute(f"PRAGMA index_info({q(name)})").fetchall() if r[2]]
+        rows = int(conn.execute(f"SELECT count(*) FROM {q(table)}").fetchone()[0])
+        sizes = " + ".join(f"coalesce(length(CAST({q(c)} AS BLOB)), 0)" for c in cols) or "0"
+        (mean,) = conn.execute(
+            f"SELECT avg({sizes}) FROM (SELECT * FROM {q(table)} LIMIT {_SAMPLE})"
+        ).fetchone()
+        entry = float(mean or 0) + len(cols) + 12  # header bytes, rowid, cell pointer
+        # b-tree pages are rarely full, and every table and index has one page at least
+        size = max(page, math.ceil(rows * entry / 0.85 / page) * page)
+        if _is_tombstone(table):
+            tomb += size
+        else:
+            log += size
+    return RetentionUsage(tombstone_bytes=tomb, log_bytes=log, exact=False)
+
+
+def _sqlite_temp_dir() -> str:
+    """Where SQLite puts the temporary copy VACUUM builds (its own search order on Unix)."""
+    for d in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return "/tmp"
+
+
+VACUUM_COST = (
+    "VACUUM rewrites the whole catalog file and holds an exclusive lock on it meanwhile (the"
+    " application can neither read nor write until it ends); it needs free disk for a"
+    " temporary copy of the file and as much again for the journal or WAL"
+)
+
+
+class CatalogFile:
+    """The catalog as a file, on a connection of its own: its size and free pages
+    (`catalog_space`), and giving free pages back to the filesystem (`reclaim`). Apart
+    from the participant protocol: this is about SQLite's pages, not about runs."""
+
+    def __init__(self, cfg: Config, *, readonly: bool = True) -> None:
+        self.path = Path(cfg.catalog_path)
+        self.busy_timeout = cfg.busy_timeout
+        mode = "ro" if readonly else "rw"
+        uri = f"file:{quote(str(self.path.absolute()))}?mode={mode}"
+        try:
+            self.conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=cfg.busy_timeout_ms / 1000
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
+            if not readonly:
+                self.conn.execute("PRAGMA synchronous = EXTRA")  # as for our transactions
+        except sqlite3.Error as exc:
+            raise catalog_error(exc, self.path) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> CatalogFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def space(self) -> CatalogSpace:
+        try:
+            return catalog_space(self.conn, self.path)
+        except sqlite3.Error as exc:
+            raise catalog_error(exc, self.path) from None
+
+    def reclaim(self) -> str:
+        """Give the catalog's free pages back to the filesystem; returns what it ran.
+
+        ``incremental_vacuum`` where the catalog's ``auto_vacuum`` is ``incremental`` (it
+        only moves pages from the end of the file into free ones and truncates it: short),
+        else ``vacuum`` (see `VACUUM_COST`; refused beforehand when the disk is too full);
+        ``nothing to reclaim`` when there is no free page. In WAL mode the WAL is then
+        checkpointed and truncated (it would otherwise keep the size of what was rewritten).
+        Raises `CatalogError` (busy: the application held the catalog longer than
+        catalog.busy_timeout) or `StorageError` (disk full); the catalog is then unchanged.
+        """
+        space = self.space()
+        if space.free_pages == 0:
+            return "nothing to reclaim"
+        how = "incremental_vacuum" if space.auto_vacuum == "incremental" else "vacuum"
+        if how == "vacuum":
+            self._check_room(space)
+        t0 = time.monotonic()
+        try:
+            if how == "vacuum":
+                self.conn.execute("VACUUM")
+            else:  # frees one page per step: executescript steps it to the end
+                self.conn.executescript("PRAGMA incremental_vacuum;")
+            if space.journal_mode == "wal":
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                waited = format_duration(time.monotonic() - t0)
+                raise CatalogError(
+                    f"cannot {how.replace('_', ' ')} catalog {self.path}: it was busy longer"
+                    f" than catalog.busy_timeout ({self.busy_timeout}; waited {waited});"
+                    " nothing was changed",
+                    hint="it needs the catalog to itself: run `retention purge --vacuum` again"
+                    " when the application is idle",
+                ) from None
+            if code == sqlite3.SQLITE_FULL:
+                raise StorageError(
+                    f"cannot vacuum catalog {self.path}: disk full; nothing was changed",
+                    hint=f"{VACUUM_COST}; free space, then run `retention purge --vacuum`",
+                ) from None
+            raise catalog_error(exc, self.path) from None
+        return how
+
+    def _check_room(self, space: CatalogSpace) -> None:
+        """Refuse a VACUUM the disk has no room for: a temporary copy of the file where
+        SQLite keeps temporary files, and as much again beside the catalog (journal/WAL)."""
+        need = space.file_bytes - space.free_bytes  # about the size of the rewritten file
+        here = os.path.dirname(os.path.abspath(self.path))
+        temp = _sqlite_temp_dir()
+        wants: dict[int, tuple[str, int]] = {}
+        for where in (here, temp):
+            dev = os.stat(where).st_dev
+            have = wants.get(dev, (where, 0))
+            wants[dev] = (have[0], have[1] + need)
+        for where, bytes_needed in wants.values():
+            free = shutil.disk_usage(where).free
+            if free < bytes_needed:
+                raise StorageError(
+                    f"not enough free disk to vacuum catalog {self.path}: it needs about"
+                    f" {format_bytes(bytes_needed)} on the filesystem of {where},"
+                    f" {format_bytes(free)} free; nothing was changed",
+                    hint=f"{VACUUM_COST}; free space (or set SQLITE_TMPDIR to a roomier"
+                    " filesystem for the copy)",
+                )

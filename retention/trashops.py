@@ -50,6 +50,7 @@ from retention.moves import (
 )
 from retention.policy import RunId
 from retention.store import OutsideRoot, display
+from retention.tombstones import CatalogFile, CatalogSpace
 from retention.txrecords import Begin, Move
 from retention.workspace import Workspace, open_workspace
 
@@ -343,12 +344,30 @@ class UndoReport(msgspec.Struct, kw_only=True):
         return EXIT_PARTIAL if any(u.conflicts for u in self.undone) else EXIT_OK
 
 
+class Vacuum(msgspec.Struct, kw_only=True):
+    """What ``purge --vacuum`` did to the catalog file after the purge."""
+
+    how: str | None  # vacuum | incremental_vacuum | nothing to reclaim; None: it failed
+    error: str | None = None  # why it failed (the purge itself is done)
+    hint: str | None = None
+    error_code: int | None = None
+
+
 class PurgeReport(msgspec.Struct, kw_only=True):
     version: int = 1
     purged: list[str]
     runs: int  # runs whose trash was removed (they can no longer be undone)
     bytes: int
     recovered: list[Recovered]
+    # The catalog file before the purge, and after it (and after --vacuum): its free pages
+    # are the space the dropped tombstones took, reused by SQLite for new rows.
+    catalog_before: CatalogSpace | None = None
+    catalog_after: CatalogSpace | None = None
+    vacuum: Vacuum | None = None  # only with --vacuum
+
+    @property
+    def exit_code(self) -> int:
+        return (self.vacuum.error_code if self.vacuum else None) or EXIT_OK
 
 
 def undo(
@@ -382,13 +401,33 @@ def undo(
     return UndoReport(undone=results, recovered=recovered)
 
 
-def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> PurgeReport:
-    """`retention purge`: remove trash whose grace period is over (or all of it)."""
+def purge(
+    cfg: Config, *, everything: bool, vacuum: bool = False, now: datetime | None = None
+) -> PurgeReport:
+    """`retention purge`: remove trash whose grace period is over (or all of it); with
+    ``vacuum``, then give the catalog's free pages back to the filesystem (see
+    `CatalogFile.reclaim`; a failure there is reported, the purge stays done)."""
     now = now or datetime.now(UTC)
-    with open_workspace(cfg) as ws:
+    with open_workspace(cfg) as ws, CatalogFile(cfg, readonly=not vacuum) as catalog_file:
         recovered = recover_all(ws, now)
         targets = expired_applies(ws, now, everything=everything)
         runs, nbytes = ws.catalog.trash_totals(targets)
+        before = catalog_file.space()
         purged = purge_expired(ws, now, targets=targets)
         compact(ws.journal)
-    return PurgeReport(purged=purged, runs=runs, bytes=nbytes, recovered=recovered)
+        done = None
+        if vacuum:
+            try:
+                done = Vacuum(how=catalog_file.reclaim())
+            except RetentionError as exc:
+                done = Vacuum(how=None, error=exc.message, hint=exc.hint, error_code=exc.exit_code)
+        after = catalog_file.space()
+    return PurgeReport(
+        purged=purged,
+        runs=runs,
+        bytes=nbytes,
+        recovered=recovered,
+        catalog_before=before,
+        catalog_after=after,
+        vacuum=done,
+    )

@@ -469,13 +469,61 @@ def recover_lines(recovered: list[Any]) -> list[str]:
 def purge_lines(rep: Any) -> list[str]:
     lines = [f"Recovered {x.txid} ({x.op}): {x.action}." for x in rep.recovered]
     if not rep.purged:
-        return [*lines, "Nothing to purge."]
-    lines.append(
-        f"Purged the trash of {plural(len(rep.purged), 'apply', 'applies')}:"
-        f" {plural(rep.runs, 'run')}, {format_bytes(rep.bytes)} freed; these can no longer"
-        " be undone."
+        lines.append("Nothing to purge.")
+    else:
+        lines.append(
+            f"Purged the trash of {plural(len(rep.purged), 'apply', 'applies')}:"
+            f" {plural(rep.runs, 'run')}, {format_bytes(rep.bytes)} freed; these can no"
+            " longer be undone."
+        )
+    return lines + _purge_catalog_lines(rep)
+
+
+def _file_size(space: Any) -> str:
+    wal = f" (+ {format_bytes(space.wal_bytes)} WAL)" if space.wal_bytes else ""
+    return format_bytes(space.file_bytes) + wal
+
+
+def _free_pages(space: Any) -> str:
+    return (
+        f"{format_bytes(space.free_bytes)} of free pages"
+        f" ({space.free_pages:,} x {space.page_size:,} B)"
     )
-    return lines
+
+
+def _worth_vacuuming(space: Any) -> bool:
+    """Free pages are a tenth of the file or more (fewer are soon reused anyway)."""
+    return bool(space.free_pages) and space.free_bytes * 10 >= space.file_bytes
+
+
+def _vacuum_hint(space: Any) -> str:
+    if space.auto_vacuum == "incremental":
+        how = "PRAGMA incremental_vacuum here, as auto_vacuum is incremental: short"
+    else:
+        how = "a VACUUM: it rewrites the whole file under an exclusive lock"
+    return f"`retention purge --vacuum` gives them back to the filesystem ({how})"
+
+
+def _purge_catalog_lines(rep: Any) -> list[str]:
+    """The catalog file before and after the purge (and --vacuum), and its free pages."""
+    before, after, vac = rep.catalog_before, rep.catalog_after, rep.vacuum
+    if before is None or after is None:
+        return []
+    sizes = f"Catalog: {_file_size(before)} before the purge, {_file_size(after)}"
+    if vac is not None and vac.error:
+        out = [
+            f"{sizes} after it.",
+            f"Warning: the catalog was not vacuumed (the purge itself is done): {vac.error}",
+        ]
+        return out + ([f"  Hint: {vac.hint}"] if vac.hint else [])
+    if vac is not None and vac.how != "nothing to reclaim":
+        what = "VACUUM" if vac.how == "vacuum" else "PRAGMA incremental_vacuum"
+        left = f"; {_free_pages(after)} left" if after.free_pages else ""
+        return [f"{sizes} after it and a {what}{left}."]
+    if not after.free_pages:
+        return [f"{sizes} after it; no free pages" + (": nothing to vacuum." if vac else ".")]
+    line = f"{sizes} after it, {_free_pages(after)}: SQLite reuses them for new rows."
+    return [line, f"  Hint: {_vacuum_hint(after)}"] if _worth_vacuuming(after) else [line]
 
 
 def undo_lines(rep: Any) -> list[str]:
@@ -559,6 +607,25 @@ def status_lines(rep: Any) -> list[str]:
             f" {plural(int(last.get('deleted_runs') or 0), 'run')} deleted,"
             f" {len(last.get('skipped') or [])} skipped{since}."
         )
+    return lines + _status_catalog_lines(rep)
+
+
+def _status_catalog_lines(rep: Any) -> list[str]:
+    """How much of the catalog file retention's tables take, and its free pages."""
+    space, use = rep.catalog, rep.catalog_usage
+    if space is None or use is None:
+        return []
+    about = "" if use.exact else "about "
+    lines = [
+        f"Catalog: {_file_size(space)}; {about}{format_bytes(use.tombstone_bytes)} of it"
+        " tombstones (the deleted rows kept for undo, dropped at purge),"
+        f" {about}{format_bytes(use.log_bytes)} the deletion log;"
+        f" {_free_pages(space)}."
+    ]
+    if not use.exact:
+        lines.append("  (estimated: this SQLite has no dbstat table to count pages with)")
+    if _worth_vacuuming(space):
+        lines.append(f"  Hint: SQLite reuses free pages; {_vacuum_hint(space)}")
     return lines
 
 

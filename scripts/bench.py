@@ -9,11 +9,17 @@ file) for each of the D oldest runs, then times, each in a fresh copy:
   directory and delete their rows with one set-based DELETE per table.
 
 Prints wall time and peak RSS of each, and apply's ratio to the baseline.
+
+``--sizes`` adds the catalog's bookkeeping (issue 15): its size before the apply, after it
+(with the tombstones `status` counts), after ``purge --all`` and, in another copy, after
+``purge --all --vacuum``, each with its free pages. ``--children N`` gives each run N
+metric rows (default 1), e.g. ``--runs 200000 --delete 100000 --children 20 --sizes``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -25,14 +31,14 @@ from pathlib import Path
 EXE = str(Path(sys.executable).parent / "retention")
 
 
-def build(root: Path, runs: int, delete: int) -> None:
+def build(root: Path, runs: int, delete: int, children: int = 1, journal: str = "wal") -> None:
     data = root / "data"
     arts = data / "backtests"
     arts.mkdir(parents=True)
     db = sqlite3.connect(data / "catalog.db")
+    db.execute(f"PRAGMA journal_mode={journal}")
     db.executescript(
         """
-        PRAGMA journal_mode=WAL;
         CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at INTEGER);
         CREATE TABLE run_metrics (id INTEGER PRIMARY KEY, run_id TEXT REFERENCES runs(run_id),
                                   name TEXT, value REAL);
@@ -44,8 +50,12 @@ def build(root: Path, runs: int, delete: int) -> None:
         "INSERT INTO runs VALUES (?, ?)", ((f"r{i:08d}", t0 + i * 60) for i in range(runs))
     )
     db.executemany(
-        "INSERT INTO run_metrics (run_id, name, value) VALUES (?, 'pnl', ?)",
-        ((f"r{i:08d}", i * 0.5) for i in range(runs)),
+        "INSERT INTO run_metrics (run_id, name, value) VALUES (?, ?, ?)",
+        (
+            (f"r{i:08d}", "pnl" if k == 0 else f"m{k}", i * 0.5 + k)
+            for i in range(runs)
+            for k in range(children)
+        ),
     )
     db.commit()
     db.close()
@@ -99,10 +109,60 @@ db.execute("COMMIT")
 """
 
 
+def catalog_size(ws: Path) -> tuple[int, int]:
+    """Bytes of the catalog on disk (the file and any -wal) and of its free pages."""
+    db = ws / "data/catalog.db"
+    wal = Path(f"{db}-wal")
+    size = db.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+    free *= conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    return size, free
+
+
+def sizes(ws: Path, before: tuple[int, int]) -> None:
+    """The catalog's size after the apply in ``ws``, after a purge, and after a purge with
+    --vacuum (in a copy), with the tombstones `status` counts; printed as a table."""
+    rows = [("before apply", *before, None, None)]
+    st = subprocess.run([EXE, "status", "--json"], cwd=ws, capture_output=True, check=True)
+    use = json.loads(st.stdout)["catalog_usage"]
+    rows.append(("after apply", *catalog_size(ws), use["tombstone_bytes"], None))
+    vac = ws.parent / "ours-vacuum"
+    shutil.rmtree(vac, ignore_errors=True)
+    shutil.copytree(ws, vac)
+    for label, where, extra in (
+        ("after purge --all", ws, []),
+        ("after purge --all --vacuum", vac, ["--vacuum"]),
+    ):
+        with tempfile.TemporaryFile() as out:
+            took, _ = timed([EXE, "purge", "--all", *extra], where, stdout=out)
+            out.seek(0)
+            rep = json.load(out)
+        assert rep["purged"], rep
+        rows.append((label, *catalog_size(where), None, took))
+    mib = 2**20
+    print("catalog (file + WAL)          size        free pages   tombstones    took")
+    for label, size, free, tomb, took in rows:
+        t = f"{tomb / mib:9.1f} MiB" if tomb is not None else " " * 13
+        s = f"{took:7.2f} s" if took is not None else ""
+        print(f"  {label:<27} {size / mib:8.1f} MiB  {free / mib:8.1f} MiB  {t}  {s}")
+    print(f"  ({size:,} bytes after the vacuum; before the apply {before[0]:,})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=200_000)
     ap.add_argument("--delete", type=int, default=20_000)
+    ap.add_argument("--children", type=int, default=1, help="metric rows per run (default 1)")
+    ap.add_argument(
+        "--journal", choices=("wal", "delete"), default="wal", help="the catalog's journal mode"
+    )
+    ap.add_argument(
+        "--sizes",
+        action="store_true",
+        help="also the catalog's size before and after apply, purge and purge --vacuum",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="work here (default: a temp dir)")
     args = ap.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="retention-bench-"))
@@ -110,9 +170,11 @@ def main() -> None:
     if template.exists():
         shutil.rmtree(template)
     t0 = time.perf_counter()
-    build(template, args.runs, args.delete)
+    build(template, args.runs, args.delete, args.children, args.journal)
+    children = f" x {args.children} metric rows" if args.children != 1 else ""
     print(
-        f"built {args.runs:,} runs, {args.delete:,} directories in {time.perf_counter() - t0:.1f} s"
+        f"built {args.runs:,} runs{children}, {args.delete:,} directories"
+        f" in {time.perf_counter() - t0:.1f} s"
     )
     env_keep = str(args.runs - args.delete)
 
@@ -136,6 +198,8 @@ def main() -> None:
     print(f"apply  {t_apply:7.2f} s   peak RSS {rss_apply / 1024:7.1f} MiB")
     print(f"bare   {t_bare:7.2f} s   (rename + set-based delete, no checks)")
     print(f"apply / bare = {t_apply / t_bare:.2f}x   (goal: <= 1.5x)")
+    if args.sizes:
+        sizes(ws, catalog_size(template))
     if args.dir is None:
         shutil.rmtree(base)
 

@@ -243,3 +243,62 @@ def test_a_missing_state_column_is_exit_4(ws: Path) -> None:
     assert fails(4, "--keep-last", "1") == [
         "Error: table 'backups' has no column 'status' (named by policy.state_column)"
     ]
+
+
+# -- protections ------------------------------------------------------------------------------
+
+PROTECT = """
+[policy]
+pin_column = "preserved"
+kind_column = "kind"
+newest_of_kind = ["full"]
+parent_column = "parent_id"
+"""
+
+CHAINS = [
+    {"backup_id": "f1", "created_at": "2026-01-01T00:00:00Z", "kind": "full"},
+    {"backup_id": "i1", "created_at": "2026-01-02T00:00:00Z", "kind": "inc", "parent_id": "f1"},
+    {"backup_id": "f2", "created_at": "2026-02-01T00:00:00Z", "kind": "full", "preserved": 1},
+    {"backup_id": "i2", "created_at": "2026-02-02T00:00:00Z", "kind": "inc", "parent_id": "f2"},
+    {"backup_id": "f3", "created_at": "2026-03-01T00:00:00Z", "kind": "full"},
+    {"backup_id": "i3", "created_at": "2026-03-02T00:00:00Z", "kind": "inc", "parent_id": "f3"},
+    {"backup_id": "i4", "created_at": "2026-03-03T00:00:00Z", "kind": "inc", "parent_id": "i3"},
+    {"backup_id": "p", "created_at": "2025-01-01T00:00:00Z", "kind": "inc", "preserved": "yes"},
+]
+
+
+def test_pins_newest_full_and_parent_chains(ws: Path) -> None:
+    make(ws, CHAINS, PROTECT)
+    payload = plan("--keep-last", "1")
+    # i4 (keep-last) needs i3, which needs f3 (also the newest full); f2 and p are pinned
+    assert {e["run_id"] for e in payload["entries"]} == {"f1", "i1", "i2"}
+    text = payload["policy_text"]
+    assert "Pinned runs are always kept." in text
+    assert "The newest run of kind 'full' is always kept." in text
+    assert "A run that a kept run depends on is kept." in text
+    assert payload["policy"]["newest_of_kind"] == ["full"]
+    assert payload["policy"]["pins"] is True and payload["policy"]["dependencies"] is True
+
+
+def test_without_protections_the_same_policy_removes_more(ws: Path) -> None:
+    make(ws, CHAINS)
+    assert removed("--keep-last", "1") == {"f1", "i1", "f2", "i2", "f3", "i3", "p"}
+
+
+def test_a_dependency_cycle_is_exit_4_naming_the_runs(ws: Path) -> None:
+    rows = [dict(r) for r in CHAINS]
+    rows[0]["parent_id"] = "i1"  # f1 -> i1 -> f1
+    make(ws, rows, PROTECT)
+    assert fails(4, "--keep-last", "1") == [
+        "Error: 2 runs that depend on each other through policy.parent_column 'parent_id':"
+        " f1 -> i1 -> f1",
+        "Hint: a run cannot depend on itself, even through others: fix the parent column of"
+        " one of them (a cycle has no oldest run to keep first)",
+    ]
+
+
+def test_newest_of_kind_needs_a_kind_column(ws: Path) -> None:
+    make(ws, CHAINS, '\n[policy]\nnewest_of_kind = ["full"]\n')
+    assert fails(2, "--keep-last", "1")[0].startswith(
+        "Error: policy.newest_of_kind needs policy.kind_column"
+    )

@@ -96,6 +96,8 @@ class DependencyCycle(ValueError):
     """Runs whose parent column leads back to themselves."""
 
     def __init__(self, runs: list[RunId]) -> None:
+        first = min(range(len(runs)), key=lambda k: str(runs[k]))  # a stable way round
+        runs = runs[first:] + runs[:first]
         self.runs = runs
         super().__init__("dependency cycle: " + " -> ".join(map(str, [*runs, runs[0]])))
 
@@ -288,6 +290,9 @@ def _parents(no_time: list[Item], valid: list[Item]) -> _Parents | None:
         p = (item.attrs or NO_ATTRS).parent
         if p is not None:
             j = at.get(p, -1)
+            alt = _other_type(p) if j < 0 else None
+            if alt is not None:  # "42" for the id 42 or the other way: SQLite types are loose
+                j = at.get(alt, -1)
             up[i] = j
             any_parent |= j >= 0
     if not any_parent:
@@ -296,6 +301,14 @@ def _parents(no_time: list[Item], valid: list[Item]) -> _Parents | None:
     # A parent without a timestamp is kept anyway: the chain stops there for the valid runs.
     parent = [p if p < off else -1 for p in up[:off]]
     return _Parents(parent, [p if p < off else -1 for p in up[off:]])
+
+
+def _other_type(value: RunId) -> RunId | None:
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return None
 
 
 def _refuse_cycles(up: list[int], everyone: list[Item]) -> None:
