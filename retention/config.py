@@ -103,6 +103,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     allow_remove_all: bool = False
     busy_timeout: str = "5s"  # how long a write to the catalog waits for another writer
     no_action: str = "owned"  # a declared foreign key without ON DELETE: owned | blocks
+    # How long the deletion log keeps each run of an apply purged or undone that long ago
+    # (`_retention_runs`); the apply's summary row (`_retention_tx`) is kept for good.
+    history: str = "90d"
 
     @property
     def busy_timeout_ms(self) -> int:
@@ -491,6 +494,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.allow_remove_all", "allow_remove_all", False, _bool),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
+    Setting("state.history", "history", "90d", _required_duration),
     Setting("manifest.ttl", "manifest_ttl", "24h", _required_duration),
     Setting("manifest.max_size", "manifest_max_size", DEFAULT_MANIFEST_MAX_SIZE, _size),
 )
