@@ -88,10 +88,13 @@ def write_atomic(
     linked into place instead of renamed, and `FileExistsError` is raised (nothing
     changed) if `path` already exists. For files created once, like a key.
 
-    Steps: create ``.<basename>.tmp-<pid>`` in the same directory, fchmod, write all,
-    fsync, close, ``os.replace`` onto `path`, fsync the parent directory. On an error the
-    temp file is removed (best effort) and the error is raised: `FsyncError` for an fsync,
-    otherwise an `OSError` of the original errno whose message names the step. If the error
+    Steps: remove whatever is at ``.<basename>.tmp-<pid>`` in the same directory (never
+    written through: a planted symlink or hard link there only loses its name), create it
+    anew (``O_EXCL | O_NOFOLLOW``), fchmod, write all, fsync, close, ``os.replace`` onto
+    `path`, fsync the parent directory. On an error the temp file is removed (best effort)
+    and the error is raised: `FsyncError` for an fsync, otherwise an `OSError` of the
+    original errno whose message names the step (a `FileExistsError` from the create step
+    means something was put at the temp name meanwhile; it is left alone). If the error
     happens after the rename, `path` may already hold the new content (not yet durable).
     `before_rename`, if given, is called after the temp file is durable and before the
     rename (a hook for failpoints).
@@ -100,13 +103,16 @@ def write_atomic(
     parent, base = os.path.split(path_b)
     parent = parent or b"."
     tmp = os.path.join(parent, b"." + base + b".tmp-" + str(os.getpid()).encode())
-    step = "create temp file"
     renamed = False
     try:
-        # O_NOFOLLOW: a planted symlink at the temp name must not redirect our write.
-        fd = os.open(
-            tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode
-        )
+        # Whatever is at the temp name (left by a dead process of the same pid, or planted:
+        # a symlink, or a hard link to a file elsewhere) is removed, never written through:
+        # O_EXCL makes a new inode or fails, and never follows a symlink put back meanwhile.
+        step = "remove leftover temp file"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        step = "create temp file"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
         try:
             step = "chmod temp file"
             os.fchmod(fd, mode)  # the umask applied at create time must not win
@@ -139,8 +145,11 @@ def write_atomic(
         if not renamed:
             _unlink_quietly(tmp)
         raise
-    except FileExistsError:
-        raise  # replace=False and `path` exists: the caller's signal, no wrapping
+    except FileExistsError as e:
+        if step == "link temp file to":
+            raise  # replace=False and `path` exists: the caller's signal, no wrapping
+        # something appeared at the temp name between unlink and create: not ours to remove
+        raise _step_error(step, path, e) from e
     except OSError as e:
         if not renamed:
             _unlink_quietly(tmp)

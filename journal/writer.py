@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
+import fcntl
 import os
+import stat
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -47,8 +50,70 @@ from journal.record import (
 )
 
 JOURNAL_FILE_MODE = 0o600
+
 # control kinds go through their own method, which enforces the transaction rules
 _CONTROL_KINDS = {BEGIN: "begin", COMMITTED: "commit", ABORTED: "abort", DONE: "done"}
+
+
+class UnsafeJournal(CorruptJournal):
+    """The journal's path is not a regular file (a symlink, a FIFO, a directory, a device):
+    it is never followed, read or written through, and nothing is changed. A
+    `CorruptJournal` (the file cannot be trusted) whose message says what was found."""
+
+    def __init__(self, path: str | os.PathLike[str], offset: int = 0, reason: str = "") -> None:
+        super().__init__(path, offset, reason)
+        JournalError.__init__(
+            self,
+            f"journal {self.path} {reason}; a journal must be a regular file and is never"
+            " followed or written through anything else",
+        )
+
+
+def _unsafe_reason(st: os.stat_result, path: str) -> str:
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            return f"is a symlink (to {os.readlink(path)})"
+        except OSError:
+            return "is a symlink"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory"
+    if stat.S_ISFIFO(st.st_mode):
+        return "is a FIFO"
+    return "is not a regular file"
+
+
+def _require_regular(path: str) -> None:
+    """Raise `UnsafeJournal` unless `path` (not followed) is a regular file; `OSError`
+    (`FileNotFoundError`, ...) if it cannot be looked at."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeJournal(path, 0, _unsafe_reason(st, path))
+
+
+def _open_append(path: str) -> int:
+    """Open the journal for appending, never through a symlink (``O_NOFOLLOW``) and never
+    anything but a regular file (checked on the open descriptor; ``O_NONBLOCK`` so that a
+    FIFO planted there cannot hang the open). Raises `UnsafeJournal` or `OSError`."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO, errno.EMLINK):
+            try:
+                st = os.lstat(path)
+            except OSError:
+                raise e from None
+            raise UnsafeJournal(path, 0, _unsafe_reason(st, path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeJournal(path, 0, _unsafe_reason(st, path))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class TxStatus(enum.Enum):
@@ -119,6 +184,7 @@ def replay(path: str | os.PathLike[str]) -> dict[str, TxState]:
     spath = os.fspath(path)
     if not os.path.lexists(spath):
         return {}
+    _require_regular(spath)
     return _replay(spath, read_journal(spath))
 
 
@@ -163,16 +229,22 @@ class Journal:
           on them.
 
         Raises `CorruptJournal` (file left untouched) for a corrupt file or one that
-        breaks the transaction rules; `FsyncError` / `OSError` on I/O failure.
+        breaks the transaction rules; `UnsafeJournal` (a `CorruptJournal`, nothing
+        touched) when `path` is a symlink (even to a journal), a FIFO, a directory or
+        anything but a regular file; `FsyncError` / `OSError` on I/O failure.
         """
         spath = os.fspath(path)
         created = not os.path.lexists(spath)
         if created:
             fsio.write_atomic(spath, HEADER, mode=JOURNAL_FILE_MODE)
-        result = read_journal(spath)
-        txs = _replay(spath, result)
-        fd = os.open(spath, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        fd = _open_append(spath)
         try:
+            result = read_journal(spath)
+            # read by name: refuse if the name no longer leads to the file checked above
+            st, now = os.fstat(fd), os.lstat(spath)
+            if (st.st_dev, st.st_ino) != (now.st_dev, now.st_ino):
+                raise UnsafeJournal(spath, 0, "was replaced while being opened")
+            txs = _replay(spath, result)
             length = result.good_length
             if result.torn or result.file_length < HEADER_SIZE:
                 if length < HEADER_SIZE:
@@ -296,7 +368,7 @@ class Journal:
                 mode=JOURNAL_FILE_MODE,
                 before_rename=lambda: failpoint("journal.reset.before_rename"),
             )
-            new_fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            new_fd = _open_append(self.path)
         except BaseException as e:
             # after the rename our fd points at an unlinked file: never append to it
             self._broken = e

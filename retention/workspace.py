@@ -21,6 +21,7 @@ from pathlib import Path
 import filelock
 
 from journal import CorruptJournal, FsyncError, Journal, JournalError, fsio
+from journal.writer import UnsafeJournal
 from retention.catalog import SqliteCatalog
 from retention.config import Config
 from retention.errors import LockedError, RecoveryError, StorageError
@@ -105,6 +106,12 @@ def workspace_lock(state: StateLayout) -> Iterator[None]:
 def open_journal(state: StateLayout) -> Journal:
     try:
         return Journal.open(state.journal)
+    except UnsafeJournal as exc:
+        raise RecoveryError(
+            f"refusing to use the journal: {exc}",
+            hint="nothing was changed; put this workspace's journal back at that path as a"
+            " regular file (not a link to one), then run `retention recover`",
+        ) from None
     except CorruptJournal as exc:
         raise RecoveryError(
             f"the journal is corrupt: {exc}",
