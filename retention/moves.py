@@ -2,10 +2,15 @@
 and reconcile (which brings every directory to the side the catalog decided).
 
 Used by apply and recovery (`retention.coordinator`) and by undo (`retention.trashops`).
+
+Test-only: ``RETENTION_MOVE_BATCH`` and ``RETENTION_INTENT_BATCH`` in the environment lower
+`MOVE_BATCH` and `INTENT_BATCH` (see `_batch_size`), so crash tests cross batch boundaries
+cheaply. Never set them in production.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -19,11 +24,31 @@ from retention.reporting import Progress
 from retention.store import OutsideRoot, display
 from retention.txrecords import Begin, Move, Moves
 
+
+def _batch_size(env: str, default: int) -> int:
+    """``default``, or the value of the environment variable ``env``: a TEST-ONLY knob, so
+    that crash sweeps can cross batch boundaries with a few dozen runs instead of 10,000
+    (tests/test_crash_batches.py, which keeps one sweep at the real sizes too). Never set
+    it in production: nothing but test speed depends on it. Anything but a positive
+    integer raises `ValueError` at import, so that a typo never silently turns a
+    batch-boundary test into a one-batch test."""
+    raw = os.environ.get(env)
+    if raw is None or raw == "":
+        return default
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{env}={raw!r}: expected a positive integer (test-only setting)")
+    return n
+
+
 # Renames per batch of directory fsyncs. Only the sync before the catalog commit is needed
 # for correctness (recovery finds a directory on either side); intermediate syncs bound how
 # much metadata a power loss can leave unwritten, at ~2 ms each.
-MOVE_BATCH = 10_000
-INTENT_BATCH = 5000  # moves per journal intent record
+MOVE_BATCH = _batch_size("RETENTION_MOVE_BATCH", 10_000)
+INTENT_BATCH = _batch_size("RETENTION_INTENT_BATCH", 5000)  # moves per journal intent record
 
 
 @dataclass
