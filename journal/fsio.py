@@ -12,6 +12,23 @@ Contracts:
 
 `stats` counts fsyncs (``stats["fsync_file"]``, ``stats["fsync_dir"]``) so tests can check
 that the expected number of barriers happened.
+
+Fault injection (tests only), inert unless armed through the environment, which is read at
+every fsync, in the style of `journal.failpoints`:
+
+* ``FAULT_FSYNC_EIO=<name>@N`` makes the Nth (1-based; ``@N`` may be left out for 1) fsync
+  whose target's base name is ``<name>`` fail with ``EIO`` instead of calling ``fsync(2)``,
+  as a kernel reporting a writeback error does; ``*`` matches every target, so ``*@7`` is
+  the seventh fsync of the process. Only that one call fails and every later fsync
+  succeeds, as on Linux, where the error is reported once and then cleared: so a caller
+  that retried would "succeed", which is exactly what must never happen. The caller sees
+  the usual `FsyncError`. A target is the absolute path of the directory, or of the file
+  behind the descriptor (``/proc/self/fd``), or ``fd <n>`` where that cannot be read.
+* ``FAULT_FSYNC_LOG=<file>`` appends one line per fsync attempt, ``fsync_file ok <target>``
+  or ``fsync_dir EIO <target>`` (the injected failure), so a test sees every barrier and
+  that a failed one was never attempted again. It may be the same file as
+  ``FAILPOINT_LOG``: lines are appended in the order they happen (a failpoint line has no
+  space, an fsync line has two).
 """
 
 from __future__ import annotations
@@ -31,9 +48,59 @@ StrPath = str | os.PathLike[str] | bytes | os.PathLike[bytes]
 
 stats: Counter[str] = Counter()
 
+FAULT_FSYNC_ENV = "FAULT_FSYNC_EIO"
+FAULT_FSYNC_LOG_ENV = "FAULT_FSYNC_LOG"
+_fault_hits: Counter[str] = Counter()
+
 
 def _display(path: StrPath) -> str:
     return os.fsdecode(path)
+
+
+def _parse_fault(spec: str) -> tuple[str, int]:
+    name, sep, count = spec.rpartition("@")
+    if not sep:
+        name, count = spec, "1"
+    try:
+        n = int(count)
+    except ValueError:
+        raise ValueError(f"{FAULT_FSYNC_ENV}={spec!r}: the hit number must be an integer") from None
+    if not name or n < 1:
+        raise ValueError(f"{FAULT_FSYNC_ENV}={spec!r}: expected <name>@N, N 1-based")
+    return name, n
+
+
+def _fd_target(fd: int) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return f"fd {fd}"
+
+
+def _fsync(fd: int, kind: str, target: Callable[[], str]) -> None:
+    """``os.fsync(fd)``, unless a fault armed for this call (see the module docstring)
+    raises ``OSError(EIO)`` instead. `target` is only called when armed or logging."""
+    spec = os.environ.get(FAULT_FSYNC_ENV)
+    log = os.environ.get(FAULT_FSYNC_LOG_ENV)
+    if spec or log:
+        where = target()
+        fail = False
+        if spec:
+            name, nth = _parse_fault(spec)
+            if name == "*" or os.path.basename(where.rstrip("/")) == name:
+                _fault_hits[spec] += 1
+                fail = _fault_hits[spec] == nth
+        if log:
+            with open(log, "a", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(f"{kind} {'EIO' if fail else 'ok'} {where}\n")
+        if fail:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))  # as from os.fsync: no name
+    os.fsync(fd)
+
+
+def reset_fault_hits() -> None:
+    """Zero the per-process counters of ``FAULT_FSYNC_EIO`` (for in-process tests)."""
+    _fault_hits.clear()
 
 
 def fsync_file(f: int | IO[bytes] | IO[str]) -> None:
@@ -46,9 +113,9 @@ def fsync_file(f: int | IO[bytes] | IO[str]) -> None:
     name = "" if isinstance(f, int) else str(getattr(f, "name", ""))
     stats["fsync_file"] += 1
     try:
-        os.fsync(fd)
+        _fsync(fd, "fsync_file", lambda: _fd_target(fd))
     except OSError as e:
-        raise FsyncError(name or f"fd {fd}", e) from e
+        raise FsyncError(name or _fd_target(fd), e) from e
 
 
 def fsync_dir(path: StrPath) -> None:
@@ -61,7 +128,7 @@ def fsync_dir(path: StrPath) -> None:
     try:
         stats["fsync_dir"] += 1
         try:
-            os.fsync(fd)
+            _fsync(fd, "fsync_dir", lambda: os.path.abspath(_display(path)))
         except OSError as e:
             raise FsyncError(_display(path), e) from e
     finally:
