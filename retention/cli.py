@@ -188,6 +188,12 @@ def _policy_options(f: Any) -> Any:
             metavar="N",
             help="Never keep fewer than N runs, however old (the newest go last).",
         ),
+        click.option(
+            "--max-total-size",
+            metavar="SIZE",
+            help="Size budget (50G, 512M; binary units): while the kept runs hold more, the"
+            " oldest unprotected ones go, calendar checkpoints last.",
+        ),
     ]
     for option in reversed(options):
         f = option(f)

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from retention.durations import parse_duration, parse_span
+from retention.durations import parse_duration, parse_size, parse_span
 from retention.errors import ConfigError, UsageError
 
 CONFIG_ENV = "RETENTION_CONFIG"
@@ -94,6 +94,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     kind_column: str | None = None
     newest_of_kind: tuple[str, ...] | None = None
     parent_column: str | None = None
+    # Size budget: while the kept runs hold more than max_total_size bytes (size_column, or
+    # measured on disk without one), the least important unprotected runs go.
+    max_total_size: int | None = None
+    size_column: str | None = None
     state_dir: str
     grace_period: str
     manifest_ttl: str
@@ -227,6 +231,18 @@ def _zone(value: Any, where: str) -> str | None:
             hint="give an IANA zone name, e.g. UTC, Europe/Berlin, America/New_York",
         ) from None
     return text.strip()
+
+
+def _budget(value: Any, where: str) -> int | None:
+    """A size budget: 50G, 512M, 1T (binary), 50GiB, or a number of bytes."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"{where}: expected a size like 50G, got {value!r}")
+    try:
+        return parse_size(str(value))
+    except UsageError as exc:
+        raise ConfigError(f"{where}: {exc.message}", hint=exc.hint) from None
 
 
 CHECKPOINTS = ("last", "first")
@@ -491,6 +507,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.kind_column", "kind_column", None, _opt_str),
     Setting("policy.newest_of_kind", "newest_of_kind", None, _str_list),
     Setting("policy.parent_column", "parent_column", None, _opt_str),
+    Setting("policy.max_total_size", "max_total_size", None, _budget),
+    Setting("policy.size_column", "size_column", None, _opt_str),
     Setting("policy.allow_remove_all", "allow_remove_all", False, _bool),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),

@@ -15,6 +15,7 @@ than the trash, is left out with a reason: apply moves with one rename.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -42,6 +43,7 @@ from retention.manifest import with_id as manifest_with_id
 from retention.policy import (
     UNITS,
     Attrs,
+    BudgetReport,
     DependencyCycle,
     Item,
     PolicySpec,
@@ -72,6 +74,7 @@ class PlanResult:
     skipped: list[SkippedEntry] = field(default_factory=list)
     no_time: int = 0  # runs kept because no timestamp could be read
     warnings: list[str] = field(default_factory=list)  # e.g. an interrupted transaction
+    budget: BudgetReport | None = None  # with a size budget: what it removed, what holds
 
 
 BLOCKED_HINT = (
@@ -120,6 +123,7 @@ def policy_from_config(cfg: Config) -> PolicySpec:
         pins=True if cfg.pin_column else None,
         newest_of_kind=cfg.newest_of_kind if cfg.kind_column else None,
         dependencies=True if cfg.parent_column else None,
+        max_total_bytes=cfg.max_total_size,
         # Only where they change a decision: the zone for calendar rules and spans, which
         # run of a period for calendar rules.
         tz=cfg.tz if calendar else None,
@@ -155,7 +159,20 @@ def _columns(cfg: Config, spec: PolicySpec) -> dict[str, tuple[str, str]]:
         roles["kind"] = ("policy.kind_column", cfg.kind_column)
     if spec.dependencies and cfg.parent_column:
         roles["parent"] = ("policy.parent_column", cfg.parent_column)
+    if spec.max_total_bytes is not None and cfg.size_column:
+        roles["size"] = ("policy.size_column", cfg.size_column)
     return roles
+
+
+def _bytes(value: object) -> int | None:
+    """A size column's value: a whole number of bytes >= 0; None (unknown) otherwise."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float) and value == value and 0 <= value < 2**63:
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    return value if isinstance(value, int) and 0 <= value < 2**63 else None
 
 
 _FALSY = ("", "0", "false", "f", "no", "n", "off")
@@ -265,6 +282,7 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     pinned=truthy(got.get("pin")),
                     kind=texts.setdefault(kind, kind),
                     parent=got.get("parent"),
+                    size=_bytes(got.get("size")),
                 )
             items.append(Item(row[0], t, bool(row[1]), attrs))
     except sqlite3.Error as exc:
@@ -471,6 +489,48 @@ def _refuse_missing_dirs(cfg: Config, cat: SqliteCatalog, store: LocalStore, mis
     )
 
 
+def measure_sizes(
+    cfg: Config,
+    cat: SqliteCatalog,
+    store: LocalStore,
+    items: list[Item],
+    progress: Callable[[str, int], Progress] | None = None,
+) -> tuple[list[Item], dict[Any, Measure]]:
+    """Sizes for the budget when no ``policy.size_column`` names them: every considered
+    run's directory measured on disk (read-only: ``lstat``/``scandir``), before the policy
+    runs. Returns the items with ``Attrs.size`` set (None where the path is refused or the
+    tree unreadable: counted as 0 and reported) and the measures, which the candidates'
+    entries reuse instead of walking their trees twice."""
+    wanted = {it.id for it in items}
+    root = store.root
+    measures: dict[Any, Measure] = {}
+    bar = (progress or (lambda label, total: Progress(label, total)))("sizing", len(wanted))
+    for row in cat.iter_path_rows():
+        run_id = row[cfg.id_column]
+        if run_id not in wanted:
+            continue
+        bar.advance()
+        try:
+            rel = artifact_rel_path(cfg, row, root)
+            if rel is not None:
+                store.check_contained(rel)
+        except (OutsideRoot, ValueError):
+            continue
+        if rel is not None:
+            measures[run_id] = store.measure(rel)
+    bar.close()
+    sized = []
+    for it in items:
+        m = measures.get(it.id)
+        size: int | None = 0 if m is None or not m.exists else m.bytes
+        if m is not None and m.error:
+            size = None
+        sized.append(
+            dataclasses.replace(it, attrs=dataclasses.replace(it.attrs or Attrs(), size=size))
+        )
+    return sized, measures
+
+
 def _cycle_error(cfg: Config, exc: DependencyCycle) -> CatalogError:
     """A dependency cycle is the catalog's to fix: exit 4, naming the runs."""
     runs = [str(r) for r in exc.runs]
@@ -510,6 +570,9 @@ def build_plan(
         require_artifact_root(cfg)
         items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
+        measured: dict[Any, Measure] = {}
+        if spec.max_total_bytes is not None and not cfg.size_column:
+            items, measured = measure_sizes(cfg, cat, store, items, progress)
         try:
             decision = evaluate(items, spec, now, policy_zone(spec))
         except DependencyCycle as exc:
@@ -554,7 +617,9 @@ def build_plan(
             if run_id in blocked:
                 skipped.append(SkippedEntry(run_id, blocked[run_id], hint=BLOCKED_HINT))
                 continue
-            m = store.measure(rel) if rel is not None else None
+            m = None
+            if rel is not None:
+                m = measured.pop(run_id, None) or store.measure(rel)
             if m is not None:
                 found += m.exists
                 missing += not m.exists and not m.error
@@ -618,4 +683,8 @@ def build_plan(
     )
     manifest_with_id(payload)
     no_time = sum(1 for v in decision.keep if v.item.time is None)
-    return PlanResult(payload, sign(payload, key), skipped, no_time, journal_warnings(state))
+    warnings = journal_warnings(state)
+    short = decision.budget.shortfall() if decision.budget is not None else None
+    if short:
+        warnings.append(short)
+    return PlanResult(payload, sign(payload, key), skipped, no_time, warnings, decision.budget)

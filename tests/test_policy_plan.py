@@ -302,3 +302,74 @@ def test_newest_of_kind_needs_a_kind_column(ws: Path) -> None:
     assert fails(2, "--keep-last", "1")[0].startswith(
         "Error: policy.newest_of_kind needs policy.kind_column"
     )
+
+
+# -- the size budget ----------------------------------------------------------------------------
+
+SIZED = [
+    {"backup_id": f"s{n}", "created_at": f"2026-03-{10 + n:02d}T00:00:00Z", "size_bytes": 1000}
+    for n in range(6)
+]  # s0 oldest .. s5 newest; 1000 bytes each on disk, and in size_bytes
+
+
+def test_budget_from_the_size_column(ws: Path) -> None:
+    make(ws, SIZED, '\n[policy]\nsize_column = "size_bytes"\n')
+    payload = plan("--keep-last", "6", "--max-total-size", "3500")
+    entries = {e["run_id"]: e for e in payload["entries"]}
+    assert set(entries) == {"s0", "s1", "s2"}
+    assert entries["s0"]["reason"] == "removed: over the size budget of 3.4 KiB"
+    assert payload["policy"]["max_total_bytes"] == 3500
+    assert (
+        "While the kept runs exceed 3.4 KiB, the oldest unprotected ones go"
+        in (payload["policy_text"])
+    )
+
+
+def test_budget_measured_on_disk_without_a_size_column(ws: Path) -> None:
+    make(ws, SIZED)
+    db = sqlite3.connect(ws / "catalog.db")
+    db.execute("UPDATE backups SET size_bytes = 1")  # the column lies; nobody reads it
+    db.commit()
+    db.close()
+    (ws / "backups/s5/more.bin").write_bytes(b"y" * 4000)  # s5 holds 5000 bytes
+    # kept: 5 x 1000 + 5000 = 10000; 7K budget: s0, s1, s2 go (oldest first)
+    assert removed("--keep-last", "6", "--max-total-size", "7K") == {"s0", "s1", "s2"}
+    payload = plan("--keep-last", "6", "--max-total-size", "7K")
+    sizes = {e["run_id"]: e["bytes"] for e in payload["entries"]}
+    assert sizes == {"s0": 1000, "s1": 1000, "s2": 1000}
+
+
+def test_a_budget_that_cannot_be_met_is_a_warning_naming_what_holds_it(ws: Path) -> None:
+    rows = [dict(r) for r in SIZED]
+    rows[0]["preserved"] = 1
+    make(ws, rows, '\n[policy]\nsize_column = "size_bytes"\npin_column = "preserved"\n')
+    result = invoke(
+        "plan", "--now", NOW, "--keep-last", "6", "--max-total-size", "1", "--min-keep", "2"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert {e["run_id"] for e in json.loads(result.stdout)["payload"]["entries"]} == {
+        "s1",
+        "s2",
+        "s3",
+        "s4",
+    }
+    # the floor of 2 counts the pinned s0: only s5 stays for it
+    assert (
+        "Warning: size budget 1 B not met: the kept runs hold 2.0 KiB, 2.0 KiB over (after"
+        " removing 4 runs); held by min-keep floor: 1 run, 1000 B; pinned: 1 run, 1000 B"
+    ) in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("50GB", "invalid size '50GB': GB is ambiguous"),
+        ("lots", "invalid size 'lots'"),
+        ("0", "invalid size '0': must be greater than zero"),
+        ("-5G", "invalid size '-5G'"),
+    ],
+)
+def test_bad_budget_is_exit_2(ws: Path, value: str, message: str) -> None:
+    make(ws, SIZED)
+    lines = fails(2, "--keep-last", "1", "--max-total-size", value)
+    assert lines[0] == f"Error: policy.max_total_size (from flag): {message}"

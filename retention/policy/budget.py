@@ -4,8 +4,9 @@ After the rules, protections, dependencies and the floor, while the kept runs ho
 bytes than the budget, the least important run that only rules keep goes: runs that are
 not calendar checkpoints before checkpoints, oldest first. Never a protected, pinned,
 non-terminal, newest-of-kind or floor run, never one a kept run depends on, and never so
-many that fewer than ``min_keep`` runs stay. A run kept only because a removed run
-depended on it goes with it. When nothing more may go and the budget is still exceeded,
+many that fewer than ``min_keep`` runs stay, never one whose removal frees no bytes (an
+empty directory, an unknown size). A run kept only because a removed run depended on it
+goes with it. When nothing more may go and the budget is still exceeded,
 the report says by how much and what holds the bytes.
 
 Sizes are given (``Attrs.size``); an unknown size counts as 0 and is reported. Pure.
@@ -134,6 +135,8 @@ def apply(
             p = parent[p] if parent is not None else -1
         if kept - len(chain) < min_keep:
             continue  # the floor: this one (and its chain) must stay
+        if not sum(sizes[j] for j in chain):
+            continue  # frees nothing (empty, or of unknown size): no reason to delete it
         for k, j in enumerate(chain):
             gone[j] = reason
             if k:
