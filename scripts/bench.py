@@ -6,7 +6,9 @@ file) for each of the D oldest runs, then times, each in a fresh copy:
 * ``retention plan --keep-last N-D`` (read-only),
 * ``retention apply`` of that manifest,
 * a bare script doing only the irreducible work: rename the D directories into a trash
-  directory and delete their rows with one set-based DELETE per table.
+  directory and delete their rows with one set-based DELETE per table;
+* ``retention undo`` of that apply and ``retention purge --all`` of it (each in a copy of
+  the applied workspace), and ``rm -rf`` of the same trash trees (purge's floor).
 
 Prints wall time and peak RSS of each, and apply's ratio to the baseline.
 
@@ -186,6 +188,21 @@ def main() -> None:
     size = (ws / "manifest.json").stat().st_size
     t_apply, rss_apply = timed([EXE, "apply", "manifest.json"], ws, stdout=subprocess.DEVNULL)
 
+    # Undo (in a copy of the applied workspace) and purge --all of the same apply.
+    undone = base / "ours-undo"
+    shutil.rmtree(undone, ignore_errors=True)
+    shutil.copytree(ws, undone, symlinks=True)
+    t_undo, rss_undo = timed([EXE, "undo", "--within", "3650d"], undone, stdout=subprocess.DEVNULL)
+    purged = base / "ours-purge"
+    shutil.rmtree(purged, ignore_errors=True)
+    shutil.copytree(ws, purged, symlinks=True)
+    t_purge, rss_purge = timed([EXE, "purge", "--all"], purged, stdout=subprocess.DEVNULL)
+    shutil.rmtree(undone)
+    rmrf = base / "rm-rf"  # the floor of purge: rm -rf of the same trees
+    shutil.rmtree(rmrf, ignore_errors=True)
+    shutil.copytree(ws / "data/backtests/.trash", rmrf, symlinks=True)
+    t_rm, _ = timed(["rm", "-rf", str(rmrf)], base)
+
     bare = base / "bare"
     shutil.rmtree(bare, ignore_errors=True)
     shutil.copytree(template, bare)
@@ -198,6 +215,10 @@ def main() -> None:
     print(f"apply  {t_apply:7.2f} s   peak RSS {rss_apply / 1024:7.1f} MiB")
     print(f"bare   {t_bare:7.2f} s   (rename + set-based delete, no checks)")
     print(f"apply / bare = {t_apply / t_bare:.2f}x   (goal: <= 1.5x)")
+    print(f"undo   {t_undo:7.2f} s   peak RSS {rss_undo / 1024:7.1f} MiB")
+    print(f"undo / apply = {t_undo / t_apply:.2f}x   (goal: <= 2x)")
+    print(f"purge  {t_purge:7.2f} s   peak RSS {rss_purge / 1024:7.1f} MiB   (purge --all)")
+    print(f"rm -rf {t_rm:7.2f} s   purge / rm -rf = {t_purge / t_rm:.2f}x")
     if args.sizes:
         sizes(ws, catalog_size(template))
     if args.dir is None:
