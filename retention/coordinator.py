@@ -132,6 +132,7 @@ def recover_all(ws: Workspace, now: datetime, *, strict: bool = False) -> list[R
     nothing else: unless ``strict`` (the `recover` command), it is reported as stalled and
     the command goes on. Anything else that cannot recover raises.
     """
+    _refuse_unknown_trash(ws)
     out = []
     stalled: RetentionError | OSError | None = None
     for tx in ws.journal.unfinished():
@@ -149,6 +150,29 @@ def recover_all(ws: Workspace, now: datetime, *, strict: bool = False) -> list[R
     if strict and stalled is not None:
         raise stalled
     return out
+
+
+def _refuse_unknown_trash(ws: Workspace) -> None:
+    """Stop (exit 7) when ``.trash/<txid>`` holds moved directories of a transaction that
+    neither the journal nor the catalog knows. Directories move only after their BEGIN and
+    intents were fsynced, so the journal must know it until recovery finished it (and then
+    the catalog does, or the directory was put back and removed): if it does not, the
+    journal lost an acknowledged BEGIN. Guessing either way could orphan runs."""
+    holding = ws.store.tx_dirs_holding_moves()
+    if not holding:
+        return
+    known = set(ws.journal.transactions()) | {r["txid"] for r in ws.catalog.applies()}
+    unknown = [t for t in holding if t not in known]
+    if unknown:
+        where = ws.store.describe(trash_tx_rel(unknown[0]))
+        raise RecoveryError(
+            f"{where} holds moved directories of a transaction that neither the journal nor"
+            f" the catalog knows ({len(unknown)} such); the journal is damaged (it lost an"
+            " acknowledged BEGIN): recovery stopped, nothing was changed",
+            hint="keep a copy of the journal; put the directories back with the TRASH.json"
+            " in that directory (mv <root>/<trash> <root>/<original> per entry), remove the"
+            " emptied directory, then run `retention recover`",
+        )
 
 
 def decide(ws: Workspace, tx: TxState) -> bool:

@@ -88,6 +88,11 @@ class ArtifactStore(Protocol):
         roll-back or a full undo). Idempotent; never removes anything it did not put there."""
         ...
 
+    def tx_dirs_holding_moves(self) -> list[str]:
+        """Txids whose trash area holds something besides its index: directories that were
+        moved there. Read-only; for recovery's check that the journal lost no BEGIN."""
+        ...
+
 
 @runtime_checkable
 class CatalogIdentity(Protocol):

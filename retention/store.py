@@ -334,6 +334,27 @@ class LocalTrashStore(LocalStore):
             names = os.listdir(txdir)
         except FileNotFoundError:
             return False
+    def tx_dirs_holding_moves(self) -> list[str]:
+        """Txids (names under ``.trash``) whose directory holds anything but its index.
+        Read-only; never follows a symlink (an unsafe entry is `trash_problems`' to report)."""
+        trash = self.abspath(trash_root_rel())
+        try:
+            names = sorted(os.listdir(trash))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        out = []
+        for name in names:
+            path = trash + b"/" + name
+            if tx_dir_problem(path) is not None:
+                continue
+            try:
+                inside = os.listdir(path)
+            except (NotADirectoryError, FileNotFoundError):
+                continue
+            if any(not is_trash_index_name(n) for n in inside):
+                out.append(os.fsdecode(name))
+        return out
+
         if not all(is_trash_index_name(n) for n in names):
             return False
         for n in names:

@@ -9,12 +9,10 @@ dropped. `retention recover` must then
 * never exit 0 while a run's row and directory disagree: each run has its row and its
   directory at home, or no row and its directory in trash under a tombstone.
 
-One damage is a known gap, reported and pinned by a strict xfail below instead of being
-fuzzed around silently: a journal cut or flipped inside the BEGIN record of an apply that
-had already moved directories loses the whole transaction (the reader takes the damaged
-BEGIN for a torn tail), and `recover` says "Nothing to recover" while the moved
-directories sit in ``.trash/<txid>`` with their rows live. The fuzz counts those cases
-(``hypothesis.event``) and checks that they are exactly that; anything else fails.
+A journal cut or flipped inside the BEGIN record of an apply that had already moved
+directories loses the whole transaction (the reader takes the damaged BEGIN for a torn
+tail); recovery then finds a ``.trash/<txid>`` holding moved directories that neither the
+journal nor the catalog knows, and stops with exit 7 (the test below pins that case).
 """
 
 from __future__ import annotations
@@ -33,7 +31,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from journal import CorruptJournal, replay
 from journal.reader import read_journal
 
 from . import crashkit as ck
@@ -177,18 +174,6 @@ def disagreements(ws: Path, before: dict) -> list[str]:
     return out
 
 
-def begin_lost(ws: Path, crashed: Crashed) -> bool:
-    """The known gap, judged on the damaged journal before recovery reads it: the crashed
-    apply had created its trash directory (so directories may have moved), and the journal,
-    read as recovery reads it (a torn tail dropped), no longer holds that transaction."""
-    if crashed.txid is None:
-        return False
-    try:
-        return crashed.txid not in replay(ws / ".retention/journal.wal")
-    except CorruptJournal:
-        return False
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # about 30 s on two quiet cores; generous for a busy machine
 def test_recover_of_a_damaged_journal_never_exits_0_with_a_row_and_directory_disagreeing(
@@ -208,7 +193,6 @@ def test_recover_of_a_damaged_journal_never_exits_0_with_a_row_and_directory_dis
         ws = world.tmp / f"ex{next(counter)}"
         shutil.copytree(crashed.ws, ws, symlinks=True)
         done = apply_damage(ws / ".retention/journal.wal", how)
-        lost = begin_lost(ws, crashed)
         r = run(ws, "recover")
         err = r.stderr.decode(errors="replace")
         where = f"{point}, {done}: exit {r.returncode}\n{err}"
@@ -219,11 +203,7 @@ def test_recover_of_a_damaged_journal_never_exits_0_with_a_row_and_directory_dis
             assert len(errors) == 1, where
         else:
             bad = disagreements(ws, world.before)
-            if bad and lost and "Nothing to recover" in err:
-                event("known gap: BEGIN of an apply that moved directories lost")
-                world.seen["known gap"] += 1
-            else:
-                assert not bad, f"{where}\n" + "\n".join(bad)
+            assert not bad, f"{where}\n" + "\n".join(bad)
         event(f"exit {r.returncode}")
         world.seen[f"exit {r.returncode}"] += 1
         shutil.rmtree(ws)
@@ -232,12 +212,6 @@ def test_recover_of_a_damaged_journal_never_exits_0_with_a_row_and_directory_dis
     print(f"journal fuzz outcomes: {dict(world.seen)}")  # shown with -s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (reported): a damaged BEGIN of an apply that already moved directories"
-    " is dropped as a torn tail, and recover exits 0 while runs have rows and no directory;"
-    " a .trash/<txid> that neither the journal nor the catalog knows must stop recovery",
-)
 def test_recover_stops_when_the_begin_of_an_apply_that_moved_directories_is_lost(
     world: World, tmp_path: Path
 ) -> None:
