@@ -563,5 +563,7 @@ def roll_back_now(
 
 
 def _save_last(ws: Workspace, rep: ApplyReport) -> None:
-    with contextlib.suppress(OSError):
+    # A convenience for `status`, written after DONE: a failure (a full disk, an fsync
+    # error) must not turn the finished apply into a failed one.
+    with contextlib.suppress(OSError, FsyncError):
         fsio.write_atomic(ws.state.last_apply, msgspec.json.encode(rep), 0o644)
