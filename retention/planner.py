@@ -259,6 +259,8 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
     fmt = cfg.time_format
     tag_sets: dict[frozenset[str] | None, frozenset[str] | None] = {}
     texts: dict[str | None, str | None] = {}  # one copy of each state or kind
+    # Without per-run values (parent, size), runs share few distinct Attrs: one copy each.
+    shared: dict[Attrs, Attrs] | None = {} if not {"parent", "size"} & set(names) else None
     items: list[Item] = []
     try:
         for row in cat.conn.execute(sql):
@@ -267,9 +269,9 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                 if value is not None:  # as iter_items: only NULL falls through
                     t = parse_stored_time(value, fmt, keep_offset=offsets)
                     break
-            got = dict(zip(names, row[2:first_time], strict=True))
             attrs = None
-            if got:
+            if names:
+                got = dict(zip(names, row[2:first_time], strict=True))
                 tags: frozenset[str] | None = frozenset()
                 if "tags" in got:
                     tags = parse_tags(got["tags"])
@@ -284,6 +286,8 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     parent=got.get("parent"),
                     size=_bytes(got.get("size")),
                 )
+                if shared is not None:
+                    attrs = shared.setdefault(attrs, attrs)
             items.append(Item(row[0], t, bool(row[1]), attrs))
     except sqlite3.Error as exc:
         raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None

@@ -373,3 +373,26 @@ def test_bad_budget_is_exit_2(ws: Path, value: str, message: str) -> None:
     make(ws, SIZED)
     lines = fails(2, "--keep-last", "1", "--max-total-size", value)
     assert lines[0] == f"Error: policy.max_total_size (from flag): {message}"
+
+
+def test_apply_takes_a_manifest_of_every_new_rule(ws: Path) -> None:
+    make(
+        ws,
+        [{**r, "tags": "db" if r["backup_id"] == "p" else None} for r in CHAINS],
+        PROTECT + 'tags_column = "tags"\nsize_column = "size_bytes"\nstate_column = "state"\n',
+    )
+    args = ("--keep-daily", "1", "--keep-within", "1d", "--keep-tag", "db", "--tz", "UTC")
+    args += ("--checkpoint", "first", "--min-keep", "2", "--max-total-size", "1T", "-o", "m.json")
+    result = invoke("plan", "--now", NOW, *args)
+    assert result.exit_code == 0, result.stderr
+    payload = json.loads((ws / "m.json").read_bytes())["payload"]
+    assert {e["run_id"] for e in payload["entries"]} == {"f1", "i1", "i2"}
+    shown = invoke("show", "m.json")
+    assert shown.exit_code == 0, shown.stderr
+    applied = invoke("apply", "m.json")
+    assert applied.exit_code == 0, applied.stderr
+    db = sqlite3.connect(ws / "catalog.db")
+    left = {r[0] for r in db.execute("SELECT backup_id FROM backups")}
+    db.close()
+    assert left == {"f2", "f3", "i3", "i4", "p"}
+    assert not (ws / "backups/f1").exists() and (ws / "backups/f2").exists()
