@@ -412,6 +412,48 @@ def test_plan_apply_undo_apply_purge_read_back_through_mlflow(store: Store) -> N
     assert (digest(store.db), tree(store.dir / "mlruns")) == purged_state
 
 
+def test_an_issue_keeps_its_row_with_a_null_source_run_and_gets_it_back_on_undo(
+    store: Store,
+) -> None:
+    """issues.source_run_id declares ON DELETE SET NULL: after apply (and after purge) the
+    issue is still there with a NULL source run, and undo puts its source back. The rows
+    are inserted with SQL, as MLflow's issue tracking writes them (the sample's client
+    calls create none)."""
+    con = sqlite3.connect(store.db)
+    with con:
+        for n, run_id in enumerate([store.deleted_old[0], store.active[0]]):
+            (exp,) = con.execute(
+                "SELECT experiment_id FROM runs WHERE run_uuid = ?", (run_id,)
+            ).fetchone()
+            con.execute(
+                "INSERT INTO issues (issue_id, experiment_id, name, description, status,"
+                " source_run_id, created_timestamp, last_updated_timestamp)"
+                " VALUES (?, ?, ?, 'seen in a run', 'open', ?, 1, 1)",
+                (f"iss-{n}", exp, f"issue {n}", run_id),
+            )
+    con.close()
+
+    def sources() -> dict[str, str | None]:
+        c = sqlite3.connect(store.db)
+        out = dict(c.execute("SELECT issue_id, source_run_id FROM issues").fetchall())
+        c.close()
+        return out
+
+    before = sources()
+    gone = store.deleted_old[0]
+    applied = run_exe("apply", plan(store, "first.json").name, cwd=store.dir)
+    assert applied.returncode == 0, applied.stderr.decode()
+    assert sources() == {"iss-0": None, "iss-1": store.active[0]}
+    undone = run_exe("undo", "--within", "24h", cwd=store.dir)
+    assert undone.returncode == 0, undone.stderr.decode()
+    assert sources() == before and before["iss-0"] == gone
+    again = run_exe("apply", plan(store, "second.json").name, cwd=store.dir)
+    assert again.returncode == 0, again.stderr.decode()
+    assert run_exe("purge", "--all", cwd=store.dir).returncode == 0
+    assert sources() == {"iss-0": None, "iss-1": store.active[0]}
+    assert_no_dangling(store)
+
+
 def test_without_input_tags_in_the_config_its_rows_are_left_dangling(store: Store) -> None:
     """The mistake the MLflow section warns about: ``input_tags`` references ``inputs``, not
     the runs, so nothing finds it unless it is named. ``config --check`` does not list it,
