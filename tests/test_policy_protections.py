@@ -346,6 +346,12 @@ def check_invariants(items: list[Item], spec: PolicySpec) -> None:
             if parent in by_id:
                 assert parent in kept, f"{parent} went while {rid}, kept, depends on it"
     assert all(v.reasons for v in d.keep)
+    # and the same decision whatever the row order
+    again = evaluate(list(reversed(items)), spec, NOW)
+    assert [(v.item.id, v.reasons) for v in again.keep] == [(v.item.id, v.reasons) for v in d.keep]
+    assert [(v.item.id, v.reasons) for v in again.remove] == [
+        (v.item.id, v.reasons) for v in d.remove
+    ]
 
 
 @given(backup_lists(), protection_specs)

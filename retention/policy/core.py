@@ -84,7 +84,7 @@ class Verdict:
 @dataclass(frozen=True)
 class Decision:
     """``keep`` and ``remove`` partition the input. ``remove`` is sorted newest first;
-    ``keep`` lists items without a valid timestamp first, then the rest newest first.
+    ``keep`` lists items without a valid timestamp first (by id), then the rest newest first.
     ``budget`` is set when the spec has a size budget."""
 
     keep: list[Verdict]
@@ -131,6 +131,7 @@ def evaluate(
     for item in items:
         (valid if item.time is not None else no_time).append(item)
     valid.sort(key=sort_key, reverse=True)
+    no_time.sort(key=lambda item: str(item.id))  # the result never depends on row order
     return _decide(no_time, valid, spec, now, zone)
 
 
