@@ -334,6 +334,18 @@ class LocalTrashStore(LocalStore):
             names = os.listdir(txdir)
         except FileNotFoundError:
             return False
+        if not all(is_trash_index_name(n) for n in names):
+            return False
+        for n in names:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(txdir + b"/" + n)
+        try:
+            os.rmdir(txdir)
+        except FileNotFoundError:
+            return False
+        fsio.fsync_dir(self.abspath(trash_root_rel()))
+        return True
+
     def tx_dirs_holding_moves(self) -> list[str]:
         """Txids (names under ``.trash``) whose directory holds anything but its index.
         Read-only; never follows a symlink (an unsafe entry is `trash_problems`' to report)."""
@@ -354,18 +366,6 @@ class LocalTrashStore(LocalStore):
             if any(not is_trash_index_name(n) for n in inside):
                 out.append(os.fsdecode(name))
         return out
-
-        if not all(is_trash_index_name(n) for n in names):
-            return False
-        for n in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(txdir + b"/" + n)
-        try:
-            os.rmdir(txdir)
-        except FileNotFoundError:
-            return False
-        fsio.fsync_dir(self.abspath(trash_root_rel()))
-        return True
 
     def sync(self) -> int:
         """fsync every directory a move touched since the last sync; returns how many."""
