@@ -175,3 +175,22 @@ def test_a_restrict_reference_added_after_the_plan_skips_the_run_at_commit(tmp_p
     assert "referenced by c_restrict.run_id of a kept row" in skipped[ids[0]]
     assert (ws / "data/backtests" / ids[0]).is_dir()  # moved back home
     assert ids[0] in _rows(ws, "c_cascade").values()
+
+
+def test_a_run_pinned_after_the_plan_is_skipped_at_commit(tmp_path: Path) -> None:
+    """Pinning a run changes its row, so the commit's fingerprint check leaves it alone."""
+    ws, ids = _build(tmp_path / "ws")
+    db = sqlite3.connect(ws / "data/catalog.db")
+    db.execute("ALTER TABLE runs ADD COLUMN pinned INTEGER")
+    db.commit()
+    text = (ws / "retention.toml").read_text()
+    (ws / "retention.toml").write_text(text + '\n[policy]\npin_column = "pinned"\n')
+    manifest = ck.plan(ws, keep_last=4)
+    db.execute("UPDATE runs SET pinned = 1 WHERE run_id = ?", (ids[0],))
+    db.commit()
+    db.close()
+    p = ck.run(ws, "apply", str(manifest))
+    assert p.returncode == 3, p.stderr
+    skipped = {s["run_id"]: s["reason"] for s in json.loads(p.stdout)["skipped"]}
+    assert skipped == {ids[0]: "catalog rows changed since the plan"}
+    assert (ws / "data/backtests" / ids[0]).is_dir()
