@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,9 @@ from retention.txrecords import Begin, Move
 from retention.workspace import Workspace, open_workspace
 
 REPORT_VERSION = 1
+
+
+APPLY_TXID = re.compile(r"a-\d{8}T\d{6}Z-[0-9a-f]{6}")  # what new_txid("apply", ...) makes
 
 
 def new_txid(op: str, now: datetime) -> str:
@@ -158,7 +162,9 @@ def _refuse_unknown_trash(ws: Workspace) -> None:
     intents were fsynced, so the journal must know it until recovery finished it (and then
     the catalog does, or the directory was put back and removed): if it does not, the
     journal lost an acknowledged BEGIN. Guessing either way could orphan runs."""
-    holding = ws.store.tx_dirs_holding_moves()
+    # Only names an apply of ours would have made: anything else in .trash is foreign, for
+    # `retention check` to report (trash_orphan), not a reason to stop every command.
+    holding = [t for t in ws.store.tx_dirs_holding_moves() if APPLY_TXID.fullmatch(t)]
     if not holding:
         return
     known = set(ws.journal.transactions()) | {r["txid"] for r in ws.catalog.applies()}

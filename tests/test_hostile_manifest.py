@@ -485,7 +485,7 @@ def test_fuzz_re_signed_manifests_are_refused_or_applied_within_the_manifest(
     counter = iter(range(10**6))
 
     @settings(
-        max_examples=100,
+        max_examples=60,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow],

@@ -182,7 +182,7 @@ def test_recover_of_a_damaged_journal_never_exits_0_with_a_row_and_directory_dis
     counter = iter(range(10**6))
 
     @settings(
-        max_examples=60,
+        max_examples=40,
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],

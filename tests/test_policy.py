@@ -34,7 +34,7 @@ specs = st.builds(
 
 
 @given(item_lists, specs)
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_keep_and_remove_partition_the_input_and_every_item_has_a_reason(items, spec) -> None:
     d = evaluate(items, spec, NOW)
     ids = [v.item.id for v in d.keep + d.remove]
@@ -45,7 +45,7 @@ def test_keep_and_remove_partition_the_input_and_every_item_has_a_reason(items, 
 
 
 @given(item_lists, st.integers(0, 70))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_keep_last_keeps_exactly_the_n_newest_valid_runs(items, n) -> None:
     spec = PolicySpec(keep_last=n)
     d = evaluate(items, spec, NOW)
@@ -59,7 +59,7 @@ def test_keep_last_keeps_exactly_the_n_newest_valid_runs(items, n) -> None:
 
 
 @given(item_lists, st.integers(0, 70), st.integers(1, 4 * 365 * 86400))
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 def test_union_a_run_goes_only_when_no_rule_keeps_it(items, n, age) -> None:
     both = evaluate(items, PolicySpec(keep_last=n, max_age_seconds=age), NOW)
     by_count = {v.item.id for v in evaluate(items, PolicySpec(keep_last=n), NOW).remove}

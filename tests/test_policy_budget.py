@@ -180,7 +180,7 @@ sizes_specs = protection_specs.flatmap(
 
 
 @given(backup_lists(), sizes_specs)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_protections_hold_with_a_budget_in_any_combination(items, spec) -> None:
     policy = PolicySpec(**spec)
     check_invariants(items, policy)

@@ -458,7 +458,7 @@ counts = st.one_of(st.just(-1), st.integers(1, 12))
 
 
 @given(utc_runs, st.sampled_from(UNITS), counts, st.booleans())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_each_calendar_rule_keeps_at_most_n_runs_one_per_period(items, unit, n, first) -> None:
     spec = PolicySpec(**{f"keep_{unit}": n}, checkpoint="first" if first else None)
     d = evaluate(items, spec, NOW)
@@ -497,7 +497,7 @@ rule_fields = st.fixed_dictionaries(
 
 
 @given(utc_runs, rule_fields, rule_fields, st.booleans())
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_adding_a_rule_never_removes_more(items, rules, more, first) -> None:
     cp = "first" if first else None
     base = PolicySpec(**rules, checkpoint=cp)
@@ -511,7 +511,7 @@ def test_adding_a_rule_never_removes_more(items, rules, more, first) -> None:
 
 
 @given(utc_runs, rule_fields, st.randoms(use_true_random=False))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_the_result_does_not_depend_on_row_order(items, rules, rnd: random.Random) -> None:
     spec = PolicySpec(**rules)
     if spec.is_empty() or spec.keeps_nothing():

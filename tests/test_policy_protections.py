@@ -251,7 +251,7 @@ floor_specs = st.fixed_dictionaries(
 
 
 @given(job_lists(), floor_specs)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_floor_filter_and_bad_timestamps_are_never_violated(items, spec) -> None:
     d = evaluate(items, PolicySpec(**spec), NOW)
     assert len(d.keep) + len(d.remove) == len(items)
@@ -355,6 +355,6 @@ def check_invariants(items: list[Item], spec: PolicySpec) -> None:
 
 
 @given(backup_lists(), protection_specs)
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 def test_protections_are_never_violated_by_any_combination(items, spec) -> None:
     check_invariants(items, PolicySpec(**spec))
