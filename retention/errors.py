@@ -102,6 +102,7 @@ EXIT_INCONSISTENT = 10
 _ERRNO_TEXT = {
     "ENOSPC": "disk full",
     "EDQUOT": "disk quota exceeded",
+    "EFBIG": "file too large",  # past the file size limit (RLIMIT_FSIZE) or the filesystem's
     "EACCES": "permission denied",
     "EPERM": "operation not permitted",
     "EROFS": "read-only filesystem",
@@ -153,6 +154,20 @@ def catalog_error(exc: sqlite3.Error, path: object = None) -> CatalogError:
     return CatalogError(f"{where}: {text}")
 
 
+_ERRNO_HINT = {
+    "ENOSPC": "free space on that file's filesystem",
+    "EDQUOT": "free space or raise the quota",
+    "EFBIG": "raise the file size limit (`ulimit -f`) or free space",
+}
+
+
+def _filename(name: object) -> str:
+    """An `OSError`'s file for a message (bytes that are not UTF-8 as escapes)."""
+    if isinstance(name, bytes):
+        return name.decode("utf-8", "backslashreplace")
+    return str(name)
+
+
 def from_environment(exc: BaseException) -> RetentionError | None:
     """Map an error the environment can cause (disk full, permission denied, an fsync that
     failed, a journal that cannot be written) to a `RetentionError`; None for anything else,
@@ -169,10 +184,13 @@ def from_environment(exc: BaseException) -> RetentionError | None:
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno, "")
         if name in _ERRNO_TEXT:
-            where = f" ({exc.filename!s})" if exc.filename else ""
+            # The file, always when the error carries it (every state file and TRASH.json
+            # is written through a step that names it; the journal's appends too).
+            where = f" ({_filename(exc.filename)})" if exc.filename is not None else ""
             return StorageError(
                 f"{_ERRNO_TEXT[name]}{where}: {exc.strerror or exc}",
-                hint="fix it, then run the command again; an interrupted transaction is"
-                " finished or rolled back by `retention recover`",
+                hint=_ERRNO_HINT.get(name, "fix it")
+                + ", then run the command again; an interrupted transaction is finished or"
+                " rolled back by `retention recover`",
             )
     return None

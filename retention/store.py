@@ -10,12 +10,13 @@ follow symlinks.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import os
 import re
-import shutil
 import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,52 +172,40 @@ class LocalStore:
     def measure(self, rel: bytes) -> Measure:
         """Size, file count and a metadata fingerprint of the tree at ``rel`` (read-only).
 
-        Walks with ``lstat`` and never follows symlinks. The fingerprint covers every
-        entry's relative name, type, mode, size and mtime (not contents: reading every byte
-        would cost more than the delete). Unreadable parts are reported in ``error``.
+        Never follows symlinks. The fingerprint covers every entry's relative name, type,
+        mode, size and mtime (not contents: reading every byte would cost more than the
+        delete). Unreadable parts are reported in ``error``. Each directory is opened
+        relative to its parent (`_DirPath`), so a tree deeper than PATH_MAX is measured like
+        any other (one rename moves it, so plan must not refuse it).
         """
         top = self.abspath(rel)
+        open_error: OSError | None = None
         try:
-            st = os.lstat(top)
+            fd = os.open(top, _O_DIR)
         except FileNotFoundError:
             return Measure(exists=False)
-        except OSError as exc:
-            return Measure(exists=False, error=f"{exc.strerror}")
+        except OSError as exc:  # not a directory (a file, a symlink), or unreadable
+            fd, open_error = -1, exc
+        if open_error is not None:
+            try:
+                st = os.lstat(top)
+            except FileNotFoundError:
+                return Measure(exists=False)
+            except OSError as exc:
+                return Measure(exists=False, error=f"{exc.strerror}")
+        else:
+            st = os.fstat(fd)
         h = hashlib.sha256()
-        total = files = 0
-        error: str | None = None
         h.update(
             b"%o %d %d\0"
             % (st.st_mode, st.st_size if not stat.S_ISDIR(st.st_mode) else 0, st.st_mtime_ns)
         )
         if not stat.S_ISDIR(st.st_mode):
-            total = st.st_size
-            return Measure(True, total, 1, h.hexdigest(), dev=st.st_dev)
-        stack = [b""]
-        while stack:
-            sub = stack.pop()
-            path = top + (b"/" + sub if sub else b"")
-            try:
-                with os.scandir(path) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError as exc:
-                error = error or f"cannot read {display(path)}: {exc.strerror}"
-                continue
-            for e in entries:
-                name = sub + b"/" + e.name if sub else e.name
-                try:
-                    est = e.stat(follow_symlinks=False)
-                except OSError as exc:
-                    error = error or f"cannot stat {display(e.path)}: {exc.strerror}"
-                    continue
-                is_dir = stat.S_ISDIR(est.st_mode)
-                size = 0 if is_dir else est.st_size
-                h.update(name + b"\0%o %d %d\0" % (est.st_mode, size, est.st_mtime_ns))
-                if is_dir:
-                    stack.append(name)
-                else:
-                    files += 1
-                    total += size
+            return Measure(True, st.st_size, 1, h.hexdigest(), dev=st.st_dev)
+        if open_error is not None:
+            why = f"cannot read {_shown(top)}: {open_error.strerror}"
+            return Measure(True, 0, 0, h.hexdigest(), why, dev=st.st_dev)
+        total, files, error = _measure_tree(fd, top, h)
         return Measure(True, total, files, h.hexdigest(), error, dev=st.st_dev)
 
 
@@ -420,21 +409,269 @@ def require_artifact_root(cfg: Config) -> None:
         )
 
 
-def _rmtree(path: bytes) -> None:
-    def onerror(func: Callable[..., Any], p: Any, exc_info: tuple[Any, ...]) -> None:
-        exc = exc_info[1]
-        if isinstance(exc, FileNotFoundError):
-            return
-        if isinstance(exc, PermissionError):
-            parent = os.path.dirname(p)
-            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
-            if os.path.isdir(p) and not os.path.islink(p):
-                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) | stat.S_IRWXU)
-                shutil.rmtree(p, onerror=onerror)
-            else:
-                func(p)
-            return
-        raise exc
+# -- walking by descriptors ----------------------------------------------------------------
 
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=onerror)
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# Descriptors a walk keeps open at most (ordinary trees never reach it): deeper ancestors
+# are closed and reopened through ".." on the way back up, so that a tree thousands of
+# levels deep needs neither that many descriptors nor paths longer than one name.
+_HELD_FDS = 64
+
+
+class _DirPath:
+    """The directories from a walk's top down to the current one, each opened relative to
+    its parent (``openat``, ``O_NOFOLLOW``: never through a symlink), so that no system call
+    of the walk takes a path longer than one name and PATH_MAX never applies.
+
+    At most `_HELD_FDS` descriptors stay open. An ancestor closed to stay under that is
+    reopened through ``..`` of its child when the walk comes back up, and must then be the
+    same directory (device and inode): if the tree was moved meanwhile the walk stops with
+    an `OSError` instead of going on somewhere else. Owns every descriptor it holds."""
+
+    def __init__(self, fd: int) -> None:
+        self.fds = [fd]
+        self.ids: list[tuple[int, int] | None] = [None]  # set when the descriptor is closed
+
+    @property
+    def fd(self) -> int:
+        return self.fds[-1]
+
+    def descend(self, name: bytes | str) -> None:
+        """Open ``name`` in the current directory and make it the current one. Raises
+        `OSError` (nothing changed): ``ELOOP``/``ENOTDIR`` for a symlink or a non-directory."""
+        self.fds.append(os.open(name, _O_DIR, dir_fd=self.fds[-1]))
+        self.ids.append(None)
+        k = len(self.fds) - 1 - _HELD_FDS
+        if k >= 0 and self.fds[k] >= 0:
+            st = os.fstat(self.fds[k])
+            self.ids[k] = (st.st_dev, st.st_ino)
+            os.close(self.fds[k])
+            self.fds[k] = -1
+
+    def ascend(self) -> None:
+        """Close the current directory; its parent becomes the current one."""
+        fd = self.fds.pop()
+        self.ids.pop()
+        try:
+            if self.fds and self.fds[-1] < 0:
+                parent = os.open(b"..", _O_DIR, dir_fd=fd)
+                st = os.fstat(parent)
+                if (st.st_dev, st.st_ino) != self.ids[-1]:
+                    os.close(parent)
+                    raise OSError(errno.ESTALE, "a directory was moved during the walk")
+                self.fds[-1] = parent
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self.fds:
+            if fd >= 0:
+                os.close(fd)
+        self.fds.clear()
+        self.ids.clear()
+
+
+def _shown(path: bytes) -> str:
+    """A path for a message; the middle of one longer than PATH_MAX is elided."""
+    if len(path) > 1024:
+        path = path[:480] + b"/.../" + path[-480:]
+    return display(path)
+
+
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
+
+def _hash_entries(fd: int, rel: bytes, top: bytes, h: Any) -> tuple[list[bytes], int, int, str]:
+    """Hash the entries of the directory open at ``fd`` (``rel`` under the measured top),
+    sorted by name bytes. Returns (its subdirectories' names, bytes, files, first error or
+    ""). Raises `OSError` when the directory cannot be listed (nothing hashed then)."""
+    # A descriptor lists names as str (surrogate-escaped): back to the exact bytes (as
+    # os.fsencode, without its call), sorted as bytes (not as text: a name that is not
+    # UTF-8 sorts elsewhere as text, and the fingerprint would change).
+    names = [n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)]
+    names.sort()
+    subdirs = []
+    nbytes = nfiles = 0
+    error = ""
+    prefix = rel + b"/" if rel else b""
+    for name in names:
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except OSError as exc:
+            error = error or f"cannot stat {_shown(top + b'/' + prefix + name)}: {exc.strerror}"
+            continue
+        if st.st_mode & 0o170000 == stat.S_IFDIR:
+            h.update(b"%s%s\0%o 0 %d\0" % (prefix, name, st.st_mode, st.st_mtime_ns))
+            subdirs.append(name)
+        else:
+            h.update(b"%s%s\0%o %d %d\0" % (prefix, name, st.st_mode, st.st_size, st.st_mtime_ns))
+            nfiles += 1
+            nbytes += st.st_size
+    return subdirs, nbytes, nfiles, error
+
+
+def _measure_tree(fd: int, top: bytes, h: Any) -> tuple[int, int, str | None]:
+    """Hash every entry under the directory open at ``fd`` (``top``) into ``h``; closes
+    ``fd``. The walk and the bytes hashed are exactly those of the path-based walk that
+    made the manifests already signed (pre-order; a directory's entries sorted by name
+    bytes; subdirectories visited last name first), so their fingerprints stay valid.
+    Returns (bytes, files, first error or None)."""
+    try:
+        subdirs, total, files, error = _hash_entries(fd, b"", top, h)
+    except OSError as exc:
+        os.close(fd)
+        return 0, 0, f"cannot read {_shown(top)}: {exc.strerror}"
+    if not subdirs:  # most run directories: no walk to set up
+        os.close(fd)
+        return total, files, error or None
+    dirs = _DirPath(fd)
+    pending, rels = [subdirs], [b""]
+    try:
+        while pending:
+            if not pending[-1]:
+                pending.pop()
+                rels.pop()
+                if pending:
+                    dirs.ascend()
+                continue
+            name = pending[-1].pop()  # last name first, as the path-based walk's stack
+            rel = rels[-1] + b"/" + name if rels[-1] else name
+            try:
+                dirs.descend(name)
+            except OSError as exc:
+                error = error or f"cannot read {_shown(top + b'/' + rel)}: {exc.strerror}"
+                continue
+            try:
+                sub, nbytes, nfiles, why = _hash_entries(dirs.fd, rel, top, h)
+            except OSError as exc:
+                why, sub, nbytes, nfiles = (
+                    f"cannot read {_shown(top + b'/' + rel)}: {exc.strerror}",
+                    [],
+                    0,
+                    0,
+                )
+            total, files, error = total + nbytes, files + nfiles, error or why
+            pending.append(sub)
+            rels.append(rel)
+    except OSError as exc:  # the tree moved under the walk (see `_DirPath.ascend`)
+        error = error or f"cannot read {_shown(top)}: {exc.strerror}"
+    finally:
+        dirs.close()
+    return total, files, error or None
+
+
+def _rmtree(path: bytes) -> None:
+    """Remove ``path`` and everything under it, as ``rm -rf`` would, but: never follows a
+    symlink (one is removed as a link); a missing entry is fine (absent ``path`` too); a
+    directory we may not read, search or write is first made ``u+rwx`` (we own what we put
+    in trash, and ``rm -rf`` stops there); and any depth: every directory is opened
+    relative to its parent (`_DirPath`), so a tree deeper than PATH_MAX is removed like any
+    other (``shutil.rmtree`` recurses, which a tree 1000 levels deep also defeats). Raises
+    `OSError` for anything else (an immutable file, ``EBUSY``): what could be removed is."""
+    parent, name = os.path.split(path)
+    try:
+        dirs = _DirPath(os.open(parent or b".", _O_DIR))
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            _retry_in(dirs.fd, functools.partial(os.unlink, name, dir_fd=dirs.fd))
+            return
+        if not _descend_fixing(dirs, name):
+            return
+        names: list[bytes | str] = [name]
+        pending = [_entries(dirs.fd)]
+        while pending:
+            if pending[-1]:
+                entry, is_dir = pending[-1].pop()
+                if is_dir and _descend_fixing(dirs, entry):
+                    names.append(entry)
+                    pending.append(_entries(dirs.fd))
+                elif not is_dir:
+                    _retry_in(dirs.fd, functools.partial(os.unlink, entry, dir_fd=dirs.fd))
+                continue
+            pending.pop()
+            dirs.ascend()
+            done = names.pop()
+            _retry_in(dirs.fd, functools.partial(os.rmdir, done, dir_fd=dirs.fd))
+    finally:
+        dirs.close()
+
+
+def _entries(fd: int) -> list[tuple[str, bool]]:
+    """(name, is a real directory) of each entry of the directory open at ``fd``; the type
+    comes from the directory itself (``d_type``), an ``lstat`` only where it does not say
+    (which needs search permission: made ``u+rwx`` then)."""
+    for attempt in range(2):
+        try:
+            with os.scandir(fd) as it:
+                return [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+        except PermissionError:
+            if attempt:
+                raise
+            _make_accessible(fd)
+    return []  # pragma: no cover - the loop returns or raises
+
+
+def _make_accessible(fd: int) -> None:
+    """``chmod u+rwx`` the directory open at ``fd``."""
+    os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) | stat.S_IRWXU)
+
+
+def _retry_in(fd: int, op: Callable[[], None]) -> None:
+    """``op`` (an unlink or rmdir in the directory open at ``fd``); after a permission
+    error, once more with that directory made accessible. Gone already is fine."""
+    try:
+        op()
+    except FileNotFoundError:
+        return
+    except PermissionError:
+        _make_accessible(fd)
+        with contextlib.suppress(FileNotFoundError):
+            op()
+
+
+def _descend_fixing(dirs: _DirPath, name: bytes | str) -> bool:
+    """`_DirPath.descend` into ``name``, a directory we may not read or search made
+    ``u+rwx`` first (its parent too); False when it is gone. Something put there instead
+    of the directory (a file, a symlink) is unlinked, never followed, and False returned."""
+    for attempt in range(3):
+        try:
+            dirs.descend(name)
+            return True
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            if attempt == 0:
+                _make_accessible(dirs.fd)  # the parent may lack search permission
+                continue
+            if attempt == 1:
+                st = os.stat(name, dir_fd=dirs.fd, follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    _chmod_dir_in(dirs.fd, name, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+                    continue
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
+            _retry_in(dirs.fd, functools.partial(os.unlink, name, dir_fd=dirs.fd))
+            return False
+    return False  # pragma: no cover - the loop returns or raises
+
+
+def _chmod_dir_in(fd: int, name: bytes | str, mode: int) -> None:
+    """chmod the directory ``name`` in the directory open at ``fd``, never through a
+    symlink put there meanwhile (``O_PATH`` + ``/proc/self/fd`` where ``fchmodat`` cannot
+    refuse symlinks itself)."""
+    try:
+        os.chmod(name, mode, dir_fd=fd, follow_symlinks=False)
+    except NotImplementedError:
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            os.chmod(f"/proc/self/fd/{pfd}", mode)
+        finally:
+            os.close(pfd)

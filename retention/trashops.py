@@ -155,19 +155,29 @@ class UndoResult(msgspec.Struct, kw_only=True):
 def undo_targets(
     ws: Workspace, now: datetime, *, txid: str | None, within: timedelta | None
 ) -> list[str]:
-    """The apply txids to undo, newest first; refuses purged, purging or unknown ones."""
+    """The apply txids to undo, newest first; refuses purged, purging or unknown ones.
+
+    An apply whose purge was decided but did not finish (state ``purging``: the trash it
+    may not remove, or a crash) is refused as being purged, never as "already purged": the
+    message names the purge and the hint says that `retention recover` finishes it."""
     rows = ws.catalog.applies()
     if txid is not None:
         match = [r for r in rows if r["txid"] == txid]
         if not match:
             raise UndoRefused(f"no committed apply with txid {txid}", hint="see `retention status`")
         r = match[0]
-        if r["state"] in ("purging", "purged"):
-            # Not "grace period ended": `purge --all` may have emptied it before then.
-            when = f" at {r['finished_at']}" if r["state"] == "purged" and r["finished_at"] else ""
-            what = f"was purged{when}" if r["state"] == "purged" else "is being purged"
+        if r["state"] == "purging":
             raise UndoRefused(
-                f"cannot undo {txid}: its trash {what}; purged runs cannot be brought back",
+                f"cannot undo {txid}: its trash is being purged ({_unfinished_purge(ws, [txid])});"
+                " a purge only goes forward, so its runs cannot be brought back",
+                hint=_FINISH_PURGE_HINT,
+            )
+        if r["state"] == "purged":
+            # Not "grace period ended": `purge --all` may have emptied it before then.
+            when = f" at {r['finished_at']}" if r["finished_at"] else ""
+            raise UndoRefused(
+                f"cannot undo {txid}: its trash was purged{when}; purged runs cannot be brought"
+                " back",
                 hint="see `retention status` for what is still undoable",
             )
         if r["state"] == "undone":
@@ -178,12 +188,39 @@ def undo_targets(
     chosen = [r for r in rows if parse_instant(r["created_at"]) >= since]
     live = [r["txid"] for r in chosen if r["state"] == "applied"]
     if not live:
-        gone = [r for r in chosen if r["state"] in ("purging", "purged")]
-        if gone:
+        purging = [r["txid"] for r in chosen if r["state"] == "purging"]
+        purged = [r for r in chosen if r["state"] == "purged"]
+        if purging:
+            also = f"; {len(purged)} more were already purged" if purged else ""
             raise UndoRefused(
-                f"nothing to undo: {len(gone)} apply(s) in that window were already purged"
+                f"nothing to undo: {len(purging)} apply(s) in that window are being purged"
+                f" ({_unfinished_purge(ws, purging)}){also}; a purge only goes forward, so"
+                " their runs cannot be brought back",
+                hint=_FINISH_PURGE_HINT,
+            )
+        if purged:
+            raise UndoRefused(
+                f"nothing to undo: {len(purged)} apply(s) in that window were already purged"
             )
     return live
+
+
+_FINISH_PURGE_HINT = (
+    "run `retention recover` to finish the purge; if it stops again, fix what it names"
+    " (e.g. the permissions of a directory in trash) and run it again"
+)
+
+
+def _unfinished_purge(ws: Workspace, targets: list[str]) -> str:
+    """Which purge holds ``targets`` (applies in state ``purging``), for a message."""
+    txids = []
+    for tx in ws.journal.unfinished():
+        begin = txrecords.decode_begin(tx.begin)
+        if begin.op == "purge" and set(targets) & set(begin.targets):
+            txids.append(tx.txid)
+    if not txids:
+        return "its purge did not finish"
+    return f"purge {', '.join(txids)} was decided and did not finish"
 
 
 def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:

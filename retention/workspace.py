@@ -103,9 +103,47 @@ def workspace_lock(state: StateLayout) -> Iterator[None]:
         lock.release()
 
 
+@contextlib.contextmanager
+def _naming(path: str) -> Iterator[None]:
+    """Re-raise an `OSError` that names no file (``write(2)`` on a descriptor, e.g. ENOSPC
+    or EFBIG) as one of the same errno naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or exc.errno is None:
+            raise
+        raise OSError(exc.errno, f"append to the journal: {exc.strerror}", path) from exc
+
+
+class StateJournal(Journal):
+    """The workspace's journal: an I/O error while appending to it (a full disk, a file
+    size limit) names the journal file, which the error of a ``write(2)`` on a descriptor
+    does not; "disk full" alone does not say which disk."""
+
+    def begin(self, txid: str, payload: bytes = b"") -> None:
+        with _naming(self.path):
+            super().begin(txid, payload)
+
+    def append(self, txid: str, kind: str, payload: bytes = b"", *, sync: bool = True) -> None:
+        with _naming(self.path):
+            super().append(txid, kind, payload, sync=sync)
+
+    def commit(self, txid: str, payload: bytes = b"") -> None:
+        with _naming(self.path):
+            super().commit(txid, payload)
+
+    def abort(self, txid: str, payload: bytes = b"") -> None:
+        with _naming(self.path):
+            super().abort(txid, payload)
+
+    def done(self, txid: str, payload: bytes = b"") -> None:
+        with _naming(self.path):
+            super().done(txid, payload)
+
+
 def open_journal(state: StateLayout) -> Journal:
     try:
-        return Journal.open(state.journal)
+        return StateJournal.open(state.journal)
     except UnsafeJournal as exc:
         raise RecoveryError(
             f"refusing to use the journal: {exc}",
