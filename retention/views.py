@@ -559,6 +559,8 @@ def status_lines(rep: Any) -> list[str]:
             "  Keep a copy of it; `retention recover` refuses to guess. The trash below is"
             " intact and TRASH.json in each transaction lists every original path."
         )
+    for problem in rep.trash_problems:
+        lines.append(f"Unsafe trash entry (never followed; put the real directory back): {problem}")
     if rep.interrupted:
         lines.append("Interrupted transactions (run `retention recover`):")
         for i in rep.interrupted:
@@ -640,5 +642,3 @@ def check_lines(rep: Any) -> list[str]:
         f"{plural(rep.runs_checked, 'run')} checked, {plural(len(rep.findings), 'finding')}."
     )
     return lines
-    for problem in rep.trash_problems:
-        lines.append(f"Unsafe trash entry (never followed; put the real directory back): {problem}")
