@@ -339,12 +339,8 @@ class LocalTrashStore(LocalStore):
         """Txids (names under ``.trash``) whose directory holds anything but its index.
         Read-only; never follows a symlink (an unsafe entry is `trash_problems`' to report)."""
         trash = self.abspath(trash_root_rel())
-        try:
-            names = sorted(os.listdir(trash))
-        except (FileNotFoundError, NotADirectoryError):
-            return []
         out = []
-        for name in names:
+        for name in _trash_names(trash):
             path = trash + b"/" + name
             if tx_dir_problem(path) is not None:
                 continue
@@ -380,16 +376,20 @@ def tx_dir_problem(path: bytes) -> str | None:
     return None
 
 
+def _trash_names(trash: bytes) -> list[bytes]:
+    """The entries of a ``.trash`` directory, sorted (none when it is absent)."""
+    try:
+        return sorted(os.listdir(trash))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
 def trash_problems(root: Path) -> list[tuple[bytes, str]]:
     """Entries of ``<root>/.trash`` that are not plain directories: (relative path, why).
     Read-only; for `retention check` and `retention status`."""
     trash = os.fsencode(root) + b"/" + _TRASH_B
-    try:
-        names = sorted(os.listdir(trash))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
     out = []
-    for name in names:
+    for name in _trash_names(trash):
         problem = tx_dir_problem(trash + b"/" + name)
         if problem is not None:
             out.append((_TRASH_B + b"/" + name, problem))
