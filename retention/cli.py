@@ -189,6 +189,12 @@ def _policy_options(f: Any) -> Any:
             help="Never keep fewer than N runs, however old (the newest go last).",
         ),
         click.option(
+            "--group-by",
+            metavar="COLUMN[,COLUMN]",
+            help="Apply the policy per group of runs with equal values of these columns of"
+            " the runs table (policy.group_by): counts, floors and budgets per group.",
+        ),
+        click.option(
             "--max-total-size",
             metavar="SIZE",
             help="Size budget (50G, 512M; binary units): while the kept runs hold more, the"

@@ -98,6 +98,17 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     # measured on disk without one), the least important unprotected runs go.
     max_total_size: int | None = None
     size_column: str | None = None
+    # Groups and tiers: the policy applies per group of runs with equal group_by values; a
+    # group's tier is tier_column of the runs table, or of tier_table (a lookup table whose
+    # tier_key column matches the runs' tier_join column, by default the first group_by
+    # column); tiers maps a tier name to its own settings over the base ones (Config field
+    # names; "days" is max_age in days, -1 keeping forever).
+    group_by: tuple[str, ...] | None = None
+    tier_column: str | None = None
+    tier_table: str | None = None
+    tier_key: str | None = None
+    tier_join: str | None = None
+    tiers: dict[str, dict[str, Any]] | None = None
     state_dir: str
     grace_period: str
     manifest_ttl: str
@@ -447,6 +458,64 @@ def _children(value: Any, where: str) -> tuple[ChildTable, ...]:
 
 
 CALENDAR_UNITS = ("hourly", "daily", "weekly", "monthly", "yearly")
+# What a [policy.tiers.NAME] table may set: the rules, the floor and the budget of the tier.
+TIER_KEYS = (
+    "days",
+    "keep_last",
+    "max_age",
+    *(f"keep_{u}" for u in CALENDAR_UNITS),
+    "keep_within",
+    *(f"keep_within_{u}" for u in CALENDAR_UNITS),
+    "keep_tags",
+    "min_keep",
+    "max_total_size",
+)
+DAYS_ENV = "RETENTION_DAYS_"
+
+
+def tier_env(name: str) -> str:
+    """``RETENTION_DAYS_<TIER>``: the tier's name in capitals, other characters as ``_``."""
+    return DAYS_ENV + "".join(c if c.isalnum() else "_" for c in name.upper())
+
+
+def _days(value: Any, where: str) -> int:
+    """A tier's days: a whole number >= 1, or -1 (keep forever)."""
+    shape = f"{where}: expected a whole number of days >= 1, or -1 (keep forever), got {value!r}"
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(shape) from None
+    if isinstance(value, bool) or not isinstance(value, int) or not (value >= 1 or value == -1):
+        raise ConfigError(shape)
+    return value
+
+
+def _tiers(value: Any, where: str) -> dict[str, dict[str, Any]] | None:
+    """``[policy.tiers.NAME]`` tables: tier name -> its settings (parsed), by field."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected [policy.tiers.NAME] tables, got {value!r}")
+    tiers: dict[str, dict[str, Any]] = {}
+    for name, body in value.items():
+        at = f"{where.split(' ', 1)[0]}.{name}"
+        if not isinstance(body, dict):
+            raise ConfigError(f"{at}: expected a table, e.g. [policy.tiers.{name}] days = 30")
+        parsed: dict[str, Any] = {}
+        for key, raw in body.items():
+            if key not in TIER_KEYS:
+                close = difflib.get_close_matches(key, TIER_KEYS, n=1)
+                hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(TIER_KEYS)
+                raise ConfigError(f"{at}: unknown setting {key!r}", hint=hint)
+            parse = _days if key == "days" else _BY_FIELD[key].parse
+            parsed[key] = parse(raw, f"{at}.{key}{where[len(where.split(' ', 1)[0]) :]}")
+        if "days" in parsed and "max_age" in parsed:
+            raise ConfigError(f"{at}: give days or max_age, not both")
+        tiers[name] = parsed
+    return tiers
+
+
 # The settings that are rules: with none of them given anywhere, keep_last defaults to 100.
 RULE_FIELDS = (
     "keep_last",
@@ -510,6 +579,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.max_total_size", "max_total_size", None, _budget),
     Setting("policy.size_column", "size_column", None, _opt_str),
     Setting("policy.allow_remove_all", "allow_remove_all", False, _bool),
+    Setting("policy.group_by", "group_by", None, _str_list),
+    Setting("policy.tier_column", "tier_column", None, _opt_str),
+    Setting("policy.tier_table", "tier_table", None, _opt_str),
+    Setting("policy.tier_key", "tier_key", None, _opt_str),
+    Setting("policy.tier_join", "tier_join", None, _opt_str),
+    Setting("policy.tiers", "tiers", None, _tiers),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
     Setting("state.history", "history", "90d", _required_duration),
@@ -607,7 +682,8 @@ def load_config(
         values[s.field] = value
         sources[s.field] = src
 
-    if all(values[f] is None for f in RULE_FIELDS):
+    _tier_days_from_env(values, sources, env)
+    if all(values[f] is None for f in RULE_FIELDS) and not values["tiers"]:
         values["keep_last"] = DEFAULT_KEEP_LAST
         sources["keep_last"] = "default (no rule given)"
     if values["state_column"] is not None and values["terminal_states"] is None:
@@ -618,11 +694,42 @@ def load_config(
     return Config(config_file=str(path) if path else None, sources=sources, **values)
 
 
+def _tier_days_from_env(
+    values: dict[str, Any], sources: dict[str, str], env: Mapping[str, str]
+) -> None:
+    """``RETENTION_DAYS_<TIER>`` replaces that tier's days (and its max_age). One naming no
+    configured tier is refused rather than ignored, when tiers are configured."""
+    tiers = values["tiers"]
+    named = {k: v for k, v in env.items() if k.startswith(DAYS_ENV) and v != ""}
+    if not named or tiers is None:
+        return
+    by_env = {tier_env(name): name for name in tiers}
+    for var, raw in sorted(named.items()):
+        name = by_env.get(var)
+        if name is None:
+            raise ConfigError(
+                f"env {var} names no tier of policy.tiers",
+                hint="known: " + ", ".join(sorted(by_env)),
+            )
+        tier = dict(tiers[name])
+        tier.pop("max_age", None)
+        tier["days"] = _days(raw, f"policy.tiers.{name}.days (from env {var})")
+        tiers = {**tiers, name: tier}
+        sources[f"tiers.{name}.days"] = f"env {var}"
+    values["tiers"] = tiers
+
+
 def render_config(cfg: Config) -> list[tuple[str, str, str]]:
     """Rows of (setting, value, source) for `retention config`."""
     rows = []
     for s in SETTINGS:
         value = getattr(cfg, s.field)
+        if s.field == "tiers" and value:
+            for name, tier in value.items():
+                for key, v in tier.items():
+                    src = cfg.sources.get(f"tiers.{name}.{key}", cfg.sources[s.field])
+                    rows.append((f"{s.key}.{name}.{key}", _shown_value(key, v), src))
+            continue
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif s.field == "keep_tags" and value is not None:
@@ -634,3 +741,11 @@ def render_config(cfg: Config) -> list[tuple[str, str, str]]:
             )
         rows.append((s.key, "(none)" if value is None else str(value), cfg.sources[s.field]))
     return rows
+
+
+def _shown_value(key: str, value: Any) -> str:
+    if key == "keep_tags":
+        return "; ".join(",".join(tl) or "''" for tl in value)
+    if key == "days" and value == -1:
+        return "-1 (keep forever)"
+    return str(value)

@@ -35,6 +35,7 @@ from retention.durations import (
     parse_instant,
     parse_span,
     parse_stored_time,
+    plural,
 )
 from retention.errors import CatalogError, ConfigError, UsageError
 from retention.layout import TRASH_DIRNAME, StateLayout
@@ -42,13 +43,16 @@ from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy
 from retention.manifest import with_id as manifest_with_id
 from retention.policy import (
     UNITS,
+    UNLIMITED,
     Attrs,
     BudgetReport,
     DependencyCycle,
+    GroupSummary,
     Item,
     PolicySpec,
     Verdict,
     evaluate,
+    other_type,
 )
 from retention.reporting import Progress
 from retention.reports import SkippedEntry
@@ -75,6 +79,7 @@ class PlanResult:
     no_time: int = 0  # runs kept because no timestamp could be read
     warnings: list[str] = field(default_factory=list)  # e.g. an interrupted transaction
     budget: BudgetReport | None = None  # with a size budget: what it removed, what holds
+    groups: list[GroupSummary] = field(default_factory=list)  # grouped policies: counts
 
 
 BLOCKED_HINT = (
@@ -95,15 +100,46 @@ def _span(text: str | None) -> str | None:
     return None if text is None or parse_span(text).is_zero() else text
 
 
+def _rule_fields(get: Callable[[str], Any]) -> dict[str, Any]:
+    """The rule, floor and budget fields of a spec from config values (``get(field)``)."""
+    max_age = get("max_age")
+    days = get("days")
+    keep_last = get("keep_last")
+    if days == UNLIMITED:
+        keep_last, max_age = UNLIMITED, None
+    elif days is not None:
+        max_age = f"{days}d"
+    fields: dict[str, Any] = {f"keep_{u}": get(f"keep_{u}") for u in UNITS}
+    fields["keep_within"] = _span(get("keep_within"))
+    fields |= {f"keep_within_{u}": _span(get(f"keep_within_{u}")) for u in UNITS}
+    fields |= {
+        "keep_last": keep_last,
+        "max_age_seconds": (
+            int(parse_duration(max_age).total_seconds()) if max_age is not None else None
+        ),
+        "keep_tags": get("keep_tags") or None,
+        "min_keep": get("min_keep") or None,
+        "max_total_bytes": get("max_total_size"),
+    }
+    return fields
+
+
+_CALENDAR_FIELDS = (
+    *(f"keep_{u}" for u in UNITS),
+    "keep_within",
+    *(f"keep_within_{u}" for u in UNITS),
+)
+
+
+def _calendar(fields: dict[str, Any]) -> bool:
+    return any(fields[f] not in (None, 0) for f in _CALENDAR_FIELDS)
+
+
 def policy_from_config(cfg: Config) -> PolicySpec:
     """The policy the configuration asks for; refuses one that would keep nothing (no
     rule that can keep a run, as restic refuses an empty policy) and rules that need a
-    column nobody named."""
-    max_age = int(parse_duration(cfg.max_age).total_seconds()) if cfg.max_age is not None else None
-    rules: dict[str, Any] = {f"keep_{u}": getattr(cfg, f"keep_{u}") for u in UNITS}
-    rules["keep_within"] = _span(cfg.keep_within)
-    rules |= {f"keep_within_{u}": _span(getattr(cfg, f"keep_within_{u}")) for u in UNITS}
-    calendar = any(v not in (None, 0) for v in rules.values())
+    column nobody named. With ``policy.tiers``, each tier's spec is the base settings with
+    the tier's own over them."""
     if cfg.terminal_states is not None and not cfg.state_column:
         raise ConfigError(
             "policy.terminal_states needs policy.state_column: the column of the runs table"
@@ -114,30 +150,89 @@ def policy_from_config(cfg: Config) -> PolicySpec:
             "policy.newest_of_kind needs policy.kind_column: the column of the runs table"
             " that holds each run's kind"
         )
-    spec = PolicySpec(
-        keep_last=cfg.keep_last,
-        max_age_seconds=max_age,
-        keep_tags=cfg.keep_tags or None,
-        min_keep=cfg.min_keep or None,
-        terminal_states=cfg.terminal_states if cfg.state_column else None,
-        pins=True if cfg.pin_column else None,
-        newest_of_kind=cfg.newest_of_kind if cfg.kind_column else None,
-        dependencies=True if cfg.parent_column else None,
-        max_total_bytes=cfg.max_total_size,
-        # Only where they change a decision: the zone for calendar rules and spans, which
-        # run of a period for calendar rules.
-        tz=cfg.tz if calendar else None,
-        checkpoint="first" if calendar and cfg.checkpoint == "first" else None,
-        **rules,
-    )
-    if spec.is_empty() or spec.keeps_nothing():
-        raise UsageError("refusing a policy that keeps nothing", hint=EMPTY_POLICY_HINT)
-    if spec.keep_tags and not cfg.tags_column:
+    if cfg.tiers is not None and not cfg.tier_column:
+        raise ConfigError(
+            "policy.tiers needs policy.tier_column: the column that holds each run's tier"
+            " (of the runs table, or of policy.tier_table)"
+        )
+    if cfg.tier_column and not cfg.tiers:
+        raise ConfigError(
+            "policy.tier_column needs [policy.tiers.NAME] tables: the policy of each tier",
+            hint="e.g. [policy.tiers.free] days = 30",
+        )
+    if cfg.tier_table and not (cfg.tier_join or cfg.group_by):
+        raise ConfigError(
+            "policy.tier_table needs policy.tier_join (the runs column to look up) or"
+            " policy.group_by (its first column is looked up)"
+        )
+    base = _rule_fields(lambda f: getattr(cfg, f, None))
+    protections: dict[str, Any] = {
+        "terminal_states": cfg.terminal_states if cfg.state_column else None,
+        "pins": True if cfg.pin_column else None,
+        "newest_of_kind": cfg.newest_of_kind if cfg.kind_column else None,
+        "dependencies": True if cfg.parent_column else None,
+    }
+
+    def spec_of(fields: dict[str, Any], **more: Any) -> PolicySpec:
+        calendar = _calendar(fields)
+        return PolicySpec(
+            **fields,
+            **protections,
+            # Only where they change a decision: the zone for calendar rules and spans,
+            # which run of a period for calendar rules.
+            tz=cfg.tz if calendar else None,
+            checkpoint="first" if calendar and cfg.checkpoint == "first" else None,
+            **more,
+        )
+
+    tiers = None
+    if cfg.tiers:
+        tiers = {}
+        for name, own in cfg.tiers.items():
+            merged = dict(own)
+            if "days" in own:  # days replaces the base age and (for -1) the base count
+                merged.setdefault("max_age", None)
+
+            def get(f: str, m: dict[str, Any] = merged) -> Any:
+                return m[f] if f in m else getattr(cfg, f, None)
+
+            fields = _rule_fields(get)
+            tier = spec_of(fields)
+            if tier.keeps_nothing():
+                raise UsageError(
+                    f"refusing tier {name!r}: its policy keeps nothing", hint=EMPTY_POLICY_HINT
+                )
+            tiers[name] = tier
+        spec = spec_of(
+            base,
+            group_by=cfg.group_by,
+            tiers=tiers,
+            tier_source=_tier_source(cfg),
+        )
+    else:
+        spec = spec_of(base, group_by=cfg.group_by)
+        if spec.is_empty() or spec.keeps_nothing():
+            raise UsageError("refusing a policy that keeps nothing", hint=EMPTY_POLICY_HINT)
+    tagged = spec.keep_tags or any(t.keep_tags for t in (tiers or {}).values())
+    if tagged and not cfg.tags_column:
         raise ConfigError(
             "policy.keep_tags needs policy.tags_column: the column of the runs table that"
             " holds each run's tags (comma-separated text or a JSON array)"
         )
     return spec
+
+
+def _tier_source(cfg: Config) -> str:
+    if cfg.tier_table:
+        join = _tier_join(cfg)
+        return f"{cfg.tier_table}.{cfg.tier_column} where {cfg.tier_key or join} = the run's {join}"
+    return f"column {cfg.tier_column}"
+
+
+def _tier_join(cfg: Config) -> str:
+    join = cfg.tier_join or (cfg.group_by[0] if cfg.group_by else None)
+    assert join is not None  # policy_from_config refuses a lookup table without one
+    return join
 
 
 def policy_zone(spec: PolicySpec) -> tzinfo | None:
@@ -159,8 +254,18 @@ def _columns(cfg: Config, spec: PolicySpec) -> dict[str, tuple[str, str]]:
         roles["kind"] = ("policy.kind_column", cfg.kind_column)
     if spec.dependencies and cfg.parent_column:
         roles["parent"] = ("policy.parent_column", cfg.parent_column)
-    if spec.max_total_bytes is not None and cfg.size_column:
+    budget = spec.max_total_bytes is not None or any(
+        t.max_total_bytes is not None for t in (spec.tiers or {}).values()
+    )
+    if budget and cfg.size_column:
         roles["size"] = ("policy.size_column", cfg.size_column)
+    for k, col in enumerate(spec.group_by or ()):
+        roles[f"group:{k}"] = ("policy.group_by", col)
+    if spec.tiers is not None and cfg.tier_column:
+        if cfg.tier_table:
+            roles["tier_join"] = ("policy.tier_join", _tier_join(cfg))
+        else:
+            roles["tier"] = ("policy.tier_column", cfg.tier_column)
     return roles
 
 
@@ -257,6 +362,15 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
     sql = f"SELECT {q(cfg.id_column)}, {protect}{extra}, {times} FROM {q(cfg.runs_table)}{where}"
     first_time = 2 + len(names)
     fmt = cfg.time_format
+    groups = [r for r in names if r.startswith("group:")]
+    tiers: dict[Any, str | None] | None = None
+    if "tier_join" in roles and cfg.tier_table and cfg.tier_column:
+        key = cfg.tier_key or roles["tier_join"][1]
+        tiers = cat.lookup(cfg.tier_table, key, cfg.tier_column, "policy.tier_table")
+        for k in list(tiers):  # "42" finds 42 and the other way: SQLite types are loose
+            alt = other_type(k) if isinstance(k, str | int) else None
+            if alt is not None:
+                tiers.setdefault(alt, tiers[k])
     tag_sets: dict[frozenset[str] | None, frozenset[str] | None] = {}
     texts: dict[str | None, str | None] = {}  # one copy of each state or kind
     # Without per-run values (parent, size), runs share few distinct Attrs: one copy each.
@@ -278,6 +392,9 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     tags = tag_sets.setdefault(tags, tags)
                 state = _text(got.get("state"))
                 kind = _text(got.get("kind"))
+                tier = _text(got.get("tier"))
+                if tiers is not None:
+                    tier = tiers.get(got["tier_join"])
                 attrs = Attrs(
                     tags=tags,
                     state=texts.setdefault(state, state),
@@ -285,6 +402,8 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     kind=texts.setdefault(kind, kind),
                     parent=got.get("parent"),
                     size=_bytes(got.get("size")),
+                    group=tuple(got[g] for g in groups) if groups else None,
+                    tier=texts.setdefault(tier, tier),
                 )
                 if shared is not None:
                     attrs = shared.setdefault(attrs, attrs)
@@ -575,7 +694,7 @@ def build_plan(
         items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
         measured: dict[Any, Measure] = {}
-        if spec.max_total_bytes is not None and not cfg.size_column:
+        if _has_budget(spec) and not cfg.size_column:
             items, measured = measure_sizes(cfg, cat, store, items, progress)
         try:
             decision = evaluate(items, spec, now, policy_zone(spec))
@@ -584,6 +703,7 @@ def build_plan(
         del items
         if decision.remove and not allow_remove_all:
             _refuse_remove_all(cfg, cat, len(decision.remove))
+            _refuse_group_removed(spec, decision.groups)
         # Only once the catalog is known to be usable and the policy acceptable: a plan
         # refused for either must not leave a new state directory and key behind.
         key, key_id = load_key(state, create=True)
@@ -691,4 +811,53 @@ def build_plan(
     short = decision.budget.shortfall() if decision.budget is not None else None
     if short:
         warnings.append(short)
-    return PlanResult(payload, sign(payload, key), skipped, no_time, warnings, decision.budget)
+    warnings += _group_warnings(spec, decision.groups)
+    return PlanResult(
+        payload,
+        sign(payload, key),
+        skipped,
+        no_time,
+        warnings,
+        decision.budget,
+        groups=list(decision.groups),
+    )
+
+
+def _has_budget(spec: PolicySpec) -> bool:
+    tiers = (spec.tiers or {}).values()
+    return spec.max_total_bytes is not None or any(t.max_total_bytes is not None for t in tiers)
+
+
+def _refuse_group_removed(spec: PolicySpec, groups: tuple[GroupSummary, ...]) -> None:
+    """Refuse a plan that removes every run of a group (a tenant, an organisation) unless
+    allowed: a floor (min_keep) is the usual way to keep some. Raises `UsageError`."""
+    emptied = [g for g in groups if g.considered and g.removed == g.considered]
+    if not emptied:
+        return
+    first = emptied[0].label(spec.group_by)
+    more = f" and {plural(len(emptied) - 1, 'other group')}" if len(emptied) > 1 else ""
+    raise UsageError(
+        f"refusing to remove every run of group {first} ({plural(emptied[0].removed, 'run')})"
+        f"{more}",
+        hint="set a floor (--min-keep N, policy.min_keep or the tier's min_keep), or "
+        + REMOVE_ALL_HINT,
+    )
+
+
+def _group_warnings(spec: PolicySpec, groups: tuple[GroupSummary, ...]) -> list[str]:
+    """Groups kept whole because their tier has no policy; budgets not met, per group."""
+    out = []
+    unruled = [g for g in groups if g.spec is None]
+    if unruled:
+        runs = sum(g.considered for g in unruled)
+        tiers = sorted({repr(g.tier) if g.tier is not None else "none" for g in unruled})
+        out.append(
+            f"{plural(runs, 'run')} of {plural(len(unruled), 'group')} kept whole: their tier"
+            f" ({', '.join(tiers[:5])}{', ...' if len(tiers) > 5 else ''}) has no"
+            " [policy.tiers.NAME] table"
+        )
+    for g in groups:
+        short = g.budget.shortfall() if g.budget is not None else None
+        if short:
+            out.append(f"group {g.label(spec.group_by)}: {short}")
+    return out

@@ -51,7 +51,7 @@ def plan_summary(
                 " are, and runs young today may be deleted."
             )
     lines += [f"Warning: {w}" for w in result.warnings]
-    lines.append(p.policy_text)
+    lines += p.policy_text.splitlines()
     n = len(p.entries)
     lines.append(
         f"{n} of {plural(p.considered, 'run')} would be deleted, {format_bytes(p.total_bytes)}"
@@ -71,6 +71,7 @@ def plan_summary(
                 f"{plural(missing, 'candidate')} without an artifact directory on disk"
                 " (their rows are deleted all the same)."
             )
+    lines += group_lines(result)
     if result.no_time:
         lines.append(
             f"{plural(result.no_time, 'run')} kept because no timestamp could be read"
@@ -81,6 +82,29 @@ def plan_summary(
         name = target or "<manifest>"
         lines.append(f"Next: retention show {name}, then retention apply {name}")
     return lines
+
+
+def group_lines(result: PlanResult, limit: int = 20) -> list[str]:
+    """Per group of a grouped policy: removed of considered, the largest removals first."""
+    groups = result.groups
+    if not groups:
+        return []
+    names = result.payload.policy.group_by
+    out = [f"By group ({plural(len(groups), 'group')}):"]
+    ranked = sorted(groups, key=lambda g: (-g.removed, g.label(names)))
+    for g in ranked[:limit]:
+        tail = "" if g.spec is not None else " (no policy for its tier: all kept)"
+        out.append(
+            f"  {g.label(names)}: {g.removed} of {plural(g.considered, 'run')} removed{tail}"
+        )
+    if len(ranked) > limit:
+        rest = ranked[limit:]
+        out.append(
+            f"  ... and {plural(len(rest), 'more group')}:"
+            f" {sum(g.removed for g in rest)} of {plural(sum(g.considered for g in rest), 'run')}"
+            " removed"
+        )
+    return out
 
 
 def _skipped_lines(skipped: list[SkippedEntry]) -> list[str]:
@@ -388,7 +412,7 @@ def show_lines(v: Verified, top: int, name: str) -> list[str]:
     lines = [
         f"Manifest {r.manifest_id} (catalog {r.catalog_id}), planned at {r.now},"
         f" valid until {r.expires_at}: signature OK.",
-        r.policy,
+        *r.policy.splitlines(),
         f"{r.count} runs, {format_bytes(r.total_bytes)}"
         + (f"; {r.missing_dirs} without a directory on disk" if r.missing_dirs else ""),
         "",

@@ -199,3 +199,97 @@ def test_the_policy_from_the_file_plans_like_the_flags(workspace: Path) -> None:
     assert from_file["policy"] == from_flags["policy"] == {"keep_weekly": 4, "keep_monthly": 6}
     assert from_file["entries"] == from_flags["entries"]
     assert len(from_file["entries"]) > 0
+
+
+# -- groups and tiers -------------------------------------------------------------------------
+
+TIERED = """
+[policy]
+group_by = ["org_id"]
+tier_table = "organizations"
+tier_column = "plan"
+min_keep = 1
+
+[policy.tiers.free]
+days = 30
+
+[policy.tiers.pro]
+days = 365
+keep_monthly = 12
+
+[policy.tiers.enterprise]
+days = -1
+"""
+
+
+def _tiered(tmp_path: Path, text: str = TIERED, env: dict[str, str] | None = None):
+    path = tmp_path / "retention.toml"
+    path.write_text(text)
+    return load_config(str(path), env=env or {})
+
+
+def test_each_tier_is_the_base_policy_with_its_own_settings_over_it(tmp_path: Path) -> None:
+    spec = policy_from_config(_tiered(tmp_path))
+    assert spec.group_by == ("org_id",)
+    assert spec.tiers is not None and set(spec.tiers) == {"free", "pro", "enterprise"}
+    free, pro, ent = spec.tiers["free"], spec.tiers["pro"], spec.tiers["enterprise"]
+    assert (free.max_age_seconds, free.min_keep, free.keep_last) == (30 * 86400, 1, None)
+    assert (pro.max_age_seconds, pro.keep_monthly) == (365 * 86400, 12)
+    assert (ent.keep_last, ent.max_age_seconds) == (-1, None)  # -1 keeps forever
+    assert spec.keep_last is None  # no default keep-last 100 when tiers give the rules
+
+
+def test_days_from_the_environment_replace_a_tiers_days_with_their_source(tmp_path: Path) -> None:
+    cfg = _tiered(tmp_path, env={"RETENTION_DAYS_FREE": "7", "RETENTION_DAYS_PRO": "-1"})
+    spec = policy_from_config(cfg)
+    assert spec.tiers is not None
+    assert spec.tiers["free"].max_age_seconds == 7 * 86400
+    assert spec.tiers["pro"].keep_last == -1
+    rows = {k: (v, src) for k, v, src in render_config(cfg)}
+    assert rows["policy.tiers.free.days"] == ("7", "env RETENTION_DAYS_FREE")
+    assert rows["policy.tiers.pro.days"] == ("-1 (keep forever)", "env RETENTION_DAYS_PRO")
+    assert rows["policy.tiers.pro.keep_monthly"][0] == "12"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        (
+            TIERED + "\n[policy.tiers.basic]\nday = 90\n",
+            {},
+            "policy.tiers.basic: unknown setting 'day'",
+        ),
+        (TIERED + "\n[policy.tiers.basic]\ndays = 0\n", {}, "expected a whole number of days >= 1"),
+        (TIERED + "\n[policy.tiers.basic]\ndays = 9\nmax_age = '9d'\n", {}, "not both"),
+        (TIERED, {"RETENTION_DAYS_GOLD": "5"}, "env RETENTION_DAYS_GOLD names no tier"),
+        (TIERED, {"RETENTION_DAYS_FREE": "soon"}, "from env RETENTION_DAYS_FREE"),
+    ],
+)
+def test_bad_tier_settings_are_refused_naming_the_setting(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _tiered(tmp_path, text, env)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (TIERED.replace('tier_column = "plan"', ""), "policy.tiers needs policy.tier_column"),
+        ('[policy]\ntier_column = "plan"\n', "policy.tier_column needs"),
+        (
+            TIERED.replace('group_by = ["org_id"]', ""),
+            "policy.tier_table needs policy.tier_join",
+        ),
+    ],
+)
+def test_incomplete_tier_settings_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        policy_from_config(_tiered(tmp_path, text))
+
+
+def test_group_by_flag_splits_on_commas(workspace: Path) -> None:
+    out = invoke("config", "--json")
+    assert json.loads(out.stdout)["group_by"] is None
+    cfg = load_config(None, env={}, overrides={"group_by": "a, b"})
+    assert cfg.group_by == ("a", "b") and cfg.sources["group_by"] == "flag"

@@ -10,10 +10,13 @@ from retention.policy.core import (
     Attrs,
     Decision,
     DependencyCycle,
+    GroupSummary,
     Item,
     RunId,
     Verdict,
     evaluate,
+    group_label,
+    other_type,
     sort_key,
 )
 from retention.policy.spec import UNITS, UNLIMITED, PolicySpec
@@ -25,11 +28,14 @@ __all__ = [
     "BudgetReport",
     "Decision",
     "DependencyCycle",
+    "GroupSummary",
     "Held",
     "Item",
     "PolicySpec",
     "RunId",
     "Verdict",
     "evaluate",
+    "group_label",
+    "other_type",
     "sort_key",
 ]

@@ -19,7 +19,8 @@ call `_decide` once per group, with dependencies and the budget across them):
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
@@ -34,6 +35,7 @@ from retention.policy.marks import (
     PINNED,
     PROTECTED,
     RULE,
+    UNRULED,
 )
 from retention.policy.rules import Ctx, active_rules
 from retention.policy.spec import PolicySpec
@@ -55,6 +57,8 @@ class Attrs:
     kind: str | None = None
     parent: RunId | None = None
     size: int | None = None
+    group: tuple[object, ...] | None = None  # the values of the group-by columns
+    tier: str | None = None  # the group's tier (spec.tiers), None: no tier
 
 
 NO_ATTRS = Attrs()
@@ -85,11 +89,13 @@ class Verdict:
 class Decision:
     """``keep`` and ``remove`` partition the input. ``remove`` is sorted newest first;
     ``keep`` lists items without a valid timestamp first (by id), then the rest newest first.
-    ``budget`` is set when the spec has a size budget."""
+    ``budget`` is set when an ungrouped spec has a size budget; grouped policies report
+    each group's in ``groups``."""
 
     keep: list[Verdict]
     remove: list[Verdict]
     budget: BudgetReport | None = None
+    groups: tuple[GroupSummary, ...] = ()  # grouped policies: one per group, in order
 
 
 class DependencyCycle(ValueError):
@@ -118,12 +124,18 @@ def evaluate(
     empty or invalid spec (the planner refuses those before calling), for ``spec.tz``
     without its ``zone`` (resolving a zone name reads the zone database: the caller's
     job), and `DependencyCycle` when parents form a cycle. Pure: no I/O, no clock.
+
+    With ``spec.group_by`` or ``spec.tiers``, the runs are grouped by their
+    ``Attrs.group`` and ``Attrs.tier`` and the rules, protections, the floor and the budget
+    apply per group (each with its tier's spec; a group whose tier has none keeps every
+    run); dependencies cross groups.
     """
-    if spec.is_empty():
-        raise ValueError("empty policy")
-    problem = spec.problem()
-    if problem:
-        raise ValueError(problem)
+    _refuse_spec(spec)
+    for name, tier in (spec.tiers or {}).items():
+        try:
+            _refuse_spec(tier)
+        except ValueError as exc:
+            raise ValueError(f"tier {name!r}: {exc}") from None
     if spec.tz is not None and zone is None:
         raise ValueError(f"the policy takes calendar periods in {spec.tz}: pass zone=")
     no_time: list[Item] = []
@@ -132,7 +144,89 @@ def evaluate(
         (valid if item.time is not None else no_time).append(item)
     valid.sort(key=sort_key, reverse=True)
     no_time.sort(key=lambda item: str(item.id))  # the result never depends on row order
-    return _decide(no_time, valid, spec, now, zone)
+    if spec.group_by is None and spec.tiers is None:
+        whole = _Group(spec, None, None, range(len(valid)), range(len(no_time)))
+        return _decide(no_time, valid, [whole], None, spec, now, zone)
+    groups, of = _grouped(no_time, valid, spec)
+    return _decide(no_time, valid, groups, of, spec, now, zone)
+
+
+def _refuse_spec(spec: PolicySpec) -> None:
+    if spec.is_empty():
+        raise ValueError("empty policy")
+    problem = spec.problem()
+    if problem:
+        raise ValueError(problem)
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """One group's counts (grouped policies only). ``spec`` None: its tier has no policy,
+    every run of it is kept."""
+
+    group: tuple[object, ...] | None
+    tier: str | None
+    spec: PolicySpec | None
+    considered: int
+    kept: int
+    removed: int
+    budget: BudgetReport | None = None
+
+    def label(self, names: tuple[str, ...] | None) -> str:
+        return group_label(names, self.group, self.tier)
+
+
+def group_label(
+    names: tuple[str, ...] | None, group: tuple[object, ...] | None, tier: str | None
+) -> str:
+    """``org_id=acme, tier pro``: how a group is named in reasons and reports."""
+    parts = [f"{n}={_shown(v)}" for n, v in zip(names or (), group or (), strict=False)]
+    if tier is not None or (group is None and not parts):
+        parts.append(f"tier {tier}" if tier is not None else "no tier")
+    return ", ".join(parts)
+
+
+def _shown(value: object) -> str:
+    return "NULL" if value is None else str(value)
+
+
+@dataclass
+class _Group:
+    spec: PolicySpec | None  # None: the tier has no policy
+    key: tuple[object, ...] | None
+    tier: str | None
+    pos: Sequence[int]  # positions in the sorted valid runs, newest first
+    nt: Sequence[int]  # positions in the runs without a timestamp
+
+
+def _grouped(
+    no_time: list[Item], valid: list[Item], spec: PolicySpec
+) -> tuple[list[_Group], tuple[array[int], array[int]]]:
+    """The groups in a fixed order (by key: the result never depends on row order) and
+    the group of each valid run and of each run without a timestamp."""
+    found: dict[tuple[tuple[object, ...] | None, str | None], tuple[list[int], list[int]]] = {}
+    for which, runs in ((0, valid), (1, no_time)):
+        for i, item in enumerate(runs):
+            a = item.attrs or NO_ATTRS
+            key = (a.group, a.tier if spec.tiers is not None else None)
+            lists = found.get(key)
+            if lists is None:
+                lists = found[key] = ([], [])
+            lists[which].append(i)
+    groups: list[_Group] = []
+    of = (array("l", bytes(8 * len(valid))), array("l", bytes(8 * len(no_time))))
+    for g, key in enumerate(sorted(found, key=repr)):
+        pos, nt = found[key]
+        group, tier = key
+        gspec: PolicySpec | None = spec
+        if spec.tiers is not None:
+            gspec = spec.tiers.get(tier) if isinstance(tier, str) else None
+        groups.append(_Group(gspec, group, tier, pos, nt))
+        for i in pos:
+            of[0][i] = g
+        for k in nt:
+            of[1][k] = g
+    return groups, of
 
 
 class _Reasons:
@@ -158,22 +252,27 @@ class _Reasons:
         return self.share(combo, combo)
 
 
-def _decide(
-    no_time: list[Item], valid: list[Item], spec: PolicySpec, now: datetime, zone: tzinfo | None
-) -> Decision:
+def _rules_and_guards(
+    group: _Group,
+    spec: PolicySpec,
+    valid: list[Item],
+    now: datetime,
+    zone: tzinfo | None,
+    why: _Reasons,
+    flags: array[int],
+) -> None:
+    """Stages 2 to 4 over one group's runs (newest first)."""
     n = len(valid)
-    why = _Reasons(n)
-    flags = bytearray(n)
-
     # 2. The list the rules see: terminal runs only, when a terminal set is given.
+    whole = isinstance(group.pos, range) and len(group.pos) == n
     if spec.terminal_states is not None:
         terminal = frozenset(spec.terminal_states)
         state_reason: dict[str | None, str] = {}
-        pos: list[int] = []
-        for i, item in enumerate(valid):
-            state = (item.attrs or NO_ATTRS).state
+        pos: Sequence[int] = []
+        for i in group.pos:
+            state = (valid[i].attrs or NO_ATTRS).state
             if state in terminal:
-                pos.append(i)
+                pos.append(i)  # type: ignore[attr-defined]
                 continue
             text = state_reason.get(state)
             if text is None:
@@ -181,20 +280,19 @@ def _decide(
                 text = state_reason[state] = f"kept: state {shown} is not terminal"
             why.guard(i, text)
             flags[i] |= NOT_TERMINAL
-        seen: list[Item] = [valid[i] for i in pos]
+        seen: Sequence[Item] = [valid[i] for i in pos]
     else:
-        pos = range(n)  # type: ignore[assignment]
-        seen = valid
+        pos = group.pos
+        seen = valid if whole else [valid[i] for i in pos]
 
     # 3. The rules.
     latest = next((it.time for it in seen if it.time is not None and it.time < now), None)
     ctx = Ctx(spec, now, zone, latest)
-    active = active_rules(spec)
     rule_reasons, share = why.rules, why.share
     # Marks of what rules keep matter only to the stages after them; without those stages
     # and without a state filter, the plain loop (the keep-last case at a million runs).
     plain = not (spec.dependencies or spec.min_keep or spec.max_total_bytes is not None)
-    for rd in active:
+    for rd in active_rules(spec):
         if plain and seen is valid:
             for i, reason in rd.rule(seen, ctx):
                 combo = (*rule_reasons[i], reason)
@@ -225,36 +323,80 @@ def _decide(
                 why.guard(pos[j], f"kept: newest run of kind {attrs.kind!r}")
                 flags[pos[j]] |= NEWEST_KIND
 
-    # 5, 6. Dependencies, the floor, and dependencies of the runs the floor adds.
+
+def _decide(
+    no_time: list[Item],
+    valid: list[Item],
+    groups: list[_Group],
+    of: tuple[array[int], array[int]] | None,
+    spec: PolicySpec,
+    now: datetime,
+    zone: tzinfo | None,
+) -> Decision:
+    n = len(valid)
+    why = _Reasons(n)
+    flags = array("H", bytes(2 * n))
+
+    # 2-4. Per group: the state filter, the rules, the protections.
+    for group in groups:
+        if group.spec is None:
+            reason = "kept: " + (
+                f"tier {group.tier!r} has no policy" if group.tier is not None else "no tier"
+            )
+            for i in group.pos:
+                why.guard(i, reason)
+                flags[i] |= UNRULED
+            continue
+        _rules_and_guards(group, group.spec, valid, now, zone, why, flags)
+
+    # 5, 6. Dependencies (across groups), the floor per group, and dependencies of the runs
+    # the floor adds.
     parents = _parents(no_time, valid) if spec.dependencies else None
     if parents is not None:
         _keep_ancestors(parents, no_time, valid, flags, why, range(n))
-    if spec.min_keep:
-        added = _floor(spec.min_keep, len(no_time), valid, flags, why)
-        if parents is not None and added:
-            _keep_ancestors(parents, no_time, valid, flags, why, added)
+    for group in groups:
+        min_keep = group.spec.min_keep if group.spec is not None else None
+        if min_keep:
+            added = _floor(min_keep, len(group.nt), group.pos, flags, why)
+            if parents is not None and added:
+                _keep_ancestors(parents, no_time, valid, flags, why, added)
 
-    # 7. The budget.
-    report = None
+    # 7. The budget, per group.
+    limits = {
+        g: group.spec.max_total_bytes
+        for g, group in enumerate(groups)
+        if group.spec is not None and group.spec.max_total_bytes is not None
+    }
+    reports: dict[int, BudgetReport] = {}
     budget_out: dict[int, str] = {}
-    if spec.max_total_bytes is not None:
+    if limits:
         up = (parents.parent, parents.no_time_parent) if parents else None
-        report, budget_out = budget_mod.apply(spec, no_time, valid, flags, up)
+        floors = {g: (group.spec.min_keep or 0) for g, group in enumerate(groups) if group.spec}
+        reports, budget_out = budget_mod.apply(valid, no_time, flags, up, limits, floors, of)
 
     keep = [Verdict(item, True, ("kept: timestamp missing or unparseable",)) for item in no_time]
     remove: list[Verdict] = []
-    removed = ("removed: " + " and ".join(rd.why(spec) for rd in active),)
-    if not why.before and not why.after and not budget_out:  # the common case, kept lean
+    removed = [
+        ("removed: " + " and ".join(rd.why(g.spec) for rd in active_rules(g.spec)),)
+        if g.spec is not None
+        else ()
+        for g in groups
+    ]
+    if of is None and not why.before and not why.after and not budget_out:
+        # The common case (one group, rules only), kept lean.
         for item, kept_by in zip(valid, why.rules, strict=True):
             if kept_by:
                 keep.append(Verdict(item, True, kept_by))
             else:
-                remove.append(Verdict(item, False, removed))
-        return Decision(keep=keep, remove=remove, budget=report)
+                remove.append(Verdict(item, False, removed[0]))
+        return Decision(keep=keep, remove=remove, budget=reports.get(0))
     overruled: dict[tuple[str, ...], tuple[str, ...]] = {}
+    gone = [0] * len(groups)
     for i, item in enumerate(valid):
         if not (flags[i] or why.rules[i]):
-            remove.append(Verdict(item, False, removed))
+            g = of[0][i] if of is not None else 0
+            remove.append(Verdict(item, False, removed[g]))
+            gone[g] += 1
         elif i in budget_out:
             kept_by = why.of(i)
             was = overruled.get(kept_by)
@@ -263,9 +405,24 @@ def _decide(
                     "overruled: " + r.removeprefix("kept: ") for r in kept_by
                 )
             remove.append(Verdict(item, False, (budget_out[i], *was)))
+            gone[of[0][i] if of is not None else 0] += 1
         else:
             keep.append(Verdict(item, True, why.of(i)))
-    return Decision(keep=keep, remove=remove, budget=report)
+    if of is None:
+        return Decision(keep=keep, remove=remove, budget=reports.get(0))
+    summaries = tuple(
+        GroupSummary(
+            g.key,
+            g.tier,
+            g.spec,
+            considered=len(g.pos) + len(g.nt),
+            kept=len(g.pos) + len(g.nt) - gone[k],
+            removed=gone[k],
+            budget=reports.get(k),
+        )
+        for k, g in enumerate(groups)
+    )
+    return Decision(keep=keep, remove=remove, budget=None, groups=summaries)
 
 
 @dataclass
@@ -291,7 +448,7 @@ def _parents(no_time: list[Item], valid: list[Item]) -> _Parents | None:
         p = (item.attrs or NO_ATTRS).parent
         if p is not None:
             j = at.get(p, -1)
-            alt = _other_type(p) if j < 0 else None
+            alt = other_type(p) if j < 0 else None
             if alt is not None:  # "42" for the id 42 or the other way: SQLite types are loose
                 j = at.get(alt, -1)
             up[i] = j
@@ -304,7 +461,8 @@ def _parents(no_time: list[Item], valid: list[Item]) -> _Parents | None:
     return _Parents(parent, [p if p < off else -1 for p in up[off:]])
 
 
-def _other_type(value: RunId) -> RunId | None:
+def other_type(value: RunId) -> RunId | None:
+    """The same id in SQLite's other loose type: ``42`` for ``"42"`` and the other way."""
     if isinstance(value, int):
         return str(value)
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -332,7 +490,7 @@ def _keep_ancestors(
     parents: _Parents,
     no_time: list[Item],
     valid: list[Item],
-    flags: bytearray,
+    flags: array[int],
     why: _Reasons,
     among: Iterable[int],
 ) -> None:
@@ -352,14 +510,15 @@ def _keep_ancestors(
 
 
 def _floor(
-    min_keep: int, already: int, valid: list[Item], flags: bytearray, why: _Reasons
+    min_keep: int, already: int, pos: Sequence[int], flags: array[int], why: _Reasons
 ) -> list[int]:
-    """Keep the newest runs not kept yet until ``min_keep`` runs are kept in all
-    (``already`` counts runs kept before: those without a timestamp)."""
-    kept = already + sum(1 for f in flags if f)
+    """Keep the newest runs of ``pos`` (one group) not kept yet until ``min_keep`` runs of
+    it are kept in all (``already`` counts its runs kept before: those without a
+    timestamp)."""
+    kept = already + sum(1 for i in pos if flags[i])
     added: list[int] = []
     reason = f"kept: min-keep {min_keep} (never fewer runs than that)"
-    for i in range(len(valid)):
+    for i in pos:
         if kept >= min_keep:
             break
         if not flags[i]:

@@ -55,6 +55,13 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     newest_of_kind: tuple[str, ...] | None = None
     dependencies: bool | None = None
     max_total_bytes: int | None = None
+    # Groups and tiers: the rules, protections, floor and budget apply per group of runs
+    # with equal values of these columns (and equal tier); each tier has its own spec
+    # (complete: the base rules with the tier's own over them), a group whose tier is not
+    # here keeps every run. ``tier_source`` says where a run's tier is read, for people.
+    group_by: tuple[str, ...] | None = None
+    tiers: dict[str, PolicySpec] | None = None
+    tier_source: str | None = None
 
     def is_empty(self) -> bool:
         return all(getattr(self, f) is None for f in self.__struct_fields__)
@@ -91,10 +98,34 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
             return "max_total_bytes must be positive"
         if self.keep_tags is not None and not all(self.keep_tags):
             return "keep_tags: every tag list needs at least one tag ('' for untagged runs)"
+        if self.group_by is not None and not self.group_by:
+            return "group_by must name at least one column"
         return None
 
     def describe(self) -> str:
         """The policy in words, printed first by ``plan``."""
+        if self.tiers is not None:
+            return self._describe_tiers()
+        text = self._describe_rules()
+        if self.group_by:
+            text = f"For each group of runs by {', '.join(self.group_by)}: " + text
+        return text
+
+    def _describe_tiers(self) -> str:
+        by = f" by {', '.join(self.group_by)}" if self.group_by else ""
+        lines = [
+            f"For each group of runs{by}, the policy of its tier ({self.tier_source or 'tier'}):"
+        ]
+        for name in sorted(self.tiers or {}):
+            lines.append(f"  tier {name}: " + (self.tiers or {})[name]._describe_rules(brief=True))
+        lines.append(
+            "A run is removed only when no rule of its tier keeps it; runs with no valid"
+            " timestamp, protected runs and every run of a group whose tier has no policy here"
+            " are kept." + "".join(" " + s for s in self._protections())
+        )
+        return "\n".join(lines)
+
+    def _describe_rules(self, brief: bool = False) -> str:
         parts = []
         if self.keep_last == UNLIMITED:
             parts.append("every run (keep-last unlimited)")
@@ -125,6 +156,9 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
             parts.append(f"every run {tags_text(tags)}")
         if not parts:
             return "Keep nothing (empty policy)."
+        if brief:
+            extra = [s.rstrip(".") for s in self._protections(floor_and_budget_only=True)]
+            return "keep " + ", and ".join(parts) + "".join(f"; {e.lower()}" for e in extra) + "."
         text = (
             "Keep "
             + ", and ".join(parts)
@@ -133,8 +167,14 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
         )
         return text + "".join(" " + s for s in self._protections())
 
-    def _protections(self) -> list[str]:
-        out = []
+    def _protections(self, floor_and_budget_only: bool = False) -> list[str]:
+        out: list[str] = []
+        if floor_and_budget_only:
+            if self.min_keep:
+                out.append(f"At least {self.min_keep} runs are always kept.")
+            if self.max_total_bytes is not None:
+                out.append(f"Size budget {format_bytes(self.max_total_bytes)}.")
+            return out
         if self.terminal_states is not None:
             out.append(
                 "Only runs in a terminal state (" + ", ".join(self.terminal_states) + ") may go."
