@@ -15,6 +15,7 @@ from retention.catalog import Hop, SqliteCatalog
 from retention.config import Config
 from retention.durations import format_bytes, format_duration, human_instant, parse_instant, plural
 from retention.errors import StorageError
+from retention.explain import LEFT_OUT, Explanation, KeptReport
 from retention.layout import StateLayout
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.planner import PlanResult
@@ -354,7 +355,7 @@ class Largest(msgspec.Struct):
     bytes: int
 
 
-class ShowReport(msgspec.Struct):
+class ShowReport(msgspec.Struct, omit_defaults=True):
     version: int
     already_applied_by: list[str]
     no_longer_in_catalog: int
@@ -371,9 +372,10 @@ class ShowReport(msgspec.Struct):
     by_directory: list[DirGroup]
     largest: list[Largest]
     tables: TablesReport
+    kept: KeptReport | None = None  # show --kept only (left out of the JSON otherwise)
 
 
-def show_report(v: Verified, top: int) -> ShowReport:
+def show_report(v: Verified, top: int, kept: KeptReport | None = None) -> ShowReport:
     p = v.payload
     groups: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for e in p.entries:
@@ -404,10 +406,11 @@ def show_report(v: Verified, top: int) -> ShowReport:
         by_directory=[DirGroup(d, c, b) for d, (c, b) in sorted(dirs.items())],
         largest=[Largest(e.run_id, e.path, e.bytes) for e in largest],
         tables=v.tables,
+        kept=kept,
     )
 
 
-def show_lines(v: Verified, top: int, name: str) -> list[str]:
+def show_lines(v: Verified, top: int, name: str, kept: KeptReport | None = None) -> list[str]:
     r = show_report(v, top)
     lines = [
         f"Manifest {r.manifest_id} (catalog {r.catalog_id}), planned at {r.now},"
@@ -420,6 +423,8 @@ def show_lines(v: Verified, top: int, name: str) -> list[str]:
     ]
     for g in r.by_reason:
         lines.append(f"  {g.count:>7}  {format_bytes(g.bytes):>10}  {g.reason}")
+    if kept is not None:
+        lines += ["", *kept_lines(kept, top)]
     if r.by_directory:
         lines += ["", "By top-level directory:"]
         for d in r.by_directory:
@@ -665,4 +670,137 @@ def check_lines(rep: Any) -> list[str]:
     lines.append(
         f"{plural(rep.runs_checked, 'run')} checked, {plural(len(rep.findings), 'finding')}."
     )
+    return lines
+
+
+# -- explain, show --kept ----------------------------------------------------------------------
+
+
+def _ids(ids: list[str | int], most: int = 5) -> str:
+    shown = ", ".join(str(i) for i in ids[:most])
+    return shown + (", ..." if len(ids) > most else "")
+
+
+_BASIS = {
+    "config": "the configured policy",
+    "plan": "this plan's policy",
+    "manifest": "the manifest's policy (and filter)",
+}
+
+
+def explain_lines(e: Explanation) -> list[str]:
+    """Human lines for `retention explain` and `plan --explain`: the verdict, the run's
+    time, group and tier, the policy and when it was evaluated, the reasons, what each rule
+    saw, and against a manifest whether the run is an entry and whether that agrees."""
+    if e.kept is not None:
+        verdict = "kept" if e.kept else "removed"
+    elif e.in_catalog:
+        verdict = "not considered by the policy"
+    else:
+        verdict = "not in the catalog"
+    lines = [f"Run {e.run_id}: {verdict}."]
+    if e.time is not None:
+        recorded = f" (recorded as {e.recorded_time})" if e.recorded_time else ""
+        lines.append(f"  time: {e.time}{recorded}")
+    elif e.considered:
+        lines.append("  time: missing or unparseable")
+    if e.group_label:
+        lines.append(f"  group: {e.group_label}")
+    elif e.tier is not None:
+        lines.append(f"  tier: {e.tier}")
+    if e.size is not None:
+        lines.append(f"  size counted by the budget: {format_bytes(e.size)}")
+    if e.budget is not None:
+        lines.append(f"  {e.budget}")
+    if e.parent is not None:
+        fate = {True: "kept", False: "removed", None: "not among the runs considered"}
+        lines.append(f"  depends on run {e.parent} ({fate[e.parent_kept]})")
+    at = f" at {e.now}" + (" (the manifest's now)" if e.basis == "manifest" else "")
+    against = ", against the catalog as it is now (read-only)" if e.basis == "manifest" else ""
+    lines.append(f"Evaluated with {_BASIS.get(e.basis, e.basis)}{at}{against}:")
+    lines += ["  " + line.strip() for line in e.policy.splitlines()]
+    if e.position is not None and e.counted is not None:
+        scope = " of its group" if e.group_label else ""
+        lines.append(
+            f"Position: number {e.position} of the {e.counted} runs{scope} the rules count,"
+            " newest first."
+        )
+    if e.reasons:
+        lines.append("Reasons:")
+        lines += [f"  {r}" for r in e.reasons]
+    if e.rules:
+        lines.append("Each rule:")
+        width = max(len(c.rule) for c in e.rules)
+        for c in e.rules:
+            keeps = "keeps it" if c.keeps else "does not"
+            lines.append(f"  {c.rule:<{width}}  {keeps:<8}  {c.detail}")
+    m = e.manifest
+    if m is not None:
+        state = f"expired at {m.expires_at}" if m.expired else f"valid until {m.expires_at}"
+        applied = f", applied by {', '.join(m.applied_by)}" if m.applied_by else ""
+        lines.append(f"Manifest {m.manifest_id}, planned at {m.planned_at} ({state}{applied}):")
+        lines.append(f"  entry: {m.entry_reason}" if m.in_manifest else "  not an entry of it")
+        if m.note:
+            lead = {True: "Agrees", False: "Warning", None: "Note"}[m.agrees]
+            lines.append(f"  {lead}: {m.note}")
+    lines += [f"Note: {n}" for n in e.notes]
+    return lines
+
+
+GROUPS = 20  # groups listed by `kept_lines` (a tenant table may have thousands)
+
+
+def kept_lines(k: KeptReport, top: int) -> list[str]:
+    """Human lines for `show --kept`: counts per rule always, the kept runs themselves up
+    to ``top`` (``--json`` gives every one), and warnings where the re-evaluation's
+    removals differ from the manifest's entries."""
+    lines = [
+        f"Kept: {k.kept} of {plural(k.considered, 'run')} ({k.basis}).",
+        "By rule (a run kept by several rules counts under each):",
+    ]
+    lines += [f"  {c.runs:>7}  {c.rule}" for c in k.by_rule] or ["  (none)"]
+    if k.by_group:
+        ranked = sorted(k.by_group, key=lambda g: (-g.removed, g.group))
+        lines.append("By group, the most removals first (considered / kept / removed):")
+        lines += [
+            f"  {g.considered:>7} {g.kept:>7} {g.removed:>7}  {g.group}" for g in ranked[:GROUPS]
+        ]
+        if len(ranked) > GROUPS:
+            rest = ranked[GROUPS:]
+            lines.append(
+                f"  {sum(g.considered for g in rest):>7} {sum(g.kept for g in rest):>7}"
+                f" {sum(g.removed for g in rest):>7}  ... {plural(len(rest), 'more group')}"
+                " (--json lists every one)"
+            )
+    shown = k.runs[: max(top, 0)]
+    if shown:
+        more = "" if len(shown) == len(k.runs) else "; --top N for more, --json for all"
+        lines.append(f"Newest {len(shown)} of the {plural(k.kept, 'kept run')}{more}:")
+        for r in shown:
+            group = f"  [{', '.join(map(str, r.group))}]" if r.group else ""
+            lines.append(
+                f"  {r.run_id}  {r.time or '(no timestamp)'}{group}  {'; '.join(r.reasons)}"
+            )
+    if k.removed_not_in_manifest:
+        n = len(k.removed_not_in_manifest)
+        lines.append(
+            f"Warning: re-evaluated now, the policy removes {plural(n, 'run')} that"
+            f" {'is not an entry' if n == 1 else 'are not entries'} of the manifest"
+            f" ({_ids(k.removed_not_in_manifest)}): left out at plan time ({LEFT_OUT}), or"
+            " new or changed since."
+        )
+    if k.in_manifest_but_kept:
+        n = len(k.in_manifest_but_kept)
+        lines.append(
+            f"Warning: the manifest deletes {plural(n, 'run')} that the re-evaluation keeps"
+            f" ({_ids(k.in_manifest_but_kept)}): the catalog changed since the plan; apply"
+            " still deletes them unless their rows or directories changed or they are now"
+            " protected. Plan again to follow the catalog as it is."
+        )
+    if k.in_manifest_not_considered:
+        lines.append(
+            f"Warning: {plural(k.in_manifest_not_considered, 'entry', 'entries')} of the"
+            " manifest no longer among the runs the policy considers (deleted since, or no"
+            " longer selected by catalog.filter)."
+        )
     return lines
