@@ -224,6 +224,13 @@ def _policy_options(f: Any) -> Any:
     help="Allow a plan whose candidates all lack an artifact directory while the root holds"
     " other directories (artifacts.allow_missing_dirs).",
 )
+@click.option(
+    "--explain",
+    "explain_id",
+    metavar="RUN_ID",
+    help="Also explain this run's verdict (after the summary, on stderr): its reasons, what"
+    " each rule saw, and whether it is in the manifest.",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write manifest here.")
 @click.pass_context
 def plan(
@@ -244,6 +251,7 @@ def plan(
     """
     from retention.planner import build_plan
 
+    explain_id = policy.pop("explain_id")  # not a policy setting
     policy["keep_tags"] = policy["keep_tags"] or None  # () when not given
     cfg = _config(
         ctx,
@@ -261,6 +269,11 @@ def plan(
             hint="redirect it (retention plan ... > manifest.json) or use -o manifest.json",
         )
     result = build_plan(cfg, _now(now_text))
+    explained = None
+    if explain_id is not None:  # before any output: an unknown run id writes nothing
+        from retention.explain import explain_plan
+
+        explained = explain_plan(cfg, result, explain_id)
     if output:
         from retention.views import write_output
 
@@ -269,6 +282,8 @@ def plan(
         sys.stdout.buffer.write(result.manifest)
         sys.stdout.flush()
     for line in views.plan_summary(result, output, datetime.now(UTC)):
+        _say(line, err=True)
+    for line in views.explain_lines(explained) if explained is not None else ():
         _say(line, err=True)
     if result.skipped:
         ctx.exit(EXIT_PARTIAL)
@@ -283,17 +298,59 @@ def plan(
     default=10,
     show_default=True,
     type=click.IntRange(min=0),
-    help="How many of the largest to list.",
+    help="How many of the largest (and with --kept, of the kept runs) to list.",
+)
+@click.option(
+    "--kept",
+    is_flag=True,
+    help="Also show the runs the manifest keeps, counted per rule: its policy re-evaluated"
+    " at its now against the catalog as it is now (read-only).",
 )
 @click.pass_context
-def show(ctx: click.Context, manifest: str, as_json: bool, top: int) -> None:
+def show(ctx: click.Context, manifest: str, as_json: bool, top: int, kept: bool) -> None:
     """Verify a manifest (signature, expiry, catalog) and show what it would delete."""
     cfg = _config(ctx)
     verified = views.load_verified(cfg, manifest, datetime.now(UTC))
+    kept_side = None
+    if kept:
+        from retention.explain import kept_report
+
+        kept_side = kept_report(cfg, verified.payload)
     if as_json:
-        _emit(views.show_report(verified, top))
+        _emit(views.show_report(verified, top, kept_side))
     else:
-        for line in views.show_lines(verified, top, manifest):
+        for line in views.show_lines(verified, top, manifest, kept_side):
+            _say(line)
+
+
+@cli.command()
+@_config_opt
+@click.argument("run_id")
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--now", "now_text", help="Evaluate the policy at this ISO-8601 time.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.pass_context
+def explain(
+    ctx: click.Context, run_id: str, manifest: str | None, now_text: str | None, as_json: bool
+) -> None:
+    """Explain why the policy keeps or removes RUN_ID (read-only).
+
+    Without MANIFEST: the configured policy at now (or --now). With MANIFEST: its policy at
+    its own now, against the catalog as it is now, and whether the run is one of its
+    entries. Exit 2 if neither the catalog nor the manifest holds RUN_ID.
+    """
+    from retention.explain import explain as run_explain
+
+    if manifest is not None and now_text is not None:
+        raise UsageError(
+            "--now cannot be given with a MANIFEST: its policy is evaluated at its own now"
+        )
+    now = _now(now_text) if manifest is None else None
+    report = run_explain(_config(ctx), run_id, now=now, manifest=manifest)
+    if as_json:
+        _emit(report)
+    else:
+        for line in views.explain_lines(report):
             _say(line)
 
 
