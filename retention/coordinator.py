@@ -27,6 +27,14 @@ it must go home            guess.
 
 Every step is idempotent: recovery checks where each directory is before moving it, so it
 may itself be killed at any point and run again.
+
+SIGINT and SIGTERM (`retention.workspace.SIGNALS`) stop an apply at its next safe point:
+while preflight measures (nothing changed), after each rename, before the catalog
+transaction and just before its COMMIT, the apply is rolled back in this process, as the
+table's roll-back row says (`Interrupted`: "rolled back N directories, nothing was
+deleted", exit 130 / 143). From the commit on nothing stops: the apply is finished, the
+purge of expired trash that would follow it is skipped, and the report says so
+(``interrupted``) with the same exit code. Recovery itself always runs to its end.
 """
 
 from __future__ import annotations
@@ -50,6 +58,8 @@ from retention.durations import format_instant
 from retention.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
+    Interrupted,
+    LockedError,
     ManifestRejected,
     RecoveryError,
     RetentionError,
@@ -66,11 +76,11 @@ from retention.moves import (
     reconcile,
 )
 from retention.policy import RunId
-from retention.reports import SkippedEntry
+from retention.reports import Interruption, SkippedEntry
 from retention.store import OutsideRoot, ancestors, text_and_raw
 from retention.tombstones import CommitRefused, NothingDeleted, TombRun, TxInfo
 from retention.txrecords import Begin, Move
-from retention.workspace import Workspace, open_workspace
+from retention.workspace import SIGNALS, Workspace, open_workspace
 
 REPORT_VERSION = 1
 
@@ -107,9 +117,13 @@ class ApplyReport(msgspec.Struct, kw_only=True):
     warnings: list[str] = []
     undo_until: str | None = None  # end of the grace period: undo works at least until then
     duration_ms: int
+    # A SIGINT/SIGTERM after the commit: the apply was finished, then the command stopped.
+    interrupted: Interruption | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return self.interrupted.exit_code
         return EXIT_PARTIAL if self.skipped and not self.already_applied_by else EXIT_OK
 
 
@@ -117,6 +131,23 @@ class RecoverReport(msgspec.Struct, kw_only=True):
     version: int = REPORT_VERSION
     recovered: list[Recovered]
     duration_ms: int
+    interrupted: Interruption | None = None  # a signal came; recovery was finished first
+
+    @property
+    def exit_code(self) -> int:
+        return self.interrupted.exit_code if self.interrupted is not None else EXIT_OK
+
+
+def interruption(message: str) -> Interruption:
+    """The report's record of the signal `SIGNALS` received (the command exits 128 + it)."""
+    assert SIGNALS.signum is not None
+    return Interruption(
+        signal=SIGNALS.name, exit_code=Interrupted(SIGNALS.signum, "").exit_code, message=message
+    )
+
+
+def _n_dirs(n: int) -> str:
+    return f"{n:,} director{'y' if n == 1 else 'ies'}"
 
 
 # -- recover -----------------------------------------------------------------------------
@@ -141,6 +172,7 @@ def recover_all(ws: Workspace, now: datetime, *, strict: bool = False) -> list[R
     stalled: RetentionError | OSError | None = None
     for tx in ws.journal.unfinished():
         op = txrecords.decode_begin(tx.begin).op
+        SIGNALS.phase = "recovering"  # a signal now waits for the recovery to finish
         try:
             out.append(recover_tx(ws, tx, now))
         except (RetentionError, OSError) as exc:
@@ -233,9 +265,23 @@ def recover(cfg: Config, now: datetime | None = None) -> RecoverReport:
     """`retention recover`: finish or roll back interrupted transactions."""
     t0 = time.monotonic()
     now = now or datetime.now(UTC)
-    with open_workspace(cfg) as ws:
-        rec = recover_all(ws, now, strict=True)
-    return RecoverReport(recovered=rec, duration_ms=int((time.monotonic() - t0) * 1000))
+    try:
+        with open_workspace(cfg) as ws:
+            rec = recover_all(ws, now, strict=True)
+            rep = RecoverReport(recovered=rec, duration_ms=int((time.monotonic() - t0) * 1000))
+            if SIGNALS.signum is not None:
+                done = ", ".join(f"{r.txid} {r.action}" for r in rec) or "nothing to recover"
+                rep.interrupted = interruption(
+                    f"Interrupted ({SIGNALS.name}): the recovery was finished first ({done})."
+                )
+            return rep
+    except LockedError as exc:
+        # A live process holds the workspace: whatever it has unfinished is its own work.
+        raise LockedError(
+            f"{exc.message}; nothing to recover",
+            hint="it finishes or rolls back its own transaction (`retention status` follows"
+            " it); if it dies, the lock is released and `retention recover` finishes the job",
+        ) from None
 
 
 # -- apply -------------------------------------------------------------------------------
@@ -278,6 +324,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
     overlapping = {r for r in seen if seen[r] > 1 or any(a in seen for a in ancestors(r))}
     overlapping |= {a for r in seen for a in ancestors(r) if a in seen}
     for index, e in enumerate(payload.entries):
+        SIGNALS.stop("stopped before anything changed; nothing was deleted")
         if rels[index] in overlapping:
             pf.skipped.append(
                 SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None)
@@ -385,6 +432,8 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
     data = read_manifest_bytes(manifest_path, cfg.manifest_max_size)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
+        SIGNALS.begin()
+        SIGNALS.stop(_nothing_done("nothing was deleted", recovered))
         payload = verify_for_workspace(data, ws.state, ws.catalog, now=now)
         done_by = ws.catalog.applied_by_manifest(payload.manifest_id)
 
@@ -441,8 +490,11 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         from retention import trashops
 
         warnings: list[str] = []
+        purge_skipped = False
         try:
             purged = trashops.purge_expired(ws, now)
+        except Interrupted:  # before the purge's own commit: nothing of it happened
+            purged, purge_skipped = [], True
         except Exception as exc:  # trash we may not remove, a busy catalog, a full disk
             mapped = exc if isinstance(exc, RetentionError) else from_environment(exc)
             if mapped is None:
@@ -455,6 +507,13 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         rep.warnings = warnings
         rep.undo_until = begin.grace_until
         _save_last(ws, rep)
+        if SIGNALS.signum is not None:
+            rep.interrupted = interruption(
+                f"Interrupted ({SIGNALS.name}) after the commit: finished,"
+                f" {len(deleted):,} run{'' if len(deleted) == 1 else 's'} deleted (undo with"
+                f" `retention undo {txid}`)"
+                + ("; the purge of expired trash was skipped." if purge_skipped else ".")
+            )
         return rep
 
 
@@ -469,14 +528,20 @@ def _apply_phase(
 ) -> tuple[list[RunId], int, list[SkippedEntry]]:
     store, j = ws.store, ws.journal
     skipped = list(pf.skipped)
+    SIGNALS.stop("nothing was deleted")
     if pf.moves:
         _write_trash_index(ws, txid, now, payload.manifest_id, pf.moves)
         failpoint("apply.after_trash_index")
+
+    def after_rename() -> None:
+        failpoint("apply.after_rename")
+        SIGNALS.stop("nothing was deleted")
+
     failed = move_all(
         store,
         [(m.run_id, m.home, m.trash) for m in pf.moves],
         label="moving to trash",
-        after_rename=lambda: failpoint("apply.after_rename"),
+        after_rename=after_rename,
         after_batch=lambda: failpoint("apply.after_move_batch"),
     )
     for m in pf.moves:
@@ -498,12 +563,16 @@ def _apply_phase(
         grace_until=begin.grace_until,
         trash_dir=store.describe(trash_tx_rel(txid)),
     )
+
+    def before_commit() -> None:
+        failpoint("apply.before_commit")
+        SIGNALS.stop("nothing was deleted")  # inside the transaction: it rolls back
+
+    SIGNALS.stop("nothing was deleted")
     try:
         if not runs:  # every move failed
             raise NothingDeleted({})
-        dropped = ws.catalog.commit_delete(
-            info, lineage, runs, before_commit=lambda: failpoint("apply.before_commit")
-        )
+        dropped = ws.catalog.commit_delete(info, lineage, runs, before_commit=before_commit)
     except NothingDeleted as nothing:
         # Not an apply: the catalog committed nothing, so every directory goes home and the
         # transaction is closed as rolled back (no txid row, no TRASH.json, nothing to undo).
@@ -516,6 +585,7 @@ def _apply_phase(
         for rid, why in nothing.dropped.items():
             skipped.append(SkippedEntry(rid, why, "plan again"))
         return [], 0, skipped
+    SIGNALS.committed()
     failpoint("apply.after_commit")
     # Moves whose run the catalog did not delete (changed since the plan) go back home. The
     # rest are in trash already: no need to look at 100k directories again.
@@ -546,6 +616,7 @@ def roll_back_now(
     """
     if isinstance(exc, FsyncError):
         return None
+    SIGNALS.phase = "rolling back"  # a signal now waits for the roll-back to finish
     try:
         tx = ws.journal.transactions().get(txid)
         if tx is None or tx.status is TxStatus.DONE:
@@ -553,7 +624,7 @@ def roll_back_now(
         if isinstance(exc, CommitRefused) and tx.status is TxStatus.ACTIVE:
             ws.journal.abort(txid)
             tx = ws.journal.transactions()[txid]
-        recover_tx(ws, tx, now)
+        rolled = recover_tx(ws, tx, now)
     except Exception as err:
         why = err.message if isinstance(err, RetentionError) else str(err)
         first = exc.message if isinstance(exc, RetentionError) else str(exc)
@@ -563,9 +634,28 @@ def roll_back_now(
             hint="run `retention recover` once the cause is fixed: it finishes or rolls back"
             " the transaction, guided by the journal and the catalog",
         )
+    if isinstance(exc, Interrupted):
+        if rolled.action != "rolled back":  # the catalog had committed after all: finished
+            return Interrupted(
+                exc.signum,
+                f"Interrupted ({SIGNALS.name}) at the commit: the catalog had committed, so"
+                f" {txid} was finished ({rolled.action}).",
+                hint="see `retention status`",
+            )
+        what = f"rolled back {_n_dirs(rolled.moved)}" if rolled.moved else "nothing had moved"
+        return Interrupted(exc.signum, f"Interrupted ({SIGNALS.name}): {what}, {undone}.")
     if isinstance(exc, RetentionError):
         return type(exc)(f"{exc.message}; rolled back: {undone}", hint=exc.hint)
     return None
+
+
+def _nothing_done(undone: str, recovered: list[Recovered]) -> str:
+    """What an interrupted command reports when it stopped before its own transaction:
+    ``undone``, after the interrupted transactions it recovered first, if any."""
+    if not recovered:
+        return f"stopped before anything changed; {undone}"
+    done = ", ".join(f"{r.txid} ({r.op}) {r.action}" for r in recovered)
+    return f"recovered {done} first, then stopped; {undone}"
 
 
 def _save_last(ws: Workspace, rep: ApplyReport) -> None:

@@ -20,6 +20,8 @@ code  meaning
 8     filesystem problem (permission denied, disk full, other filesystem)
 9     undo refused (already purged, purging, unknown or already undone txid)
 10    ``retention check`` found inconsistencies
+130   interrupted by SIGINT (Ctrl-C): stopped at a safe point, rolled back or finished
+143   interrupted by SIGTERM: the same
 ====  ==========================================================================
 """
 
@@ -94,9 +96,26 @@ class UndoRefused(RetentionError):
     exit_code = 9
 
 
+class Interrupted(RetentionError):
+    """Interrupted."""
+
+    def __init__(self, signum: int, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.signum = signum
+        self.exit_code = interrupt_exit_code(signum)
+
+
 EXIT_OK = 0
 EXIT_PARTIAL = 3
 EXIT_INCONSISTENT = 10
+EXIT_SIGINT = 130  # 128 + SIGINT, as a shell reports a process that SIGINT ended
+EXIT_SIGTERM = 143  # 128 + SIGTERM
+
+
+def interrupt_exit_code(signum: int) -> int:
+    """The exit code of a command that a signal stopped at a safe point: 128 + its number
+    (130 for SIGINT, 143 for SIGTERM), as shells report a process the signal ended."""
+    return 128 + int(signum)
 
 
 _ERRNO_TEXT = {

@@ -126,26 +126,30 @@ def move_all(
 
     One directory fsync per touched directory per batch of `MOVE_BATCH`, and after the
     last; ``after_batch`` runs after each of those syncs. Never replaces a destination.
+    An exception from ``after_rename`` stops the loop (the renames made so far are in the
+    journaled intents, and the caller's roll-back or recovery places them).
     """
     failed: dict[RunId, OSError] = {}
     bar = Progress(label, len(pairs))
     pending = 0
-    for run_id, src, dst in pairs:
-        bar.advance()
-        try:
-            store.move(src, dst)
-        except OSError as exc:
-            failed[run_id] = exc
-            continue
-        after_rename()
-        pending += 1
-        if pending >= MOVE_BATCH:
-            store.sync()
-            after_batch()
-            pending = 0
-    store.sync()
-    after_batch()
-    bar.close()
+    try:
+        for run_id, src, dst in pairs:
+            bar.advance()
+            try:
+                store.move(src, dst)
+            except OSError as exc:
+                failed[run_id] = exc
+                continue
+            after_rename()  # may raise (a failpoint, or `Interrupted` at this safe point)
+            pending += 1
+            if pending >= MOVE_BATCH:
+                store.sync()
+                after_batch()
+                pending = 0
+        store.sync()
+        after_batch()
+    finally:
+        bar.close()
     return failed
 
 

@@ -10,6 +10,13 @@ Purge (txid ``p-...``) only goes forward: ONE catalog transaction marks the targ
 trash directories are removed (a missing file is fine), then they are marked ``purged``.
 Recovery: catalog has the purge txid -> finish removing and marking; no txid -> nothing
 happened, abort.
+
+SIGINT and SIGTERM (`retention.workspace.SIGNALS`): an undo stops at its next safe point
+before its commit (before BEGIN, after each rename, before and inside its catalog
+transaction) and is rolled back in this process; the applies it undid before are kept and
+reported, the rest are not started. A purge stops only before its commit (nothing purged);
+once its applies are marked ``purging`` it finishes removing their trash. After a commit,
+the command finishes, reports ``interrupted`` and exits 130 / 143.
 """
 
 from __future__ import annotations
@@ -26,14 +33,16 @@ from retention.coordinator import (
     Recovered,
     compact,
     decide,
+    interruption,
     new_txid,
     recover_all,
     roll_back_now,
 )
-from retention.durations import format_instant, parse_instant
+from retention.durations import format_instant, parse_instant, plural
 from retention.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
+    Interrupted,
     RecoveryError,
     RetentionError,
     StorageError,
@@ -49,10 +58,11 @@ from retention.moves import (
     reconcile,
 )
 from retention.policy import RunId
+from retention.reports import Interruption
 from retention.store import OutsideRoot, display
 from retention.tombstones import CatalogFile, CatalogSpace
 from retention.txrecords import Begin, Move
-from retention.workspace import Workspace, open_workspace
+from retention.workspace import SIGNALS, Workspace, open_workspace
 
 # -- purge ---------------------------------------------------------------------------------
 
@@ -78,6 +88,8 @@ def purge_expired(
         targets = expired_applies(ws, now, everything=everything)
     if not targets:
         return []
+    SIGNALS.begin()
+    SIGNALS.stop("nothing was purged")
     ptxid = new_txid("purge", now)
     begin = Begin(
         op="purge",
@@ -88,13 +100,14 @@ def purge_expired(
     )
     ws.journal.begin(ptxid, txrecords.encode(begin))
     failpoint("purge.after_begin")
+
+    def before_commit() -> None:
+        failpoint("purge.before_commit")
+        SIGNALS.stop("nothing was purged")  # inside the transaction: it rolls back
+
     try:
-        ws.catalog.mark_purging(
-            ptxid,
-            targets,
-            format_instant(now),
-            before_commit=lambda: failpoint("purge.before_commit"),
-        )
+        SIGNALS.stop("nothing was purged")
+        ws.catalog.mark_purging(ptxid, targets, format_instant(now), before_commit=before_commit)
     except BaseException as exc:
         # Nothing was decided (the catalog rolled back): close the purge now rather than
         # leave it for the next command. Not after a failed fsync, which is never retried.
@@ -103,6 +116,7 @@ def purge_expired(
                 ws.journal.abort(ptxid)
                 ws.journal.done(ptxid)
         raise
+    SIGNALS.committed()  # a purge only goes forward from here
     failpoint("purge.after_mark")
     ws.journal.commit(ptxid)
     _finish_purge(ws, ptxid, targets, now)
@@ -253,6 +267,8 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
     moves = [dirs[rid] for g in groups for rid in g if rid in dirs]
     restore = [rid for g in groups for rid in g]
     utxid = new_txid("undo", now)
+    SIGNALS.begin()
+    SIGNALS.stop(f"stopped before anything changed; nothing of {target} was restored")
     if restore:
         begin = Begin(
             op="undo",
@@ -265,34 +281,49 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
         j = ws.journal
         begin_with_intents(j, utxid, begin, moves)
         failpoint("undo.after_begin")
-        failed = move_all(
-            store,
-            [(m.run_id, m.trash, m.home) for m in moves],
-            label="moving back from trash",
-            after_rename=lambda: failpoint("undo.after_rename"),
-            after_batch=lambda: failpoint("undo.after_move_batch"),
-        )
-        for rid, err in failed.items():
-            conflicts[rid] = f"cannot move it home: {err.strerror or err}"
-        # A group comes back whole or not at all (its members share rows).
-        for g in groups:
-            if any(rid in failed for rid in g):
-                for rid in g:
-                    conflicts.setdefault(rid, "shares a row with a run that cannot be restored")
-        groups = [g for g in groups if not any(rid in conflicts for rid in g)]
+        undone = f"nothing of {target} was restored"
+
+        def after_rename() -> None:
+            failpoint("undo.after_rename")
+            SIGNALS.stop(undone)
+
+        def before_commit() -> None:
+            failpoint("undo.before_commit")
+            SIGNALS.stop(undone)  # inside the transaction: it rolls back
+
         try:
+            SIGNALS.stop(undone)
+            failed = move_all(
+                store,
+                [(m.run_id, m.trash, m.home) for m in moves],
+                label="moving back from trash",
+                after_rename=after_rename,
+                after_batch=lambda: failpoint("undo.after_move_batch"),
+            )
+            for rid, err in failed.items():
+                conflicts[rid] = f"cannot move it home: {err.strerror or err}"
+            # A group comes back whole or not at all (its members share rows).
+            for g in groups:
+                if any(rid in failed for rid in g):
+                    for rid in g:
+                        conflicts.setdefault(rid, "shares a row with a run that cannot be restored")
+            groups = [g for g in groups if not any(rid in conflicts for rid in g)]
+            SIGNALS.stop(undone)
             refused = cat.commit_restore(
-                utxid,
-                target,
-                groups,
-                format_instant(now),
-                before_commit=lambda: failpoint("undo.before_commit"),
+                utxid, target, groups, format_instant(now), before_commit=before_commit
             )
         except BaseException as exc:
-            instead = roll_back_now(ws, utxid, now, exc, "nothing was restored")
+            instead = roll_back_now(
+                ws,
+                utxid,
+                now,
+                exc,
+                undone if isinstance(exc, Interrupted) else "nothing was restored",
+            )
             if instead is None:
                 raise
             raise instead from None
+        SIGNALS.committed()
         failpoint("undo.after_commit")
         conflicts.update(refused)
         restored = cat.restored_by(utxid)
@@ -372,9 +403,13 @@ class UndoReport(msgspec.Struct, kw_only=True):
     version: int = 1
     undone: list[UndoResult]
     recovered: list[Recovered]
+    # A SIGINT/SIGTERM: the applies undone before it stay undone, the rest were not started.
+    interrupted: Interruption | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return self.interrupted.exit_code
         for u in self.undone:
             if u.error_code:
                 return u.error_code
@@ -401,9 +436,13 @@ class PurgeReport(msgspec.Struct, kw_only=True):
     catalog_before: CatalogSpace | None = None
     catalog_after: CatalogSpace | None = None
     vacuum: Vacuum | None = None  # only with --vacuum
+    # A SIGINT/SIGTERM after the purge's commit: it was finished (and --vacuum skipped).
+    interrupted: Interruption | None = None
 
     @property
     def exit_code(self) -> int:
+        if self.interrupted is not None:
+            return self.interrupted.exit_code
         return (self.vacuum.error_code if self.vacuum else None) or EXIT_OK
 
 
@@ -416,11 +455,19 @@ def undo(
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
         targets = undo_targets(ws, now, txid=txid, within=within)
-        results = []
-        for t in targets:
+        results: list[UndoResult] = []
+        stopped: Interruption | None = None
+        for n, t in enumerate(targets):
             # One apply that cannot be undone must not hide the ones that were.
             try:
                 results.append(undo_one(ws, t, now))
+            except Interrupted as exc:
+                if not any(r.restored for r in results):
+                    raise
+                # The applies undone before the signal stay undone and are reported.
+                left = ", ".join(targets[n:])
+                stopped = interruption(f"{exc.message} Not undone: {left}.")
+                break
             except RetentionError as exc:
                 if len(targets) == 1:
                     raise
@@ -435,7 +482,15 @@ def undo(
                     )
                 )
         compact(ws.journal)
-    return UndoReport(undone=results, recovered=recovered)
+        if stopped is None and SIGNALS.signum is not None:
+            n = sum(len(r.restored) for r in results)
+            stopped = interruption(
+                f"Interrupted ({SIGNALS.name}) after the commit: finished,"
+                f" {n:,} run{'' if n == 1 else 's'} restored."
+                if n
+                else f"Interrupted ({SIGNALS.name}): nothing was restored."
+            )
+    return UndoReport(undone=results, recovered=recovered, interrupted=stopped)
 
 
 def purge(
@@ -453,6 +508,17 @@ def purge(
         purged = purge_expired(ws, now, targets=targets)
         compact(ws.journal)
         done = None
+        stopped = None
+        if SIGNALS.signum is not None:  # after the purge's commit: it was finished
+            many = "" if runs == 1 else "s"
+            skipped = "; the vacuum was skipped." if vacuum else "."
+            stopped = interruption(
+                f"Interrupted ({SIGNALS.name}) after the commit: finished, the trash of"
+                f" {plural(len(purged), 'apply', 'applies')} purged ({runs:,} run{many})" + skipped
+                if purged
+                else f"Interrupted ({SIGNALS.name}): nothing to purge{skipped}"
+            )
+            vacuum = False
         if vacuum:
             try:
                 done = Vacuum(how=catalog_file.reclaim())
@@ -467,4 +533,5 @@ def purge(
         catalog_before=before,
         catalog_after=after,
         vacuum=done,
+        interrupted=stopped,
     )

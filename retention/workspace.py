@@ -1,32 +1,50 @@
 """A workspace opened for a mutating command: lock, journal, catalog, artifact store.
 
-Opening takes the workspace lock first (`filelock.FileLock`, which the kernel releases if
-the process dies), so two processes never apply, undo, purge or recover at once: the
-second one fails at once with `LockedError` naming the holder, never waits forever.
+Opening takes the workspace lock first (`filelock.FileLock`: ``flock(LOCK_EX|LOCK_NB)`` on
+``<state>/lock``, which the kernel releases if the process dies), so two processes never
+apply, undo, purge or recover at once: the second one fails within half a second with
+`LockedError` naming the holder and what it is running, never waits forever.
+
+Read-only commands (`status`, `check`) tell a live transaction from an interrupted one with
+`live_holder`: a non-blocking shared ``flock`` probe of the same file (held: a live process
+has the workspace; free: whatever ``lock.owner`` says is stale, left by a killed process).
+The probe holds the lock for microseconds, which is why taking it retries briefly.
+
+`SIGNALS` turns SIGINT and SIGTERM into a stop at the next safe point while a workspace is
+open (see `Signals`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
+import signal
 import socket
 import stat
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from types import FrameType
+from typing import Any, ClassVar
 
 import filelock
 
-from journal import CorruptJournal, FsyncError, Journal, JournalError, fsio
+from journal import CorruptJournal, FsyncError, Journal, JournalError, TxStatus, fsio, replay
 from journal.writer import UnsafeJournal
+from retention import txrecords
 from retention.catalog import SqliteCatalog
 from retention.config import Config
-from retention.errors import LockedError, RecoveryError, StorageError
+from retention.durations import format_duration, parse_instant
+from retention.errors import Interrupted, LockedError, RecoveryError, StorageError, UsageError
 from retention.layout import STATE_DIR_HINT, StateLayout, require_state_dir
 from retention.participants import ArtifactStore, Catalog
+from retention.reports import LockHolder
 from retention.store import LocalTrashStore, OutsideRoot, require_artifact_root
 from retention.tombstones import TrashCatalog
 
@@ -42,11 +60,16 @@ class Workspace:
 
 _OWNER_MAX = 4096
 
+# How long taking the lock retries before `LockedError`: long enough to ride out the
+# microseconds a `status` or `check` probe holds it, short enough to count as "at once".
+LOCK_RETRY_SECONDS = 0.5
 
-def _holder(state: StateLayout) -> str:
-    """Who holds the lock, from ``lock.owner``; "" when that is not a small regular file
-    (opened without following a symlink and without blocking: a FIFO planted there must
-    not hang the process that only wanted to say the workspace is busy)."""
+
+def read_owner(state: StateLayout) -> LockHolder | None:
+    """``lock.owner`` as written by `_write_owner`; None when absent or unreadable. Opened
+    without following a symlink and without blocking (a FIFO planted there must not hang
+    the process that only wanted to say who holds the workspace), and only if it is a small
+    regular file."""
     try:
         fd = os.open(state.lock_owner, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
@@ -54,9 +77,133 @@ def _holder(state: StateLayout) -> str:
         finally:
             os.close(fd)
         info = json.loads(data)
-        return f" (pid {info['pid']} on {info['host']}, `{info['command']}`, since {info['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+
+    def text(key: str) -> str | None:
+        value = info.get(key)
+        return str(value)[:256] if value is not None else None
+
+    pid = info.get("pid")
+    return LockHolder(
+        pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+        host=text("host"),
+        command=text("command"),
+        since=text("since"),
+    )
+
+
+def probe_lock(state: StateLayout) -> bool | None:
+    """Whether a live process holds the workspace lock, asked without waiting and without
+    creating anything: True (held), False (free, or no lock file: nobody ever took it), None
+    (cannot tell: the file is not a regular file, unreadable, or its filesystem has no
+    ``flock``). A shared lock, so that concurrent probes never disturb each other; a
+    mutating command meeting one retries for `LOCK_RETRY_SECONDS`."""
+    try:
+        fd = os.open(state.lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return True
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(holder: LockHolder) -> bool | None:
+    """Whether the holder's process exists (None: another host, or no pid to ask about)."""
+    if holder.pid is None or holder.pid <= 0 or holder.host != socket.gethostname():
+        return None
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, under another user
+    return True
+
+
+def live_holder(state: StateLayout) -> LockHolder | None:
+    """The process holding the workspace lock right now, or None when nobody does.
+
+    The probe decides; ``lock.owner`` only describes. It is written just after the lock is
+    taken and removed just before it is released, so while the lock is held it names the
+    holder, except in that instant, when it may still be one a killed process left: a
+    recorded pid that is gone (on this host) is then not trusted (all fields unknown). When
+    the probe cannot tell, a ``lock.owner`` whose process is alive on this host counts."""
+    held = probe_lock(state)
+    if held is False:
+        return None
+    owner = read_owner(state)
+    if held is None:
+        return owner if owner is not None and _pid_alive(owner) else None
+    if owner is None or _pid_alive(owner) is False:
+        return LockHolder()
+    return owner
+
+
+def stale_owner(state: StateLayout) -> LockHolder | None:
+    """``lock.owner`` left behind while nobody holds the lock: the process that was killed
+    (or lost power) while it held the workspace."""
+    if probe_lock(state) is not False:
+        return None
+    return read_owner(state)
+
+
+def describe_holder(holder: LockHolder, now: datetime | None = None) -> str:
+    """``pid 1234, `retention apply m.json`, started 3.0 s ago`` (the host only when it is
+    not this one); unknown parts are left out."""
+    parts = []
+    if holder.pid is not None:
+        here = holder.host in (None, socket.gethostname())
+        parts.append(f"pid {holder.pid}" + ("" if here else f" on {holder.host}"))
+    if holder.command:
+        parts.append(f"`{holder.command}`")
+    if holder.since:
+        try:
+            age = (now or datetime.now(UTC)) - parse_instant(holder.since)
+            parts.append(f"started {format_duration(max(age.total_seconds(), 0))} ago")
+        except UsageError:
+            parts.append(f"since {holder.since}")
+    return ", ".join(parts) if parts else "holder unknown"
+
+
+def running_transactions(state: StateLayout) -> list[tuple[str, str]]:
+    """(op, txid) of every transaction the journal holds unfinished, read-only; [] when the
+    journal cannot be read (this is for messages only)."""
+    try:
+        txs = replay(state.journal)
+        return [
+            (txrecords.decode_begin(tx.begin).op, t)
+            for t, tx in txs.items()
+            if tx.status is not TxStatus.DONE
+        ]
+    except Exception:  # a message must not fail on a journal another process is writing
+        return []
+
+
+def _holder(state: StateLayout) -> str:
+    """Who holds the lock and what it runs, for `LockedError`: "" when unknown."""
+    owner = read_owner(state)
+    what = "; ".join(f"{op} {t} is running" for op, t in running_transactions(state))
+    if owner is None:
+        return f": {what}" if what else ""
+    who = describe_holder(owner)
+    if what:
+        return f": {what} ({who})"
+    return f" ({who})"
 
 
 def _write_owner(state: StateLayout) -> None:
@@ -73,6 +220,108 @@ def _write_owner(state: StateLayout) -> None:
         fsio.write_atomic(state.lock_owner, json.dumps(owner).encode(), 0o644)
 
 
+def signal_name(signum: int) -> str:
+    """``SIGINT``, ``SIGTERM``, ... (``signal 42`` for an unnamed number)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class Signals:
+    """SIGINT and SIGTERM while a mutating command runs: a stop at the next safe point.
+
+    The first signal is only remembered (and acknowledged on stderr); the work looks at it
+    with `stop` at its safe points. Before a transaction's commit point (`phase` "before"),
+    `stop` raises `Interrupted` and the caller rolls the transaction back in this process;
+    after it ("committed") nothing stops: the transaction is finished (rolled forward) and
+    the command reports the interruption after it. A second signal, while rolling back or
+    finishing, is ignored with a message that says how to stop at once anyway (SIGKILL):
+    the journal makes the next command, or `retention recover`, finish the job then. So a
+    second Ctrl-C never leaves a half state behind. SIGKILL and power loss are the
+    journal's, as always.
+
+    `catching` installs the handlers (main thread only) and is re-entrant: the CLI holds it
+    for the whole command, so that a signal while the report is printed is not a
+    traceback either; the library holds it while a workspace is open.
+    """
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._saved: dict[signal.Signals, Any] = {}
+        self.signum: int | None = None
+        self.phase = "before"  # before | committed | rolling back | recovering
+
+    @property
+    def name(self) -> str:
+        return signal_name(self.signum) if self.signum is not None else ""
+
+    @contextlib.contextmanager
+    def catching(self) -> Iterator[Signals]:
+        if self._depth == 0:
+            self.signum, self.phase = None, "before"
+            if threading.current_thread() is threading.main_thread():
+                for signum in (signal.SIGINT, signal.SIGTERM):
+                    self._saved[signum] = signal.signal(signum, self._handle)
+        self._depth += 1
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                for signum, handler in self._saved.items():
+                    signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+                self._saved.clear()
+
+    # What the process is doing in each phase, for the messages a signal gets.
+    _DOING: ClassVar[dict[str, str]] = {
+        "before": "stopping",
+        "committed": "finishing the committed transaction (it only goes forward)",
+        "rolling back": "rolling back",
+        "recovering": "finishing the recovery of an interrupted transaction",
+    }
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal_name(signum)
+        doing = self._DOING.get(self.phase, "stopping")
+        if self.signum is None:
+            self.signum = signum
+            if self.phase == "before":
+                text = (
+                    f"{name} received: stopping at the next safe point (what was moved goes"
+                    " back; a second signal is ignored)"
+                )
+            else:
+                text = f"{name} received: {doing}, then stopping"
+        else:
+            text = (
+                f"{name} ignored: still {doing}, which leaves nothing half-done; to stop at"
+                f" once anyway, kill -9 {os.getpid()}: the next retention command (or"
+                " `retention recover`) then finishes or rolls back from the journal"
+            )
+        # os.write, not print: the handler may run while the main thread is inside a write
+        # to sys.stderr, and buffered streams are not re-entrant.
+        with contextlib.suppress(OSError):
+            os.write(2, f"retention: {text}\n".encode())
+
+    def stop(self, what: str) -> None:
+        """A safe point before a commit: raise `Interrupted` if a signal came (``what`` is
+        the outcome so far, e.g. "nothing deleted"; the roll-back completes the message)."""
+        if self.signum is not None and self.phase == "before":
+            raise Interrupted(self.signum, f"Interrupted ({self.name}): {what}.")
+
+    def committed(self) -> None:
+        """The current transaction passed its commit point: a signal now finishes it."""
+        self.phase = "committed"
+
+    def begin(self) -> None:
+        """A new transaction starts (nothing of it is committed)."""
+        self.phase = "before"
+
+
+SIGNALS = Signals()
+
+
 @contextlib.contextmanager
 def workspace_lock(state: StateLayout) -> Iterator[None]:
     """Hold the workspace lock; raise `LockedError` at once if another process has it."""
@@ -84,13 +333,15 @@ def workspace_lock(state: StateLayout) -> Iterator[None]:
             f"cannot create the state directory {state.root}: {exc.strerror or exc}",
             hint=STATE_DIR_HINT,
         ) from None
-    lock = filelock.FileLock(str(state.lock), timeout=0)
+    lock = filelock.FileLock(str(state.lock), timeout=LOCK_RETRY_SECONDS)
     try:
-        lock.acquire()
+        lock.acquire(poll_interval=0.02)
     except filelock.Timeout:
         raise LockedError(
             f"another retention process holds the workspace lock {state.lock}{_holder(state)}",
-            hint="wait for it to finish; the lock is released automatically if it dies",
+            hint="wait for it to finish; the lock is released automatically if it dies (then"
+            " the next retention command, or `retention recover`, finishes or rolls back"
+            " what it left)",
         ) from None
     except OSError as exc:
         raise StorageError(f"cannot take the lock {state.lock}: {exc.strerror or exc}") from None
@@ -171,7 +422,7 @@ def open_workspace(cfg: Config) -> Iterator[Workspace]:
     if not Path(cfg.catalog_path).exists():
         SqliteCatalog(cfg, readonly=True)  # raises the one clear "does not exist" error
     require_artifact_root(cfg)
-    with workspace_lock(state):
+    with SIGNALS.catching(), workspace_lock(state):
         journal = open_journal(state)
         try:
             store = LocalTrashStore(Path(cfg.artifact_root))
