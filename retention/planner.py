@@ -373,8 +373,34 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                 tiers.setdefault(alt, tiers[k])
     tag_sets: dict[frozenset[str] | None, frozenset[str] | None] = {}
     texts: dict[str | None, str | None] = {}  # one copy of each state or kind
-    # Without per-run values (parent, size), runs share few distinct Attrs: one copy each.
-    shared: dict[Attrs, Attrs] | None = {} if not {"parent", "size"} & set(names) else None
+
+    def attrs_of(raw: tuple[Any, ...]) -> Attrs:
+        got = dict(zip(names, raw, strict=True))
+        tags: frozenset[str] | None = frozenset()
+        if "tags" in got:
+            tags = parse_tags(got["tags"])
+            tags = tag_sets.setdefault(tags, tags)
+        state = _text(got.get("state"))
+        kind = _text(got.get("kind"))
+        tier = _text(got.get("tier"))
+        if tiers is not None:
+            tier = tiers.get(got["tier_join"])
+        return Attrs(
+            tags=tags,
+            state=texts.setdefault(state, state),
+            pinned=truthy(got.get("pin")),
+            kind=texts.setdefault(kind, kind),
+            parent=got.get("parent"),
+            size=_bytes(got.get("size")),
+            group=tuple(got[g] for g in groups) if groups else None,
+            tier=texts.setdefault(tier, tier),
+        )
+
+    # Without per-run values (parent, size), runs share few distinct Attrs: one copy for
+    # each distinct set of raw values, built once (a million runs, a hundred tenants).
+    shared: dict[tuple[Any, ...], Attrs] | None = (
+        {} if not {"parent", "size"} & set(names) else None
+    )
     items: list[Item] = []
     try:
         for row in cat.conn.execute(sql):
@@ -385,28 +411,15 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     break
             attrs = None
             if names:
-                got = dict(zip(names, row[2:first_time], strict=True))
-                tags: frozenset[str] | None = frozenset()
-                if "tags" in got:
-                    tags = parse_tags(got["tags"])
-                    tags = tag_sets.setdefault(tags, tags)
-                state = _text(got.get("state"))
-                kind = _text(got.get("kind"))
-                tier = _text(got.get("tier"))
-                if tiers is not None:
-                    tier = tiers.get(got["tier_join"])
-                attrs = Attrs(
-                    tags=tags,
-                    state=texts.setdefault(state, state),
-                    pinned=truthy(got.get("pin")),
-                    kind=texts.setdefault(kind, kind),
-                    parent=got.get("parent"),
-                    size=_bytes(got.get("size")),
-                    group=tuple(got[g] for g in groups) if groups else None,
-                    tier=texts.setdefault(tier, tier),
-                )
-                if shared is not None:
-                    attrs = shared.setdefault(attrs, attrs)
+                raw = row[2:first_time]
+                if shared is None:
+                    attrs = attrs_of(raw)
+                else:
+                    # 1 and 1.0 and True are equal keys: the type is part of the key
+                    shape = (*raw, *map(type, raw))
+                    attrs = shared.get(shape)
+                    if attrs is None:
+                        attrs = shared[shape] = attrs_of(raw)
             items.append(Item(row[0], t, bool(row[1]), attrs))
     except sqlite3.Error as exc:
         raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None

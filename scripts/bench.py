@@ -28,9 +28,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 EXE = str(Path(sys.executable).parent / "retention")
+TENANTS = 100  # runs.tenant: run i belongs to tenant i % 100 (for --policies)
+T0 = 1_600_000_000  # the first run's created_at; runs are a minute apart
 
 
 def build(root: Path, runs: int, delete: int, children: int = 1, journal: str = "wal") -> None:
@@ -41,15 +44,16 @@ def build(root: Path, runs: int, delete: int, children: int = 1, journal: str = 
     db.execute(f"PRAGMA journal_mode={journal}")
     db.executescript(
         """
-        CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at INTEGER);
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at INTEGER, tenant TEXT);
         CREATE TABLE run_metrics (id INTEGER PRIMARY KEY, run_id TEXT REFERENCES runs(run_id),
                                   name TEXT, value REAL);
         CREATE INDEX run_metrics_run ON run_metrics(run_id);
         """
     )
-    t0 = 1_600_000_000
+    t0 = T0
     db.executemany(
-        "INSERT INTO runs VALUES (?, ?)", ((f"r{i:08d}", t0 + i * 60) for i in range(runs))
+        "INSERT INTO runs VALUES (?, ?, ?)",
+        ((f"r{i:08d}", t0 + i * 60, f"t{i % TENANTS:03d}") for i in range(runs)),
     )
     db.executemany(
         "INSERT INTO run_metrics (run_id, name, value) VALUES (?, ?, ?)",
@@ -152,6 +156,35 @@ def sizes(ws: Path, before: tuple[int, int]) -> None:
     print(f"  ({size:,} bytes after the vacuum; before the apply {before[0]:,})")
 
 
+def policies(ws: Path, runs: int, delete: int) -> None:
+    """plan with keep-last, then with calendar rules per tenant, on the same workspace and
+    at the same clock; the calendar policy removes about the same runs (the ``delete``
+    oldest, less the checkpoints it keeps), so both write a manifest of the same size."""
+    now = datetime.fromtimestamp(T0 + runs * 60, UTC).isoformat()
+    age = f"{(runs - delete) * 60}s"  # run ``delete`` is this old at ``now``
+    calendar = ["--max-age", age, "--keep-monthly", "12", "--keep-yearly", "3"]
+    timed([EXE, "plan", "--keep-last", "1", "--now", now], ws, stdout=subprocess.DEVNULL)  # warm
+    rows = []
+    for name, flags in (
+        ("keep-last", ["--keep-last", str(runs - delete)]),
+        ("max-age + calendar, --group-by tenant", [*calendar, "--group-by", "tenant"]),
+        (
+            "the same with min-keep 5",
+            [*calendar, "--min-keep", "5", "--group-by", "tenant"],
+        ),
+    ):
+        out = ws / "m.json"
+        with open(out, "wb") as f:
+            took, rss = timed([EXE, "plan", "--now", now, *flags], ws, stdout=f)
+        n = len(json.loads(out.read_bytes())["payload"]["entries"])
+        rows.append((took, rss))
+        print(f"plan {name:<40} {took:7.2f} s   peak RSS {rss / 1024:7.1f} MiB   {n:,} entries")
+    base_t, base_rss = rows[0]
+    for (took, rss), name in zip(rows[1:], ("grouped calendar", "with min-keep"), strict=True):
+        print(f"{name}: {took / base_t:.2f}x keep-last's time (goal <= 1.3x),", end=" ")
+        print(f"{rss / base_rss:.2f}x its peak memory")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=200_000)
@@ -164,6 +197,12 @@ def main() -> None:
         "--sizes",
         action="store_true",
         help="also the catalog's size before and after apply, purge and purge --vacuum",
+    )
+    ap.add_argument(
+        "--policies",
+        action="store_true",
+        help="only plan: keep-last against a calendar policy grouped by tenant (100 groups)"
+        " on the same workspace (issue 8's goal: <= 1.3x, peak memory not growing)",
     )
     ap.add_argument("--dir", type=Path, default=None, help="work here (default: a temp dir)")
     args = ap.parse_args()
@@ -179,6 +218,11 @@ def main() -> None:
         f" in {time.perf_counter() - t0:.1f} s"
     )
     env_keep = str(args.runs - args.delete)
+    if args.policies:
+        policies(template, args.runs, args.delete)
+        if args.dir is None:
+            shutil.rmtree(base)
+        return
 
     ws = base / "ours"
     shutil.rmtree(ws, ignore_errors=True)

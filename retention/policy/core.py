@@ -248,7 +248,10 @@ class _Reasons:
         self.after[i] = self.share(combo, combo)
 
     def of(self, i: int) -> tuple[str, ...]:
-        combo = self.before.get(i, ()) + self.rules[i] + self.after.get(i, ())
+        before, after = self.before.get(i), self.after.get(i)
+        if before is None and after is None:
+            return self.rules[i]  # already one shared copy
+        combo = (before or ()) + self.rules[i] + (after or ())
         return self.share(combo, combo)
 
 
