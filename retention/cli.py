@@ -54,6 +54,24 @@ def _render(ctx: click.Context, exc: RetentionError) -> None:
     ctx.exit(exc.exit_code)
 
 
+def _erasure(text: str | None, policy: dict[str, Any]) -> tuple[str, str] | None:
+    """``--erase COLUMN=VALUE``; refused beside policy flags, which it would ignore."""
+    if text is None:
+        return None
+    column, sep, value = text.partition("=")
+    if not sep or not column.strip() or not value:
+        raise UsageError(
+            f"--erase expects COLUMN=VALUE, got {text!r}", hint="e.g. --erase org_id=42"
+        )
+    given = sorted(k for k, v in policy.items() if v not in (None, ()))
+    if given:
+        flag = "--" + given[0].replace("_", "-").replace("keep-tags", "keep-tag")
+        raise UsageError(
+            f"--erase cannot be combined with {flag}: an erasure request ignores the policy"
+        )
+    return column.strip(), value
+
+
 def _config(ctx: click.Context, **overrides: Any) -> Config:
     return load_config(ctx.obj["config"], overrides=overrides)
 
@@ -225,6 +243,13 @@ def _policy_options(f: Any) -> Any:
     " other directories (artifacts.allow_missing_dirs).",
 )
 @click.option(
+    "--erase",
+    metavar="COLUMN=VALUE",
+    help="Plan an erasure request instead of the policy: every run whose COLUMN is VALUE"
+    " (and every run depending on one) goes, whatever the rules, pins and floors; apply"
+    " purges them at once (no grace period, no undo).",
+)
+@click.option(
     "--explain",
     "explain_id",
     metavar="RUN_ID",
@@ -252,6 +277,7 @@ def plan(
     from retention.planner import build_plan
 
     explain_id = policy.pop("explain_id")  # not a policy setting
+    erase = _erasure(policy.pop("erase"), policy)
     policy["keep_tags"] = policy["keep_tags"] or None  # () when not given
     cfg = _config(
         ctx,
@@ -268,7 +294,7 @@ def plan(
             "refusing to write the signed manifest to a terminal",
             hint="redirect it (retention plan ... > manifest.json) or use -o manifest.json",
         )
-    result = build_plan(cfg, _now(now_text))
+    result = build_plan(cfg, _now(now_text), erase=erase)
     explained = None
     if explain_id is not None:  # before any output: an unknown run id writes nothing
         from retention.explain import explain_plan

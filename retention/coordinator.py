@@ -45,16 +45,18 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from journal import FsyncError, Journal, JournalError, TxState, TxStatus, fsio
 from retention import txrecords
 from retention.config import Config
-from retention.durations import format_instant
+from retention.durations import format_instant, parse_instant
 from retention.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -117,6 +119,8 @@ class ApplyReport(msgspec.Struct, kw_only=True):
     warnings: list[str] = []
     undo_until: str | None = None  # end of the grace period: undo works at least until then
     duration_ms: int
+    # An erasure request (plan --erase): purged at once, no grace period, no undo.
+    erasure: bool = False
     # A SIGINT/SIGTERM after the commit: the apply was finished, then the command stopped.
     interrupted: Interruption | None = None
 
@@ -185,7 +189,25 @@ def recover_all(ws: Workspace, now: datetime, *, strict: bool = False) -> list[R
     compact(ws.journal)
     if strict and stalled is not None:
         raise stalled
+    _purge_pending_erasures(ws, now)
     return out
+
+
+def _purge_pending_erasures(ws: Workspace, now: datetime) -> None:
+    """An erasure's trash outlives its apply only when that apply stopped between its
+    commit and its purge: every command purges it first (forward only, its own
+    transaction)."""
+    from retention import trashops
+
+    pending = [r["txid"] for r in ws.catalog.applies() if r["state"] == "applied" and is_erasure(r)]
+    if pending:
+        trashops.purge_expired(ws, now, targets=pending)
+
+
+def is_erasure(row: Mapping[str, Any]) -> bool:
+    """An apply of an erasure manifest: its grace period ends when it starts."""
+    until = row["grace_until"]
+    return until is not None and parse_instant(until) <= parse_instant(row["created_at"])
 
 
 def _refuse_unknown_trash(ws: Workspace) -> None:
@@ -459,7 +481,11 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         if not pf.runs:
             return report(None, [], 0, pf.skipped)
         lineage = payload.catalog_id  # verify_for_workspace checked it is this catalog's
-        grace_until = now + timedelta(seconds=cfg.grace_seconds)
+        # An erasure has no grace period: the purge right after DONE takes its trash.
+        erasure = payload.policy.erase is not None
+        if erasure:  # deleted rows (and later their tombstones) overwritten, not just freed
+            ws.catalog.overwrite_deleted()
+        grace_until = now + timedelta(seconds=0 if erasure else cfg.grace_seconds)
         begin = Begin(
             op="apply",
             manifest_id=payload.manifest_id,
@@ -505,7 +531,13 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
         rep = report(txid, deleted, nbytes, skipped)
         rep.purged = purged
         rep.warnings = warnings
-        rep.undo_until = begin.grace_until
+        rep.undo_until = None if erasure else begin.grace_until
+        rep.erasure = erasure
+        if erasure and txid not in purged:
+            warnings.append(
+                f"the erased runs' trash ({txid}) is not purged yet: the next retention command"
+                " purges it first (undo refuses it)"
+            )
         _save_last(ws, rep)
         if SIGNALS.signum is not None:
             rep.interrupted = interruption(

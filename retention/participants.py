@@ -151,6 +151,11 @@ class Catalog(CatalogIdentity, Protocol):
         """Runs tombstoned by an apply (with path, trash place, state). Read-only."""
         ...
 
+    def overwrite_deleted(self) -> None:
+        """From now on, overwrite what is deleted instead of only freeing it (an erasure
+        request: the rows and, at the purge, their tombstones)."""
+        ...
+
     def commit_delete(self, info: Any, lineage: str, runs: list[Any], *, before_commit: Any) -> Any:
         """Apply's commit point. In ONE transaction: re-check each run (rows, filter,
         protect), tombstone its rows of every involved table, delete them, record the txid.

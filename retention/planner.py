@@ -46,6 +46,7 @@ from retention.policy import (
     UNLIMITED,
     Attrs,
     BudgetReport,
+    Decision,
     DependencyCycle,
     GroupSummary,
     Item,
@@ -259,6 +260,8 @@ def _columns(cfg: Config, spec: PolicySpec) -> dict[str, tuple[str, str]]:
     )
     if budget and cfg.size_column:
         roles["size"] = ("policy.size_column", cfg.size_column)
+    if spec.erase is not None:
+        roles["erase"] = ("--erase", spec.erase[0])
     for k, col in enumerate(spec.group_by or ()):
         roles[f"group:{k}"] = ("policy.group_by", col)
     if spec.tiers is not None and cfg.tier_column:
@@ -373,6 +376,7 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                 tiers.setdefault(alt, tiers[k])
     tag_sets: dict[frozenset[str] | None, frozenset[str] | None] = {}
     texts: dict[str | None, str | None] = {}  # one copy of each state or kind
+    erase_value = spec.erase[1] if spec.erase is not None else None
 
     def attrs_of(raw: tuple[Any, ...]) -> Attrs:
         got = dict(zip(names, raw, strict=True))
@@ -394,6 +398,7 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
             size=_bytes(got.get("size")),
             group=tuple(got[g] for g in groups) if groups else None,
             tier=texts.setdefault(tier, tier),
+            erase=erase_value is not None and _text(got.get("erase")) == erase_value,
         )
 
     # Without per-run values (parent, size), runs share few distinct Attrs: one copy for
@@ -688,6 +693,7 @@ def build_plan(
     allow_remove_all: bool = False,
     allow_missing_dirs: bool = False,
     progress: Callable[[str, int], Progress] | None = None,
+    erase: tuple[str, str] | None = None,
 ) -> PlanResult:
     """Evaluate the policy at ``now`` and return the signed manifest (read-only, see module).
 
@@ -696,7 +702,7 @@ def build_plan(
     manifest and listed in ``skipped``. ``allow_remove_all`` and ``allow_missing_dirs`` add
     to the configuration's settings of the same names (see the module for the guards).
     """
-    spec = policy_from_config(cfg)
+    spec = erasure_spec(cfg, erase) if erase is not None else policy_from_config(cfg)
     allow_remove_all = allow_remove_all or cfg.allow_remove_all
     allow_missing_dirs = allow_missing_dirs or cfg.allow_missing_dirs
     state = StateLayout(Path(cfg.state_dir))
@@ -714,6 +720,8 @@ def build_plan(
         except DependencyCycle as exc:
             raise _cycle_error(cfg, exc) from None
         del items
+        if spec.erase is not None:
+            _refuse_empty_erasure(cfg, spec.erase, decision)
         if decision.remove and not allow_remove_all:
             _refuse_remove_all(cfg, cat, len(decision.remove))
             _refuse_group_removed(spec, decision.groups)
@@ -825,6 +833,14 @@ def build_plan(
     if short:
         warnings.append(short)
     warnings += _group_warnings(spec, decision.groups)
+    if spec.erase is not None:
+        held = sum(1 for v in decision.keep if v.item.attrs and v.item.attrs.erase)
+        if held:
+            warnings.append(
+                f"erasure request: {plural(held, 'run')} with {spec.erase[0]} ="
+                f" {spec.erase[1]!r} protected by catalog.protect stay (change catalog.protect"
+                " to erase them)"
+            )
     return PlanResult(
         payload,
         sign(payload, key),
@@ -834,6 +850,33 @@ def build_plan(
         decision.budget,
         groups=list(decision.groups),
     )
+
+
+def erasure_spec(cfg: Config, erase: tuple[str, str]) -> PolicySpec:
+    """The policy of an erasure request (``plan --erase COLUMN=VALUE``): the rules, pins,
+    floors, states and budget of the configuration do not apply; dependencies do (the
+    dependants of an erased run go with it)."""
+    return PolicySpec(erase=erase, dependencies=True if cfg.parent_column else None)
+
+
+def _refuse_empty_erasure(cfg: Config, erase: tuple[str, str], decision: Decision) -> None:
+    """An erasure request that names no run is refused (a typo must not pass for done);
+    one whose runs are all protected too. Raises `UsageError` (exit 2)."""
+    column, value = erase
+    named = [v for v in (*decision.keep, *decision.remove) if v.item.attrs and v.item.attrs.erase]
+    if not named:
+        where = " selected by catalog.filter" if cfg.filter else ""
+        raise UsageError(
+            f"erasure request: no run{where} of {cfg.runs_table!r} has {column} = {value!r}",
+            hint="check the column and the value (compared as text)"
+            + ("; runs outside catalog.filter are never touched" if cfg.filter else ""),
+        )
+    if not decision.remove:
+        raise UsageError(
+            f"erasure request: every run with {column} = {value!r}"
+            f" ({plural(len(named), 'run')}) is protected by catalog.protect",
+            hint="change catalog.protect to let them go, then plan again",
+        )
 
 
 def _has_budget(spec: PolicySpec) -> bool:

@@ -182,6 +182,11 @@ class WritableCatalog(SqliteCatalog):
     def __init__(self, cfg: Any, *, readonly: bool = False) -> None:
         super().__init__(cfg, readonly=readonly)
 
+    def overwrite_deleted(self) -> None:
+        # Deleted content is zeroed in the pages written (the WAL, then the file), not left
+        # in free space for anyone reading the file's bytes.
+        self.conn.execute("PRAGMA secure_delete = ON")
+
     def _commit_tx(self, body: Any, before_commit: Any) -> Any:
         """Run ``body()`` inside BEGIN IMMEDIATE ... COMMIT; roll back explicitly on any error.
 

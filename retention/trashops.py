@@ -34,6 +34,7 @@ from retention.coordinator import (
     compact,
     decide,
     interruption,
+    is_erasure,
     new_txid,
     recover_all,
     roll_back_now,
@@ -180,6 +181,8 @@ def undo_targets(
         if not match:
             raise UndoRefused(f"no committed apply with txid {txid}", hint="see `retention status`")
         r = match[0]
+        if is_erasure(r):
+            raise UndoRefused(_ERASURE_REFUSED.format(txid))
         if r["state"] == "purging":
             raise UndoRefused(
                 f"cannot undo {txid}: its trash is being purged ({_unfinished_purge(ws, [txid])});"
@@ -200,8 +203,11 @@ def undo_targets(
     assert within is not None
     since = now - within
     chosen = [r for r in rows if parse_instant(r["created_at"]) >= since]
-    live = [r["txid"] for r in chosen if r["state"] == "applied"]
+    live = [r["txid"] for r in chosen if r["state"] == "applied" and not is_erasure(r)]
     if not live:
+        erased = [r["txid"] for r in chosen if is_erasure(r)]
+        if erased:
+            raise UndoRefused(_ERASURE_REFUSED.format(erased[0]))
         purging = [r["txid"] for r in chosen if r["state"] == "purging"]
         purged = [r for r in chosen if r["state"] == "purged"]
         if purging:
@@ -219,6 +225,10 @@ def undo_targets(
     return live
 
 
+_ERASURE_REFUSED = (
+    "cannot undo {}: it applied an erasure request; erased runs are purged at once and"
+    " never brought back"
+)
 _FINISH_PURGE_HINT = (
     "run `retention recover` to finish the purge; if it stops again, fix what it names"
     " (e.g. the permissions of a directory in trash) and run it again"

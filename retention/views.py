@@ -474,11 +474,19 @@ def apply_lines(r: object) -> list[str]:
             f" deleted{skipped}, {format_bytes(rep.bytes_moved)} moved to trash"
             f" in {format_duration(rep.duration_ms / 1000)}."
         )
-        until = f" (until {human_instant(rep.undo_until)})" if rep.undo_until else ""
-        lines.append(f"Undo with: retention undo {rep.txid}{until}")
+        if getattr(rep, "erasure", False):
+            gone = "purged at once" if rep.txid in rep.purged else "to be purged"
+            lines.append(
+                f"Erasure request: the erased runs' directories are {gone}; no grace period,"
+                " no undo."
+            )
+        else:
+            until = f" (until {human_instant(rep.undo_until)})" if rep.undo_until else ""
+            lines.append(f"Undo with: retention undo {rep.txid}{until}")
     lines += _skipped_lines(rep.skipped)
-    if rep.purged:
-        n = plural(len(rep.purged), "earlier apply", "earlier applies")
+    earlier = [t for t in rep.purged if t != rep.txid]
+    if earlier:
+        n = plural(len(earlier), "earlier apply", "earlier applies")
         lines.append(f"Purged the expired trash of {n}.")
     for w in rep.warnings:
         lines.append(f"Warning: {w}")

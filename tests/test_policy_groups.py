@@ -234,3 +234,34 @@ def test_grouped_floors_and_pins_hold_and_order_does_not_matter(rows, fields, rn
     again = evaluate(shuffled, spec, NOW)
     assert {v.item.id for v in again.keep} == kept
     assert {v.item.id: v.reasons for v in again.remove} == {v.item.id: v.reasons for v in d.remove}
+
+
+# -- erasure ----------------------------------------------------------------------------------
+
+
+def test_an_erasure_takes_every_matching_run_whatever_the_rules_and_pins() -> None:
+    items = [
+        Item("mine-new", day(1), attrs=Attrs(erase=True, pinned=True)),
+        Item("mine-undated", None, attrs=Attrs(erase=True)),
+        Item("mine-guarded", day(3), protected=True, attrs=Attrs(erase=True)),
+        Item("other", day(900), attrs=Attrs()),
+    ]
+    keep, remove = split(evaluate(items, PolicySpec(erase=("org_id", "o1"), pins=True), NOW))
+    assert set(remove) == {"mine-new", "mine-undated"}
+    assert remove["mine-new"] == ("removed: erasure request (org_id = 'o1')",)
+    assert keep["mine-guarded"] == ("kept: protected (catalog.protect), not erased",)
+    assert keep["other"] == ("kept: not part of the erasure request",)
+
+
+def test_dependants_of_an_erased_run_go_with_it_transitively() -> None:
+    items = [
+        Item("full", day(10), attrs=Attrs(erase=True)),
+        Item("inc1", day(9), attrs=Attrs(parent="full")),
+        Item("inc2", None, attrs=Attrs(parent="inc1")),
+        Item("unrelated", day(1), attrs=Attrs(parent=None)),
+    ]
+    spec = PolicySpec(erase=("kind", "x"), dependencies=True)
+    keep, remove = split(evaluate(items, spec, NOW))
+    assert set(remove) == {"full", "inc1", "inc2"}
+    assert remove["inc2"] == ("removed: depends on run inc1, which the erasure removes",)
+    assert set(keep) == {"unrelated"}

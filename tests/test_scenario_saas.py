@@ -199,3 +199,88 @@ def test_a_plan_emptying_an_organisation_needs_allow_remove_all(saas: Path) -> N
         env=ENV,
     )
     assert allowed.returncode == 0, allowed.stderr
+
+
+# -- erasure ----------------------------------------------------------------------------------
+
+ERASED = {f"a-0003-{j:04d}" for j in range(PER_ORG)}  # org-0003: enterprise, kept forever
+
+
+def tombstoned(where: Path) -> int:
+    with sqlite3.connect(where / "saas.db") as conn:
+        return sum(
+            conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+            for (t,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if t.startswith("_retention_t_") and not t.endswith("_tx")
+        )
+
+
+def test_an_erasure_request_removes_one_organisation_at_once_with_no_undo(saas: Path) -> None:
+    before = dump(saas)
+    out = plan(saas, "--erase", "org_id=org-0003")
+    assert out.returncode == 0, out.stderr
+    err = out.stderr.decode()
+    assert "Erase every run whose org_id is 'org-0003' (erasure request)" in err
+    assert "no grace period and no undo" in err
+    assert planned(saas) == ERASED  # the whole organisation, although its plan keeps forever
+    applied = run_exe("apply", "m.json", cwd=saas, env=ENV)
+    assert applied.returncode == 0, applied.stderr
+    assert "Erasure request: the erased runs' directories are purged at once" in (
+        applied.stderr.decode()
+    )
+    report = json.loads(applied.stdout)
+    assert report["erasure"] is True and report["undo_until"] is None
+    assert report["txid"] in report["purged"]
+    assert catalog_ids(saas) == everything() - ERASED
+    assert dirs(saas) == everything() - ERASED
+    assert not list((saas / "storage" / ".trash").iterdir())  # nothing left in trash
+    assert tombstoned(saas) == 0  # no copy of the erased rows is kept for undo
+    others = [r for r in before if "org-0003" not in str(r) and "a-0003-" not in str(r)]
+    assert [r for r in dump(saas) if r in others] == others  # everyone else untouched
+    for args in (("--within", "24h"), (report["txid"],)):
+        undone = run_exe("undo", *args, cwd=saas, env=ENV)
+        assert undone.returncode == 9
+        first = undone.stderr.decode().splitlines()[0]
+        assert (
+            first == f"Error: cannot undo {report['txid']}: it applied an erasure request;"
+            " erased runs are purged at once and never brought back"
+        )
+
+
+@pytest.mark.parametrize("point", ["apply.after_commit", "purge.after_begin"])
+def test_an_erasure_killed_after_its_commit_is_purged_by_the_next_command(
+    saas: Path, point: str
+) -> None:
+    assert plan(saas, "--erase", "org_id=org-0003").returncode == 0
+    killed = run_exe("apply", "m.json", cwd=saas, env={**ENV, "FAILPOINT": point})
+    assert killed.returncode != 0
+    undone = run_exe("undo", "--within", "24h", cwd=saas, env=ENV)
+    assert undone.returncode == 9, undone.stderr  # recovered, purged, then refused
+    assert catalog_ids(saas) == everything() - ERASED
+    assert dirs(saas) == everything() - ERASED
+    assert not [p for p in (saas / "storage" / ".trash").iterdir()]
+    assert tombstoned(saas) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("--erase", "org_id=org-9999"),
+            "erasure request: no run of 'artifacts' has org_id = 'org-9999'",
+        ),
+        (("--erase", "org_id"), "--erase expects COLUMN=VALUE"),
+        (
+            ("--erase", "org_id=org-0003", "--keep-last", "3"),
+            "--erase cannot be combined with --keep-last",
+        ),
+        (("--erase", "plan=free"), "table 'artifacts' has no column 'plan' (named by --erase)"),
+    ],
+)
+def test_a_bad_erasure_request_is_refused_and_writes_nothing(
+    saas: Path, args: tuple[str, ...], message: str
+) -> None:
+    out = plan(saas, *args)
+    assert out.returncode in (2, 4)
+    assert out.stderr.decode().splitlines()[0].startswith(f"Error: {message}")
+    assert not (saas / "m.json").exists()

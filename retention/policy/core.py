@@ -59,6 +59,7 @@ class Attrs:
     size: int | None = None
     group: tuple[object, ...] | None = None  # the values of the group-by columns
     tier: str | None = None  # the group's tier (spec.tiers), None: no tier
+    erase: bool = False  # its column matches the erasure request (spec.erase)
 
 
 NO_ATTRS = Attrs()
@@ -144,11 +145,53 @@ def evaluate(
         (valid if item.time is not None else no_time).append(item)
     valid.sort(key=sort_key, reverse=True)
     no_time.sort(key=lambda item: str(item.id))  # the result never depends on row order
+    if spec.erase is not None:
+        return _erasure(no_time, valid, spec)
     if spec.group_by is None and spec.tiers is None:
         whole = _Group(spec, None, None, range(len(valid)), range(len(no_time)))
         return _decide(no_time, valid, [whole], None, spec, now, zone)
     groups, of = _grouped(no_time, valid, spec)
     return _decide(no_time, valid, groups, of, spec, now, zone)
+
+
+def _erasure(no_time: list[Item], valid: list[Item], spec: PolicySpec) -> Decision:
+    """An erasure request: the matching runs go, with every run depending on one
+    (transitively, with dependencies), whatever their time; only protected runs stay."""
+    assert spec.erase is not None
+    column, value = spec.erase
+    everyone = [*valid, *no_time]
+    gone: dict[int, str] = {}
+    asked = f"removed: erasure request ({column} = {value!r})"
+    for k, item in enumerate(everyone):
+        if item.attrs is not None and item.attrs.erase and not item.protected:
+            gone[k] = asked
+    if spec.dependencies and gone:
+        parents = _parents(no_time, valid)  # raises DependencyCycle
+        up = parents.everyone_up if parents is not None else []
+        erased = set(gone)  # what the request names (before dependants are added)
+        reach: dict[int, bool] = {}  # does the run depend, transitively, on an erased one?
+        for k in range(len(up)):
+            path = []
+            p = k
+            while p >= 0 and p not in erased and p not in reach:
+                path.append(p)
+                p = up[p]
+            hit = p >= 0 and (p in erased or reach[p])
+            for j in path:
+                reach[j] = hit
+        for k, hit in reach.items():
+            if hit and k not in gone and not everyone[k].protected:
+                gone[k] = f"removed: depends on run {everyone[up[k]].id}, which the erasure removes"
+    keep: list[Verdict] = []
+    remove: list[Verdict] = []
+    for k, item in enumerate(everyone):
+        if k in gone:
+            remove.append(Verdict(item, False, (gone[k],)))
+        elif item.attrs is not None and item.attrs.erase:
+            keep.append(Verdict(item, True, ("kept: protected (catalog.protect), not erased",)))
+        else:
+            keep.append(Verdict(item, True, ("kept: not part of the erasure request",)))
+    return Decision(keep=keep, remove=remove)
 
 
 def _refuse_spec(spec: PolicySpec) -> None:
@@ -436,6 +479,7 @@ class _Parents:
 
     parent: list[int]
     no_time_parent: list[int]
+    everyone_up: list[int]  # over valid runs then those without a timestamp, unchanged
 
 
 def _parents(no_time: list[Item], valid: list[Item]) -> _Parents | None:
@@ -461,7 +505,7 @@ def _parents(no_time: list[Item], valid: list[Item]) -> _Parents | None:
     _refuse_cycles(up, everyone)
     # A parent without a timestamp is kept anyway: the chain stops there for the valid runs.
     parent = [p if p < off else -1 for p in up[:off]]
-    return _Parents(parent, [p if p < off else -1 for p in up[off:]])
+    return _Parents(parent, [p if p < off else -1 for p in up[off:]], up)
 
 
 def other_type(value: RunId) -> RunId | None:

@@ -62,6 +62,10 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     group_by: tuple[str, ...] | None = None
     tiers: dict[str, PolicySpec] | None = None
     tier_source: str | None = None
+    # An erasure request: every run whose column holds this value (and, with dependencies,
+    # every run depending on one) goes, whatever the rules, pins and floors say; apply
+    # purges them at once (no grace period, no undo). Only catalog.protect still holds.
+    erase: tuple[str, str] | None = None
 
     def is_empty(self) -> bool:
         return all(getattr(self, f) is None for f in self.__struct_fields__)
@@ -104,6 +108,15 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
 
     def describe(self) -> str:
         """The policy in words, printed first by ``plan``."""
+        if self.erase is not None:
+            column, value = self.erase
+            deps = ", and every run that depends on one" if self.dependencies else ""
+            return (
+                f"Erase every run whose {column} is {value!r} (erasure request){deps},"
+                " whatever the policy (pins, floors and rules do not apply): apply purges them"
+                " at once, with no grace period and no undo. Protected runs (catalog.protect)"
+                " stay."
+            )
         if self.tiers is not None:
             return self._describe_tiers()
         text = self._describe_rules()
