@@ -243,7 +243,8 @@ class Signals:
 
     `catching` installs the handlers (main thread only) and is re-entrant: the CLI holds it
     for the whole command, so that a signal while the report is printed is not a
-    traceback either; the library holds it while a workspace is open.
+    traceback either; the library holds it while a workspace is open. The previous
+    handlers come back when the outermost `catching` ends (unless `persistent`: ignored).
     """
 
     def __init__(self) -> None:
@@ -251,6 +252,11 @@ class Signals:
         self._saved: dict[signal.Signals, Any] = {}
         self.signum: int | None = None
         self.phase = "before"  # before | committed | rolling back | recovering
+        # Set by the command-line entry point, whose process ends with the command: SIGINT
+        # and SIGTERM are then ignored after it, so that a signal in its last instants never
+        # becomes a KeyboardInterrupt ("Aborted!", exit 1) or a death by the signal after
+        # the report was printed. Never in a library user.
+        self.persistent = False
 
     @property
     def name(self) -> str:
@@ -268,7 +274,12 @@ class Signals:
             yield self
         finally:
             self._depth -= 1
-            if self._depth == 0:
+            if self._depth == 0 and self.persistent:
+                # The work is over and reported: ignore signals until the process exits
+                # (SIG_IGN, as Python's finalization would put SIG_DFL back over a handler).
+                for signum in self._saved:
+                    signal.signal(signum, signal.SIG_IGN)
+            elif self._depth == 0:
                 for signum, handler in self._saved.items():
                     signal.signal(signum, signal.SIG_DFL if handler is None else handler)
                 self._saved.clear()
