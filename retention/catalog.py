@@ -527,10 +527,9 @@ class SqliteCatalog:
         st = self.path.stat()
         return f"sqlite:{os.path.realpath(self.path)}#dev={st.st_dev},ino={st.st_ino}"
 
-    def lookup(self, table: str, key: str, value: str, setting: str) -> dict[Any, str | None]:
-        """``key -> value`` of a small lookup table (a policy's tiers: organisation -> plan),
-        read whole (read-only). Refuses a missing table or column, naming what exists, and a
-        key with two different values (which tier would it be?)."""
+    def read_table(self, table: str, columns: list[str], setting: str) -> list[tuple[Any, ...]]:
+        """Every row of a small table of the application's (tiers, policy rows), these
+        columns only (read-only). Refuses a missing table or column, naming what exists."""
         tables = sorted(t for t in self.db.table_names() if not _ours(t))
         if table not in tables:
             raise CatalogError(
@@ -538,26 +537,34 @@ class SqliteCatalog:
                 hint="tables: " + ", ".join(tables),
             )
         cols = self._columns(table)
-        for col in (key, value):
+        for col in columns:
             if col not in cols:
                 raise CatalogError(
                     f"table {table!r} has no column {col!r} (named by {setting})",
                     hint="columns: " + ", ".join(cols),
                 )
-        found: dict[Any, str | None] = {}
         try:
-            for k, v in self.conn.execute(f"SELECT {q(key)}, {q(value)} FROM {q(table)}"):
-                text = v.decode(errors="backslashreplace") if isinstance(v, bytes) else v
-                text = None if text is None else str(text)
-                if k in found and found[k] != text:
-                    raise CatalogError(
-                        f"table {table!r} gives {key} {k!r} two values of {value}:"
-                        f" {found[k]!r} and {text!r} (named by {setting})",
-                        hint=f"make {key} unique in {table!r}",
-                    )
-                found[k] = text
+            return self.conn.execute(
+                f"SELECT {', '.join(map(q, columns))} FROM {q(table)}"
+            ).fetchall()
         except sqlite3.Error as exc:
             raise CatalogError(f"reading {table!r} failed: {exc}") from None
+
+    def lookup(self, table: str, key: str, value: str, setting: str) -> dict[Any, str | None]:
+        """``key -> value`` of a small lookup table (a policy's tiers: organisation -> plan),
+        read whole (read-only). Refuses a key with two different values (which tier would
+        it be?)."""
+        found: dict[Any, str | None] = {}
+        for k, v in self.read_table(table, [key, value], setting):
+            text = v.decode(errors="backslashreplace") if isinstance(v, bytes) else v
+            text = None if text is None else str(text)
+            if k in found and found[k] != text:
+                raise CatalogError(
+                    f"table {table!r} gives {key} {k!r} two values of {value}:"
+                    f" {found[k]!r} and {text!r} (named by {setting})",
+                    hint=f"make {key} unique in {table!r}",
+                )
+            found[k] = text
         return found
 
     # -- what a plan touches (for `show` and `config --check`) ---------------------------

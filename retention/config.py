@@ -49,6 +49,25 @@ class ChildTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     parent_column: str | None = None
 
 
+class PolicyRows(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[policy.rows]``: one policy row per group in a table of the catalog (scenario 5's
+    ``execution_retention_policies``). ``key`` of ``table`` matches the runs' ``join``
+    column (default: the first ``policy.group_by`` column); ``days`` (NULL: the base
+    rules; -1 keeps forever), ``enabled`` (false: the group is left alone) and ``min_keep``
+    (NULL: the base floor) are its columns. With ``last_cleanup_at`` and/or
+    ``last_cleanup_deleted_count``, apply writes back, in its commit transaction, when it
+    ran and how many runs of each enabled group it deleted."""
+
+    table: str
+    key: str
+    days: str | None = None
+    enabled: str | None = None
+    min_keep: str | None = None
+    join: str | None = None
+    last_cleanup_at: str | None = None
+    last_cleanup_deleted_count: str | None = None
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True):
     """The effective configuration. ``sources`` says where each value came from."""
 
@@ -109,6 +128,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     tier_key: str | None = None
     tier_join: str | None = None
     tiers: dict[str, dict[str, Any]] | None = None
+    policy_rows: PolicyRows | None = None
     state_dir: str
     grace_period: str
     manifest_ttl: str
@@ -437,6 +457,25 @@ def _expression(value: Any, where: str) -> str | None:
     return text
 
 
+def _policy_rows(value: Any, where: str) -> PolicyRows | None:
+    shape = (
+        "expected a [policy.rows] table: table, key, and the columns days, enabled, min_keep"
+        ' (e.g. table = "execution_retention_policies", key = "tenant_id",'
+        ' days = "retention_days")'
+    )
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {shape}")
+    try:
+        rows = msgspec.convert(value, PolicyRows)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{where}: {exc}", hint=shape) from None
+    if not (rows.days or rows.min_keep):
+        raise ConfigError(f"{where}: name the days or min_keep column (or both)")
+    return rows
+
+
 def _children(value: Any, where: str) -> tuple[ChildTable, ...]:
     if isinstance(value, str):  # env form: "table:column,table2:column2"
         items: list[Any] = []
@@ -585,6 +624,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.tier_key", "tier_key", None, _opt_str),
     Setting("policy.tier_join", "tier_join", None, _opt_str),
     Setting("policy.tiers", "tiers", None, _tiers),
+    Setting("policy.rows", "policy_rows", None, _policy_rows),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
     Setting("state.history", "history", "90d", _required_duration),
@@ -683,7 +723,9 @@ def load_config(
         sources[s.field] = src
 
     _tier_days_from_env(values, sources, env)
-    if all(values[f] is None for f in RULE_FIELDS) and not values["tiers"]:
+    if all(values[f] is None for f in RULE_FIELDS) and not (
+        values["tiers"] or values["policy_rows"]
+    ):
         values["keep_last"] = DEFAULT_KEEP_LAST
         sources["keep_last"] = "default (no rule given)"
     if values["state_column"] is not None and values["terminal_states"] is None:
@@ -724,6 +766,12 @@ def render_config(cfg: Config) -> list[tuple[str, str, str]]:
     rows = []
     for s in SETTINGS:
         value = getattr(cfg, s.field)
+        if s.field == "policy_rows" and value is not None:
+            for name in value.__struct_fields__:
+                v = getattr(value, name)
+                if v is not None:
+                    rows.append((f"{s.key}.{name}", str(v), cfg.sources[s.field]))
+            continue
         if s.field == "tiers" and value:
             for name, tier in value.items():
                 for key, v in tier.items():

@@ -80,7 +80,7 @@ from retention.moves import (
 from retention.policy import RunId
 from retention.reports import Interruption, SkippedEntry
 from retention.store import OutsideRoot, ancestors, text_and_raw
-from retention.tombstones import CommitRefused, NothingDeleted, TombRun, TxInfo
+from retention.tombstones import CommitRefused, NothingDeleted, TombRun, TxInfo, Writeback
 from retention.txrecords import Begin, Move
 from retention.workspace import SIGNALS, Workspace, open_workspace
 
@@ -202,6 +202,25 @@ def _purge_pending_erasures(ws: Workspace, now: datetime) -> None:
     pending = [r["txid"] for r in ws.catalog.applies() if r["state"] == "applied" and is_erasure(r)]
     if pending:
         trashops.purge_expired(ws, now, targets=pending)
+
+
+def _writeback(cfg: Config, payload: Payload) -> Writeback | None:
+    """With ``[policy.rows]`` naming cleanup columns and a manifest planned from those rows:
+    what its commit writes back to them (every enabled group of the plan)."""
+    rows, spec = cfg.policy_rows, payload.policy
+    if rows is None or spec.tier_rows != rows.table or not spec.tiers:
+        return None
+    if not (rows.last_cleanup_at or rows.last_cleanup_deleted_count):
+        return None
+    join = rows.join or (spec.group_by[0] if spec.group_by else rows.key)
+    return Writeback(
+        table=rows.table,
+        key=rows.key,
+        join=join,
+        groups=tuple(sorted(spec.tiers)),
+        at=rows.last_cleanup_at,
+        count=rows.last_cleanup_deleted_count,
+    )
 
 
 def is_erasure(row: Mapping[str, Any]) -> bool:
@@ -594,6 +613,7 @@ def _apply_phase(
         created_at=begin.created_at,
         grace_until=begin.grace_until,
         trash_dir=store.describe(trash_tx_rel(txid)),
+        writeback=_writeback(ws.cfg, payload),
     )
 
     def before_commit() -> None:

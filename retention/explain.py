@@ -42,6 +42,7 @@ from retention.planner import (
     _has_budget,
     measure_sizes,
     policy_from_config,
+    policy_with_rows,
     policy_zone,
     read_items,
 )
@@ -188,6 +189,7 @@ def evaluate_catalog(cfg: Config, spec: PolicySpec, now: datetime) -> Evaluation
     (read-only: the catalog ``mode=ro``; directories only measured, for a size budget
     without ``policy.size_column``). A dependency cycle is exit 4, as for plan."""
     with SqliteCatalog(cfg, readonly=True) as cat:
+        spec = policy_with_rows(cat, cfg, spec)  # [policy.rows]: each group's row
         items = read_items(cat, cfg, spec)
         if _has_budget(spec) and not cfg.size_column:
             require_artifact_root(cfg)

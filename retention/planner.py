@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from retention import identity
 from retention.catalog import SqliteCatalog, q, template_fields
 from retention.config import Config
@@ -186,6 +188,17 @@ def policy_from_config(cfg: Config) -> PolicySpec:
             **more,
         )
 
+    if cfg.policy_rows is not None:
+        if cfg.tiers:
+            raise ConfigError("give [policy.tiers.NAME] tables or [policy.rows], not both")
+        rows = cfg.policy_rows
+        if not (rows.join or cfg.group_by):
+            raise ConfigError(
+                "policy.rows needs policy.group_by (its first column is matched against"
+                f" {rows.table}.{rows.key}) or policy.rows.join"
+            )
+        # The groups' own specs come from the catalog: `policy_with_rows` reads them.
+        return spec_of(base, group_by=cfg.group_by, tier_rows=rows.table)
     tiers = None
     if cfg.tiers:
         tiers = {}
@@ -221,6 +234,77 @@ def policy_from_config(cfg: Config) -> PolicySpec:
             " holds each run's tags (comma-separated text or a JSON array)"
         )
     return spec
+
+
+def policy_with_rows(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> PolicySpec:
+    """With ``[policy.rows]``: the spec with one tier per enabled policy row (named by the
+    row's key as text), the base settings with the row's days and min_keep over them, and
+    the disabled rows listed (read-only). Any other spec is returned as it is."""
+    rows = cfg.policy_rows
+    if rows is None or spec.tier_rows is None or spec.tiers is not None:
+        return spec
+    cols = [rows.key, *(c for c in (rows.days, rows.enabled, rows.min_keep) if c)]
+    at = {c: k for k, c in enumerate(cols)}
+    tiers: dict[str, PolicySpec] = {}
+    disabled: list[str] = []
+    for row in cat.read_table(rows.table, cols, "policy.rows"):
+        name = _text(row[0])
+        if name is None:
+            continue  # a row for no group: nothing of ours can match it
+        if name in tiers or name in disabled:
+            raise CatalogError(
+                f"table {rows.table!r} has two rows for {rows.key} {name!r} (policy.rows)",
+                hint=f"make {rows.key} unique in {rows.table!r}",
+            )
+        if rows.enabled and not truthy(row[at[rows.enabled]]):
+            disabled.append(name)
+            continue
+        own: dict[str, Any] = {}
+        if rows.days:
+            days = _row_number(row[at[rows.days]], rows, rows.days, name)
+            if days is not None and days != UNLIMITED and days < 1:
+                raise CatalogError(
+                    f"{rows.table}.{rows.days} of {rows.key} {name!r} is {days}: days must be"
+                    " >= 1, or -1 to keep forever (policy.rows)"
+                )
+            if days is not None:
+                own["days"] = days
+                own["max_age"] = None
+        if rows.min_keep:
+            floor = _row_number(row[at[rows.min_keep]], rows, rows.min_keep, name)
+            if floor is not None:
+                own["min_keep"] = max(floor, 0)
+
+        def get(f: str, m: dict[str, Any] = own) -> Any:
+            return m[f] if f in m else getattr(cfg, f, None)
+
+        tier = _rule_fields(get)
+        tier_spec = msgspec.structs.replace(spec, group_by=None, tier_rows=None, **tier)
+        if tier_spec.keeps_nothing():
+            raise CatalogError(
+                f"the row of {rows.key} {name!r} in {rows.table!r} gives no days and [policy]"
+                " no rule: it would keep nothing",
+                hint='set its days, or a default rule in [policy] (e.g. max_age = "90d")',
+            )
+        tiers[name] = tier_spec
+    return msgspec.structs.replace(spec, tiers=tiers, disabled=tuple(sorted(disabled)) or None)
+
+
+def _row_number(value: object, rows: Any, column: str, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise CatalogError(
+        f"{rows.table}.{column} of {rows.key} {name!r} is not a whole number: {value!r}"
+        " (policy.rows)"
+    )
 
 
 def _tier_source(cfg: Config) -> str:
@@ -264,7 +348,11 @@ def _columns(cfg: Config, spec: PolicySpec) -> dict[str, tuple[str, str]]:
         roles["erase"] = ("--erase", spec.erase[0])
     for k, col in enumerate(spec.group_by or ()):
         roles[f"group:{k}"] = ("policy.group_by", col)
-    if spec.tiers is not None and cfg.tier_column:
+    if spec.tier_rows is not None and cfg.policy_rows is not None:
+        join = cfg.policy_rows.join or (cfg.group_by[0] if cfg.group_by else None)
+        assert join is not None  # policy_from_config refuses rows without one
+        roles["tier"] = ("policy.rows.join", join)
+    elif spec.tiers is not None and cfg.tier_column:
         if cfg.tier_table:
             roles["tier_join"] = ("policy.tier_join", _tier_join(cfg))
         else:
@@ -710,6 +798,7 @@ def build_plan(
     store = LocalStore(root)
     with SqliteCatalog(cfg, readonly=True) as cat:
         require_artifact_root(cfg)
+        spec = policy_with_rows(cat, cfg, spec)
         items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
         measured: dict[Any, Measure] = {}
@@ -904,6 +993,18 @@ def _group_warnings(spec: PolicySpec, groups: tuple[GroupSummary, ...]) -> list[
     """Groups kept whole because their tier has no policy; budgets not met, per group."""
     out = []
     unruled = [g for g in groups if g.spec is None]
+    if spec.tier_rows is not None:
+        off = set(spec.disabled or ())
+        missing = [g for g in unruled if g.tier not in off]
+        if missing:
+            runs = sum(g.considered for g in missing)
+            names = sorted(str(g.tier) for g in missing)
+            out.append(
+                f"{plural(runs, 'run')} of {plural(len(missing), 'group')} kept whole: no policy"
+                f" row in {spec.tier_rows} ({', '.join(names[:5])}"
+                f"{', ...' if len(names) > 5 else ''})"
+            )
+        unruled = []
     if unruled:
         runs = sum(g.considered for g in unruled)
         tiers = sorted({repr(g.tier) if g.tier is not None else "none" for g in unruled})

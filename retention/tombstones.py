@@ -124,6 +124,21 @@ class TxInfo:
     grace_until: str | None
     trash_dir: str | None
     target: str | None = None
+    writeback: Writeback | None = None
+
+
+@dataclass(frozen=True)
+class Writeback:
+    """An apply's cleanup written back to the policy rows (``[policy.rows]``), in its
+    commit transaction: for each enabled group (the ``key`` of ``table``, as text), when it
+    ran (``at``) and how many of its runs it deleted (``count``, 0 included)."""
+
+    table: str
+    key: str
+    join: str  # the runs table's column holding each run's group
+    groups: tuple[str, ...]
+    at: str | None
+    count: str | None
 
 
 def _ensure_tomb(conn: sqlite3.Connection, table: str, columns: list[str]) -> str:
@@ -324,6 +339,8 @@ class WritableCatalog(SqliteCatalog):
                 raise NothingDeleted(dropped)
             if dropped:
                 conn.executemany(f"DELETE FROM {IDS_TABLE} WHERE id = ?", ((k,) for k in dropped))
+            if info.writeback is not None:
+                self._write_back(info.writeback, info.created_at)
             # Tombstones: runs table, then children, each one INSERT ... SELECT.
             run_cols = self.schema.runs_columns
             tomb = _ensure_tomb(conn, cfg.runs_table, run_cols)
@@ -403,6 +420,30 @@ class WritableCatalog(SqliteCatalog):
             return dropped
 
         return self._commit_tx(body, before_commit)
+
+    def _write_back(self, wb: Writeback, when: str) -> None:
+        """Inside the commit transaction, before the deletes: count the runs to delete per
+        group (one grouped scan of the loaded ids) and update each enabled group's row."""
+        cfg = self.cfg
+        counts = dict(
+            self.conn.execute(
+                f"SELECT CAST({q(wb.join)} AS TEXT), count(*) FROM {q(cfg.runs_table)}"
+                f" WHERE {q(cfg.id_column)} IN (SELECT id FROM {IDS_TABLE}) GROUP BY 1"
+            )
+        )
+        sets, values = [], []
+        if wb.at:
+            sets.append(f"{q(wb.at)} = ?")
+            values.append(lambda g: when)
+        if wb.count:
+            sets.append(f"{q(wb.count)} = ?")
+            values.append(lambda g: counts.get(g, 0))
+        if not sets:
+            return
+        self.conn.executemany(
+            f"UPDATE {q(wb.table)} SET {', '.join(sets)} WHERE {q(wb.key)} = ?",
+            ((*(v(g) for v in values), g) for g in wb.groups),
+        )
 
     def applied_by_manifest(self, manifest_id: str) -> list[str]:
         """Txids of committed applies of this manifest (read-only)."""

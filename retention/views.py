@@ -94,7 +94,7 @@ def group_lines(result: PlanResult, limit: int = 20) -> list[str]:
     out = [f"By group ({plural(len(groups), 'group')}):"]
     ranked = sorted(groups, key=lambda g: (-g.removed, g.label(names)))
     for g in ranked[:limit]:
-        tail = "" if g.spec is not None else " (no policy for its tier: all kept)"
+        tail = "" if g.note is None else f" ({g.note.removeprefix('kept: ')}: all kept)"
         out.append(
             f"  {g.label(names)}: {g.removed} of {plural(g.considered, 'run')} removed{tail}"
         )

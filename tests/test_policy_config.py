@@ -293,3 +293,42 @@ def test_group_by_flag_splits_on_commas(workspace: Path) -> None:
     assert json.loads(out.stdout)["group_by"] is None
     cfg = load_config(None, env={}, overrides={"group_by": "a, b"})
     assert cfg.group_by == ("a", "b") and cfg.sources["group_by"] == "flag"
+
+
+ROWS = """
+[policy]
+group_by = ["tenant_id"]
+
+[policy.rows]
+table = "execution_retention_policies"
+key = "tenant_id"
+days = "retention_days"
+enabled = "is_enabled"
+"""
+
+
+def test_policy_rows_are_listed_by_config_with_their_source(tmp_path: Path) -> None:
+    cfg = _tiered(tmp_path, ROWS)
+    rows = {k: (v, src) for k, v, src in render_config(cfg)}
+    assert rows["policy.rows.table"][0] == "execution_retention_policies"
+    assert rows["policy.rows.days"][0] == "retention_days"
+    assert cfg.keep_last is None  # no default keep-last 100 when rows give the rules
+    spec = policy_from_config(cfg)
+    assert spec.tier_rows == "execution_retention_policies" and spec.tiers is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (ROWS.replace('group_by = ["tenant_id"]', ""), "policy.rows needs policy.group_by"),
+        (ROWS + '\n[policy.tiers.free]\ndays = 3\ntier_column = "x"\n', "unknown setting"),
+        (
+            ROWS.replace('days = "retention_days"', "").replace('enabled = "is_enabled"', ""),
+            "name the days or min_keep column",
+        ),
+        (ROWS.replace('table = "execution_retention_policies"', ""), "policy.rows"),
+    ],
+)
+def test_incomplete_policy_rows_are_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        policy_from_config(_tiered(tmp_path, text))

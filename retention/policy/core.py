@@ -194,6 +194,15 @@ def _erasure(no_time: list[Item], valid: list[Item], spec: PolicySpec) -> Decisi
     return Decision(keep=keep, remove=remove)
 
 
+def _unruled(spec: PolicySpec, tier: str | None) -> str:
+    """Why a group without a policy keeps every run."""
+    if spec.tier_rows is not None:
+        if tier is not None and tier in (spec.disabled or ()):
+            return f"kept: retention disabled for this group in {spec.tier_rows}"
+        return f"kept: no policy row for this group in {spec.tier_rows}"
+    return "kept: " + (f"tier {tier!r} has no policy" if tier is not None else "no tier")
+
+
 def _refuse_spec(spec: PolicySpec) -> None:
     if spec.is_empty():
         raise ValueError("empty policy")
@@ -214,6 +223,7 @@ class GroupSummary:
     kept: int
     removed: int
     budget: BudgetReport | None = None
+    note: str | None = None  # why a group without a policy keeps every run
 
     def label(self, names: tuple[str, ...] | None) -> str:
         return group_label(names, self.group, self.tier)
@@ -224,6 +234,8 @@ def group_label(
 ) -> str:
     """``org_id=acme, tier pro``: how a group is named in reasons and reports."""
     parts = [f"{n}={_shown(v)}" for n, v in zip(names or (), group or (), strict=False)]
+    if group is not None and len(group) == 1 and tier == _shown(group[0]):
+        return ", ".join(parts)  # policy rows: the group is its own tier
     if tier is not None or (group is None and not parts):
         parts.append(f"tier {tier}" if tier is not None else "no tier")
     return ", ".join(parts)
@@ -386,9 +398,7 @@ def _decide(
     # 2-4. Per group: the state filter, the rules, the protections.
     for group in groups:
         if group.spec is None:
-            reason = "kept: " + (
-                f"tier {group.tier!r} has no policy" if group.tier is not None else "no tier"
-            )
+            reason = _unruled(spec, group.tier)
             for i in group.pos:
                 why.guard(i, reason)
                 flags[i] |= UNRULED
@@ -465,6 +475,7 @@ def _decide(
             kept=len(g.pos) + len(g.nt) - gone[k],
             removed=gone[k],
             budget=reports.get(k),
+            note=_unruled(spec, g.tier) if g.spec is None else None,
         )
         for k, g in enumerate(groups)
     )

@@ -62,6 +62,10 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     group_by: tuple[str, ...] | None = None
     tiers: dict[str, PolicySpec] | None = None
     tier_source: str | None = None
+    # Policy rows (one row per group in a catalog table): the tiers are the groups' keys,
+    # ``tier_rows`` names the table, ``disabled`` the groups its row turns off.
+    tier_rows: str | None = None
+    disabled: tuple[str, ...] | None = None
     # An erasure request: every run whose column holds this value (and, with dependencies,
     # every run depending on one) goes, whatever the rules, pins and floors say; apply
     # purges them at once (no grace period, no undo). Only catalog.protect still holds.
@@ -117,12 +121,36 @@ class PolicySpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
                 " at once, with no grace period and no undo. Protected runs (catalog.protect)"
                 " stay."
             )
+        if self.tier_rows is not None:
+            return self._describe_rows()
         if self.tiers is not None:
             return self._describe_tiers()
         text = self._describe_rules()
         if self.group_by:
             text = f"For each group of runs by {', '.join(self.group_by)}: " + text
         return text
+
+    def _describe_rows(self) -> str:
+        by = f" by {', '.join(self.group_by)}" if self.group_by else ""
+        tiers = self.tiers or {}
+        alike: dict[str, int] = {}
+        for tier in tiers.values():
+            text = tier._describe_rules(brief=True)
+            alike[text] = alike.get(text, 0) + 1
+        lines = [f"For each group of runs{by}, the policy of its row in {self.tier_rows}:"]
+        for text, n in sorted(alike.items(), key=lambda kv: (-kv[1], kv[0]))[:10]:
+            lines.append(f"  {n} group{'' if n == 1 else 's'}: {text}")
+        if len(alike) > 10:
+            rest = sum(n for _, n in sorted(alike.items(), key=lambda kv: (-kv[1], kv[0]))[10:])
+            lines.append(f"  {rest} more groups with {len(alike) - 10} other policies")
+        if self.disabled:
+            lines.append(f"  {len(self.disabled)} group(s) disabled: every run kept.")
+        lines.append(
+            "A run is removed only when no rule of its group's row keeps it; runs with no"
+            " valid timestamp, protected runs and every run of a group without an enabled row"
+            " are kept." + "".join(" " + s for s in self._protections())
+        )
+        return "\n".join(lines)
 
     def _describe_tiers(self) -> str:
         by = f" by {', '.join(self.group_by)}" if self.group_by else ""
