@@ -7,6 +7,8 @@ user can cause are `RetentionError`s, rendered once in `RetentionGroup.invoke` a
 
 from __future__ import annotations
 
+import functools
+import signal
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +23,11 @@ from retention.durations import parse_duration, parse_instant
 from retention.errors import (
     EXIT_INCONSISTENT,
     EXIT_PARTIAL,
+    Interrupted,
     RetentionError,
     UsageError,
     from_environment,
+    interrupt_exit_code,
 )
 from retention.reporting import safe_text
 
@@ -34,6 +38,8 @@ class RetentionGroup(click.Group):
             return super().invoke(ctx)
         except RetentionError as exc:
             _render(ctx, exc)
+        except KeyboardInterrupt:  # Ctrl-C outside a mutating command's safe points
+            _render(ctx, Interrupted(signal.SIGINT, "Interrupted (SIGINT); nothing was changed."))
         except Exception as exc:  # disk full, permission denied, fsync failed: not bugs
             mapped = from_environment(exc)
             if mapped is None:
@@ -48,10 +54,41 @@ def _say(text: str = "", *, err: bool = False) -> None:
 
 
 def _render(ctx: click.Context, exc: RetentionError) -> None:
-    _say(f"Error: {exc.message}", err=True)
+    # An interruption is the operator's doing, not an error: its message says what happened.
+    _say(exc.message if isinstance(exc, Interrupted) else f"Error: {exc.message}", err=True)
     if exc.hint:
         _say(f"Hint: {exc.hint}", err=True)
     ctx.exit(exc.exit_code)
+
+
+def _interruptible(f: Any) -> Any:
+    """SIGINT/SIGTERM stop the command at its next safe point (`retention.workspace.SIGNALS`)
+    instead of raising KeyboardInterrupt anywhere, also while its report is printed. One the
+    command did not report itself (it came after the work was done) is said last; either
+    way the exit code is 128 + the signal's number (130, 143)."""
+
+    @functools.wraps(f)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from retention.workspace import SIGNALS, signal_name
+
+        code = 0
+        with SIGNALS.catching():
+            try:
+                f(*args, **kwargs)
+            except click.exceptions.Exit as done:
+                code = done.exit_code
+            late = SIGNALS.signum
+        if late is not None and code != interrupt_exit_code(late):
+            _say(
+                f"Interrupted ({signal_name(late)}) after the work was done; nothing was left"
+                " half-done.",
+                err=True,
+            )
+            code = interrupt_exit_code(late)
+        if code:
+            raise click.exceptions.Exit(code)
+
+    return run
 
 
 def _erasure(text: str | None, policy: dict[str, Any]) -> tuple[str, str] | None:
@@ -98,7 +135,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     \b
     Exit codes: 0 ok, 2 usage/config, 3 done with skipped entries, 4 catalog,
     5 manifest refused, 6 locked, 7 recovery, 8 filesystem, 9 undo refused,
-    10 check found inconsistencies.
+    10 check found inconsistencies, 130/143 interrupted by SIGINT/SIGTERM.
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path
@@ -419,6 +456,7 @@ def _emit(report: object) -> None:
 @_config_opt
 @click.argument("manifest", type=click.Path(dir_okay=False, allow_dash=True))
 @click.pass_context
+@_interruptible
 def apply(ctx: click.Context, manifest: str) -> None:
     """Apply exactly MANIFEST: move its directories to trash, delete its rows in one
     transaction, purge expired trash. JSON report on stdout, summary on stderr.
@@ -431,12 +469,15 @@ def apply(ctx: click.Context, manifest: str) -> None:
     _emit(report)
     for line in views.apply_lines(report):
         _say(line, err=True)
+    if report.interrupted:
+        _say(report.interrupted.message, err=True)
     ctx.exit(report.exit_code)
 
 
 @cli.command()
 @_config_opt
 @click.pass_context
+@_interruptible
 def recover(ctx: click.Context) -> None:
     """Finish or roll back an interrupted apply, undo or purge."""
     from retention.coordinator import recover as run_recover
@@ -445,6 +486,9 @@ def recover(ctx: click.Context) -> None:
     _emit(report)
     for line in views.recover_lines(report.recovered):
         _say(line, err=True)
+    if report.interrupted:
+        _say(report.interrupted.message, err=True)
+    ctx.exit(report.exit_code)
 
 
 @cli.command()
@@ -453,6 +497,7 @@ def recover(ctx: click.Context) -> None:
 @click.option("--within", help="Undo every apply younger than this (e.g. 24h).")
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
 @click.pass_context
+@_interruptible
 def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str | None) -> None:
     """Bring back the runs deleted by apply TXID, or by every apply within a window.
 
@@ -471,6 +516,8 @@ def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str
     _emit(report)
     for line in views.undo_lines(report):
         _say(line, err=True)
+    if report.interrupted:
+        _say(report.interrupted.message, err=True)
     ctx.exit(report.exit_code)
 
 
@@ -494,6 +541,7 @@ def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str
 )
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
 @click.pass_context
+@_interruptible
 def purge(ctx: click.Context, mode: str, vacuum: bool, now_text: str | None) -> None:
     """Remove trash whose grace period is over (or, with --all, all of it).
 
@@ -507,6 +555,8 @@ def purge(ctx: click.Context, mode: str, vacuum: bool, now_text: str | None) -> 
     _emit(report)
     for line in views.purge_lines(report):
         _say(line, err=True)
+    if report.interrupted:
+        _say(report.interrupted.message, err=True)
     ctx.exit(report.exit_code)
 
 
@@ -516,38 +566,51 @@ def purge(ctx: click.Context, mode: str, vacuum: bool, now_text: str | None) -> 
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
 @click.pass_context
 def status(ctx: click.Context, as_json: bool, now_text: str | None) -> None:
-    """Show interrupted transactions, trash per transaction and the undo window, and how
-    much of the catalog file the tombstones take (read-only)."""
+    """Show a running or interrupted transaction, trash per transaction and the undo
+    window, and how much of the catalog file the tombstones take (read-only)."""
     from retention.status import status as run_status
+    from retention.status import status_lines
 
     report = run_status(_config(ctx), _now(now_text))
     if as_json:
         _emit(report)
     else:
-        for line in views.status_lines(report):
+        for line in status_lines(report):
             _say(line)
 
 
 @cli.command()
 @_config_opt
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--json", "as_json", is_flag=True, help="Every finding, machine-readable, on stdout.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Lines per kind of finding (0: all).",
+)
 @click.pass_context
-def check(ctx: click.Context, as_json: bool) -> None:
+def check(ctx: click.Context, as_json: bool, limit: int) -> None:
     """Compare catalog, artifacts, trash and journal both ways (read-only).
 
-    Exit 10 if anything is inconsistent.
+    Findings are grouped by kind, causes first. A transaction running in another process
+    is named, not counted. Exit 10 if anything is inconsistent.
     """
     from retention.check import check as run_check
+    from retention.check import check_lines
 
     report = run_check(_config(ctx))
     if as_json:
         _emit(report)
     else:
-        for line in views.check_lines(report):
+        for line in check_lines(report, limit):
             _say(line)
     if report.findings:
         ctx.exit(EXIT_INCONSISTENT)
 
 
 def main() -> None:
+    from retention.workspace import SIGNALS
+
+    SIGNALS.persistent = True  # this process ends with the command (see Signals.persistent)
     cli(prog_name="retention")
