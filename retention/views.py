@@ -587,68 +587,6 @@ def undo_lines(rep: Any) -> list[str]:
     return lines
 
 
-def status_lines(rep: Any) -> list[str]:
-    now = parse_instant(rep.now)
-    lines = [f"Grace period: {rep.grace_period}. Journal: {rep.journal}."]
-    if rep.journal_error:
-        lines.append(f"The journal is corrupt: {rep.journal_error}")
-        lines.append(
-            "  Keep a copy of it; `retention recover` refuses to guess. The trash below is"
-            " intact and TRASH.json in each transaction lists every original path."
-        )
-    for problem in rep.trash_problems:
-        lines.append(f"Unsafe trash entry (never followed; put the real directory back): {problem}")
-    if rep.interrupted:
-        lines.append("Interrupted transactions (run `retention recover`):")
-        for i in rep.interrupted:
-            lines.append(f"  {i.txid} ({i.op}, {i.state}): recover would {i.recover_would}")
-    else:
-        lines.append("No interrupted transaction.")
-    if rep.trash:
-        lines.append("Trash:")
-        rows = []
-        for t in rep.trash:
-            if not t.undoable:
-                until = t.state
-            elif t.grace_until and parse_instant(t.grace_until) <= now:
-                until = (
-                    f"grace over since {human_instant(t.grace_until)}: undo possible until"
-                    " the next purge"
-                )
-            else:
-                until = f"undo possible until {human_instant(t.grace_until or '')}"
-            rows.append(
-                (
-                    t.txid,
-                    plural(t.runs, "run"),
-                    format_bytes(t.bytes),
-                    human_instant(t.deleted_at),
-                    until,
-                )
-            )
-        w = [max(len(r[i]) for r in rows) for i in range(4)]
-        for r in rows:
-            lines.append(
-                f"  {r[0]:<{w[0]}}  {r[1]:>{w[1]}}  {r[2]:>{w[2]}}  deleted {r[3]:<{w[3]}}  {r[4]}"
-            )
-        lines.append(
-            f"Undoable: {plural(rep.undoable_runs, 'run')}, {format_bytes(rep.undoable_bytes)}."
-        )
-    else:
-        lines.append("Trash is empty; nothing to undo.")
-    last = rep.last_apply
-    if last is not None:
-        since = {"undone": " (undone since)", "purged": " (purged since)"}.get(
-            str(last.get("state_now")), ""
-        )
-        lines.append(
-            f"Last apply: {last.get('txid')} ({last.get('manifest_id')}),"
-            f" {plural(int(last.get('deleted_runs') or 0), 'run')} deleted,"
-            f" {len(last.get('skipped') or [])} skipped{since}."
-        )
-    return lines + _status_catalog_lines(rep)
-
-
 def _status_catalog_lines(rep: Any) -> list[str]:
     """How much of the catalog file retention's tables take, and its free pages."""
     space, use = rep.catalog, rep.catalog_usage
@@ -665,19 +603,6 @@ def _status_catalog_lines(rep: Any) -> list[str]:
         lines.append("  (estimated: this SQLite has no dbstat table to count pages with)")
     if _worth_vacuuming(space):
         lines.append(f"  Hint: SQLite reuses free pages; {_vacuum_hint(space)}")
-    return lines
-
-
-def check_lines(rep: Any) -> list[str]:
-    lines = []
-    for f in rep.findings:
-        subject = [f"run {f.run_id}"] if f.run_id is not None else []
-        if f.path and f.path != str(f.run_id):
-            subject.append(f.path)
-        lines.append(f"{f.kind}: " + (f"{' '.join(subject)}: " if subject else "") + f.detail)
-    lines.append(
-        f"{plural(rep.runs_checked, 'run')} checked, {plural(len(rep.findings), 'finding')}."
-    )
     return lines
 
 
