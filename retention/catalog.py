@@ -12,6 +12,7 @@ The SQLite catalog belongs to the application: we never change its journal mode,
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import os
@@ -32,6 +33,7 @@ from retention.config import (
     EXPRESSION_HINT,
     TEMPLATE_HINT,
     Config,
+    catalog_url_problem,
     expression_problem,
     template_problem,
 )
@@ -123,6 +125,9 @@ class SqliteCatalog:
         self.cfg = cfg
         self.path = Path(cfg.catalog_path)
         self.readonly = readonly
+        url = catalog_url_problem(str(cfg.catalog_path))
+        if url is not None:  # load_config refuses it already; a Config built otherwise
+            raise CatalogError(url[0], hint=url[1])
         if not self.path.exists():
             source = cfg.sources.get("catalog_path", "default")
             if cfg.config_file is None and source == "default":
@@ -228,7 +233,10 @@ class SqliteCatalog:
         cfg = self.cfg
         tables = set(self.db.table_names())
         if cfg.runs_table not in tables:
-            raise CatalogError(f"catalog {self.path} has no table {cfg.runs_table!r}")
+            raise CatalogError(
+                f"catalog {self.path} has no table {cfg.runs_table!r}",
+                hint=tables_hint(cfg.runs_table, tables),
+            )
         runs_cols = self._columns(cfg.runs_table)
         needed = [("catalog.id_column", cfg.id_column)]
         needed += [("catalog.time_columns", c) for c in cfg.time_columns]
@@ -239,7 +247,8 @@ class SqliteCatalog:
         for setting, col in needed:
             if col not in runs_cols:
                 raise CatalogError(
-                    f"table {cfg.runs_table!r} has no column {col!r} (named by {setting})"
+                    f"table {cfg.runs_table!r} has no column {col!r} (named by {setting})",
+                    hint=columns_hint(col, runs_cols),
                 )
         self._check_sql(cfg.filter, "catalog.filter")
         self._check_sql(cfg.protect, "catalog.protect")
@@ -256,17 +265,20 @@ class SqliteCatalog:
         for ct in extra:
             if ct.table not in tables:
                 raise CatalogError(
-                    f"catalog has no table {ct.table!r} (named in catalog.child_tables)"
+                    f"catalog has no table {ct.table!r} (named in catalog.child_tables)",
+                    hint=tables_hint(ct.table, tables),
                 )
             parent = ct.parent_table or cfg.runs_table
             if parent not in tables:
                 raise CatalogError(
-                    f"catalog has no table {parent!r} (named in catalog.child_tables)"
+                    f"catalog has no table {parent!r} (named in catalog.child_tables)",
+                    hint=tables_hint(parent, tables),
                 )
             for t, col in ((ct.table, ct.column), (parent, ct.parent_column or cfg.id_column)):
-                if col not in self._columns(t):
+                if col not in (have := self._columns(t)):
                     raise CatalogError(
-                        f"table {t!r} has no column {col!r} (named in catalog.child_tables)"
+                        f"table {t!r} has no column {col!r} (named in catalog.child_tables)",
+                        hint=columns_hint(col, have),
                     )
         actions = {t: self._on_delete(t) for t in fks}
         setters: list[Hop] = []
@@ -534,14 +546,14 @@ class SqliteCatalog:
         if table not in tables:
             raise CatalogError(
                 f"catalog has no table {table!r} (named by {setting})",
-                hint="tables: " + ", ".join(tables),
+                hint=tables_hint(table, tables),
             )
         cols = self._columns(table)
         for col in columns:
             if col not in cols:
                 raise CatalogError(
                     f"table {table!r} has no column {col!r} (named by {setting})",
-                    hint="columns: " + ", ".join(cols),
+                    hint=columns_hint(col, cols),
                 )
         try:
             return self.conn.execute(
@@ -638,3 +650,24 @@ class SqliteCatalog:
 
 def _ours(table: str) -> bool:
     return table.startswith(OUR_PREFIX) or table.startswith("sqlite_")
+
+
+def _did_you_mean(name: str, names: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(names), n=1)
+    if not close:
+        close = [n for n in names if n.lower() == name.lower()][:1]
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def tables_hint(name: str, tables: Iterable[str]) -> str:
+    """``did you mean 'runs'? tables: a, b, c``: the application's tables (not ours)."""
+    names = sorted(t for t in tables if not _ours(t))
+    if not names:
+        return "the catalog has no tables: is it the application's database?"
+    return _did_you_mean(name, names) + "tables: " + ", ".join(names)
+
+
+def columns_hint(name: str, columns: Iterable[str]) -> str:
+    """``did you mean 'run_uuid'? columns: a, b, c``."""
+    cols = list(columns)
+    return _did_you_mean(name, cols) + "columns: " + ", ".join(cols)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import string
 import tomllib
 from collections.abc import Callable, Mapping
@@ -328,6 +329,76 @@ def _size(value: Any, where: str) -> int:
     return size
 
 
+# Catalog URLs by scheme (SQLAlchemy's dialect names, e.g. postgresql+psycopg2): the kind
+# of database each names. None of these is a file, so none is taken for a catalog path.
+_URL_KINDS = {
+    "postgresql": "PostgreSQL",
+    "postgres": "PostgreSQL",
+    "mysql": "MySQL",
+    "mariadb": "MariaDB",
+    "mssql": "SQL Server",
+    "oracle": "Oracle",
+    "snowflake": "Snowflake",
+    "databricks": "Databricks",
+    "http": "HTTP",
+    "https": "HTTP",
+}
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def catalog_url_problem(text: str) -> tuple[str, str] | None:
+    """(message, hint) when ``text`` is a URL rather than an SQLite file's path, else None.
+
+    ``postgresql://...`` would otherwise be taken for a relative file name (and reported,
+    at best, as a catalog that does not exist). A password in the URL is not repeated."""
+    m = _URL.match(text.strip())
+    if m is None:
+        return None
+    scheme = m.group(1).lower()
+    shown = re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", text.strip())
+    base = scheme.split("+", 1)[0]
+    if base == "sqlite":
+        rest = text.strip()[m.end() :]
+        path = rest[1:] if rest.startswith("/") else rest
+        return (
+            f"catalog.path {shown!r} is an SQLAlchemy URL, not a file path",
+            f'give the SQLite file\'s path: catalog.path = "{path or "mlruns.db"}"',
+        )
+    if base == "file":
+        return (
+            f"catalog.path {shown!r} is a file URL",
+            'give the SQLite file\'s path, e.g. catalog.path = "/srv/app/catalog.db"',
+        )
+    kind = _URL_KINDS.get(base)
+    if kind == "HTTP":
+        return (
+            f"catalog.path {shown!r} is an HTTP URL: retention reads the catalog's database"
+            " file, not a server",
+            "give the path of the server's SQLite file (e.g. the mlflow server's"
+            " --backend-store-uri sqlite:///mlruns.db is mlruns.db)",
+        )
+    if kind is None:
+        return (
+            f"catalog.path {shown!r} is a {scheme}:// URL: only SQLite catalogs are supported",
+            "give the path of an SQLite file",
+        )
+    article = "an" if kind.startswith(("A", "E", "I", "O", "U", "SQL")) else "a"
+    return (
+        f"catalog.path {shown!r} is {article} {kind} URL: {kind} catalogs are not supported"
+        " yet (SQLite only)",
+        "give the path of an SQLite file",
+    )
+
+
+def _catalog_path(value: Any, where: str) -> str:
+    text = _str(value, where)
+    problem = catalog_url_problem(text)
+    if problem is not None:
+        message, hint = problem
+        raise ConfigError(message, hint=f"{hint} (catalog.path, from {where.split('(from ')[-1]}")
+    return text
+
+
 def _time_format(value: Any, where: str) -> str:
     text = _str(value, where)
     if text not in TIME_FORMATS:
@@ -580,7 +651,7 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("catalog.path", "catalog_path", "data/catalog.db", _str, is_path=True),
+    Setting("catalog.path", "catalog_path", "data/catalog.db", _catalog_path, is_path=True),
     Setting("catalog.runs_table", "runs_table", "runs", _str),
     Setting("catalog.id_column", "id_column", "run_id", _str),
     Setting("catalog.time_columns", "time_columns", ("created_at",), _str_list),
@@ -665,6 +736,38 @@ def _read_file(path: Path) -> dict[str, Any]:
     return flat
 
 
+# RETENTION_* variables read outside SETTINGS: the config file, RETENTION_DAYS_<TIER>
+# (`_tier_days_from_env`, a prefix), and test-only knobs (retention/moves.py). A variable
+# read anywhere else must be added here, or `load_config` refuses it as unknown.
+OTHER_ENV = (CONFIG_ENV, "RETENTION_MOVE_BATCH", "RETENTION_INTENT_BATCH")
+ENV_PREFIX = "RETENTION_"
+
+
+def unknown_env(env: Mapping[str, str]) -> ConfigError | None:
+    """The error for the first (by name) set ``RETENTION_*`` variable that nothing reads,
+    with a did-you-mean as for an unknown config key; None if every one is known. An
+    empty one means "not set" (as for settings) and is left alone."""
+    known = [s.env for s in SETTINGS] + list(OTHER_ENV)
+    for var in sorted(k for k, v in env.items() if k.startswith(ENV_PREFIX) and v != ""):
+        if var in known or var.startswith(DAYS_ENV):
+            continue
+        # Compared without the common prefix, which would make every name look close.
+        names = {k.removeprefix(ENV_PREFIX): k for k in known}
+        close = [names[n] for n in difflib.get_close_matches(var[len(ENV_PREFIX) :], names, n=1)]
+        message = f"unknown environment variable {var}"
+        if close:
+            return ConfigError(
+                f"{message}; did you mean {close[0]}?", hint=f"unset {var} (or rename it)"
+            )
+        return ConfigError(
+            message,
+            hint="retention reads RETENTION_<SETTING> for each setting `retention config`"
+            " lists (e.g. catalog.path: RETENTION_CATALOG_PATH), RETENTION_CONFIG and"
+            f" RETENTION_DAYS_<TIER>; unset {var}",
+        )
+    return None
+
+
 def find_config_file(explicit: str | None, env: Mapping[str, str]) -> Path | None:
     """The config file to read: ``--config``, else ``$RETENTION_CONFIG``, else ``./retention.toml``
     if it exists. An explicit path that does not exist is an error; the default may be absent."""
@@ -693,6 +796,9 @@ def load_config(
     value (naming the setting and where it came from).
     """
     env = os.environ if env is None else env
+    unknown = unknown_env(env)
+    if unknown is not None:
+        raise unknown
     path = find_config_file(explicit, env)
     file_values = _read_file(path) if path is not None else {}
     base = (path.parent if path is not None else Path(".")).absolute()
