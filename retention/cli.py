@@ -455,9 +455,16 @@ def _emit(report: object) -> None:
 @cli.command()
 @_config_opt
 @click.argument("manifest", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Commit in batches of at most N runs, each its own transaction (apply.batch_size):"
+    " atomic per batch, not as a whole; applying the manifest again continues.",
+)
 @click.pass_context
 @_interruptible
-def apply(ctx: click.Context, manifest: str) -> None:
+def apply(ctx: click.Context, manifest: str, batch_size: int | None) -> None:
     """Apply exactly MANIFEST: move its directories to trash, delete its rows in one
     transaction, purge expired trash. JSON report on stdout, summary on stderr.
 
@@ -465,7 +472,7 @@ def apply(ctx: click.Context, manifest: str) -> None:
     """
     from retention.coordinator import apply_manifest
 
-    report = apply_manifest(_config(ctx), manifest)
+    report = apply_manifest(_config(ctx, batch_size=batch_size), manifest)
     _emit(report)
     for line in views.apply_lines(report):
         _say(line, err=True)

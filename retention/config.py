@@ -130,6 +130,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     tier_join: str | None = None
     tiers: dict[str, dict[str, Any]] | None = None
     policy_rows: PolicyRows | None = None
+    # apply: commit in batches of at most this many runs, each its own transaction
+    batch_size: int | None = None
     state_dir: str
     grace_period: str
     manifest_ttl: str
@@ -528,6 +530,13 @@ def _expression(value: Any, where: str) -> str | None:
     return text
 
 
+def _batch_size(value: Any, where: str) -> int | None:
+    n = _count(value, where)
+    if n == 0:
+        raise ConfigError(f"{where}: must be at least 1 (leave it out for one transaction)")
+    return n
+
+
 def _policy_rows(value: Any, where: str) -> PolicyRows | None:
     shape = (
         "expected a [policy.rows] table: table, key, and the columns days, enabled, min_keep"
@@ -696,6 +705,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("policy.tier_join", "tier_join", None, _opt_str),
     Setting("policy.tiers", "tiers", None, _tiers),
     Setting("policy.rows", "policy_rows", None, _policy_rows),
+    Setting("apply.batch_size", "batch_size", None, _batch_size),
     Setting("state.dir", "state_dir", ".retention", _str, is_path=True),
     Setting("state.grace_period", "grace_period", "24h", _required_duration),
     Setting("state.history", "history", "90d", _required_duration),

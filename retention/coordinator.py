@@ -69,7 +69,7 @@ from retention.errors import (
 )
 from retention.failpoints import failpoint
 from retention.layout import trash_slot_rel, trash_tx_rel
-from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
+from retention.manifest import Entry, Payload, read_manifest_bytes, verify_for_workspace
 from retention.moves import (
     begin_with_intents,
     intended_moves,
@@ -121,6 +121,8 @@ class ApplyReport(msgspec.Struct, kw_only=True):
     duration_ms: int
     # An erasure request (plan --erase): purged at once, no grace period, no undo.
     erasure: bool = False
+    # A batched apply (apply --batch-size): one transaction per batch; ``txid`` is the first.
+    batches: list[BatchReport] = []
     # A SIGINT/SIGTERM after the commit: the apply was finished, then the command stopped.
     interrupted: Interruption | None = None
 
@@ -204,7 +206,7 @@ def _purge_pending_erasures(ws: Workspace, now: datetime) -> None:
         trashops.purge_expired(ws, now, targets=pending)
 
 
-def _writeback(cfg: Config, payload: Payload) -> Writeback | None:
+def _writeback(cfg: Config, payload: Payload, *, accumulate: bool = False) -> Writeback | None:
     """With ``[policy.rows]`` naming cleanup columns and a manifest planned from those rows:
     what its commit writes back to them (every enabled group of the plan)."""
     rows, spec = cfg.policy_rows, payload.policy
@@ -220,6 +222,7 @@ def _writeback(cfg: Config, payload: Payload) -> Writeback | None:
         groups=tuple(sorted(spec.tiers)),
         at=rows.last_cleanup_at,
         count=rows.last_cleanup_deleted_count,
+        accumulate=accumulate,
     )
 
 
@@ -460,8 +463,21 @@ def _write_trash_index(
     ws.store.write_index(txid, data)
 
 
-def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None) -> ApplyReport:
+def apply_manifest(
+    cfg: Config,
+    manifest_path: str,
+    now: datetime | None = None,
+    *,
+    batch_size: int | None = None,
+) -> ApplyReport:
     """`retention apply`: apply exactly the manifest, crash-safely (see module docstring).
+
+    With ``batch_size`` (or ``apply.batch_size``), the entries are applied in batches of at
+    most that many runs, in manifest order (oldest first), each batch its own journaled
+    transaction with its own commit and trash (`_retention_tx.target` says "batch k/n of
+    <first txid>"): no catalog lock is held for long, a crash leaves the finished batches
+    done and the current one recovered, and applying the same manifest again continues
+    with the runs not yet deleted. Undo of the first txid restores every batch.
 
     Raises `ManifestRejected` (nothing changed) for a bad, expired or foreign manifest,
     `LockedError` if another process holds the workspace. Entries that changed since the
@@ -470,6 +486,7 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
     """
     t0 = time.monotonic()
     now = now or datetime.now(UTC)
+    size = batch_size if batch_size is not None else cfg.batch_size
     data = read_manifest_bytes(manifest_path, cfg.manifest_max_size)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
@@ -493,51 +510,67 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
                 duration_ms=int((time.monotonic() - t0) * 1000),
             )
 
+        entries = payload.entries
+        base, first_k = None, 1
         if done_by:
-            return report(None, [], 0, [])
-        txid = new_txid("apply", now)
-        pf = _preflight(ws, payload, txid)
-        if not pf.runs:
-            return report(None, [], 0, pf.skipped)
+            resume = _unfinished_batches(ws, done_by)
+            if resume is None:
+                return report(None, [], 0, [])
+            base, first_k, done_runs = resume
+            entries = [e for e in entries if e.run_id not in done_runs]
+            if not entries:
+                return report(None, [], 0, [])
+            done_by = []  # continuing it: not "already applied"
         lineage = payload.catalog_id  # verify_for_workspace checked it is this catalog's
         # An erasure has no grace period: the purge right after DONE takes its trash.
         erasure = payload.policy.erase is not None
         if erasure:  # deleted rows (and later their tombstones) overwritten, not just freed
             ws.catalog.overwrite_deleted()
         grace_until = now + timedelta(seconds=0 if erasure else cfg.grace_seconds)
-        begin = Begin(
-            op="apply",
-            manifest_id=payload.manifest_id,
-            manifest_digest=hashlib.sha256(data).hexdigest(),
-            catalog_id=lineage,
-            artifact_root=str(ws.store.root),
-            created_at=format_instant(now),
-            grace_until=format_instant(grace_until),
-            moves=len(pf.moves),
+        chunks = (
+            [entries[i : i + size] for i in range(0, len(entries), size)] if size else [entries]
         )
-        j = ws.journal
-        begin_with_intents(j, txid, begin, pf.moves)
-        failpoint("apply.after_begin")
-        try:
-            result = _apply_phase(ws, txid, payload, pf, begin, lineage, now)
-        except BaseException as exc:
-            instead = roll_back_now(ws, txid, now, exc, "nothing was deleted")
-            if instead is None:
-                raise
-            raise instead from None
-        deleted, nbytes, skipped = result
-        if not deleted:  # nothing committed: rolled back and closed by _apply_phase
+        batched = bool(size) or base is not None
+        total = first_k - 1 + len(chunks)
+        deleted: list[RunId] = []
+        nbytes = 0
+        skipped: list[SkippedEntry] = []
+        batches: list[BatchReport] = []
+        stopped: Interruption | None = None
+        for k, chunk in enumerate(chunks, start=first_k):
+            txid = new_txid("apply", now)
+            marker = f"batch {k}/{total} of {base or txid}" if batched else None
+            SIGNALS.begin()  # a signal during the last batch's finish stops this one
+            try:
+                got = _apply_one(ws, txid, payload, chunk, data, lineage, now, grace_until, marker)
+            except Interrupted as exc:
+                if not deleted:
+                    raise
+                what = exc.message.removeprefix(f"Interrupted ({SIGNALS.name}): ")
+                stopped = interruption(
+                    f"Interrupted ({SIGNALS.name}) in batch {k} of {total}: {what}"
+                    f" The batches before it stay applied ({len(deleted):,} runs deleted);"
+                    " apply the same manifest again to continue."
+                )
+                break
+            b_deleted, b_bytes, b_skipped = got
+            skipped += b_skipped
+            if b_deleted:
+                base = base or txid
+                deleted += b_deleted
+                nbytes += b_bytes
+                batches.append(BatchReport(txid=txid, runs=len(b_deleted), bytes=b_bytes))
+        if not deleted:
             return report(None, [], 0, skipped)
-        failpoint("apply.before_done")
-        j.done(txid)
         # Purging is its own journaled transaction, after DONE: trash it cannot remove is a
         # warning, never a failure of the apply that just committed.
         from retention import trashops
 
+        j = ws.journal
         warnings: list[str] = []
         purge_skipped = False
         try:
-            purged = trashops.purge_expired(ws, now)
+            purged = [] if stopped else trashops.purge_expired(ws, now)
         except Interrupted:  # before the purge's own commit: nothing of it happened
             purged, purge_skipped = [], True
         except Exception as exc:  # trash we may not remove, a busy catalog, a full disk
@@ -547,18 +580,22 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
             purged = []
             warnings.append(f"purge of expired trash did not finish: {mapped.message}")
         compact(j)
+        txid = base or batches[0].txid
         rep = report(txid, deleted, nbytes, skipped)
+        rep.batches = batches if batched else []
         rep.purged = purged
         rep.warnings = warnings
-        rep.undo_until = None if erasure else begin.grace_until
+        rep.undo_until = None if erasure else format_instant(grace_until)
         rep.erasure = erasure
-        if erasure and txid not in purged:
+        if erasure and not all(b.txid in purged for b in batches):
             warnings.append(
                 f"the erased runs' trash ({txid}) is not purged yet: the next retention command"
                 " purges it first (undo refuses it)"
             )
         _save_last(ws, rep)
-        if SIGNALS.signum is not None:
+        if stopped is not None:
+            rep.interrupted = stopped
+        elif SIGNALS.signum is not None:
             rep.interrupted = interruption(
                 f"Interrupted ({SIGNALS.name}) after the commit: finished,"
                 f" {len(deleted):,} run{'' if len(deleted) == 1 else 's'} deleted (undo with"
@@ -566,6 +603,86 @@ def apply_manifest(cfg: Config, manifest_path: str, now: datetime | None = None)
                 + ("; the purge of expired trash was skipped." if purge_skipped else ".")
             )
         return rep
+
+
+class BatchReport(msgspec.Struct):
+    """One batch of a batched apply: its own transaction."""
+
+    txid: str
+    runs: int
+    bytes: int
+
+
+def _unfinished_batches(ws: Workspace, done_by: list[str]) -> tuple[str, int, set[RunId]] | None:
+    """When the applies of this manifest were batches (their `_retention_tx.target` says
+    "batch k/n of <txid>"): the first txid, the next batch number and the runs already
+    deleted, so that applying the manifest again continues with the rest. None for a
+    manifest applied in one transaction (then it is simply already applied)."""
+    rows = {r["txid"]: r for r in ws.catalog.applies()}
+    marks = [rows[t]["target"] for t in done_by if t in rows and rows[t]["target"]]
+    found = [m for m in (_BATCH.fullmatch(t) for t in marks) if m]
+    if not found:
+        return None
+    base = found[0].group(3)
+    next_k = max(int(m.group(1)) for m in found) + 1
+    done: set[RunId] = set()
+    for t in done_by:
+        done |= set(ws.catalog.tomb_runs(t))
+    return base, next_k, done
+
+
+_BATCH = re.compile(r"batch (\d+)/(\d+) of (\S+)")
+
+
+def batch_base(target: str | None) -> str | None:
+    """The first txid of the batched apply an `_retention_tx.target` names, else None."""
+    m = _BATCH.fullmatch(target or "")
+    return m.group(3) if m else None
+
+
+def _apply_one(
+    ws: Workspace,
+    txid: str,
+    payload: Payload,
+    entries: list[Entry],
+    data: bytes | bytearray,
+    lineage: str,
+    now: datetime,
+    grace_until: datetime,
+    batch: str | None,
+) -> tuple[list[RunId], int, list[SkippedEntry]]:
+    """One apply transaction over ``entries`` (all of the manifest, or one batch)."""
+    sub = (
+        payload if entries is payload.entries else msgspec.structs.replace(payload, entries=entries)
+    )
+    pf = _preflight(ws, sub, txid)
+    if not pf.runs:
+        return [], 0, pf.skipped
+    begin = Begin(
+        op="apply",
+        manifest_id=payload.manifest_id,
+        manifest_digest=hashlib.sha256(data).hexdigest(),
+        catalog_id=lineage,
+        artifact_root=str(ws.store.root),
+        created_at=format_instant(now),
+        grace_until=format_instant(grace_until),
+        moves=len(pf.moves),
+    )
+    j = ws.journal
+    begin_with_intents(j, txid, begin, pf.moves)
+    failpoint("apply.after_begin")
+    try:
+        result = _apply_phase(ws, txid, sub, pf, begin, lineage, now, batch)
+    except BaseException as exc:
+        instead = roll_back_now(ws, txid, now, exc, "nothing was deleted")
+        if instead is None:
+            raise
+        raise instead from None
+    deleted, nbytes, skipped = result
+    if deleted:  # else nothing committed: rolled back and closed by _apply_phase
+        failpoint("apply.before_done")
+        j.done(txid)
+    return deleted, nbytes, skipped
 
 
 def _apply_phase(
@@ -576,6 +693,7 @@ def _apply_phase(
     begin: Begin,
     lineage: str,
     now: datetime,
+    batch: str | None = None,
 ) -> tuple[list[RunId], int, list[SkippedEntry]]:
     store, j = ws.store, ws.journal
     skipped = list(pf.skipped)
@@ -613,7 +731,8 @@ def _apply_phase(
         created_at=begin.created_at,
         grace_until=begin.grace_until,
         trash_dir=store.describe(trash_tx_rel(txid)),
-        writeback=_writeback(ws.cfg, payload),
+        target=batch,
+        writeback=_writeback(ws.cfg, payload, accumulate=batch is not None),
     )
 
     def before_commit() -> None:

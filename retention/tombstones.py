@@ -139,6 +139,7 @@ class Writeback:
     groups: tuple[str, ...]
     at: str | None
     count: str | None
+    accumulate: bool = False  # a later batch of the same apply: add to the count
 
 
 def _ensure_tomb(conn: sqlite3.Connection, table: str, columns: list[str]) -> str:
@@ -436,7 +437,9 @@ class WritableCatalog(SqliteCatalog):
             sets.append(f"{q(wb.at)} = ?")
             values.append(lambda g: when)
         if wb.count:
-            sets.append(f"{q(wb.count)} = ?")
+            # A batch after the first of the same apply adds to what the first ones wrote.
+            add = f"COALESCE({q(wb.count)}, 0) + " if wb.accumulate else ""
+            sets.append(f"{q(wb.count)} = {add}?")
             values.append(lambda g: counts.get(g, 0))
         if not sets:
             return

@@ -31,6 +31,7 @@ from retention import txrecords
 from retention.config import Config
 from retention.coordinator import (
     Recovered,
+    batch_base,
     compact,
     decide,
     interruption,
@@ -183,6 +184,15 @@ def undo_targets(
         r = match[0]
         if is_erasure(r):
             raise UndoRefused(_ERASURE_REFUSED.format(txid))
+        base = batch_base(r["target"])
+        if base is not None:  # a batched apply: undo restores every batch still applied
+            live = [
+                x["txid"]
+                for x in rows
+                if batch_base(x["target"]) == base and x["state"] == "applied"
+            ]
+            if len(live) > 1 or (live and live != [txid]):
+                return live
         if r["state"] == "purging":
             raise UndoRefused(
                 f"cannot undo {txid}: its trash is being purged ({_unfinished_purge(ws, [txid])});"

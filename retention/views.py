@@ -474,6 +474,14 @@ def apply_lines(r: object) -> list[str]:
             f" deleted{skipped}, {format_bytes(rep.bytes_moved)} moved to trash"
             f" in {format_duration(rep.duration_ms / 1000)}."
         )
+        batches = getattr(rep, "batches", [])
+        if batches:
+            lines.append(
+                f"In {plural(len(batches), 'batch', 'batches')}, each its own transaction"
+                f" ({', '.join(f'{b.runs:,}' for b in batches[:8])}"
+                f"{', ...' if len(batches) > 8 else ''} runs); undo of {rep.txid} restores"
+                " them all."
+            )
         if getattr(rep, "erasure", False):
             gone = "purged at once" if rep.txid in rep.purged else "to be purged"
             lines.append(
