@@ -745,3 +745,104 @@ def kept_lines(k: KeptReport, top: int) -> list[str]:
             " longer selected by catalog.filter)."
         )
     return lines
+
+
+# -- metrics and the manifest's paths (--metrics-file, show/apply --artifact-root) -----------
+
+
+class _ManifestPolicy(msgspec.Struct):
+    """The two fields of a manifest's payload the metrics need (the rest is ignored)."""
+
+    manifest_id: str
+    policy: dict[str, Any]
+
+
+class _ManifestEnvelope(msgspec.Struct):
+    payload: msgspec.Raw
+
+
+def manifest_group_by(manifest_path: str, manifest_id: str) -> tuple[str, ...] | None:
+    """The ``group_by`` columns of the manifest file an apply just applied, if it still is
+    the one with ``manifest_id`` (apply verified it; this only reads it again for labels).
+    None for stdin, an ungrouped manifest, or a file that cannot be read again."""
+    if manifest_path == "-":
+        return None
+    try:
+        env = msgspec.json.decode(Path(manifest_path).read_bytes(), type=_ManifestEnvelope)
+        p = msgspec.json.decode(env.payload, type=_ManifestPolicy)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    columns = p.policy.get("group_by")
+    if p.manifest_id != manifest_id or not columns:
+        return None
+    return tuple(str(c) for c in columns)
+
+
+def apply_group_counts(cfg: Config, txids: list[str], columns: tuple[str, ...]) -> list[Any]:
+    """Runs and bytes per group (``columns`` of the runs table) deleted by the applies
+    ``txids``, read back from their tombstones (read-only): what the metrics file labels
+    ``group``. Empty when the tombstones are gone (an erasure, purged at once) or lack a
+    column."""
+    from retention.catalog import q
+    from retention.metrics import GroupCount
+    from retention.policy.core import group_label
+    from retention.tombstones import RUN_COL, TOMB_PREFIX, TOMB_RUNS, TXID_COL
+
+    if not txids or not columns:
+        return []
+    tomb = TOMB_PREFIX + cfg.runs_table
+    with TrashCatalog(cfg, readonly=True) as cat:
+        have = {r[1] for r in cat.conn.execute(f"PRAGMA table_info({q(tomb)})")}
+        if not set(columns) <= have:
+            return []
+        cols = ", ".join(f"tb.{q(c)}" for c in columns)
+        marks = ", ".join("?" for _ in txids)
+        rows = cat.conn.execute(
+            f"SELECT {cols}, count(*), coalesce(sum(r.bytes), 0) FROM {q(tomb)} AS tb"
+            f" JOIN {TOMB_RUNS} AS r ON r.txid = tb.{q(TXID_COL)} AND r.run_id = tb.{q(RUN_COL)}"
+            f" WHERE tb.{q(TXID_COL)} IN ({marks}) GROUP BY {cols}",
+            txids,
+        ).fetchall()
+    out = [
+        GroupCount(group_label(columns, tuple(row[: len(columns)]), None), row[-2], row[-1])
+        for row in rows
+    ]
+    return sorted(out, key=lambda g: g.group)
+
+
+def restored_bytes(cfg: Config, undo_txids: list[str]) -> int:
+    """Bytes of the runs the undos ``undo_txids`` restored, from the deletion log
+    (read-only): the undo report counts runs, not bytes."""
+    from retention.tombstones import TOMB_RUNS
+
+    ids = [t for t in undo_txids if t]
+    if not ids:
+        return 0
+    with TrashCatalog(cfg, readonly=True) as cat:
+        marks = ", ".join("?" for _ in ids)
+        try:
+            row = cat.conn.execute(
+                f"SELECT coalesce(sum(bytes), 0) FROM {TOMB_RUNS} WHERE undo_txid IN ({marks})",
+                ids,
+            ).fetchone()
+        except Exception:  # no deletion log at all
+            return 0
+    return int(row[0])
+
+
+def refuse_other_root(cfg: Config, payload: Payload) -> None:
+    """`ManifestRejected` (exit 5) naming both roots when the manifest was planned for
+    another artifact root than the effective one (apply's preflight refuses the same)."""
+    import os
+
+    from retention.errors import ManifestRejected
+
+    planned = Path(os.path.abspath(payload.artifact_root))
+    effective = Path(os.path.abspath(cfg.artifact_root))
+    if planned != effective:
+        raise ManifestRejected(
+            f"manifest {payload.manifest_id} was planned for artifact root {planned}; the"
+            f" effective one is {effective} (artifacts.root, from"
+            f" {cfg.sources.get('artifact_root', 'default')})",
+            hint="give the root it was planned with (--artifact-root), or plan again",
+        )
