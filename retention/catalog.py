@@ -219,15 +219,9 @@ class SqliteCatalog:
         problem = expression_problem(expr)  # load_config checked it; a Config built otherwise
         if problem:
             raise ConfigError(f"{setting}: {problem}", hint=EXPRESSION_HINT)
-        table = q(self.cfg.runs_table)
-        try:
-            for sql in (
-                f"SELECT 1 FROM {table} WHERE ({expr}) LIMIT 0",
-                f"SELECT 1 FROM {table} WHERE NOT (CASE WHEN ({expr}) THEN 1 ELSE 0 END) LIMIT 0",
-            ):
-                self.conn.execute(sql).fetchall()
-        except sqlite3.Error as exc:
-            raise ConfigError(f"{setting} {expr!r} is not valid SQL here: {exc}") from None
+        error = expression_error(self.conn, self.cfg.runs_table, expr)
+        if error is not None:
+            raise ConfigError(f"{setting} {expr!r} is not valid SQL here: {error}")
 
     def _load_schema(self) -> Schema:
         cfg = self.cfg
@@ -646,6 +640,21 @@ class SqliteCatalog:
                 if low in names or low.endswith(("_run_id", "_run_uuid")):
                     found.append((table, col))
         return found
+
+
+def expression_error(conn: sqlite3.Connection, runs_table: str, expr: str) -> str | None:
+    """SQLite's error for ``expr`` (catalog.filter or catalog.protect) in each wrapping plan
+    and apply give it, or None (read-only: prepared with LIMIT 0)."""
+    table = q(runs_table)
+    try:
+        for sql in (
+            f"SELECT 1 FROM {table} WHERE ({expr}) LIMIT 0",
+            f"SELECT 1 FROM {table} WHERE NOT (CASE WHEN ({expr}) THEN 1 ELSE 0 END) LIMIT 0",
+        ):
+            conn.execute(sql).fetchall()
+    except sqlite3.Error as exc:
+        return str(exc)
+    return None
 
 
 def _ours(table: str) -> bool:

@@ -164,5 +164,202 @@ def test_wrong_id_column_lists_the_columns_that_exist(workspace: Path) -> None:
     assert hint.startswith("Hint: did you mean 'run_id'? columns: run_id, ")
 
 
-def _unused() -> None:  # keep imports used while the file grows
-    json.dumps(sqlite3.sqlite_version)
+# -- config --check: every problem at once ---------------------------------------------------
+
+MLFLOW_LIKE = """
+CREATE TABLE runs (run_uuid TEXT PRIMARY KEY, end_time INTEGER, lifecycle_stage TEXT,
+                   status TEXT);
+CREATE TABLE metrics (run_uuid TEXT REFERENCES runs(run_uuid), key TEXT, value REAL);
+CREATE TABLE params (run_uuid TEXT REFERENCES runs(run_uuid), key TEXT, value TEXT);
+CREATE TABLE latest_metrics (run_uuid TEXT, key TEXT);
+"""
+# 2026-10-01T00:00:00Z, in milliseconds (as MLflow stores times)
+MS = 1_790_812_800_000
+
+
+@pytest.fixture
+def mlflow_like(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Six runs with millisecond times, as the current directory with its artifacts."""
+    db = sqlite3.connect(tmp_path / "mlruns.db")
+    db.executescript(MLFLOW_LIKE)
+    for i in range(6):
+        run = f"{i:032x}"
+        stage = "deleted" if i < 4 else "active"
+        db.execute(
+            "INSERT INTO runs VALUES (?, ?, ?, 'FINISHED')", (run, MS + i * 86_400_000, stage)
+        )
+        db.execute("INSERT INTO metrics VALUES (?, 'loss', 0.5)", (run,))
+        (tmp_path / "mlartifacts" / run).mkdir(parents=True)
+    db.commit()
+    db.close()
+    monkeypatch.chdir(tmp_path)
+    for k in list(os.environ):
+        if k.startswith("RETENTION_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
+    return tmp_path
+
+
+def _toml(**catalog: str) -> str:
+    settings = {
+        "path": '"mlruns.db"',
+        "runs_table": '"runs"',
+        "id_column": '"run_uuid"',
+        "time_columns": '["end_time"]',
+        "time_format": '"epoch_ms"',
+        "filter": "\"lifecycle_stage = 'deleted'\"",
+        "child_tables": '[{ table = "latest_metrics", column = "run_uuid" }]',
+        **catalog,
+    }
+    body = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    return (
+        f'[catalog]\n{body}[artifacts]\nroot = "mlartifacts"\npath_template = "{{run_uuid}}"\n'
+        '[policy]\nmax_age = "7d"\nallow_remove_all = true\n'
+    )
+
+
+def test_config_check_is_clean_on_a_matching_configuration(mlflow_like: Path) -> None:
+    Path("retention.toml").write_text(_toml())
+    result = invoke("config", "--check")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    assert "Tables a plan touches (4), with the rows of the 4 runs selected by" in result.stdout
+    assert "Timestamps (end_time, time_format epoch_ms): 4 of 4 considered runs read." in (
+        result.stdout
+    )
+
+
+def test_config_check_on_a_catalog_with_three_mistakes_reports_all_three(
+    mlflow_like: Path,
+) -> None:
+    """A misspelt child table, a misspelt id column and seconds where the data is in
+    milliseconds: one run of `config --check` names all three, each on its own line."""
+    Path("retention.toml").write_text(
+        _toml(
+            id_column='"run_id"',
+            time_format='"epoch_s"',
+            child_tables='[{ table = "latest_metric", column = "run_uuid" }]',
+        )
+    )
+    result = invoke("config", "--check")
+    assert result.exit_code == 4
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [
+        "Error: table 'runs' has no column 'run_id' (named by catalog.id_column)",
+        "Error: catalog has no table 'latest_metric' (named in catalog.child_tables)",
+        "Error: catalog.time_format = 'epoch_s': 0 of 4 timestamps of end_time can be read;"
+        f" not read: {MS}, {MS + 86_400_000}, {MS + 2 * 86_400_000}",
+    ]
+    hints = [line for line in result.stderr.splitlines() if line.startswith("Hint: ")]
+    assert hints == [
+        "Hint: did you mean 'run_uuid'? columns: run_uuid, end_time, lifecycle_stage, status",
+        "Hint: did you mean 'latest_metrics'? tables: latest_metrics, metrics, params, runs",
+        f'Hint: time_format = "epoch_ms" reads them ({MS} is 2026-10-01T00:00:00Z)',
+    ]
+    assert result.stderr.splitlines()[-1] == (
+        "3 problems: fix them, then run retention config --check again."
+    )
+    # The configuration is still shown, and what could be found is listed.
+    assert "catalog.id_column" in result.stdout
+    assert "Tables found through declared foreign keys: metrics, params." in result.stdout
+
+    report = json.loads(invoke("config", "--check", "--json").stdout)
+    assert [p["setting"] for p in report["check"]["problems"]] == [
+        "catalog.id_column",
+        "catalog.child_tables",
+        "catalog.time_format",
+    ]
+    assert report["check"]["timestamps"]["suggestion"] == "epoch_ms"
+    assert report["tables"] is None
+
+
+def test_config_check_reports_a_missing_runs_table_with_the_others(mlflow_like: Path) -> None:
+    Path("retention.toml").write_text(
+        _toml(runs_table='"run"', filter='"stage = 1"')
+        + 'state_column = "state"\ntier_table = "plans"\ntier_column = "tier"\n'
+        + 'group_by = ["org"]\n[policy.tiers.free]\ndays = 3\n'
+    )
+    result = invoke("config", "--check")
+    assert result.exit_code == 4
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors[0] == f"Error: catalog {mlflow_like / 'mlruns.db'} has no table 'run'"
+    assert "Error: catalog has no table 'plans' (named by policy.tier_table)" in errors
+    assert len(errors) == 2  # the runs table's columns and the filter cannot be checked
+
+
+def test_config_check_reports_bad_filter_and_policy_columns(mlflow_like: Path) -> None:
+    Path("retention.toml").write_text(
+        _toml(filter='"lifecycle = 1"', protect="\"tags LIKE '%keep%'\"")
+        + 'state_column = "state"\npin_column = "pinned"\n'
+    )
+    result = invoke("config", "--check")
+    assert result.exit_code == 4
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors == [
+        "Error: table 'runs' has no column 'state' (named by policy.state_column)",
+        "Error: table 'runs' has no column 'pinned' (named by policy.pin_column)",
+        "Error: catalog.filter 'lifecycle = 1' is not valid SQL here: no such column: lifecycle",
+        "Error: catalog.protect \"tags LIKE '%keep%'\" is not valid SQL here: no such column: tags",
+    ]
+
+
+def test_config_check_suggests_epoch_s_for_seconds_read_as_milliseconds(
+    mlflow_like: Path,
+) -> None:
+    """epoch_ms on data in seconds reads every run as January 1970: all of them would look
+    ancient. Named as a problem, with the format that reads them."""
+    db = sqlite3.connect("mlruns.db")
+    db.execute("UPDATE runs SET end_time = end_time / 1000")
+    db.commit()
+    db.close()
+    Path("retention.toml").write_text(_toml())
+    result = invoke("config", "--check")
+    assert result.exit_code == 4
+    assert result.stderr.splitlines()[1] == (
+        f'Hint: time_format = "epoch_s" reads them ({MS // 1000} is 2026-10-01T00:00:00Z)'
+    )
+
+
+def test_config_check_warns_of_a_few_unreadable_timestamps_without_failing(
+    mlflow_like: Path,
+) -> None:
+    db = sqlite3.connect("mlruns.db")
+    db.execute("UPDATE runs SET end_time = 'n/a' WHERE run_uuid = ?", (f"{0:032x}",))
+    db.commit()
+    db.close()
+    Path("retention.toml").write_text(_toml())
+    result = invoke("config", "--check")
+    assert result.exit_code == 0, result.stderr
+    assert (
+        "Warning: catalog.time_format = 'epoch_ms': 3 of 4 timestamps of end_time can be read;"
+        " not read: 'n/a' (those runs are always kept)"
+    ) in result.stdout
+
+
+# -- plan when no timestamp can be read --------------------------------------------------------
+
+
+def test_plan_with_seconds_format_on_millisecond_data_warns_and_exits_3(
+    mlflow_like: Path,
+) -> None:
+    Path("retention.toml").write_text(_toml(time_format='"epoch_s"'))
+    result = invoke("plan", "--now", NOW_TEXT, "-o", "m.json")
+    assert result.exit_code == 3
+    lines = result.stderr.splitlines()
+    assert (
+        f"Warning: no timestamp of the 4 considered runs could be read as epoch_s"
+        f" (catalog.time_format), e.g. {MS} in end_time: every run is kept"
+    ) in lines
+    assert (
+        f'  Hint: time_format = "epoch_ms" reads them ({MS} is 2026-10-01T00:00:00Z);'
+        " see retention config --check"
+    ) in lines
+    payload = json.loads(Path("m.json").read_text())["payload"]  # the manifest is written
+    assert (payload["considered"], payload["entries"]) == (4, [])
+
+
+def test_plan_that_reads_its_timestamps_exits_0(mlflow_like: Path) -> None:
+    Path("retention.toml").write_text(_toml())
+    result = invoke("plan", "--now", NOW_TEXT, "-o", "m.json")
+    assert result.exit_code == 0, result.stderr
+    assert "no timestamp" not in result.stderr
