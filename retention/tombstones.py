@@ -12,15 +12,22 @@ transaction, never touching the application's tables' schema):
   every value keeps its exact storage class, with the txid, run id and original rowid;
 * ``_retention_n_<table>``: for rows that stay but reference a deleted row through a
   ``SET NULL`` / ``SET DEFAULT`` foreign key: the column, its old value and the value set
-  (undo puts the old one back where the column still holds the value set).
+  (undo puts the old one back where the column still holds the value set);
+* ``_retention_audit``: one row per apply, undo and purge, written in the transaction of
+  its effect (`AUDIT_TABLE`): who, when, where, what (counts and bytes per table and per
+  group, manifest and policy digests), never row data. Kept forever: it is the record of
+  what retention did, a few hundred bytes a transaction, and nothing reads it to decide.
 """
 
 from __future__ import annotations
 
 import contextlib
+import getpass
+import json
 import math
 import os
 import shutil
+import socket
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -48,6 +55,7 @@ TX_TABLE = "_retention_tx"
 TOMB_RUNS = "_retention_runs"
 TOMB_PREFIX = "_retention_t_"
 NULLS_PREFIX = "_retention_n_"  # columns an apply set (SET NULL / SET DEFAULT), for undo
+AUDIT_TABLE = "_retention_audit"
 TXID_COL = "__retention_txid"
 RUN_COL = "__retention_run"
 ROWID_COL = "__retention_rowid"
@@ -85,6 +93,22 @@ CREATE TABLE IF NOT EXISTS {TOMB_RUNS} (
     state TEXT NOT NULL DEFAULT 'trash',  -- trash, restored or purged
     undo_txid TEXT,             -- the undo that restored it
     PRIMARY KEY (txid, run_id)
+);
+CREATE TABLE IF NOT EXISTS _retention_audit (
+    txid TEXT PRIMARY KEY,      -- the transaction (its row in _retention_tx: same txid)
+    action TEXT NOT NULL,       -- apply | undo | purge
+    at TEXT NOT NULL,           -- ISO-8601 UTC, the transaction's time
+    target TEXT,                -- undo/purge: the apply txid(s) acted on
+    user TEXT NOT NULL,         -- who ran it (login name, or uid N)
+    host TEXT NOT NULL,
+    manifest_id TEXT,           -- apply: the manifest, its sha256 and its policy's digest
+    manifest_digest TEXT,
+    policy_digest TEXT,
+    group_by TEXT,              -- apply: the policy's first group_by column (groups counted by)
+    runs INTEGER NOT NULL,      -- runs deleted, restored or purged
+    bytes INTEGER NOT NULL,     -- their artifact bytes
+    tables TEXT NOT NULL,       -- JSON object: table name to rows deleted/restored/purged
+    groups TEXT                 -- JSON [[column, value, runs, bytes], ...] (value as text)
 );
 """
 
@@ -125,6 +149,11 @@ class TxInfo:
     trash_dir: str | None
     target: str | None = None
     writeback: Writeback | None = None
+    # For the audit row: the manifest's sha256, its policy digest, and the first group_by
+    # column of its policy (the audit counts runs and bytes per value of it).
+    manifest_digest: str | None = None
+    policy_digest: str | None = None
+    group_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +219,106 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
         ).fetchone()
         is not None
     )
+
+
+# -- the audit row: one per apply, undo and purge, in the transaction of its effect --------
+
+
+def current_user() -> str:
+    """Who runs this process, never failing: the login name (``getpass``, then the password
+    database), else ``uid N``."""
+    with contextlib.suppress(Exception):
+        return getpass.getuser()
+    uid = os.getuid()
+    with contextlib.suppress(Exception):
+        import pwd
+
+        return pwd.getpwuid(uid).pw_name
+    return f"uid {uid}"
+
+
+def current_host() -> str:
+    with contextlib.suppress(Exception):
+        return socket.gethostname()
+    return ""
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    txid: str
+    action: str
+    at: str
+    runs: int
+    bytes: int
+    tables: dict[str, int]
+    groups: list[tuple[str, str | None, int, int]] | None = None
+    target: str | None = None
+    manifest_id: str | None = None
+    manifest_digest: str | None = None
+    policy_digest: str | None = None
+    group_by: str | None = None
+
+
+def _ensure_audit(conn: sqlite3.Connection) -> None:
+    stmt = _DDL[_DDL.index(f"CREATE TABLE IF NOT EXISTS {AUDIT_TABLE}") :]
+    conn.execute(stmt.strip().rstrip(";"))
+
+
+def _write_audit(conn: sqlite3.Connection, a: AuditRow) -> None:
+    """Inside the caller's transaction: the audit row of ``a.txid``."""
+    _ensure_audit(conn)
+    conn.execute(
+        f"INSERT INTO {AUDIT_TABLE} (txid, action, at, target, user, host, manifest_id,"
+        " manifest_digest, policy_digest, group_by, runs, bytes, tables, groups)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            a.txid,
+            a.action,
+            a.at,
+            a.target,
+            current_user(),
+            current_host(),
+            a.manifest_id,
+            a.manifest_digest,
+            a.policy_digest,
+            a.group_by,
+            a.runs,
+            a.bytes,
+            json.dumps(a.tables, sort_keys=True),
+            None if a.groups is None else json.dumps([list(g) for g in a.groups]),
+        ),
+    )
+
+
+def _group_counts(
+    conn: sqlite3.Connection, runs_table: str, column: str, txid: str, where: str = ""
+) -> list[tuple[str, str | None, int, int]] | None:
+    """Runs and bytes per value of ``column`` among the runs of apply ``txid`` still
+    tombstoned (``where``: a further condition on ``tb``, the runs table's tombstone, and
+    ``r``, their ``_retention_runs`` rows): one grouped statement. None when the
+    tombstone has no such column."""
+    tomb = TOMB_PREFIX + runs_table
+    cols = {r[1] for r in conn.execute(f"PRAGMA table_info({q(tomb)})")}
+    if column not in cols:
+        return None
+    rows = conn.execute(
+        f"SELECT CAST(tb.{q(column)} AS TEXT), count(*), coalesce(sum(r.bytes), 0)"
+        f" FROM {q(tomb)} AS tb JOIN {TOMB_RUNS} AS r"
+        f" ON r.txid = tb.{q(TXID_COL)} AND r.run_id = tb.{q(RUN_COL)}"
+        f" WHERE tb.{q(TXID_COL)} = ? {where} GROUP BY 1 ORDER BY 1",
+        (txid,),
+    ).fetchall()
+    return [(column, v, int(n), int(b)) for v, n, b in rows]
+
+
+def _audit_group_by(conn: sqlite3.Connection, apply_txid: str) -> str | None:
+    """The group column the audit row of an apply counted by (None: none, or no row)."""
+    if not _has_table(conn, AUDIT_TABLE):
+        return None
+    row = conn.execute(
+        f"SELECT group_by FROM {AUDIT_TABLE} WHERE txid = ?", (apply_txid,)
+    ).fetchone()
+    return None if row is None or row[0] is None else str(row[0])
 
 
 class WritableCatalog(SqliteCatalog):
@@ -380,15 +509,17 @@ class WritableCatalog(SqliteCatalog):
                     )
                     setting.append((nulls, hop.child, col))
             # Deletes: deepest children first, the runs table last.
+            deleted_rows: dict[str, int] = {}
             for inv in reversed(self.schema.children):
-                conn.execute(
+                n = conn.execute(
                     f"DELETE FROM {q(inv.table)} WHERE rowid IN"
                     f" (SELECT __rowid FROM ({self.child_select(inv, '1')}))"
-                )
-            conn.execute(
+                ).rowcount
+                deleted_rows[inv.table] = deleted_rows.get(inv.table, 0) + max(n, 0)
+            deleted_rows[cfg.runs_table] = conn.execute(
                 f"DELETE FROM {q(cfg.runs_table)} WHERE {q(cfg.id_column)} IN"
                 f" (SELECT id FROM {IDS_TABLE})"
-            )
+            ).rowcount
             for nulls, table, col in setting:  # rows deleted meanwhile are simply gone
                 conn.execute(
                     f"UPDATE {q(table)} SET {q(col)} = n.v FROM (SELECT {q(ROWID_COL)} AS r,"
@@ -416,6 +547,25 @@ class WritableCatalog(SqliteCatalog):
                     len(kept),
                     sum(r.bytes for r in kept),
                     info.trash_dir,
+                ),
+            )
+            _write_audit(
+                conn,
+                AuditRow(
+                    txid=info.txid,
+                    action=info.op,
+                    at=info.created_at,
+                    runs=len(kept),
+                    bytes=sum(r.bytes for r in kept),
+                    tables=deleted_rows,
+                    groups=None
+                    if info.group_by is None
+                    else _group_counts(conn, cfg.runs_table, info.group_by, info.txid),
+                    target=info.target,
+                    manifest_id=info.manifest_id,
+                    manifest_digest=info.manifest_digest,
+                    policy_digest=info.policy_digest,
+                    group_by=info.group_by,
                 ),
             )
             return dropped
@@ -545,6 +695,26 @@ class TrashCatalog(WritableCatalog):
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur]
+
+    def run_places(self, run_id: str) -> list[dict[str, Any]]:
+        """Every apply that deleted run ``run_id`` (given as text: an integer id matches
+        too), newest first, with the run's state and its apply's row (read-only)."""
+        if not _has_table(self.conn, TOMB_RUNS) or not _has_table(self.conn, TX_TABLE):
+            return []
+        keys: list[Any] = [run_id]
+        with contextlib.suppress(ValueError):
+            if str(int(run_id)) == run_id:
+                keys.append(int(run_id))
+        cur = self.conn.execute(
+            f"SELECT r.txid, r.run_id, r.state AS run_state, r.undo_txid, r.bytes, r.path,"
+            f" t.state, t.created_at, t.grace_until, t.finished_at FROM {TOMB_RUNS} AS r"
+            f" JOIN {TX_TABLE} AS t ON t.txid = r.txid"
+            f" WHERE r.run_id IN ({', '.join('?' * len(keys))})"
+            " ORDER BY t.created_at DESC, t.txid DESC",
+            keys,
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def _rowid_is_key(self, table: str) -> bool:
         """Whether the rowid is the table's INTEGER PRIMARY KEY (then other rows may refer
@@ -689,9 +859,14 @@ class TrashCatalog(WritableCatalog):
         tables = self._restore_tables()
         key_tables: set[str] = set()
         tombs: set[str] = set()
+        group_by: list[str | None] = [None]
 
-        def restore(ids: list[RunId]) -> None:
+        def restore(ids: list[RunId]) -> tuple[dict[str, int], list[Any]]:
+            """Restore ``ids``; returns rows restored per table and, by the apply's
+            audit group column, runs and bytes per group (for the audit row)."""
             self.load_ids(ids)
+            counts: dict[str, int] = {}
+            by_group: list[Any] = []
             sel = f"{q(TXID_COL)} = ? AND {q(RUN_COL)} IN (SELECT id FROM {IDS_TABLE})"
             for table in tables:
                 tomb = TOMB_PREFIX + table
@@ -704,11 +879,12 @@ class TrashCatalog(WritableCatalog):
                 # A row linking two deleted runs was tombstoned once per run: restore it once.
                 rows = f"FROM {q(tomb)} WHERE {sel}"
                 if table in key_tables:
-                    conn.execute(
+                    n = conn.execute(
                         f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
                         f" GROUP BY {rid} ORDER BY {rid}",
                         (target,),
-                    )
+                    ).rowcount
+                    counts[table] = counts.get(table, 0) + max(n, 0)
                     continue
                 # Not the key: keep each rowid that is still free; rows whose rowid the
                 # application reused since come back with a new one (nothing refers to it).
@@ -719,15 +895,27 @@ class TrashCatalog(WritableCatalog):
                     (target,),
                 )
                 taken = "(SELECT r FROM temp._retention_taken)"
-                conn.execute(
+                n = conn.execute(
                     f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
                     f" AND {rid} NOT IN {taken} GROUP BY {rid} ORDER BY {rid}",
                     (target,),
-                )
-                conn.execute(
+                ).rowcount
+                n += conn.execute(
                     f"INSERT INTO {q(table)} ({names}) SELECT {names} {rows}"
                     f" AND {rid} IN {taken} GROUP BY {rid} ORDER BY {rid}",
                     (target,),
+                ).rowcount
+                counts[table] = counts.get(table, 0) + max(n, 0)
+            if group_by[0] is not None and TOMB_PREFIX + self.cfg.runs_table in tombs:
+                by_group = (
+                    _group_counts(
+                        conn,
+                        self.cfg.runs_table,
+                        group_by[0],
+                        target,
+                        f"AND tb.{q(RUN_COL)} IN (SELECT id FROM {IDS_TABLE})",
+                    )
+                    or []
                 )
             for tomb in tombs:  # also tables dropped since: their rows cannot come back
                 conn.execute(f"DELETE FROM {q(tomb)} WHERE {sel}", (target,))
@@ -750,31 +938,47 @@ class TrashCatalog(WritableCatalog):
                         (col, target),
                     )
                 conn.execute(f"DELETE FROM {q(nulls)} WHERE {sel}", (target,))
+            return counts, by_group
 
         def body() -> dict[RunId, str]:
             # Read inside the transaction: a locked catalog refuses the commit as a whole.
             key_tables.update(t for t in tables if self._rowid_is_key(t))
             tombs.update(_tomb_tables(conn))
+            group_by[0] = _audit_group_by(conn, target)
             refused: dict[RunId, str] = {}
             restored: list[RunId] = [rid for g in groups for rid in g]
+            tables_n: dict[str, int] = {}
+            by_group: dict[tuple[str, str | None], list[int]] = {}
+
+            def tally(done: tuple[dict[str, int], list[Any]]) -> None:
+                for table, n in done[0].items():
+                    tables_n[table] = tables_n.get(table, 0) + n
+                for col, value, n, b in done[1]:
+                    acc = by_group.setdefault((col, value), [0, 0])
+                    acc[0] += n
+                    acc[1] += b
+
             conn.execute("SAVEPOINT restore_all")
             try:
-                restore(restored)
+                tally(restore(restored))
                 conn.execute("RELEASE restore_all")
             except sqlite3.IntegrityError:
                 conn.execute("ROLLBACK TO restore_all")
                 conn.execute("RELEASE restore_all")
                 restored = []
+                tables_n.clear()
+                by_group.clear()
                 for group in groups:
                     conn.execute("SAVEPOINT restore_group")
                     try:
-                        restore(group)
+                        done = restore(group)
                     except sqlite3.IntegrityError as exc:
                         conn.execute("ROLLBACK TO restore_group")
                         for rid in group:
                             refused[rid] = f"the catalog refused its rows: {exc}"
                     else:
                         restored += group
+                        tally(done)
                     conn.execute("RELEASE restore_group")
             self.load_ids(restored)
             conn.execute(
@@ -794,6 +998,26 @@ class TrashCatalog(WritableCatalog):
                 f"INSERT INTO {TX_TABLE} (txid, op, state, target, created_at, runs)"
                 " VALUES (?, 'undo', 'done', ?, ?, ?)",
                 (undo_txid, target, now, len(restored)),
+            )
+            (nbytes,) = conn.execute(
+                f"SELECT coalesce(sum(bytes), 0) FROM {TOMB_RUNS} WHERE undo_txid = ? AND txid = ?",
+                (undo_txid, target),
+            ).fetchone()
+            _write_audit(
+                conn,
+                AuditRow(
+                    txid=undo_txid,
+                    action="undo",
+                    at=now,
+                    runs=len(restored),
+                    bytes=int(nbytes),
+                    tables=tables_n,
+                    groups=None
+                    if group_by[0] is None
+                    else [(c, v, n, b) for (c, v), (n, b) in sorted(by_group.items(), key=str)],
+                    target=target,
+                    group_by=group_by[0],
+                ),
             )
             return refused
 
@@ -830,8 +1054,77 @@ class TrashCatalog(WritableCatalog):
                 " VALUES (?, 'purge', 'done', ?, ?, ?)",
                 (purge_txid, ",".join(targets), now, len(targets)),
             )
+            _write_audit(conn, self._purge_audit(purge_txid, targets, now))
 
         self._commit_tx(body, before_commit)
+
+    def _rows_in_trash(self, apply_txid: str, tombs: list[str]) -> dict[str, int]:
+        """Rows per table an apply's tombstones still hold: from the audit rows (what the
+        apply deleted less what its undos restored: a few small rows, so the purge's
+        transaction stays short), or counted for an apply committed before audit rows."""
+        conn = self.conn
+        if _has_table(conn, AUDIT_TABLE):
+            found = conn.execute(
+                f"SELECT tables FROM {AUDIT_TABLE} WHERE txid = ? AND action = 'apply'",
+                (apply_txid,),
+            ).fetchone()
+            if found is not None:
+                left = {str(k): int(v) for k, v in json.loads(found[0]).items()}
+                for (done,) in conn.execute(
+                    f"SELECT tables FROM {AUDIT_TABLE} WHERE action = 'undo' AND target = ?",
+                    (apply_txid,),
+                ).fetchall():
+                    for k, v in json.loads(done).items():
+                        left[k] = left.get(k, 0) - int(v)
+                return {k: v for k, v in left.items() if v > 0}
+        out: dict[str, int] = {}
+        for tomb in tombs:
+            (n,) = conn.execute(
+                f"SELECT count(DISTINCT {q(ROWID_COL)}) FROM {q(tomb)} WHERE {q(TXID_COL)} = ?",
+                (apply_txid,),
+            ).fetchone()
+            if n:
+                out[tomb[len(TOMB_PREFIX) :]] = int(n)
+        return out
+
+    def _purge_audit(self, purge_txid: str, targets: list[str], now: str) -> AuditRow:
+        """Inside the purge's transaction: what it makes final, per apply one grouped
+        statement each (runs and bytes still in trash, tombstoned rows per table, and per
+        group by the column each apply's audit row counted by)."""
+        conn = self.conn
+        runs = nbytes = 0
+        tables: dict[str, int] = {}
+        groups: dict[tuple[str, str | None], list[int]] = {}
+        has_runs = _has_table(conn, TOMB_RUNS)
+        tombs = _tomb_tables(conn)
+        for t in targets:
+            if has_runs:
+                n, b = conn.execute(
+                    f"SELECT count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
+                    " WHERE txid = ? AND state = 'trash'",
+                    (t,),
+                ).fetchone()
+                runs += int(n)
+                nbytes += int(b)
+            for table, n in self._rows_in_trash(t, tombs).items():
+                tables[table] = tables.get(table, 0) + n
+            col = _audit_group_by(conn, t)
+            if col is not None and has_runs and TOMB_PREFIX + self.cfg.runs_table in tombs:
+                found = _group_counts(conn, self.cfg.runs_table, col, t, "AND r.state = 'trash'")
+                for c, v, n, b in found or []:
+                    acc = groups.setdefault((c, v), [0, 0])
+                    acc[0] += n
+                    acc[1] += b
+        return AuditRow(
+            txid=purge_txid,
+            action="purge",
+            at=now,
+            runs=runs,
+            bytes=nbytes,
+            tables=tables,
+            groups=[(c, v, n, b) for (c, v), (n, b) in sorted(groups.items(), key=str)] or None,
+            target=",".join(targets),
+        )
 
     def mark_purged(self, targets: list[str], now: str) -> None:
         """After the trash directories are gone: drop the targets' row tombstones, mark them

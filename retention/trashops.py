@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -40,7 +42,7 @@ from retention.coordinator import (
     recover_all,
     roll_back_now,
 )
-from retention.durations import format_instant, parse_instant, plural
+from retention.durations import format_bytes, format_instant, human_instant, parse_instant, plural
 from retention.errors import (
     EXIT_OK,
     EXIT_PARTIAL,
@@ -51,7 +53,7 @@ from retention.errors import (
     UndoRefused,
 )
 from retention.failpoints import failpoint
-from retention.layout import trash_tx_rel
+from retention.layout import StateLayout, trash_tx_rel
 from retention.moves import (
     begin_with_intents,
     intended_moves,
@@ -62,7 +64,7 @@ from retention.moves import (
 from retention.policy import RunId
 from retention.reports import Interruption
 from retention.store import OutsideRoot, display
-from retention.tombstones import CatalogFile, CatalogSpace
+from retention.tombstones import CatalogFile, CatalogSpace, TrashCatalog
 from retention.txrecords import Begin, Move
 from retention.workspace import SIGNALS, Workspace, open_workspace
 
@@ -71,13 +73,95 @@ from retention.workspace import SIGNALS, Workspace, open_workspace
 
 def expired_applies(ws: Workspace, now: datetime, *, everything: bool = False) -> list[str]:
     """Apply txids whose trash may be purged: grace period over (or ``everything``)."""
+    return [r["txid"] for r in _purgeable(ws.catalog.applies(), now, everything=everything)]
+
+
+def _purgeable(
+    rows: list[dict[str, Any]], now: datetime, *, everything: bool
+) -> list[dict[str, Any]]:
     out = []
-    for row in ws.catalog.applies():
+    for row in rows:
         if row["state"] not in ("applied", "purging"):
             continue
         until = row["grace_until"]
         if everything or until is None or parse_instant(until) <= now:
-            out.append(row["txid"])
+            out.append(row)
+    return out
+
+
+class PurgeApply(msgspec.Struct, kw_only=True):
+    txid: str
+    state: str  # applied | purging (a purge decided and not finished)
+    deleted_at: str
+    grace_until: str | None
+    runs: int  # in trash now: these can no longer be undone after the purge
+    bytes: int
+
+
+class PurgePreview(msgspec.Struct, kw_only=True):
+    """``purge --dry-run``: what a purge would remove now (nothing is changed)."""
+
+    version: int = 1
+    kind: str = "purge-preview"
+    dry_run: bool = True
+    everything: bool  # --all
+    now: str
+    applies: list[PurgeApply]
+    runs: int
+    bytes: int
+    # Interrupted transactions: a real purge recovers them first, which may change this.
+    unfinished: list[str] = []
+
+
+def purge_preview(cfg: Config, *, everything: bool, now: datetime | None = None) -> PurgePreview:
+    """What `purge` (or `purge --all`) would purge now. Read-only: the catalog is opened
+    ``mode=ro``, no lock is taken and the journal is only read."""
+    from retention.status import unfinished_txids
+
+    now = now or datetime.now(UTC)
+    with TrashCatalog(cfg, readonly=True) as cat:
+        rows = _purgeable(cat.applies(), now, everything=everything)
+        left = cat.trash_by_apply()
+    applies = [
+        PurgeApply(
+            txid=r["txid"],
+            state=r["state"],
+            deleted_at=r["created_at"],
+            grace_until=r["grace_until"],
+            runs=left.get(r["txid"], (0, 0))[0],
+            bytes=left.get(r["txid"], (0, 0))[1],
+        )
+        for r in rows
+    ]
+    return PurgePreview(
+        everything=everything,
+        now=format_instant(now),
+        applies=applies,
+        runs=sum(a.runs for a in applies),
+        bytes=sum(a.bytes for a in applies),
+        unfinished=unfinished_txids(StateLayout(Path(cfg.state_dir))),
+    )
+
+
+def purge_preview_lines(rep: PurgePreview) -> list[str]:
+    out = [
+        f"Interrupted transaction {t}: a purge recovers it first, which may change this."
+        for t in rep.unfinished
+    ]
+    if not rep.applies:
+        which = "in trash" if rep.everything else "whose grace period is over"
+        return [*out, f"Dry run: nothing {which}; nothing would be purged."]
+    for a in rep.applies:
+        until = f", grace period until {human_instant(a.grace_until)}" if a.grace_until else ""
+        out.append(
+            f"  {a.txid}  deleted {human_instant(a.deleted_at)}{until}:"
+            f" {plural(a.runs, 'run')}, {format_bytes(a.bytes)}"
+        )
+    out.append(
+        f"Dry run: would purge the trash of {plural(len(rep.applies), 'apply', 'applies')}"
+        f" ({plural(rep.runs, 'run')}, {format_bytes(rep.bytes)}); after that they cannot be"
+        " undone. Nothing was changed."
+    )
     return out
 
 
@@ -257,8 +341,62 @@ def _unfinished_purge(ws: Workspace, targets: list[str]) -> str:
     return f"purge {', '.join(txids)} was decided and did not finish"
 
 
-def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
-    """Undo one apply: restore every run it deleted, except conflicts (left in trash)."""
+def run_targets(ws: Workspace, run_ids: list[str]) -> dict[str, list[RunId]]:
+    """For ``undo --run``: the apply holding each run in trash (newest apply first), with
+    the run ids as the catalog stores them. Refuses (`UndoRefused`, nothing done) a run not
+    in trash: never deleted, already restored, purged or being purged, or erased."""
+    out: dict[str, list[RunId]] = {}
+    cat = ws.catalog
+    if not isinstance(cat, TrashCatalog):  # the participant protocol has no per-run lookup
+        raise UndoRefused("undo --run needs the SQLite catalog")
+    for text in dict.fromkeys(run_ids):
+        places = cat.run_places(text)
+        if not places:
+            raise UndoRefused(
+                f"run {text!r} is not in trash: no recorded apply deleted it",
+                hint="`retention trash` lists the runs that can be brought back",
+            )
+        live = [p for p in places if p["run_state"] == "trash"]
+        p = live[0] if live else places[0]
+        txid = p["txid"]
+        if is_erasure(p):
+            raise UndoRefused(
+                f"cannot undo run {text!r}: {txid} applied an erasure request; erased runs"
+                " are purged at once and never brought back"
+            )
+        if p["run_state"] == "restored":
+            raise UndoRefused(
+                f"run {text!r} is not in trash: it was already restored"
+                f" (by {p['undo_txid'] or 'an undo'} of {txid})"
+            )
+        if p["run_state"] == "purged" or p["state"] == "purged":
+            when = f" at {p['finished_at']}" if p["finished_at"] else ""
+            raise UndoRefused(
+                f"cannot undo run {text!r}: the trash of {txid} was purged{when}; purged"
+                " runs cannot be brought back",
+                hint="see `retention trash` for what is still undoable",
+            )
+        if p["state"] == "purging":
+            raise UndoRefused(
+                f"cannot undo run {text!r}: the trash of {txid} is being purged"
+                f" ({_unfinished_purge(ws, [txid])}); a purge only goes forward",
+                hint=_FINISH_PURGE_HINT,
+            )
+        if p["state"] != "applied":
+            raise UndoRefused(f"run {text!r} is not in trash ({txid} is {p['state']})")
+        out.setdefault(txid, []).append(p["run_id"])
+    order = {r["txid"]: n for n, r in enumerate(ws.catalog.applies())}
+    return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], 0)))
+
+
+def undo_one(
+    ws: Workspace, target: str, now: datetime, *, only: list[RunId] | None = None
+) -> UndoResult:
+    """Undo one apply: restore every run it deleted, except conflicts (left in trash).
+
+    With ``only``, just those runs (``undo --run``), each with the runs it shares a row
+    with (they can only come back together); the apply stays undoable for the rest. The
+    same transaction, journal and recovery as a whole undo: only the set is smaller."""
     cat, store = ws.catalog, ws.store
     runs = {rid: r for rid, r in cat.tomb_runs(target).items() if r["state"] == "trash"}
     blocked: dict[RunId, str] = {}
@@ -284,6 +422,13 @@ def undo_one(ws: Workspace, target: str, now: datetime) -> UndoResult:
         else:
             dirs[rid] = Move(rid, home, trash)
     conflicts, groups = cat.undo_plan(target, list(runs), blocked)
+    if only is not None:
+        # The plan covers every run in trash, so that a requested run's group is whole
+        # (a run sharing a row with one not in trash any more conflicts there already).
+        wanted = set(only)
+        groups = [g for g in groups if wanted.intersection(g)]
+        chosen = {rid for g in groups for rid in g}
+        conflicts = {rid: why for rid, why in conflicts.items() if rid in wanted or rid in chosen}
     moves = [dirs[rid] for g in groups for rid in g if rid in dirs]
     restore = [rid for g in groups for rid in g]
     utxid = new_txid("undo", now)
@@ -467,20 +612,31 @@ class PurgeReport(msgspec.Struct, kw_only=True):
 
 
 def undo(
-    cfg: Config, *, txid: str | None, within: timedelta | None, now: datetime | None = None
+    cfg: Config,
+    *,
+    txid: str | None,
+    within: timedelta | None,
+    now: datetime | None = None,
+    runs: list[str] | None = None,
 ) -> UndoReport:
-    """`retention undo`: bring back the runs of one apply (TXID) or of every apply younger
-    than ``within`` (newest first). Conflicts stay in trash and are reported."""
+    """`retention undo`: bring back the runs of one apply (TXID), of every apply younger
+    than ``within`` (newest first), or just ``runs`` (``--run``: one undo transaction per
+    apply holding some of them). Conflicts stay in trash and are reported."""
     now = now or datetime.now(UTC)
     with open_workspace(cfg) as ws:
         recovered = recover_all(ws, now)
-        targets = undo_targets(ws, now, txid=txid, within=within)
+        only: dict[str, list[RunId]] = {}
+        if runs:
+            only = run_targets(ws, runs)
+            targets = list(only)
+        else:
+            targets = undo_targets(ws, now, txid=txid, within=within)
         results: list[UndoResult] = []
         stopped: Interruption | None = None
         for n, t in enumerate(targets):
             # One apply that cannot be undone must not hide the ones that were.
             try:
-                results.append(undo_one(ws, t, now))
+                results.append(undo_one(ws, t, now, only=only.get(t)))
             except Interrupted as exc:
                 if not any(r.restored for r in results):
                     raise
