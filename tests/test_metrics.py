@@ -232,3 +232,20 @@ def test_label_values_with_quotes_backslashes_and_newlines_survive_prometheus_pa
     assert {(x.name, x.labels, x.value) for x in metrics.parse(path.read_text())} == {
         (name, labels, value) for (name, labels), value in s.items()
     }
+
+
+def test_an_apply_with_skipped_entries_counts_them_and_still_succeeds(workspace: Path) -> None:
+    m = ck.plan(workspace, keep_last=30)
+    first = json.loads(m.read_text())["payload"]["entries"][0]
+    (workspace / "data" / "backtests" / first["path"] / "new.txt").write_text("changed")
+    result = invoke("apply", str(m), "--metrics-file", "apply.prom")
+    assert result.exit_code == 3, result.stderr
+    report = json.loads(result.stdout)
+    s = _samples(workspace / "apply.prom")
+    assert len(report["skipped"]) == 1 and report["deleted_runs"] == 9
+    assert _get(s, "retention_last_runs", command="apply", outcome="skipped") == 1
+    assert _get(s, "retention_last_runs", command="apply", outcome="deleted") == 9
+    assert _get(s, "retention_last_exit_code", command="apply") == 3
+    assert _get(s, "retention_last_success_timestamp_seconds", command="apply") == _get(
+        s, "retention_last_run_timestamp_seconds", command="apply"
+    )
