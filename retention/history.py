@@ -237,71 +237,79 @@ class TrashReport(msgspec.Struct, kw_only=True):
     version: int = 1
     kind: str = "trash"
     now: str
-    runs: int
+    runs: int  # every run in trash
     bytes: int
     applies: list[TrashApply]  # newest first
-    entries: list[TrashRun]  # every run in trash, newest apply first, by run id
+    entries: list[TrashRun]  # the runs in trash, newest apply first, by run id (--json: all)
+    undoable_runs: int = 0
     unfinished: list[str] = []  # interrupted transactions (their trash is not listed)
 
 
-def read_trash(cat: TrashCatalog, now: datetime) -> TrashReport:
-    """Every run in trash, per apply (read-only)."""
+def read_trash(cat: TrashCatalog, now: datetime, *, limit: int = 0) -> TrashReport:
+    """The runs in trash, per apply (read-only): the totals from one grouped statement,
+    then the runs of each apply, newest apply first, `READ_BATCH` per statement (no read
+    lock outlives a batch), ``limit`` of them at most (0: every one)."""
     conn = cat.conn
     stamp = format_instant(now)
     if not _has(conn, TOMB_RUNS) or not _has(conn, TX_TABLE):
         return TrashReport(now=stamp, runs=0, bytes=0, applies=[], entries=[])
-    rows = conn.execute(
-        f"SELECT r.txid, r.run_id, r.path, r.trash, r.bytes, t.created_at, t.grace_until,"
-        f" t.state FROM {TOMB_RUNS} AS r JOIN {TX_TABLE} AS t ON t.txid = r.txid"
-        " WHERE r.state = 'trash' AND t.op = 'apply' AND t.state IN ('applied', 'purging')"
-        f" ORDER BY t.created_at DESC, t.txid DESC, r.run_id"
-    ).fetchall()
-    entries: list[TrashRun] = []
-    applies: dict[str, TrashApply] = {}
-    for txid, rid, path, trash, size, created, until, state in rows:
-        erasure = _is_erasure(created, until)
-        live = state == "applied" and not erasure
-        entries.append(
-            TrashRun(
-                txid=txid,
-                run_id=rid,
-                path=None if path is None else display(bytes(path)),
-                trash=None if trash is None else display(bytes(trash)),
-                bytes=int(size),
-                deleted_at=created,
-                undo_until=None if erasure else until,
-                undoable=live,
+    left = cat.trash_by_apply()
+    applies: list[TrashApply] = []
+    for r in cat.applies():
+        runs, nbytes = left.get(r["txid"], (0, 0))
+        if r["state"] not in ("applied", "purging") or not runs:
+            continue
+        erasure = _is_erasure(r["created_at"], r["grace_until"])
+        applies.append(
+            TrashApply(
+                txid=r["txid"],
+                state=r["state"],
+                deleted_at=r["created_at"],
+                undo_until=None if erasure else r["grace_until"],
+                runs=runs,
+                bytes=nbytes,
+                undoable=r["state"] == "applied" and not erasure,
             )
         )
-        a = applies.get(txid)
-        if a is None:
-            a = applies[txid] = TrashApply(
-                txid=txid,
-                state=state,
-                deleted_at=created,
-                undo_until=None if erasure else until,
-                runs=0,
-                bytes=0,
-                undoable=live,
-            )
-        a.runs += 1
-        a.bytes += int(size)
+    entries: list[TrashRun] = []
+    for a in applies:
+        for batch in cat._runs_of(a.txid, "path, trash, bytes, state"):
+            for rid, path, trash, size, state in batch:
+                if state != "trash":
+                    continue
+                if limit and len(entries) >= limit:
+                    break
+                entries.append(
+                    TrashRun(
+                        txid=a.txid,
+                        run_id=rid,
+                        path=None if path is None else display(bytes(path)),
+                        trash=None if trash is None else display(bytes(trash)),
+                        bytes=int(size),
+                        deleted_at=a.deleted_at,
+                        undo_until=a.undo_until,
+                        undoable=a.undoable,
+                    )
+                )
+            if limit and len(entries) >= limit:
+                break
     return TrashReport(
         now=stamp,
-        runs=len(entries),
-        bytes=sum(e.bytes for e in entries),
-        applies=list(applies.values()),
+        runs=sum(a.runs for a in applies),
+        bytes=sum(a.bytes for a in applies),
+        undoable_runs=sum(a.runs for a in applies if a.undoable),
+        applies=applies,
         entries=entries,
     )
 
 
-def trash(cfg: Config, now: datetime) -> TrashReport:
-    """`retention trash` (read-only)."""
+def trash(cfg: Config, now: datetime, *, limit: int = 0) -> TrashReport:
+    """`retention trash` (read-only); ``limit``: runs listed at most (0: all)."""
     from retention.status import unfinished_txids
 
     with TrashCatalog(cfg, readonly=True) as cat:
         try:
-            rep = read_trash(cat, now)
+            rep = read_trash(cat, now, limit=limit)
         except sqlite3.Error as exc:
             raise catalog_error(exc, cat.path) from None
     rep.unfinished = unfinished_txids(StateLayout(Path(cfg.state_dir)))
@@ -317,7 +325,7 @@ def trash_lines(rep: TrashReport, limit: int = 50) -> list[str]:
             f"Interrupted transaction {txid}: its directories in trash are not listed;"
             " run `retention recover`."
         )
-    if not rep.entries:
+    if not rep.runs:
         out.append("Trash is empty; nothing to undo.")
         return out
     shown = 0
@@ -341,12 +349,11 @@ def trash_lines(rep: TrashReport, limit: int = 50) -> list[str]:
             shown += 1
             where = e.path if e.path is not None else "(no directory)"
             out.append(f"  {e.run_id}  {where}  {format_bytes(e.bytes)}")
-    if limit and shown < len(rep.entries):
-        out.append(f"... {len(rep.entries) - shown:,} more runs (--limit 0 for all)")
-    undoable = [e for e in rep.entries if e.undoable]
+    if shown < rep.runs:
+        out.append(f"... {rep.runs - shown:,} more runs (--limit 0 for all)")
     out.append(
         f"Trash: {plural(rep.runs, 'run')}, {format_bytes(rep.bytes)} in"
         f" {plural(len(rep.applies), 'apply', 'applies')};"
-        f" {len(undoable):,} undoable (`retention undo --run RUN_ID`)."
+        f" {rep.undoable_runs:,} undoable (`retention undo --run RUN_ID`)."
     )
     return out

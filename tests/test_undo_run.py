@@ -186,3 +186,13 @@ def test_undo_run_killed_at_each_undo_failpoint_recovers_to_whole_runs(
         again = ck.run(ws, "undo", "--run", victim)
         assert again.returncode == 0, again.stderr
         assert ck.check_invariants(ws, before)[victim] == "home"
+
+
+def test_undo_run_with_a_txid_or_within_is_a_usage_error(workspace: Path) -> None:
+    rep = _apply(workspace, keep_last=10)
+    gone = rep["deleted_run_ids"][0]
+    for args in (["--run", gone, rep["txid"]], ["--run", gone, "--within", "1d"]):
+        r = invoke("undo", *args)
+        assert r.exit_code == 2, r.output
+        assert "--run RUN_ID" in r.stderr
+    assert _trash(workspace)["runs"] == 30
