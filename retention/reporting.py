@@ -29,6 +29,9 @@ KINDS = {
     "Explanation": "explain-report",
     "Config": "config-report",
     "TablesReport": "tables-report",
+    "PurgePreview": "purge-preview",  # purge --dry-run
+    "LogReport": "log-report",
+    "TrashReport": "trash-report",
 }
 
 
