@@ -16,18 +16,18 @@ from pathlib import Path
 import pytest
 
 from retention.config import load_config
+from retention.errors import ConfigError
 
 from .conftest import NOW_TEXT, invoke, run_exe
 
 # -- unknown RETENTION_* variables ----------------------------------------------------------
 
 
-def test_misspelt_environment_variable_is_refused_with_did_you_mean(workspace: Path) -> None:
-    os.environ["RETENTION_KEEPLAST"] = "5"
-    try:
-        result = invoke("plan", "--now", NOW_TEXT, "-o", "m.json")
-    finally:
-        del os.environ["RETENTION_KEEPLAST"]
+def test_misspelt_environment_variable_is_refused_with_did_you_mean(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETENTION_KEEPLAST", "5")
+    result = invoke("plan", "--now", NOW_TEXT, "-o", "m.json")
     assert result.exit_code == 2
     assert result.stderr.splitlines()[0] == (
         "Error: unknown environment variable RETENTION_KEEPLAST; did you mean RETENTION_KEEP_LAST?"
@@ -36,10 +36,11 @@ def test_misspelt_environment_variable_is_refused_with_did_you_mean(workspace: P
 
 
 def test_unknown_environment_variable_without_a_close_name_lists_what_is_read() -> None:
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ConfigError) as info:
         load_config(None, env={"RETENTION_FROBNICATE": "1"})
-    assert info.value.message == "unknown environment variable RETENTION_FROBNICATE"  # type: ignore[attr-defined]
-    assert "RETENTION_<SETTING>" in info.value.hint  # type: ignore[attr-defined]
+    assert info.value.message == "unknown environment variable RETENTION_FROBNICATE"
+    assert info.value.exit_code == 2
+    assert "RETENTION_<SETTING>" in (info.value.hint or "")
 
 
 @pytest.mark.parametrize(
@@ -363,3 +364,42 @@ def test_plan_that_reads_its_timestamps_exits_0(mlflow_like: Path) -> None:
     result = invoke("plan", "--now", NOW_TEXT, "-o", "m.json")
     assert result.exit_code == 0, result.stderr
     assert "no timestamp" not in result.stderr
+
+
+def test_plan_whose_time_column_is_always_null_warns_and_exits_3(mlflow_like: Path) -> None:
+    db = sqlite3.connect("mlruns.db")
+    db.execute("UPDATE runs SET end_time = NULL")
+    db.commit()
+    db.close()
+    Path("retention.toml").write_text(_toml())
+    result = invoke("plan", "--now", NOW_TEXT, "-o", "m.json")
+    assert result.exit_code == 3
+    assert result.stderr.splitlines()[0] == (
+        "Warning: none of the 4 considered runs has a timestamp (end_time NULL for every"
+        " one): every run is kept"
+    )
+    check = invoke("config", "--check")
+    assert check.exit_code == 4
+    assert check.stderr.splitlines()[0] == (
+        "Error: catalog.time_columns (end_time): every one of the 4 runs considered has NULL"
+        " there, so every plan keeps them all"
+    )
+
+
+def test_erasure_plan_does_not_warn_about_timestamps(mlflow_like: Path) -> None:
+    Path("retention.toml").write_text(_toml(time_format='"epoch_s"'))
+    result = invoke("plan", "--erase", f"run_uuid={0:032x}", "--now", NOW_TEXT, "-o", "m.json")
+    assert result.exit_code == 0, result.stderr
+    assert "Warning: no timestamp" not in result.stderr
+
+
+def test_config_check_on_a_missing_catalog_reports_it_and_the_policy_problems(
+    mlflow_like: Path,
+) -> None:
+    Path("retention.toml").write_text(_toml(path='"nope.db"') + 'terminal_states = ["done"]\n')
+    result = invoke("config", "--check")
+    assert result.exit_code == 4
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert errors[0].startswith(f"Error: catalog {mlflow_like / 'nope.db'} does not exist")
+    assert errors[1].startswith("Error: policy.terminal_states needs policy.state_column")
+    assert len(errors) == 2
