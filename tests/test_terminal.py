@@ -247,3 +247,34 @@ def test_contradictory_output_flags_are_refused(workspace: Path) -> None:
     result = invoke("apply", str(m), "--output-json", "same", "--metrics-file", "same")
     assert result.exit_code == 2
     assert "Error: " in result.stderr
+
+
+def test_a_terminal_session_shows_progress_and_summaries_and_never_json(
+    workspace: Path,
+) -> None:
+    """plan, show, apply, status, trash, undo --run, log, each with stdout and stderr on a
+    pty: what they show has the progress lines and the summaries, and no JSON."""
+    screen = ""
+    session: list[tuple[str, ...]] = [
+        ("plan", "--keep-last", "30", "-o", "m.json"),
+        ("show", "m.json"),
+        ("apply", "m.json"),
+        ("status",),
+        ("trash",),
+    ]
+    for args in session:
+        code, out, err = on_terminal(workspace, *args)
+        assert code == 0, (args, out, err)
+        screen += out + err
+    run_id = json.loads(Path("m.json").read_text())["payload"]["entries"][0]["run_id"]
+    for args in (("undo", "--run", str(run_id)), ("log",)):
+        code, out, err = on_terminal(workspace, *args)
+        assert code == 0, (args, out, err)
+        screen += out + err
+    assert re.search(r"measuring: +\d+% ", screen)
+    assert PROGRESS.search(screen)
+    assert "10 of 40 runs would be deleted" in screen
+    assert "Apply with: retention apply m.json" in screen
+    assert "Applied m-" in screen and "10 runs deleted" in screen
+    assert "Trash:" in screen
+    assert '{"' not in screen and "format_version" not in screen
