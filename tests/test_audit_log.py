@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import select
+import signal
 import sqlite3
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -310,3 +315,56 @@ def test_purge_audit_counts_only_what_is_left_after_a_partial_undo(workspace: Pa
     assert sum(g[2] for g in json.loads(purge["groups"])) == n
     (size,) = _rows(workspace, "SELECT bytes FROM _retention_runs WHERE run_id = ?", back)[0]
     assert purge["bytes"] == rep["bytes_moved"] - size
+
+
+def _purge_all_on_a_terminal(ws: Path, *, reply: bytes | None) -> tuple[int, str]:
+    """`retention purge --all` with stdin, stdout and stderr on a real pty; at its prompt,
+    type ``reply``, or (None) send SIGINT as Ctrl-C would."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [ck.EXE, "purge", "--all"], cwd=ws, env=ck.BASE_ENV, stdin=slave, stdout=slave, stderr=slave
+    )
+    os.close(slave)
+    out, asked = b"", False
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not asked and b"[y/N]" in out:
+            asked = True
+            if reply is None:
+                proc.send_signal(signal.SIGINT)
+            else:
+                os.write(master, reply)
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the process closed its side
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(master)
+    assert asked, out
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_purge_all_on_a_real_terminal_asks_and_ctrl_c_at_the_prompt_purges_nothing(
+    tmp_path: Path,
+) -> None:
+    ws = ck.build(tmp_path / "ws", runs=6)
+    p = ck.run(ws, "apply", str(ck.plan(ws, keep_last=3)))
+    assert p.returncode == 0, p.stderr
+    code, screen = _purge_all_on_a_terminal(ws, reply=None)
+    assert code == 130, screen
+    assert "Purge the trash of 1 apply(s) (3 runs)?" in screen
+    assert "Interrupted (SIGINT): nothing was purged." in screen
+    code, screen = _purge_all_on_a_terminal(ws, reply=b"n\r")
+    assert code == 0 and "Nothing was purged." in screen, screen
+    assert [a["action"] for a in _audit(ws)] == ["apply"]
+    code, screen = _purge_all_on_a_terminal(ws, reply=b"y\r")
+    assert code == 0, screen
+    assert "{" not in screen  # no JSON report on a terminal
+    assert [a["action"] for a in _audit(ws)] == ["apply", "purge"]
