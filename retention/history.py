@@ -242,7 +242,11 @@ class TrashReport(msgspec.Struct, kw_only=True):
     applies: list[TrashApply]  # newest first
     entries: list[TrashRun]  # the runs in trash, newest apply first, by run id (--json: all)
     undoable_runs: int = 0
-    unfinished: list[str] = []  # interrupted transactions (their trash is not listed)
+    # Unfinished transactions of the journal (the directories they moved are not listed):
+    # interrupted ones (`retention recover` finishes them) and those running right now.
+    interrupted: list[str] = []
+    running: list[str] = []
+    journal_error: str | None = None
 
 
 def read_trash(cat: TrashCatalog, now: datetime, *, limit: int = 0) -> TrashReport:
@@ -305,14 +309,20 @@ def read_trash(cat: TrashCatalog, now: datetime, *, limit: int = 0) -> TrashRepo
 
 def trash(cfg: Config, now: datetime, *, limit: int = 0) -> TrashReport:
     """`retention trash` (read-only); ``limit``: runs listed at most (0: all)."""
-    from retention.status import unfinished_txids
+    from retention.status import observe
 
     with TrashCatalog(cfg, readonly=True) as cat:
         try:
             rep = read_trash(cat, now, limit=limit)
         except sqlite3.Error as exc:
             raise catalog_error(exc, cat.path) from None
-    rep.unfinished = unfinished_txids(StateLayout(Path(cfg.state_dir)))
+    seen = observe(StateLayout(Path(cfg.state_dir)))
+    txids = [t for t, _, _ in seen.unfinished]
+    if seen.holder is not None:
+        rep.running = txids
+    else:
+        rep.interrupted = txids
+    rep.journal_error = seen.journal_error
     return rep
 
 
@@ -320,11 +330,15 @@ def trash_lines(rep: TrashReport, limit: int = 50) -> list[str]:
     """``trash-list`` for people: per apply a summary line, then its runs (at most
     ``limit`` run lines in all; 0: every run), then the totals."""
     out: list[str] = []
-    for txid in rep.unfinished:
+    for txid in rep.interrupted:
         out.append(
-            f"Interrupted transaction {txid}: its directories in trash are not listed;"
+            f"Interrupted transaction {txid}: the directories it moved are not listed;"
             " run `retention recover`."
         )
+    for txid in rep.running:
+        out.append(f"Running: {txid} (another process); the directories it moves are not listed.")
+    if rep.journal_error:
+        out.append(f"Journal error: {rep.journal_error} (see `retention status`).")
     if not rep.runs:
         out.append("Trash is empty; nothing to undo.")
         return out

@@ -109,19 +109,22 @@ class PurgePreview(msgspec.Struct, kw_only=True):
     applies: list[PurgeApply]
     runs: int
     bytes: int
-    # Interrupted transactions: a real purge recovers them first, which may change this.
+    # Unfinished transactions of the journal: a real purge recovers them first (or waits
+    # for the one running), which may change this.
     unfinished: list[str] = []
+    running: bool = False  # they belong to a live process (it holds the workspace lock)
 
 
 def purge_preview(cfg: Config, *, everything: bool, now: datetime | None = None) -> PurgePreview:
     """What `purge` (or `purge --all`) would purge now. Read-only: the catalog is opened
     ``mode=ro``, no lock is taken and the journal is only read."""
-    from retention.status import unfinished_txids
+    from retention.status import observe
 
     now = now or datetime.now(UTC)
     with TrashCatalog(cfg, readonly=True) as cat:
         rows = _purgeable(cat.applies(), now, everything=everything)
         left = cat.trash_by_apply()
+    seen = observe(StateLayout(Path(cfg.state_dir)))
     applies = [
         PurgeApply(
             txid=r["txid"],
@@ -139,13 +142,16 @@ def purge_preview(cfg: Config, *, everything: bool, now: datetime | None = None)
         applies=applies,
         runs=sum(a.runs for a in applies),
         bytes=sum(a.bytes for a in applies),
-        unfinished=unfinished_txids(StateLayout(Path(cfg.state_dir))),
+        unfinished=[t for t, _, _ in seen.unfinished],
+        running=seen.holder is not None,
     )
 
 
 def purge_preview_lines(rep: PurgePreview) -> list[str]:
     out = [
-        f"Interrupted transaction {t}: a purge recovers it first, which may change this."
+        f"Running: {t} (another process): a purge now would find the workspace locked."
+        if rep.running
+        else f"Interrupted transaction {t}: a purge recovers it first, which may change this."
         for t in rep.unfinished
     ]
     if not rep.applies:

@@ -368,3 +368,21 @@ def test_purge_all_on_a_real_terminal_asks_and_ctrl_c_at_the_prompt_purges_nothi
     assert code == 0, screen
     assert "{" not in screen  # no JSON report on a terminal
     assert [a["action"] for a in _audit(ws)] == ["apply", "purge"]
+
+
+def test_trash_and_purge_dry_run_name_an_interrupted_apply_instead_of_hiding_it(
+    tmp_path: Path,
+) -> None:
+    ws = ck.build(tmp_path / "ws", runs=6)
+    p = ck.run(ws, "apply", str(ck.plan(ws, keep_last=3)), failpoint="apply.after_rename@2")
+    assert ck.crashed(p), p.stderr
+    t = ck.run(ws, "trash")
+    assert t.returncode == 0, t.stderr
+    lines = t.stdout.decode().splitlines()
+    assert lines[0].startswith("Interrupted transaction a-") and "retention recover" in lines[0]
+    assert "Trash is empty" in lines[-1]
+    d = ck.run(ws, "purge", "--dry-run", "--all")
+    assert d.returncode == 0, d.stderr
+    assert json.loads(d.stdout)["unfinished"] and not json.loads(d.stdout)["running"]
+    assert "a purge recovers it first" in d.stderr.decode()
+    assert ck.run(ws, "status", "--json").stdout.count(b'"recover_would"') == 1  # unchanged
