@@ -198,11 +198,14 @@ def _open(cfg: Config) -> sqlite3.Connection | Problem:
         except RetentionError as exc:
             return Problem("catalog.path", exc.message, exc.hint)
     uri = "file:" + quote(str(path.absolute())) + "?mode=ro"
+    conn = None
     try:
         conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
+        if conn is not None:
+            conn.close()
         if is_hot_journal(exc):
             raise hot_journal_error(path) from None
         return Problem("catalog.path", f"cannot open catalog {path}: {exc}")
