@@ -237,6 +237,7 @@ class TrashReport(msgspec.Struct, kw_only=True):
     version: int = 1
     kind: str = "trash"
     now: str
+    artifact_root: str = ""  # paths below are relative to it
     runs: int  # every run in trash
     bytes: int
     applies: list[TrashApply]  # newest first
@@ -316,6 +317,7 @@ def trash(cfg: Config, now: datetime, *, limit: int = 0) -> TrashReport:
             rep = read_trash(cat, now, limit=limit)
         except sqlite3.Error as exc:
             raise catalog_error(exc, cat.path) from None
+    rep.artifact_root = str(cfg.artifact_root)
     seen = observe(StateLayout(Path(cfg.state_dir)))
     txids = [t for t, _, _ in seen.unfinished]
     if seen.holder is not None:
@@ -361,7 +363,9 @@ def trash_lines(rep: TrashReport, limit: int = 50) -> list[str]:
             if limit and shown >= limit:
                 break
             shown += 1
-            where = e.path if e.path is not None else "(no directory)"
+            where = "(no directory)"
+            if e.path is not None:
+                where = str(Path(rep.artifact_root, e.path)) if rep.artifact_root else e.path
             out.append(f"  {e.run_id}  {where}  {format_bytes(e.bytes)}")
     if shown < rep.runs:
         out.append(f"... {rep.runs - shown:,} more runs (--limit 0 for all)")
