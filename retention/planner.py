@@ -15,11 +15,13 @@ than the trash, is left out with a reason: apply moves with one rename.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -790,6 +792,33 @@ def build_plan(
     manifest and listed in ``skipped``. ``allow_remove_all`` and ``allow_missing_dirs`` add
     to the configuration's settings of the same names (see the module for the guards).
     """
+    with without_cyclic_gc():
+        return _build_plan(cfg, now, allow_remove_all, allow_missing_dirs, progress, erase)
+
+
+@contextlib.contextmanager
+def without_cyclic_gc() -> Iterator[None]:
+    """Python's cyclic collector off while a plan builds its million small objects (runs,
+    verdicts, entries: none of them in a cycle): it would walk them all again and again as
+    they pile up (a fifth of a grouped plan's time at a million runs). Reference counting
+    still frees everything; the collector's previous state comes back after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _build_plan(
+    cfg: Config,
+    now: datetime,
+    allow_remove_all: bool,
+    allow_missing_dirs: bool,
+    progress: Callable[[str, int], Progress] | None,
+    erase: tuple[str, str] | None,
+) -> PlanResult:
     spec = erasure_spec(cfg, erase) if erase is not None else policy_from_config(cfg)
     allow_remove_all = allow_remove_all or cfg.allow_remove_all
     allow_missing_dirs = allow_missing_dirs or cfg.allow_missing_dirs
