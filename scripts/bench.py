@@ -1,27 +1,41 @@
-"""Benchmark: plan and apply at scale, against a bare rename-and-delete baseline.
+"""Benchmark: every command against its own floor, in one run, on copies of one workspace.
 
-Builds a catalog of N runs (one metrics row each) with an artifact directory (one small
-file) for each of the D oldest runs, then times, each in a fresh copy:
+Builds a catalog of ``--runs`` runs (default 1,000,000), each with three child rows across
+two child tables (two ``run_metrics`` rows, one ``run_params`` row), and an artifact
+directory of four small files for each of the ``--dirs`` oldest runs (default 100,000),
+then measures, each in a fresh copy of that workspace, and prints beside each command its
+floor and the ratio to it:
 
-* ``retention plan --keep-last N-D`` (read-only),
-* ``retention apply`` of that manifest,
-* a bare script doing only the irreducible work: rename the D directories into a trash
-  directory and delete their rows with one set-based DELETE per table;
-* ``retention undo`` of that apply and ``retention purge --all`` of it (each in a copy of
-  the applied workspace), and ``rm -rf`` of the same trash trees (purge's floor).
+* ``retention plan --keep-last RUNS-DIRS`` against the *scan floor*: one read-only SELECT
+  of the runs (id, time) plus an ``os.scandir``/``lstat`` walk of the candidate
+  directories, in one process;
+* ``retention apply`` of that manifest against the *bare floor* (rename each directory
+  into a staging directory, one set-based DELETE per table in one transaction, fsyncs of
+  the two directories) and against the *naive way* (per run: ``shutil.rmtree``, DELETE
+  from each table, COMMIT), timed on ``--naive-sample`` runs and scaled to all of them;
+* ``retention undo`` of that apply against the apply; ``retention purge --all`` of it
+  against ``rm -rf`` of the same trees;
+* the start-up of ``retention --help`` and of a no-op ``retention status`` (best of five);
+* with ``--fsyncs``, the fsync/fdatasync calls of plan, apply, undo and purge (``strace
+  -f -c``, in extra copies, as strace slows what it traces).
 
-Prints wall time and peak RSS of each, and apply's ratio to the baseline.
+Every figure comes with its peak RSS (``RUSAGE_CHILDREN`` of a fresh interpreter that only
+runs the command) and rows/s or dirs/s. ``--json FILE`` writes the same figures as JSON.
+BENCHMARKS.md holds the method, the machine and the latest figures.
 
-``--sizes`` adds the catalog's bookkeeping (issue 15): its size before the apply, after it
-(with the tombstones `status` counts), after ``purge --all`` and, in another copy, after
-``purge --all --vacuum``, each with its free pages. ``--children N`` gives each run N
-metric rows (default 1), e.g. ``--runs 200000 --delete 100000 --children 20 --sizes``.
+Other modes: ``--sizes`` adds the catalog's bookkeeping (its size before the apply, after
+it, after ``purge --all`` and after ``purge --all --vacuum``); ``--policies`` only plans,
+keep-last against a calendar policy grouped by tenant on the same workspace (issue 8's
+goal: within 1.3x).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -30,13 +44,19 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 EXE = str(Path(sys.executable).parent / "retention")
 TENANTS = 100  # runs.tenant: run i belongs to tenant i % 100 (for --policies)
 T0 = 1_600_000_000  # the first run's created_at; runs are a minute apart
+FILES = ("result.csv", "params.json", "model.bin", "log.txt")
 
 
-def build(root: Path, runs: int, delete: int, children: int = 1, journal: str = "wal") -> None:
+def run_id(i: int) -> str:
+    return f"r{i:08d}"
+
+
+def build(root: Path, runs: int, dirs: int, journal: str = "wal") -> None:
     data = root / "data"
     arts = data / "backtests"
     arts.mkdir(parents=True)
@@ -48,27 +68,34 @@ def build(root: Path, runs: int, delete: int, children: int = 1, journal: str = 
         CREATE TABLE run_metrics (id INTEGER PRIMARY KEY, run_id TEXT REFERENCES runs(run_id),
                                   name TEXT, value REAL);
         CREATE INDEX run_metrics_run ON run_metrics(run_id);
+        CREATE TABLE run_params (id INTEGER PRIMARY KEY, run_id TEXT REFERENCES runs(run_id),
+                                 params TEXT);
+        CREATE INDEX run_params_run ON run_params(run_id);
         """
     )
-    t0 = T0
     db.executemany(
         "INSERT INTO runs VALUES (?, ?, ?)",
-        ((f"r{i:08d}", t0 + i * 60, f"t{i % TENANTS:03d}") for i in range(runs)),
+        ((run_id(i), T0 + i * 60, f"t{i % TENANTS:03d}") for i in range(runs)),
     )
     db.executemany(
         "INSERT INTO run_metrics (run_id, name, value) VALUES (?, ?, ?)",
-        (
-            (f"r{i:08d}", "pnl" if k == 0 else f"m{k}", i * 0.5 + k)
-            for i in range(runs)
-            for k in range(children)
-        ),
+        ((run_id(i), name, i * 0.5) for i in range(runs) for name in ("pnl", "sharpe")),
+    )
+    db.executemany(
+        "INSERT INTO run_params (run_id, params) VALUES (?, ?)",
+        ((run_id(i), f'{{"seed": {i}}}') for i in range(runs)),
     )
     db.commit()
     db.close()
-    for i in range(delete):
-        d = arts / f"r{i:08d}"
+    (root / "retention.toml").write_text(
+        '[catalog]\nchild_tables = [{ table = "run_metrics", column = "run_id" },'
+        ' { table = "run_params", column = "run_id" }]\n'
+    )
+    for i in range(dirs):
+        d = arts / run_id(i)
         d.mkdir()
-        (d / "result.csv").write_bytes(b"x" * 512)
+        for k, name in enumerate(FILES):
+            (d / name).write_bytes(b"x" * (128 << k))
 
 
 # Run a command in a child of a fresh interpreter, so RUSAGE_CHILDREN's peak is its own.
@@ -80,7 +107,7 @@ _MEASURE = (
 )
 
 
-def timed(cmd: list[str], cwd: Path, stdout=None) -> tuple[float, int]:  # type: ignore[no-untyped-def]
+def timed(cmd: list[str], cwd: Path, stdout: Any = None) -> tuple[float, int]:
     """Wall time and peak RSS (KiB) of one command."""
     t0 = time.perf_counter()
     p = subprocess.run(
@@ -89,9 +116,37 @@ def timed(cmd: list[str], cwd: Path, stdout=None) -> tuple[float, int]:  # type:
     took = time.perf_counter() - t0
     err = p.stderr.decode()
     if p.returncode not in (0, 3):
-        sys.exit(f"{cmd[1]} failed: {err}")
+        sys.exit(f"{cmd[1] if len(cmd) > 1 else cmd[0]} failed: {err}")
     return took, int(err.rsplit("RSS ", 1)[1])
 
+
+def fsyncs(cmd: list[str], cwd: Path) -> int:
+    """fsync + fdatasync calls of ``cmd`` and its children (strace -f -c)."""
+    with tempfile.NamedTemporaryFile(suffix=".strace") as log:
+        subprocess.run(
+            ["strace", "-f", "-c", "-e", "trace=fsync,fdatasync", "-o", log.name, *cmd],
+            cwd=cwd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
+        text = Path(log.name).read_text()
+    return sum(
+        int(m.group(1)) for m in re.finditer(r"\s(\d+)(?:\s+\d+)?\s+(?:fsync|fdatasync)\n", text)
+    )
+
+
+SCAN = r"""
+import os, sqlite3, sys
+root, n = sys.argv[1], int(sys.argv[2])
+db = sqlite3.connect(f"file:{os.path.join(root, 'data/catalog.db')}?mode=ro", uri=True)
+rows = db.execute("SELECT run_id, created_at FROM runs").fetchall()
+arts = os.path.join(root, "data/backtests")
+for rid, _ in sorted(rows, key=lambda r: r[1])[:n]:
+    with os.scandir(os.path.join(arts, rid)) as it:
+        for e in it:
+            e.stat(follow_symlinks=False)
+"""
 
 BARE = r"""
 import os, sqlite3, sys
@@ -109,10 +164,153 @@ db.execute("PRAGMA synchronous=FULL")
 db.execute("BEGIN IMMEDIATE")
 db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
 db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
-db.execute("DELETE FROM run_metrics WHERE run_id IN (SELECT id FROM ids)")
+for t in ("run_metrics", "run_params"):
+    db.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT id FROM ids)")
 db.execute("DELETE FROM runs WHERE run_id IN (SELECT id FROM ids)")
 db.execute("COMMIT")
 """
+
+NAIVE = r"""
+import os, shutil, sqlite3, sys
+root, n = sys.argv[1], int(sys.argv[2])
+arts = os.path.join(root, "data/backtests")
+db = sqlite3.connect(os.path.join(root, "data/catalog.db"))
+db.execute("PRAGMA synchronous=FULL")
+for i in range(n):
+    rid = f"r{i:08d}"
+    shutil.rmtree(os.path.join(arts, rid))
+    for t in ("run_metrics", "run_params", "runs"):
+        db.execute(f"DELETE FROM {t} WHERE run_id = ?", (rid,))
+    db.commit()
+"""
+
+
+def fig(measured: tuple[float, int]) -> dict[str, float]:
+    """A timed command's figures: seconds and peak RSS in KiB."""
+    return {"s": measured[0], "rss_kib": measured[1]}
+
+
+def copy(template: Path, dst: Path) -> Path:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(template, dst, symlinks=True)
+    return dst
+
+
+def startup(cmd: list[str], cwd: Path) -> float:
+    """Best of five wall times of a short command."""
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Namespace) -> dict:
+    out: dict[str, Any] = {"runs": runs, "dirs": dirs, "child_rows_per_run": 3}
+    keep = str(runs - dirs)
+    ws = copy(template, base / "ours")
+    with open(ws / "manifest.json", "wb") as f:
+        out["plan"] = fig(timed([EXE, "plan", "--keep-last", keep], ws, f))
+    out["manifest_bytes"] = (ws / "manifest.json").stat().st_size
+    out["scan_floor"] = fig(timed([sys.executable, "-c", SCAN, str(template), str(dirs)], base))
+    applied = timed([EXE, "apply", "manifest.json"], ws, subprocess.DEVNULL)
+    out["apply"] = fig(applied)
+    bare = copy(template, base / "bare")
+    out["bare_floor"] = fig(timed([sys.executable, "-c", BARE, str(bare), str(dirs)], bare))
+    shutil.rmtree(bare)
+    sample = min(args.naive_sample, dirs)
+    naive = copy(template, base / "naive")
+    took, rss = timed([sys.executable, "-c", NAIVE, str(naive), str(sample)], naive)
+    out["naive"] = {"s": took * dirs / sample, "rss_kib": rss, "sample": sample, "sample_s": took}
+    shutil.rmtree(naive)
+    undone = copy(ws, base / "ours-undo")
+    out["undo"] = fig(timed([EXE, "undo", "--within", "3650d"], undone, subprocess.DEVNULL))
+    shutil.rmtree(undone)
+    purged = copy(ws, base / "ours-purge")
+    out["purge"] = fig(timed([EXE, "purge", "--all"], purged, subprocess.DEVNULL))
+    shutil.rmtree(purged)
+    rmrf = base / "rm-rf"
+    shutil.rmtree(rmrf, ignore_errors=True)
+    shutil.copytree(ws / "data/backtests/.trash", rmrf, symlinks=True)
+    out["rm_rf"] = fig(timed(["rm", "-rf", str(rmrf)], base))
+    empty = base / "empty"
+    shutil.rmtree(empty, ignore_errors=True)
+    empty.mkdir()
+    out["help_s"] = startup([EXE, "--help"], empty)
+    out["status_noop_s"] = startup([EXE, "status"], ws)
+    if args.fsyncs and shutil.which("strace"):
+        counts = {}
+        w = copy(template, base / "fsync-plan")
+        counts["plan"] = fsyncs([EXE, "plan", "--keep-last", keep, "-o", "m.json"], w)
+        counts["apply"] = fsyncs([EXE, "apply", "m.json"], w)
+        u = copy(w, base / "fsync-undo")
+        counts["undo"] = fsyncs([EXE, "undo", "--within", "3650d"], u)
+        counts["purge"] = fsyncs([EXE, "purge", "--all"], w)
+        counts["bare_floor"] = fsyncs(
+            [sys.executable, "-c", BARE, str(copy(template, base / "fsync-bare")), str(dirs)], base
+        )
+        out["fsyncs"] = counts
+    if args.sizes:
+        sizes(ws, catalog_size(template))
+    return out
+
+
+def report(r: dict) -> None:
+    dirs, runs = r["dirs"], r["runs"]
+
+    def row(name: str, what: dict, floor: str, ratio: float | None, goal: str, rate: str) -> None:
+        rat = f"{ratio:6.2f}x" if ratio is not None else " " * 7
+        print(
+            f"{name:<7} {what['s']:8.2f} s  {what['rss_kib'] / 1024:7.1f} MiB  {floor:<22}"
+            f" {rat}  {goal:<10} {rate}"
+        )
+
+    print(
+        f"{runs:,} runs x 3 child rows, {dirs:,} directories of 4 files;"
+        f" manifest {r['manifest_bytes'] / 2**20:.1f} MiB"
+    )
+    print("command     time      peak RSS   against                 ratio   goal       rate")
+    p, a, u = r["plan"], r["apply"], r["undo"]
+    row(
+        "plan",
+        p,
+        f"scan {r['scan_floor']['s']:.2f} s",
+        p["s"] / r["scan_floor"]["s"],
+        "<= 2x",
+        f"{runs / p['s']:,.0f} runs/s",
+    )
+    row(
+        "apply",
+        a,
+        f"bare {r['bare_floor']['s']:.2f} s",
+        a["s"] / r["bare_floor"]["s"],
+        "<= 1.5x",
+        f"{dirs / a['s']:,.0f} dirs/s",
+    )
+    naive = r["naive"]
+    print(
+        f"{'':<7} naive way {naive['s']:.1f} s (timed on {naive['sample']:,} runs:"
+        f" {naive['sample_s']:.2f} s, scaled): apply is {naive['s'] / a['s']:.1f}x faster"
+        " (goal >= 10x)"
+    )
+    row(
+        "undo", u, f"apply {a['s']:.2f} s", u["s"] / a["s"], "<= 2x", f"{dirs / u['s']:,.0f} dirs/s"
+    )
+    row(
+        "purge",
+        r["purge"],
+        f"rm -rf {r['rm_rf']['s']:.2f} s",
+        r["purge"]["s"] / r["rm_rf"]["s"],
+        "<= 1.2x",
+        f"{dirs / r['purge']['s']:,.0f} dirs/s",
+    )
+    print(
+        f"start-up: --help {r['help_s'] * 1000:.0f} ms, no-op status"
+        f" {r['status_noop_s'] * 1000:.0f} ms (goal < 150 ms); peak RSS goal < 400 MiB"
+    )
+    if "fsyncs" in r:
+        print("fsync + fdatasync calls: " + ", ".join(f"{k} {v:,}" for k, v in r["fsyncs"].items()))
 
 
 def catalog_size(ws: Path) -> tuple[int, int]:
@@ -130,30 +328,30 @@ def catalog_size(ws: Path) -> tuple[int, int]:
 def sizes(ws: Path, before: tuple[int, int]) -> None:
     """The catalog's size after the apply in ``ws``, after a purge, and after a purge with
     --vacuum (in a copy), with the tombstones `status` counts; printed as a table."""
-    rows = [("before apply", *before, None, None)]
+    rows: list[tuple[str, int, int, int | None, float | None]] = [
+        ("before apply", *before, None, None)
+    ]
     st = subprocess.run([EXE, "status", "--json"], cwd=ws, capture_output=True, check=True)
     use = json.loads(st.stdout)["catalog_usage"]
     rows.append(("after apply", *catalog_size(ws), use["tombstone_bytes"], None))
-    vac = ws.parent / "ours-vacuum"
-    shutil.rmtree(vac, ignore_errors=True)
-    shutil.copytree(ws, vac)
+    vac = copy(ws, ws.parent / "ours-vacuum")
+    purged = copy(ws, ws.parent / "ours-purged")
     for label, where, extra in (
-        ("after purge --all", ws, []),
+        ("after purge --all", purged, []),
         ("after purge --all --vacuum", vac, ["--vacuum"]),
     ):
         with tempfile.TemporaryFile() as out:
-            took, _ = timed([EXE, "purge", "--all", *extra], where, stdout=out)
+            purge_s, _ = timed([EXE, "purge", "--all", *extra], where, stdout=out)
             out.seek(0)
             rep = json.load(out)
         assert rep["purged"], rep
-        rows.append((label, *catalog_size(where), None, took))
+        rows.append((label, *catalog_size(where), None, purge_s))
     mib = 2**20
     print("catalog (file + WAL)          size        free pages   tombstones    took")
-    for label, size, free, tomb, took in rows:
+    for label, size, free, tomb, spent in rows:
         t = f"{tomb / mib:9.1f} MiB" if tomb is not None else " " * 13
-        s = f"{took:7.2f} s" if took is not None else ""
+        s = f"{spent:7.2f} s" if spent is not None else ""
         print(f"  {label:<27} {size / mib:8.1f} MiB  {free / mib:8.1f} MiB  {t}  {s}")
-    print(f"  ({size:,} bytes after the vacuum; before the apply {before[0]:,})")
 
 
 def policies(ws: Path, runs: int, delete: int) -> None:
@@ -185,14 +383,28 @@ def policies(ws: Path, runs: int, delete: int) -> None:
         print(f"{rss / base_rss:.2f}x its peak memory")
 
 
+def machine() -> dict[str, Any]:
+    load = os.getloadavg()
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_1m_at_start": round(load[0], 2),
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=200_000)
-    ap.add_argument("--delete", type=int, default=20_000)
-    ap.add_argument("--children", type=int, default=1, help="metric rows per run (default 1)")
+    ap.add_argument("--runs", type=int, default=1_000_000)
+    ap.add_argument("--dirs", "--delete", dest="dirs", type=int, default=100_000)
+    ap.add_argument(
+        "--naive-sample", type=int, default=2_000, help="runs the naive way is timed on"
+    )
     ap.add_argument(
         "--journal", choices=("wal", "delete"), default="wal", help="the catalog's journal mode"
     )
+    ap.add_argument("--fsyncs", action="store_true", help="also count fsyncs (strace)")
     ap.add_argument(
         "--sizes",
         action="store_true",
@@ -204,69 +416,33 @@ def main() -> None:
         help="only plan: keep-last against a calendar policy grouped by tenant (100 groups)"
         " on the same workspace (issue 8's goal: <= 1.3x, peak memory not growing)",
     )
+    ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--dir", type=Path, default=None, help="work here (default: a temp dir)")
     args = ap.parse_args()
     base = args.dir or Path(tempfile.mkdtemp(prefix="retention-bench-"))
+    base.mkdir(parents=True, exist_ok=True)
     template = base / "template"
     if template.exists():
         shutil.rmtree(template)
+    info = machine()
     t0 = time.perf_counter()
-    build(template, args.runs, args.delete, args.children, args.journal)
-    children = f" x {args.children} metric rows" if args.children != 1 else ""
+    build(template, args.runs, args.dirs, args.journal)
     print(
-        f"built {args.runs:,} runs{children}, {args.delete:,} directories"
-        f" in {time.perf_counter() - t0:.1f} s"
+        f"built {args.runs:,} runs, {args.dirs:,} directories in {time.perf_counter() - t0:.1f} s"
+        f" (load {info['loadavg_1m_at_start']} on {info['cpus']} cpus)"
     )
-    env_keep = str(args.runs - args.delete)
-    if args.policies:
-        policies(template, args.runs, args.delete)
+    try:
+        if args.policies:
+            policies(template, args.runs, args.dirs)
+            return
+        figures = measure(base, template, args.runs, args.dirs, args)
+        figures["machine"] = info
+        report(figures)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+    finally:
         if args.dir is None:
             shutil.rmtree(base)
-        return
-
-    ws = base / "ours"
-    shutil.rmtree(ws, ignore_errors=True)
-    shutil.copytree(template, ws)
-    with open(ws / "manifest.json", "wb") as out:
-        t_plan, rss_plan = timed([EXE, "plan", "--keep-last", env_keep], ws, stdout=out)
-    size = (ws / "manifest.json").stat().st_size
-    t_apply, rss_apply = timed([EXE, "apply", "manifest.json"], ws, stdout=subprocess.DEVNULL)
-
-    # Undo (in a copy of the applied workspace) and purge --all of the same apply.
-    undone = base / "ours-undo"
-    shutil.rmtree(undone, ignore_errors=True)
-    shutil.copytree(ws, undone, symlinks=True)
-    t_undo, rss_undo = timed([EXE, "undo", "--within", "3650d"], undone, stdout=subprocess.DEVNULL)
-    purged = base / "ours-purge"
-    shutil.rmtree(purged, ignore_errors=True)
-    shutil.copytree(ws, purged, symlinks=True)
-    t_purge, rss_purge = timed([EXE, "purge", "--all"], purged, stdout=subprocess.DEVNULL)
-    shutil.rmtree(undone)
-    rmrf = base / "rm-rf"  # the floor of purge: rm -rf of the same trees
-    shutil.rmtree(rmrf, ignore_errors=True)
-    shutil.copytree(ws / "data/backtests/.trash", rmrf, symlinks=True)
-    t_rm, _ = timed(["rm", "-rf", str(rmrf)], base)
-
-    bare = base / "bare"
-    shutil.rmtree(bare, ignore_errors=True)
-    shutil.copytree(template, bare)
-    t_bare, _ = timed([sys.executable, "-c", BARE, str(bare), str(args.delete)], bare)
-
-    print(
-        f"plan   {t_plan:7.2f} s   peak RSS {rss_plan / 1024:7.1f} MiB"
-        f"   manifest {size / 2**20:.1f} MiB"
-    )
-    print(f"apply  {t_apply:7.2f} s   peak RSS {rss_apply / 1024:7.1f} MiB")
-    print(f"bare   {t_bare:7.2f} s   (rename + set-based delete, no checks)")
-    print(f"apply / bare = {t_apply / t_bare:.2f}x   (goal: <= 1.5x)")
-    print(f"undo   {t_undo:7.2f} s   peak RSS {rss_undo / 1024:7.1f} MiB")
-    print(f"undo / apply = {t_undo / t_apply:.2f}x   (goal: <= 2x)")
-    print(f"purge  {t_purge:7.2f} s   peak RSS {rss_purge / 1024:7.1f} MiB   (purge --all)")
-    print(f"rm -rf {t_rm:7.2f} s   purge / rm -rf = {t_purge / t_rm:.2f}x")
-    if args.sizes:
-        sizes(ws, catalog_size(template))
-    if args.dir is None:
-        shutil.rmtree(base)
 
 
 if __name__ == "__main__":
