@@ -331,6 +331,11 @@ def _purge_all_on_a_terminal(ws: Path, *, reply: bytes | None) -> tuple[int, str
         if not asked and b"[y/N]" in out:
             asked = True
             if reply is None:
+                # As a person would: a moment after the prompt. The prompt is printed just
+                # before input() blocks in read(); a signal landing in that gap runs its
+                # Python handler only once read() returns (CPython checks for signals on
+                # EINTR, not before it blocks), so an instant Ctrl-C waits for Enter.
+                time.sleep(0.5)
                 proc.send_signal(signal.SIGINT)
             else:
                 os.write(master, reply)
@@ -345,8 +350,11 @@ def _purge_all_on_a_terminal(ws: Path, *, reply: bytes | None) -> tuple[int, str
             out += chunk
         elif proc.poll() is not None:
             break
-    proc.wait(timeout=30)
-    os.close(master)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+        os.close(master)
     assert asked, out
     return proc.returncode, out.decode(errors="replace")
 
