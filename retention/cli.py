@@ -8,32 +8,55 @@ user can cause are `RetentionError`s, rendered once in `RetentionGroup.invoke` a
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-import msgspec
+from click.core import ParameterSource
 
-from retention import __version__, views
+from journal import fsio
+from retention import __version__
+from retention.completion import complete_txids
 from retention.config import Config, load_config, render_config
 from retention.durations import parse_duration, parse_instant
 from retention.errors import (
     EXIT_INCONSISTENT,
     EXIT_PARTIAL,
+    CatalogError,
     Interrupted,
     RetentionError,
+    StorageError,
     UsageError,
     from_environment,
     interrupt_exit_code,
 )
-from retention.reporting import safe_text
+from retention.reporting import document, safe_text
+
+
+class _LazyViews:
+    """`retention.views`, imported on first use: it brings the planner, the catalog and
+    sqlite-utils along, which `--help`, `config` and a no-op `status` never need (start-up
+    time, issue 13)."""
+
+    def __getattr__(self, name: str) -> Any:
+        from retention import views as module
+
+        return getattr(module, name)
+
+
+views: Any = _LazyViews()
 
 
 class RetentionGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        from retention.reporting import Progress
+
+        Progress.quiet = False  # until -q says otherwise (tests invoke in one process)
         try:
             return super().invoke(ctx)
         except RetentionError as exc:
@@ -47,17 +70,28 @@ class RetentionGroup(click.Group):
             _render(ctx, mapped)
 
 
-def _say(text: str = "", *, err: bool = False) -> None:
+def _say(text: str = "", *, err: bool = False, level: int = 0) -> None:
     """Print one line for people; control characters in it (from a run id, a path, a
-    message) are escaped, so nothing can forge a line or reach the terminal as a sequence."""
+    message) are escaped, so nothing can forge a line or reach the terminal as a sequence.
+
+    ``level``: -1 always (errors), 0 unless -q (except ``Error:`` / ``Warning:`` lines),
+    1 only with -v."""
+    if level >= 1 and not _verbose():
+        return
+    if level == 0 and _quiet() and not text.startswith(("Error:", "Warning:")):
+        return
     click.echo(safe_text(text), err=err)
 
 
 def _render(ctx: click.Context, exc: RetentionError) -> None:
     # An interruption is the operator's doing, not an error: its message says what happened.
-    _say(exc.message if isinstance(exc, Interrupted) else f"Error: {exc.message}", err=True)
+    _say(
+        exc.message if isinstance(exc, Interrupted) else f"Error: {exc.message}",
+        err=True,
+        level=-1,
+    )
     if exc.hint:
-        _say(f"Hint: {exc.hint}", err=True)
+        _say(f"Hint: {exc.hint}", err=True, level=-1)
     ctx.exit(exc.exit_code)
 
 
@@ -83,6 +117,7 @@ def _interruptible(f: Any) -> Any:
                 f"Interrupted ({signal_name(late)}) after the work was done; nothing was left"
                 " half-done.",
                 err=True,
+                level=-1,
             )
             code = interrupt_exit_code(late)
         if code:
@@ -110,11 +145,306 @@ def _erasure(text: str | None, policy: dict[str, Any]) -> tuple[str, str] | None
 
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:
-    return load_config(ctx.obj["config"], overrides=overrides)
+    # --catalog / --artifact-root of show, apply and undo (`_path_options`)
+    overrides = {**ctx.meta.get("retention.paths", {}), **overrides}
+    cfg = load_config(ctx.obj["config"], overrides=overrides)
+    ctx.meta["retention.cfg"] = cfg
+    return cfg
 
 
 def _now(value: str | None) -> datetime:
     return parse_instant(value) if value else datetime.now(UTC)
+
+
+# -- output for people and machines: -q / -v, --json, --output-json, --metrics-file --------
+
+
+def _obj() -> dict[str, Any]:
+    ctx = click.get_current_context(silent=True)
+    return {} if ctx is None else ctx.ensure_object(dict)
+
+
+def _quiet() -> bool:
+    return bool(_obj().get("quiet"))
+
+
+def _verbose() -> bool:
+    return bool(_obj().get("verbose"))
+
+
+def _verbosity_flag(name: str) -> Any:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.ensure_object(dict)[name] = True
+
+    return store
+
+
+_QUIET = click.Option(
+    ["-q", "--quiet"],
+    is_flag=True,
+    expose_value=False,
+    callback=_verbosity_flag("quiet"),
+    help="Print errors and warnings only (no summary, no progress); JSON output is unchanged.",
+)
+_VERBOSE = click.Option(
+    ["-v", "--verbose"],
+    is_flag=True,
+    expose_value=False,
+    callback=_verbosity_flag("verbose"),
+    help="Print more detail (e.g. every skipped, deleted or restored run).",
+)
+
+
+class RetentionCommand(click.Command):
+    """Every subcommand: ``-q`` / ``-v`` (also accepted before the subcommand), refused
+    together (exit 2)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params += [_QUIET, _VERBOSE]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from retention.reporting import Progress
+
+        obj = ctx.ensure_object(dict)
+        if obj.get("quiet") and obj.get("verbose"):
+            raise UsageError("-q/--quiet and -v/--verbose contradict each other: give one")
+        Progress.quiet = bool(obj.get("quiet"))
+        return super().invoke(ctx)
+
+
+def _path_options(f: Any) -> Any:
+    """``--catalog`` and ``--artifact-root`` as plan has them; `_config` applies them."""
+
+    def store(key: str) -> Any:
+        def cb(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+            if value is not None:
+                ctx.meta.setdefault("retention.paths", {})[key] = value
+
+        return cb
+
+    f = click.option(
+        "--artifact-root",
+        expose_value=False,
+        callback=store("artifact_root"),
+        help="Artifact root (overrides artifacts.root); a manifest planned for another is refused.",
+    )(f)
+    return click.option(
+        "--catalog",
+        expose_value=False,
+        callback=store("catalog_path"),
+        help="Catalog file (overrides catalog.path); a manifest planned against another"
+        " catalog is refused.",
+    )(f)
+
+
+def _emit_report(report: object) -> None:
+    """A mutating command's report: JSON on stdout unless stdout is a terminal (then only
+    with --json), and the same bytes in --output-json FILE (atomically)."""
+    ctx = click.get_current_context()
+    opts = ctx.meta.get("retention.out", {})
+    ctx.meta["retention.report"] = report
+    data = document(report)
+    if opts.get("json") or not sys.stdout.isatty():
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    target = opts.get("output_json")
+    if target:
+        try:
+            fsio.write_atomic(Path(target), bytes(data), 0o644)
+        except OSError as exc:  # the work is done: said after the summary, exit 8
+            ctx.meta["retention.unwritten"] = f"cannot write {target}: {exc.strerror or exc}"
+
+
+def _exit_code_of(exc: BaseException) -> int:
+    if isinstance(exc, click.exceptions.Exit):
+        return exc.exit_code
+    if isinstance(exc, RetentionError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return interrupt_exit_code(signal.SIGINT)
+    if isinstance(exc, Exception):
+        mapped = from_environment(exc)
+        return mapped.exit_code if mapped is not None else 1
+    return 1
+
+
+def _reported(command: str, *, metrics: bool = True) -> Any:
+    """``--json``, ``--output-json FILE`` and (``metrics``) ``--metrics-file PATH`` for a
+    mutating command that reports with `_emit_report`. The metrics file is written last,
+    also when the command fails (its exit code, duration, the last success kept)."""
+
+    def decorate(f: Any) -> Any:
+        @functools.wraps(f)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            opts = ctx.meta.setdefault("retention.out", {})
+            paths = [opts.get("output_json"), opts.get("metrics_file")]
+            if paths[0] and paths[1] and os.path.abspath(paths[0]) == os.path.abspath(paths[1]):
+                raise UsageError("--output-json and --metrics-file name the same file")
+            t0, code = time.monotonic(), 0
+            try:
+                f(*args, **kwargs)
+            except BaseException as exc:
+                code = _exit_code_of(exc)
+                reported = ctx.meta.get("retention.report") is not None
+                if isinstance(exc, click.exceptions.Exit) and reported:
+                    # exit 3 (skipped), 9 (an undo of several refused), 130/143 after the
+                    # commit: the report says what was done; exit 8 only instead of 0 or 3
+                    _after_report(ctx, command, code, t0, kwargs, strict=code in (0, 3))
+                else:
+                    _write_metrics(ctx, command, code, t0, kwargs, failed=True)
+                raise
+            _after_report(ctx, command, code, t0, kwargs)
+
+        options = [
+            click.option(
+                "--json",
+                "json",
+                is_flag=True,
+                expose_value=False,
+                callback=_store_out("json"),
+                help="Print the JSON report on stdout even on a terminal (it is printed"
+                " whenever stdout is not one).",
+            ),
+            click.option(
+                "--output-json",
+                type=click.Path(dir_okay=False),
+                expose_value=False,
+                callback=_store_out("output_json"),
+                help="Also write the JSON report to FILE (atomically).",
+            ),
+        ]
+        if metrics:
+            options.append(
+                click.option(
+                    "--metrics-file",
+                    type=click.Path(dir_okay=False),
+                    metavar="PATH",
+                    expose_value=False,
+                    callback=_store_out("metrics_file"),
+                    help="Write Prometheus metrics to PATH (atomically; node_exporter's"
+                    " textfile collector), also on failure.",
+                )
+            )
+        for option in reversed(options):
+            run = option(run)
+        return run
+
+    return decorate
+
+
+def _store_out(key: str) -> Any:
+    def cb(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value:
+            ctx.meta.setdefault("retention.out", {})[key] = value
+
+    return cb
+
+
+def _after_report(
+    ctx: click.Context,
+    command: str,
+    code: int,
+    t0: float,
+    kwargs: dict[str, Any],
+    *,
+    strict: bool = True,
+) -> None:
+    """After a command that did its work: -v detail, the metrics file, and exit 8 if an
+    output file asked for could not be written (the report on stdout says what was done)."""
+    report = ctx.meta.get("retention.report")
+    opts = ctx.meta.get("retention.out", {})
+    if _verbose() and report is not None:
+        for line in _detail_lines(command, report):
+            _say(line, err=True)
+    unwritten = ctx.meta.get("retention.unwritten")
+    if unwritten is None and opts.get("output_json"):
+        _say(f"Report written to {opts['output_json']}.", err=True, level=1)
+    failed = _write_metrics(ctx, command, 8 if unwritten and strict else code, t0, kwargs)
+    if failed and unwritten is None:
+        unwritten = failed
+    if unwritten is not None and not strict:  # keep the command's own exit code
+        _say(f"Warning: {unwritten}", err=True)
+    elif unwritten is not None:
+        raise StorageError(unwritten, hint="the work itself is done: see the report on stdout")
+
+
+def _detail_lines(command: str, report: Any) -> list[str]:
+    lines: list[str] = []
+    if command == "apply":
+        lines += [f"Deleted {rid}" for rid in report.deleted_run_ids]
+        if len(report.skipped) > 10:  # the summary counted them by reason
+            for sk in report.skipped:
+                lines.append(f"Skipped {sk.run_id}: {sk.reason}")
+        lines += [f"Purged the trash of {t}" for t in report.purged]
+    elif command == "undo":
+        for u in report.undone:
+            lines += [f"Restored {rid} (from {u.target})" for rid in u.restored]
+    elif command == "purge":
+        lines += [f"Purged the trash of {t}" for t in report.purged]
+    return lines
+
+
+def _write_metrics(
+    ctx: click.Context,
+    command: str,
+    code: int,
+    t0: float,
+    kwargs: dict[str, Any],
+    *,
+    failed: bool = False,
+) -> str | None:
+    """Write --metrics-file if given; returns why it could not be (None: written)."""
+    from retention import metrics
+
+    path = ctx.meta.get("retention.out", {}).get("metrics_file")
+    if not path:
+        return None
+    report: Any = None if failed else ctx.meta.get("retention.report")
+    elapsed = time.monotonic() - t0
+    try:
+        if report is None:
+            outcome = metrics.Outcome(command, code, elapsed, time.time())
+        else:
+            cfg = ctx.meta.get("retention.cfg")
+            if getattr(report, "duration_ms", None) is not None:
+                elapsed = report.duration_ms / 1000
+            groups, restored = None, None
+            if command == "apply" and cfg is not None:
+                groups = _apply_groups(cfg, report, kwargs.get("manifest"))
+            if command == "undo" and cfg is not None:
+                restored = views.restored_bytes(cfg, [u.txid for u in report.undone])
+            outcome = metrics.outcome_of(
+                command,
+                report,
+                exit_code=code,
+                duration_seconds=elapsed,
+                finished_at=time.time(),
+                bytes_restored=restored,
+                groups=groups,
+            )
+        metrics.write_metrics(Path(path), outcome)
+    except (OSError, RetentionError) as exc:
+        why = exc.message if isinstance(exc, RetentionError) else exc.strerror or str(exc)
+        if failed:  # never hide the command's own error
+            _say(f"Warning: cannot write metrics file {path}: {why}", err=True)
+            return None
+        return f"cannot write metrics file {path}: {why}"
+    _say(f"Metrics written to {path}.", err=True, level=1)
+    return None
+
+
+def _apply_groups(cfg: Config, report: Any, manifest: str | None) -> Any:
+    """Per-group counts of a grouped manifest's apply (None: not grouped, or unknown)."""
+    if manifest is None or not report.deleted_runs:
+        return None
+    columns = views.manifest_group_by(manifest, report.manifest_id)
+    if not columns:
+        return None
+    txids = [report.txid, *(getattr(b, "txid", None) for b in getattr(report, "batches", []))]
+    return views.apply_group_counts(cfg, sorted({t for t in txids if t}), columns)
 
 
 config_option = click.option(
@@ -128,6 +458,22 @@ config_option = click.option(
 @click.group(cls=RetentionGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="retention")
 @config_option
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    expose_value=False,
+    callback=_verbosity_flag("quiet"),
+    help="Errors and warnings only (as after any command).",
+)
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    expose_value=False,
+    callback=_verbosity_flag("verbose"),
+    help="More detail (as after any command).",
+)
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """Delete old runs (catalog rows plus artifact directories) safely.
@@ -139,6 +485,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["config"] = config_path
+
+
+cli.command_class = RetentionCommand  # -q / -v on every subcommand
 
 
 def _config_opt(f: Any) -> Any:
@@ -309,7 +658,8 @@ def plan(
     """Evaluate the policy and write a signed deletion manifest (stdout or -o FILE).
 
     Read-only: the catalog is opened read-only and no artifact is touched. A human summary
-    goes to stderr. Exit 3 if some candidates were left out (unreadable or outside the root).
+    goes to stderr. Exit 3 if some candidates were left out (unreadable or outside the root),
+    or if no candidate's timestamp could be read (see retention config --check).
     """
     from retention.planner import build_plan
 
@@ -344,16 +694,20 @@ def plan(
     else:
         sys.stdout.buffer.write(result.manifest)
         sys.stdout.flush()
-    for line in views.plan_summary(result, output, datetime.now(UTC)):
+    from retention.onboarding import undated_plan_lines
+
+    undated = undated_plan_lines(cfg, result)  # no candidate's timestamp could be read
+    for line in [*undated, *views.plan_summary(result, output, datetime.now(UTC))]:
         _say(line, err=True)
     for line in views.explain_lines(explained) if explained is not None else ():
         _say(line, err=True)
-    if result.skipped:
+    if result.skipped or undated:
         ctx.exit(EXIT_PARTIAL)
 
 
 @cli.command()
 @_config_opt
+@_path_options
 @click.argument("manifest", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option(
@@ -374,6 +728,7 @@ def show(ctx: click.Context, manifest: str, as_json: bool, top: int, kept: bool)
     """Verify a manifest (signature, expiry, catalog) and show what it would delete."""
     cfg = _config(ctx)
     verified = views.load_verified(cfg, manifest, datetime.now(UTC))
+    views.refuse_other_root(cfg, verified.payload)
     kept_side = None
     if kept:
         from retention.explain import kept_report
@@ -423,37 +778,72 @@ def explain(
 @click.option(
     "--check",
     is_flag=True,
-    help="Also open the catalog read-only, validate the configuration against it and list"
-    " every table a plan would touch, with row counts (exit 4 on a catalog problem).",
+    help="Also open the catalog read-only, check the configuration against it and list"
+    " every table a plan would touch, with row counts, and how many timestamps"
+    " catalog.time_format reads. Every problem is reported, each on its own line on stderr"
+    " (exit 4 if any).",
 )
 @click.pass_context
 def config_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
     """Print the effective configuration and where each value came from."""
+    from retention.onboarding import check_config, check_lines, problem_lines
+
     cfg = _config(ctx)
-    tables = views.config_tables_report(cfg) if check else None
+    checked, tables = check_config(cfg) if check else (None, None)
     if as_json:
-        data: Any = cfg if tables is None else {"config": cfg, "tables": tables}
-        sys.stdout.buffer.write(msgspec.json.encode(data, order="sorted") + b"\n")
-        return
-    _say(f"# config file: {cfg.config_file or '(none: built-in defaults)'}")
-    rows = render_config(cfg)
-    width = max(len(k) for k, _, _ in rows)
-    for key, value, source in rows:
-        _say(f"{key:<{width}}  {value}    # {source}")
-    if tables is not None:
-        _say("")
-        for line in views.tables_lines(tables):
-            _say(line)
+        data: Any = cfg if checked is None else {"config": cfg, "tables": tables, "check": checked}
+        sys.stdout.buffer.write(document(data, "config-report", order="sorted"))
+    else:
+        _say(f"# config file: {cfg.config_file or '(none: built-in defaults)'}")
+        rows = render_config(cfg)
+        width = max(len(k) for k, _, _ in rows)
+        for key, value, source in rows:
+            _say(f"{key:<{width}}  {value}    # {source}")
+        if checked is not None:
+            _say("")
+            for line in views.tables_lines(tables) if tables is not None else ():
+                _say(line)
+            for line in check_lines(checked, tables is not None):
+                _say(line)
+    if checked is not None and checked.problems:
+        for line in problem_lines(checked):
+            _say(line, err=True)
+        ctx.exit(CatalogError.exit_code)
+
+
+def _confirm(question: str) -> bool | None:
+    """Ask on the terminal (default no; end of input is no); None after Ctrl-C, which
+    stops the prompt at once (the command's own handler would wait for Enter)."""
+    hit: list[int] = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        hit.append(signum)
+        raise KeyboardInterrupt
+
+    saved = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return click.confirm(question, default=False, err=True)
+    except click.Abort:
+        return None if hit else False
+    finally:
+        signal.signal(signal.SIGINT, saved)
+
+
+def _interactive() -> bool:
+    """Whether a person is at the terminal (stdin and stdout both are one): then
+    ``purge --all`` asks before it purges (tests replace this)."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
 
 
 def _emit(report: object) -> None:
-    """JSON for machines on stdout."""
-    sys.stdout.buffer.write(msgspec.json.encode(report) + b"\n")
+    """JSON for machines on stdout (``--json``), led by ``format_version`` and ``kind``."""
+    sys.stdout.buffer.write(document(report))
     sys.stdout.flush()
 
 
 @cli.command()
 @_config_opt
+@_path_options
 @click.argument("manifest", type=click.Path(dir_okay=False, allow_dash=True))
 @click.option(
     "--batch-size",
@@ -462,27 +852,30 @@ def _emit(report: object) -> None:
     help="Commit in batches of at most N runs, each its own transaction (apply.batch_size):"
     " atomic per batch, not as a whole; applying the manifest again continues.",
 )
+@_reported("apply")
 @click.pass_context
 @_interruptible
 def apply(ctx: click.Context, manifest: str, batch_size: int | None) -> None:
     """Apply exactly MANIFEST: move its directories to trash, delete its rows in one
-    transaction, purge expired trash. JSON report on stdout, summary on stderr.
+    transaction, purge expired trash. JSON report on stdout (on a terminal only with
+    --json), summary on stderr.
 
     Exit 3 if some entries were skipped (changed since the plan, or could not be moved).
     """
     from retention.coordinator import apply_manifest
 
     report = apply_manifest(_config(ctx, batch_size=batch_size), manifest)
-    _emit(report)
+    _emit_report(report)
     for line in views.apply_lines(report):
         _say(line, err=True)
     if report.interrupted:
-        _say(report.interrupted.message, err=True)
+        _say(report.interrupted.message, err=True, level=-1)
     ctx.exit(report.exit_code)
 
 
 @cli.command()
 @_config_opt
+@_reported("recover", metrics=False)
 @click.pass_context
 @_interruptible
 def recover(ctx: click.Context) -> None:
@@ -490,41 +883,59 @@ def recover(ctx: click.Context) -> None:
     from retention.coordinator import recover as run_recover
 
     report = run_recover(_config(ctx))
-    _emit(report)
+    _emit_report(report)
     for line in views.recover_lines(report.recovered):
         _say(line, err=True)
     if report.interrupted:
-        _say(report.interrupted.message, err=True)
+        _say(report.interrupted.message, err=True, level=-1)
     ctx.exit(report.exit_code)
 
 
 @cli.command()
 @_config_opt
-@click.argument("txid", required=False)
+@_path_options
+@click.argument("txid", required=False, shell_complete=complete_txids)
 @click.option("--within", help="Undo every apply younger than this (e.g. 24h).")
+@click.option(
+    "--run",
+    "run_ids",
+    multiple=True,
+    help="Restore just this run (repeatable), from whichever apply holds it in trash.",
+)
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
+@_reported("undo")
 @click.pass_context
 @_interruptible
-def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str | None) -> None:
-    """Bring back the runs deleted by apply TXID, or by every apply within a window.
+def undo(
+    ctx: click.Context,
+    txid: str | None,
+    within: str | None,
+    run_ids: tuple[str, ...],
+    now_text: str | None,
+) -> None:
+    """Bring back the runs deleted by apply TXID, by every apply within a window, or
+    single runs (--run RUN_ID, repeatable; a run sharing a row with it comes back too).
 
     A run whose id or directory exists again is a conflict: it stays in trash (exit 3).
     """
     from retention.trashops import undo as run_undo
 
-    if (txid is None) == (within is None):
-        raise UsageError("give either a TXID or --within DURATION (e.g. --within 24h)")
+    if sum((txid is not None, within is not None, bool(run_ids))) != 1:
+        raise UsageError(
+            "give either a TXID or --within DURATION (e.g. --within 24h), or --run RUN_ID"
+        )
     report = run_undo(
         _config(ctx),
         txid=txid,
         within=parse_duration(within) if within else None,
         now=_now(now_text),
+        runs=list(run_ids) or None,
     )
-    _emit(report)
+    _emit_report(report)
     for line in views.undo_lines(report):
         _say(line, err=True)
     if report.interrupted:
-        _say(report.interrupted.message, err=True)
+        _say(report.interrupted.message, err=True, level=-1)
     ctx.exit(report.exit_code)
 
 
@@ -532,12 +943,19 @@ def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str
 @_config_opt
 @click.option(
     "--expired",
-    "mode",
-    flag_value="expired",
-    default=True,
+    "expired",
+    is_flag=True,
     help="Only trash whose grace period is over (the default).",
 )
-@click.option("--all", "mode", flag_value="all", help="Empty the whole trash (no undo after).")
+@click.option("--all", "everything", is_flag=True, help="Empty the whole trash (no undo after).")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only say what would be purged (applies, runs, bytes); change nothing.",
+)
+@click.option(
+    "-y", "--yes", is_flag=True, help="Do not ask for confirmation (--all on a terminal)."
+)
 @click.option(
     "--vacuum",
     is_flag=True,
@@ -547,23 +965,63 @@ def undo(ctx: click.Context, txid: str | None, within: str | None, now_text: str
     " disk for a copy of it and as much again.",
 )
 @click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
+@_reported("purge")
 @click.pass_context
 @_interruptible
-def purge(ctx: click.Context, mode: str, vacuum: bool, now_text: str | None) -> None:
+def purge(
+    ctx: click.Context,
+    expired: bool,
+    everything: bool,
+    dry_run: bool,
+    yes: bool,
+    vacuum: bool,
+    now_text: str | None,
+) -> None:
     """Remove trash whose grace period is over (or, with --all, all of it).
 
     Reports the catalog file's size before and after, and its free pages (the space the
     dropped tombstones took, which SQLite reuses). Exit 4 or 8 if --vacuum failed (the
-    purge itself is done).
+    purge itself is done). --dry-run changes nothing. --all on a terminal asks first
+    (unless --yes).
     """
     from retention.trashops import purge as run_purge
+    from retention.trashops import purge_preview, purge_preview_lines
 
-    report = run_purge(_config(ctx), everything=mode == "all", vacuum=vacuum, now=_now(now_text))
-    _emit(report)
+    if expired and everything:
+        raise UsageError("--expired and --all contradict each other: give one of them")
+    if dry_run and (vacuum or ctx.meta.get("retention.out", {}).get("metrics_file")):
+        raise UsageError("--dry-run changes nothing: it takes neither --vacuum nor --metrics-file")
+    cfg, now = _config(ctx), _now(now_text)
+    if dry_run or (everything and not yes and _interactive()):
+        preview = purge_preview(cfg, everything=everything, now=now)
+        if dry_run:
+            _emit_report(preview)
+            ctx.meta.pop("retention.report", None)  # not a purge's report (no metrics)
+            for line in purge_preview_lines(preview):
+                _say(line, err=True)
+            ctx.exit(0)
+        if not preview.applies:
+            _say("Trash is empty; nothing to purge.", err=True)
+        else:
+            for line in purge_preview_lines(preview)[:-1]:
+                _say(line, err=True)
+            question = (
+                f"Purge the trash of {len(preview.applies):,} apply(s) ({preview.runs:,} runs)?"
+                " They can never be undone after this"
+            )
+            answer = _confirm(question)
+            if answer is None:  # Ctrl-C at the prompt
+                _say("Interrupted (SIGINT): nothing was purged.", err=True, level=-1)
+                ctx.exit(interrupt_exit_code(signal.SIGINT))
+            if not answer:
+                _say("Nothing was purged.", err=True)
+                ctx.exit(0)
+    report = run_purge(cfg, everything=everything, vacuum=vacuum, now=now)
+    _emit_report(report)
     for line in views.purge_lines(report):
         _say(line, err=True)
     if report.interrupted:
-        _say(report.interrupted.message, err=True)
+        _say(report.interrupted.message, err=True, level=-1)
     ctx.exit(report.exit_code)
 
 
@@ -610,10 +1068,71 @@ def check(ctx: click.Context, as_json: bool, limit: int) -> None:
     if as_json:
         _emit(report)
     else:
+        if _verbose() and ctx.get_parameter_source("limit") is ParameterSource.DEFAULT:
+            limit = 0  # -v: every finding
         for line in check_lines(report, limit):
             _say(line)
     if report.findings:
         ctx.exit(EXIT_INCONSISTENT)
+
+
+@cli.command("log")
+@_config_opt
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--since", help="Only transactions younger than this (e.g. 7d), or since an instant.")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="At most this many transactions, newest first (0: all).",
+)
+@click.option("--now", "now_text", help="Take this ISO-8601 time as now (for --since).")
+@click.pass_context
+def log_cmd(
+    ctx: click.Context, as_json: bool, since: str | None, limit: int, now_text: str | None
+) -> None:
+    """What retention did, newest first, like `git log`: each apply, undo and purge with
+    who ran it where, runs and bytes, rows per table and runs per group (read-only)."""
+    from retention.history import log, log_lines
+
+    cutoff = None
+    if since:
+        try:
+            cutoff = _now(now_text) - parse_duration(since)
+        except UsageError:
+            cutoff = parse_instant(since)
+    report = log(_config(ctx), since=cutoff, limit=limit)
+    if as_json:
+        _emit(report)
+    else:
+        for line in log_lines(report):
+            _say(line)
+
+
+@cli.command("trash")
+@_config_opt
+@click.option("--json", "as_json", is_flag=True, help="Every run in trash, on stdout.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Run lines listed (0: all); the totals always count every run.",
+)
+@click.option("--now", "now_text", help="Take this ISO-8601 time as now.")
+@click.pass_context
+def trash_cmd(ctx: click.Context, as_json: bool, limit: int, now_text: str | None) -> None:
+    """List the runs in trash, like `trash-list`: per apply, each run with its original
+    path, size and undo deadline (read-only). `retention undo --run RUN_ID` restores one."""
+    from retention.history import trash, trash_lines
+
+    report = trash(_config(ctx), _now(now_text), limit=0 if as_json else limit)
+    if as_json:
+        _emit(report)
+    else:
+        for line in trash_lines(report, limit):
+            _say(line)
 
 
 def main() -> None:

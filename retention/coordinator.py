@@ -733,6 +733,9 @@ def _apply_phase(
         trash_dir=store.describe(trash_tx_rel(txid)),
         target=batch,
         writeback=_writeback(ws.cfg, payload, accumulate=batch is not None),
+        manifest_digest=begin.manifest_digest,  # audit row (issue 11 item 3)
+        policy_digest=payload.policy_digest,
+        group_by=payload.policy.group_by[0] if payload.policy.group_by else None,
     )
 
     def before_commit() -> None:

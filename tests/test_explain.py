@@ -501,9 +501,10 @@ def test_json_shapes_are_versioned_and_show_without_kept_is_unchanged(ws: Path) 
     e = explain_json("d07", "m.json")
     assert e["version"] == 1
     assert set(e) == {
-        "version", "run_id", "basis", "policy", "now", "in_catalog", "considered", "kept",
-        "reasons", "time", "recorded_time", "group", "group_label", "tier", "position",
-        "counted", "rules", "size", "budget", "parent", "parent_kept", "manifest", "notes",
+        "format_version", "kind", "version", "run_id", "basis", "policy", "now", "in_catalog",
+        "considered", "kept", "reasons", "time", "recorded_time", "group", "group_label",
+        "tier", "position", "counted", "rules", "size", "budget", "parent", "parent_kept",
+        "manifest", "notes",
     }  # fmt: skip
     assert set(e["manifest"]) == {
         "manifest_id", "planned_at", "expires_at", "expired", "in_manifest", "entry_reason",
