@@ -14,7 +14,7 @@ be second implementations; the journal and recovery assume neither.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,7 +46,7 @@ class ArtifactStore(Protocol):
         anything moves there."""
         ...
 
-    def purge_tx(self, txid: str) -> None:
+    def purge_tx(self, txid: str, advance: Callable[[], None] | None = None) -> None:
         """Remove a transaction's trash area for good (a missing file is fine). Only after
         the catalog committed the purge. Not durable until `sync_trash`."""
         ...

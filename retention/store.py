@@ -296,14 +296,25 @@ class LocalTrashStore(LocalStore):
         self._verify_tx_dir(trash_tx_rel(txid))
         fsio.write_atomic(self.abspath(trash_index_rel(txid)), data, 0o644)
 
-    def purge_tx(self, txid: str) -> None:
+    def purge_tx(self, txid: str, advance: Callable[[], None] | None = None) -> None:
         """Remove ``.trash/<txid>`` and everything in it; a missing file is fine; never
         follows symlinks; a directory we may not write into is made writable by its owner
         first (as ``rm -rf`` cannot). Not durable until `sync_trash`. Raises `OSError`,
-        or `UnsafeTrash` (nothing removed) when ``.trash/<txid>`` is a symlink."""
+        or `UnsafeTrash` (nothing removed) when ``.trash/<txid>`` is a symlink. With
+        ``advance``, each run's slot is removed on its own first and ``advance()`` called
+        after it (a progress line)."""
         self._tx_ok.clear()  # look again now, right before removing
         self._verify_tx_dir(trash_tx_rel(txid))
-        _rmtree(self.abspath(trash_tx_rel(txid)))
+        path = self.abspath(trash_tx_rel(txid))
+        if advance is not None:
+            try:
+                slots = [e.name for e in os.scandir(path) if not is_trash_index_name(e.name)]
+            except (FileNotFoundError, NotADirectoryError):
+                slots = []
+            for name in slots:
+                _rmtree(os.path.join(path, name))
+                advance()
+        _rmtree(path)
 
     def sync_trash(self) -> None:
         """Make removals from ``.trash`` durable (one fsync)."""

@@ -50,6 +50,7 @@ from retention.durations import (
 )
 from retention.errors import CatalogError, StorageError, catalog_error
 from retention.policy import RunId
+from retention.reporting import Progress
 
 TX_TABLE = "_retention_tx"
 TOMB_RUNS = "_retention_runs"
@@ -431,6 +432,8 @@ class WritableCatalog(SqliteCatalog):
         conn = self.conn
         cfg = self.cfg
         expected = {r.run_id: r for r in runs}
+        # A progress line on a terminal: one step per set-based statement of the commit.
+        bar = Progress("committing", 2 * len(self.schema.children) + 5)
 
         def body() -> dict[RunId, str]:
             for stmt in _DDL.split(";"):
@@ -440,8 +443,10 @@ class WritableCatalog(SqliteCatalog):
                 "INSERT OR IGNORE INTO _retention_meta VALUES ('lineage_id', ?)", (lineage,)
             )
             self.load_ids(expected)
+            bar.advance()
             dropped: dict[RunId, str] = {}
             current = self.fingerprints()
+            bar.advance()
             for rid, r in expected.items():
                 fp = current.get(rid)
                 if fp is None:
@@ -482,6 +487,7 @@ class WritableCatalog(SqliteCatalog):
                 f" ON r.{q(cfg.id_column)} = ids.id",
                 (info.txid,),
             )
+            bar.advance()
             for inv in self.schema.children:
                 tomb = _ensure_tomb(conn, inv.table, inv.columns)
                 cols = ", ".join(q(c) for c in inv.columns)
@@ -491,6 +497,7 @@ class WritableCatalog(SqliteCatalog):
                     f" SELECT ?, __run, __rowid, {cols} FROM ({sel})",
                     (info.txid,),
                 )
+                bar.advance()
             # Rows that stay but reference a deleted row (SET NULL / SET DEFAULT): record
             # each column's old value and the value it gets, before the rows they reference go.
             setting: list[tuple[str, str, str]] = []
@@ -516,10 +523,12 @@ class WritableCatalog(SqliteCatalog):
                     f" (SELECT __rowid FROM ({self.child_select(inv, '1')}))"
                 ).rowcount
                 deleted_rows[inv.table] = deleted_rows.get(inv.table, 0) + max(n, 0)
+                bar.advance()
             deleted_rows[cfg.runs_table] = conn.execute(
                 f"DELETE FROM {q(cfg.runs_table)} WHERE {q(cfg.id_column)} IN"
                 f" (SELECT id FROM {IDS_TABLE})"
             ).rowcount
+            bar.advance()
             for nulls, table, col in setting:  # rows deleted meanwhile are simply gone
                 conn.execute(
                     f"UPDATE {q(table)} SET {q(col)} = n.v FROM (SELECT {q(ROWID_COL)} AS r,"
@@ -570,7 +579,10 @@ class WritableCatalog(SqliteCatalog):
             )
             return dropped
 
-        return self._commit_tx(body, before_commit)
+        try:
+            return self._commit_tx(body, before_commit)
+        finally:
+            bar.close()
 
     def _write_back(self, wb: Writeback, when: str) -> None:
         """Inside the commit transaction, before the deletes: count the runs to delete per

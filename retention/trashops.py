@@ -62,6 +62,7 @@ from retention.moves import (
     reconcile,
 )
 from retention.policy import RunId
+from retention.reporting import Progress
 from retention.reports import Interruption
 from retention.store import OutsideRoot, display
 from retention.tombstones import CatalogFile, CatalogSpace, TrashCatalog
@@ -216,15 +217,19 @@ def purge_expired(
 
 
 def _finish_purge(ws: Workspace, ptxid: str, targets: list[str], now: datetime) -> None:
+    bar = Progress("purging")
+    if bar.enabled:  # on a terminal only: the count costs a read of the deletion log
+        bar.total = ws.catalog.trash_totals(targets)[0]
     for t in targets:
         try:
-            ws.store.purge_tx(t)
+            ws.store.purge_tx(t, advance=bar.advance if bar.enabled else None)
         except OSError as exc:
             raise StorageError(
                 f"cannot remove trash {ws.store.describe(trash_tx_rel(t))}: {exc.strerror or exc}",
                 hint="fix its permissions; `retention recover` finishes the purge",
             ) from None
         failpoint("purge.after_remove")
+    bar.close()
     ws.store.sync_trash()
     ws.catalog.mark_purged(targets, format_instant(now))
     failpoint("purge.before_done")

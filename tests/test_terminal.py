@@ -106,6 +106,7 @@ def test_progress_line_with_percent_rate_and_eta_on_a_terminal(workspace: Path) 
     assert code == 0, err
     assert PROGRESS.search(err), err
     assert "\r\x1b[K" in err  # the line is redrawn in place and erased when done
+    assert re.search(r"committing: +\d+% \d+/\d+ ", err), err  # one step per statement
     code, _, err = on_terminal(workspace, "undo", "--within", "3650d", stdout_tty=False)
     assert code == 0, err
     assert re.search(r"moving back from trash: +\d+% [\d,]+/10 ", err), err
@@ -114,6 +115,11 @@ def test_progress_line_with_percent_rate_and_eta_on_a_terminal(workspace: Path) 
     )
     assert code == 0, err
     assert re.search(r"measuring: +\d+% [\d,]+/35 +[\d,]+/s", err), err
+    code, _, err = on_terminal(workspace, "apply", "m2.json", stdout_tty=False)
+    assert code == 0, err
+    code, _, err = on_terminal(workspace, "purge", "--all", "--yes", stdout_tty=False)
+    assert code == 0, err
+    assert re.search(r"purging: +\d+% [\d,]+/35 +[\d,]+/s", err), err  # one step per run
 
 
 def test_no_progress_line_in_a_pipe_nor_with_quiet(workspace: Path) -> None:
