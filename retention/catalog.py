@@ -25,7 +25,6 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import msgspec
-import sqlite_utils
 
 from journal import FsyncError
 from journal.fsio import fsync_dir
@@ -168,7 +167,7 @@ class SqliteCatalog:
             raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
         if not readonly:
             self._sync_directory()
-        self.db = sqlite_utils.Database(self.conn)
+        self.db = _Introspect(self.conn)
         self.schema = self._load_schema()
 
     def _sync_directory(self) -> None:
@@ -250,7 +249,7 @@ class SqliteCatalog:
         # Walk foreign keys from the runs table down, breadth first; add configured tables.
         involved: dict[str, Involved] = {}
         frontier: list[tuple[str, tuple[Hop, ...]]] = [(cfg.runs_table, ())]
-        fks = {t: self.db.table(t).foreign_keys for t in tables if not _ours(t)}
+        fks = {t: self.db.foreign_keys(t) for t in tables if not _ours(t)}
         extra = list(cfg.child_tables)
         if cfg.sources.get("child_tables") == "default":
             # The built-in default names scenario 1's run_metrics; another schema without it
@@ -289,7 +288,7 @@ class SqliteCatalog:
                             continue
                         cols = tuple(fk.columns)
                         pcols = tuple(c for c in fk.other_columns if c) or tuple(
-                            self.db.table(parent).pks
+                            self.db.pks(parent)
                         )
                         act = actions[child].get((cols, parent), "NO ACTION")
                         hops.append(Hop(child, cols, parent, pcols, act))
@@ -609,7 +608,7 @@ class SqliteCatalog:
             parent = rows[0][2]
             pcols = tuple(r[4] for r in rows if r[4])
             if not pcols and parent in self.db.table_names():
-                pcols = tuple(self.db.table(parent).pks)
+                pcols = tuple(self.db.pks(parent))
             hop = Hop(table, tuple(r[3] for r in rows), parent, pcols)
             out[hop] = str(rows[0][6])
         return out
@@ -680,3 +679,44 @@ def columns_hint(name: str, columns: Iterable[str]) -> str:
     """``did you mean 'run_uuid'? columns: a, b, c``."""
     cols = list(columns)
     return _did_you_mean(name, cols) + "columns: " + ", ".join(cols)
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    """One declared foreign key (compound ones whole): ``columns`` of the table reference
+    ``other_columns`` of ``other_table`` (empty names: its primary key, as declared)."""
+
+    columns: tuple[str, ...]
+    other_table: str
+    other_columns: tuple[str | None, ...]
+
+
+class _Introspect:
+    """What the schema walk asks of the database: table names, foreign keys and primary
+    keys, straight from ``sqlite_master`` and the PRAGMAs (read-only). It stands where
+    sqlite-utils' ``Database`` did: importing that cost every command 76 ms."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def table_names(self) -> list[str]:
+        return [
+            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+
+    def foreign_keys(self, table: str) -> list[ForeignKey]:
+        groups: dict[int, list[Any]] = {}
+        for row in self.conn.execute(f"PRAGMA foreign_key_list({q(table)})"):
+            groups.setdefault(row[0], []).append(row)
+        out = []
+        for rows in groups.values():
+            rows.sort(key=lambda r: r[1])
+            out.append(ForeignKey(tuple(r[3] for r in rows), rows[0][2], tuple(r[4] for r in rows)))
+        return out
+
+    def pks(self, table: str) -> list[str]:
+        """The primary key's columns in key order; ``["rowid"]`` for a table without one."""
+        cols = sorted(
+            (r[5], r[1]) for r in self.conn.execute(f"PRAGMA table_info({q(table)})") if r[5] > 0
+        )
+        return [name for _, name in cols] or ["rowid"]

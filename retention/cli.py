@@ -19,7 +19,6 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from journal import fsio
 from retention import __version__
 from retention.completion import complete_txids
 from retention.config import Config, load_config, render_config
@@ -39,8 +38,8 @@ from retention.reporting import document, safe_text
 
 
 class _LazyViews:
-    """`retention.views`, imported on first use: it brings the planner, the catalog and
-    sqlite-utils along, which `--help`, `config` and a no-op `status` never need (start-up
+    """`retention.views`, imported on first use: it brings the planner and the catalog
+    along, which `--help`, `config` and a no-op `status` never need (start-up
     time, issue 13)."""
 
     def __getattr__(self, name: str) -> Any:
@@ -103,7 +102,7 @@ def _interruptible(f: Any) -> Any:
 
     @functools.wraps(f)
     def run(*args: Any, **kwargs: Any) -> Any:
-        from retention.workspace import SIGNALS, signal_name
+        from retention.signals import SIGNALS, signal_name
 
         code = 0
         with SIGNALS.catching():
@@ -252,6 +251,8 @@ def _emit_report(report: object) -> None:
     target = opts.get("output_json")
     if target:
         try:
+            from journal import fsio
+
             fsio.write_atomic(Path(target), bytes(data), 0o644)
         except OSError as exc:  # the work is done: said after the summary, exit 8
             ctx.meta["retention.unwritten"] = f"cannot write {target}: {exc.strerror or exc}"
@@ -1136,7 +1137,7 @@ def trash_cmd(ctx: click.Context, as_json: bool, limit: int, now_text: str | Non
 
 
 def main() -> None:
-    from retention.workspace import SIGNALS
+    from retention.signals import SIGNALS
 
     SIGNALS.persistent = True  # this process ends with the command (see Signals.persistent)
     cli(prog_name="retention")

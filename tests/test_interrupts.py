@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from retention.errors import Interrupted
-from retention.workspace import Signals
+from retention.signals import Signals
 
 from . import crashkit as ck
 from .conftest import invoke
