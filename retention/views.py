@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -15,12 +15,14 @@ from retention.catalog import Hop, SqliteCatalog
 from retention.config import Config
 from retention.durations import format_bytes, format_duration, human_instant, parse_instant, plural
 from retention.errors import StorageError
-from retention.explain import LEFT_OUT, Explanation, KeptReport
 from retention.layout import StateLayout
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
-from retention.planner import PlanResult
 from retention.reports import SkippedEntry
 from retention.tombstones import TrashCatalog
+
+if TYPE_CHECKING:  # imported on use: apply, undo and purge print without the planner
+    from retention.explain import Explanation, KeptReport
+    from retention.planner import PlanResult
 
 SHOW_VERSION = 1
 
@@ -691,6 +693,12 @@ def explain_lines(e: Explanation) -> list[str]:
 GROUPS = 20  # groups listed by `kept_lines` (a tenant table may have thousands)
 
 
+def left_out() -> str:
+    from retention.explain import LEFT_OUT
+
+    return LEFT_OUT
+
+
 def kept_lines(k: KeptReport, top: int) -> list[str]:
     """Human lines for `show --kept`: counts per rule always, the kept runs themselves up
     to ``top`` (``--json`` gives every one), and warnings where the re-evaluation's
@@ -727,7 +735,7 @@ def kept_lines(k: KeptReport, top: int) -> list[str]:
         lines.append(
             f"Warning: re-evaluated now, the policy removes {plural(n, 'run')} that"
             f" {'is not an entry' if n == 1 else 'are not entries'} of the manifest"
-            f" ({_ids(k.removed_not_in_manifest)}): left out at plan time ({LEFT_OUT}), or"
+            f" ({_ids(k.removed_not_in_manifest)}): left out at plan time ({left_out()}), or"
             " new or changed since."
         )
     if k.in_manifest_but_kept:
