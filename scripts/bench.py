@@ -191,8 +191,13 @@ def fig(measured: tuple[float, int]) -> dict[str, float]:
 
 
 def copy(template: Path, dst: Path) -> Path:
+    """A fresh copy of a workspace (``cp -a``: several times faster than copytree for
+    400,000 small files; copytree where there is no cp)."""
     shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(template, dst, symlinks=True)
+    if shutil.which("cp"):
+        subprocess.run(["cp", "-a", str(template), str(dst)], check=True)
+    else:
+        shutil.copytree(template, dst, symlinks=True)
     return dst
 
 
@@ -231,8 +236,7 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
     out["purge"] = fig(timed([EXE, "purge", "--all"], purged, subprocess.DEVNULL))
     shutil.rmtree(purged)
     rmrf = base / "rm-rf"
-    shutil.rmtree(rmrf, ignore_errors=True)
-    shutil.copytree(ws / "data/backtests/.trash", rmrf, symlinks=True)
+    copy(ws / "data/backtests/.trash", rmrf)
     out["rm_rf"] = fig(timed(["rm", "-rf", str(rmrf)], base))
     empty = base / "empty"
     shutil.rmtree(empty, ignore_errors=True)
