@@ -331,14 +331,9 @@ class SqliteCatalog:
     def _on_delete(self, table: str) -> dict[tuple[tuple[str, ...], str], str]:
         """The ON DELETE action of each foreign key ``table`` declares, keyed by (its
         columns, the parent table)."""
-        groups: dict[int, list[Any]] = {}
-        for row in self.conn.execute(f"PRAGMA foreign_key_list({q(table)})"):
-            groups.setdefault(row[0], []).append(row)
-        out = {}
-        for rows in groups.values():
-            rows.sort(key=lambda r: r[1])
-            out[(tuple(r[3] for r in rows), rows[0][2])] = str(rows[0][6]).upper()
-        return out
+        return {
+            (fk.columns, fk.other_table): fk.on_delete.upper() for fk in self.db.foreign_keys(table)
+        }
 
     def _kind(self, hop: Hop) -> str:
         """What deleting the referenced row does to the referencing one (see `OWNED`)."""
@@ -599,18 +594,12 @@ class SqliteCatalog:
     def declared_keys(self, table: str) -> dict[Hop, str]:
         """The foreign keys ``table`` declares, as hops, each with its ON DELETE action
         (``NO ACTION``, ``CASCADE``, ``SET NULL``...). Read-only."""
-        groups: dict[int, list[Any]] = {}
-        for row in self.conn.execute(f"PRAGMA foreign_key_list({q(table)})"):
-            groups.setdefault(row[0], []).append(row)
         out: dict[Hop, str] = {}
-        for rows in groups.values():
-            rows.sort(key=lambda r: r[1])
-            parent = rows[0][2]
-            pcols = tuple(r[4] for r in rows if r[4])
-            if not pcols and parent in self.db.table_names():
-                pcols = tuple(self.db.pks(parent))
-            hop = Hop(table, tuple(r[3] for r in rows), parent, pcols)
-            out[hop] = str(rows[0][6])
+        for fk in self.db.foreign_keys(table):
+            pcols = tuple(c for c in fk.other_columns if c)
+            if not pcols and fk.other_table in self.db.table_names():
+                pcols = tuple(self.db.pks(fk.other_table))
+            out[Hop(table, fk.columns, fk.other_table, pcols)] = fk.on_delete
         return out
 
     def rows_referencing(self, hop: Hop) -> int:
@@ -689,6 +678,7 @@ class ForeignKey:
     columns: tuple[str, ...]
     other_table: str
     other_columns: tuple[str | None, ...]
+    on_delete: str  # as declared: NO ACTION, CASCADE, SET NULL, ...
 
 
 class _Introspect:
@@ -711,7 +701,8 @@ class _Introspect:
         out = []
         for rows in groups.values():
             rows.sort(key=lambda r: r[1])
-            out.append(ForeignKey(tuple(r[3] for r in rows), rows[0][2], tuple(r[4] for r in rows)))
+            cols, parent_cols = tuple(r[3] for r in rows), tuple(r[4] for r in rows)
+            out.append(ForeignKey(cols, rows[0][2], parent_cols, str(rows[0][6])))
         return out
 
     def pks(self, table: str) -> list[str]:
