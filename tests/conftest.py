@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,6 +23,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--update-golden", action="store_true", help="Rewrite golden files from current output."
     )
+
+
+_START_DIR = os.getcwd()
+
+
+@pytest.fixture(autouse=True)
+def _working_directory_survives() -> Iterator[None]:
+    """Fail the test that leaves this worker in a removed directory (it would otherwise
+    surface as FileNotFoundError in every later test of the worker) and put it back."""
+    yield
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        os.chdir(_START_DIR)
+        pytest.fail("the test left the working directory in a removed directory")
 
 
 @pytest.fixture

@@ -9,7 +9,10 @@ import os
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from journal.failpoints import FAILPOINT_EXIT_CODE
@@ -38,20 +41,34 @@ def build(root: Path, runs: int = 8, *, wal: bool = False) -> Path:
     return root
 
 
+_CWD_LOCK = threading.RLock()
+
+
+@contextmanager
+def inside(root: Path) -> Iterator[None]:
+    """Run in-process code with ``root`` as the working directory, one thread at a time:
+    the working directory belongs to the whole process, and the sweeps call these helpers
+    from a thread pool (two threads changing it in turn once left a worker inside a
+    workspace that was then removed, and every later test of that worker failed). The
+    previous directory is kept as a descriptor, so it is returned to even if it was
+    renamed meanwhile."""
+    with _CWD_LOCK:
+        here = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.chdir(root)
+            yield
+        finally:
+            os.fchdir(here)
+            os.close(here)
+
+
 def plan(root: Path, keep_last: int = 2) -> Path:
     """Write a manifest (in-process, fast) that deletes all but the newest ``keep_last``."""
-    cfg = load_config(
-        None, env={"RETENTION_MANIFEST_TTL": "3650d"}, overrides={"keep_last": keep_last}
-    )
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         cfg = load_config(
             None, env={"RETENTION_MANIFEST_TTL": "3650d"}, overrides={"keep_last": keep_last}
         )
         result = build_plan(cfg, NOW)
-    finally:
-        os.chdir(cwd)
     path = root / "manifest.json"
     path.write_bytes(result.manifest)
     return path
@@ -189,9 +206,7 @@ def status_and_check(root: Path) -> tuple[bytes, bytes]:
     from retention.check import check
     from retention.status import status
 
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         cfg = load_config(
             None, env={k: v for k, v in BASE_ENV.items() if k.startswith("RETENTION_")}
         )
@@ -199,8 +214,6 @@ def status_and_check(root: Path) -> tuple[bytes, bytes]:
             msgspec.json.encode(status(cfg, datetime.now(UTC))),
             msgspec.json.encode(check(cfg)),
         )
-    finally:
-        os.chdir(cwd)
 
 
 def crashed(proc: subprocess.CompletedProcess) -> bool:

@@ -21,8 +21,8 @@ from .conftest import invoke
 
 
 def applied(ws: Path, manifest: Path):  # type: ignore[no-untyped-def]
-    os.chdir(ws)
-    return apply_manifest(load_config(None, env={}), str(manifest))
+    with ck.inside(ws):
+        return apply_manifest(load_config(None, env={}), str(manifest))
 
 
 def test_apply_deletes_exactly_the_manifest_and_reports_json(workspace: Path) -> None:
@@ -136,15 +136,11 @@ def test_torn_journal_tail_is_truncated_and_recovery_proceeds(workspace: Path) -
 def test_fsyncs_grow_with_batches_not_runs(tmp_path: Path) -> None:
     """40 runs and 400 runs are one batch each (1000 moves a batch): the same fsyncs."""
     counts = {}
-    cwd = os.getcwd()
     for runs in (40, 400):
         ws = ck.build(tmp_path / f"ws{runs}", runs=runs + 2)
         m = ck.plan(ws, keep_last=2)
         fsio.stats.clear()
-        try:
-            rep = applied(ws, m)
-        finally:
-            os.chdir(cwd)
+        rep = applied(ws, m)
         assert rep.deleted_runs == runs
         counts[runs] = dict(fsio.stats)
     assert counts[40] == counts[400], counts

@@ -26,7 +26,6 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -84,14 +83,9 @@ def run(
     return subprocess.run([ck.EXE, *args], cwd=ws, env=full, capture_output=True, timeout=120)
 
 
-_plan_lock = threading.Lock()
-
-
 def plan(ws: Path, keep: int) -> str:
-    """`crashkit.plan`, in process (a subprocess costs more than planning 12 runs), one at a
-    time: it changes the working directory, which every other path here ignores."""
-    with _plan_lock:
-        return str(ck.plan(ws, keep_last=keep))
+    """`crashkit.plan`, in process (a subprocess costs more than planning 12 runs)."""
+    return str(ck.plan(ws, keep_last=keep))
 
 
 @dataclass(frozen=True)
