@@ -1,13 +1,12 @@
-"""The catalog seam, and its SQLite implementation.
+"""The read side of an SQL catalog, whatever the database.
 
 A catalog answers: which runs exist (with their timestamps), which rows of which tables
 belong to a run (through declared foreign keys, transitively, plus tables named in the
 config), and a fingerprint of those rows. This module is the read side; the transactions
-that tombstone, delete, restore and record txids are in `retention.tombstones`. Today there
-is one implementation, SQLite; a PostgreSQL one will sit behind the same methods.
-
-The SQLite catalog belongs to the application: we never change its journal mode, and
-``plan`` opens it with ``mode=ro`` so that it cannot write at all.
+that tombstone, delete, restore and record txids are in `retention.tombstones`. Both are
+written once, in SQL that SQLite and PostgreSQL share; what differs between the databases
+(connecting, the schema catalogue, the row identity, the temporary table of run ids, the
+errors) is a small set of hooks that each backend in `retention.catalogs` fills in.
 """
 
 from __future__ import annotations
@@ -15,24 +14,17 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import os
-import sqlite3
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Self
-from urllib.parse import quote
+from typing import Any, Protocol, Self
 
 import msgspec
 
-from journal import FsyncError
-from journal.fsio import fsync_dir
 from retention.config import (
     EXPRESSION_HINT,
     TEMPLATE_HINT,
     Config,
-    catalog_url_problem,
     expression_problem,
     template_problem,
 )
@@ -40,14 +32,10 @@ from retention.durations import parse_stored_time
 from retention.errors import (
     CatalogError,
     ConfigError,
-    StorageError,
-    hot_journal_error,
-    is_hot_journal,
 )
 from retention.policy import Item, RunId
 
 OUR_PREFIX = "_retention_"
-IDS_TABLE = "temp._retention_ids"
 
 
 def q(name: str) -> str:
@@ -56,7 +44,7 @@ def q(name: str) -> str:
 
 
 # What a reference to a deleted row does, by its declared ON DELETE action (see
-# `SqliteCatalog._load_schema`): the referencing row is owned (deleted with it), set, or
+# `SqlCatalog._load_schema`): the referencing row is owned (deleted with it), set, or
 # keeps the referenced run. A reference named in catalog.child_tables is owned.
 OWNED, SET_NULL, SET_DEFAULT, BLOCKS = "delete", "set null", "set default", "blocks"
 
@@ -113,87 +101,57 @@ def template_fields(template: str) -> tuple[str, ...]:
     return tuple(f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
 
 
-class SqliteCatalog:
-    """A catalog stored in one SQLite file.
+class SqlCatalog:
+    """A catalog in an SQL database: the generic read side.
 
-    Opened read-only (``mode=ro``) for planning; read-write only by apply, undo and purge,
-    which use ``BEGIN IMMEDIATE`` and ``synchronous=EXTRA`` on their own connection.
+    A backend (`retention.catalogs.sqlite`, `retention.catalogs.postgres`) provides the
+    hooks below: `_open` (the connection, ``self.path`` for messages and ``self.db``, the
+    schema catalogue), the row identity `ROWID`, the temporary table of run ids, and the
+    class of database errors. Everything else is shared.
     """
+
+    # The expression naming a row of any table for the length of a transaction: the
+    # SQLite rowid, PostgreSQL's ctid.
+    ROWID = "rowid"
+    # The temporary table of run ids that set-based statements join against: ``id`` (the
+    # run id) and ``n``, its ordinal from 1, by which reads go in ranges of ids.
+    IDS_TABLE = "_retention_ids"
+    # What the driver raises for any database error, and for a refused constraint.
+    Error: type[Exception] = Exception
+    IntegrityError: type[Exception] = Exception
+
+    conn: Any
+    db: Introspection
+    path: Any  # the catalog for messages: a file path, or a URL without its password
 
     def __init__(self, cfg: Config, *, readonly: bool = True) -> None:
         self.cfg = cfg
-        self.path = Path(cfg.catalog_path)
         self.readonly = readonly
-        url = catalog_url_problem(str(cfg.catalog_path))
-        if url is not None:  # load_config refuses it already; a Config built otherwise
-            raise CatalogError(url[0], hint=url[1])
-        if not self.path.exists():
-            source = cfg.sources.get("catalog_path", "default")
-            if cfg.config_file is None and source == "default":
-                why = "no retention.toml here, so the built-in default layout applies"
-            else:
-                why = f"catalog.path, from {source}"
-            raise CatalogError(
-                f"catalog {self.path} does not exist ({why})",
-                hint="run from the workspace directory, or pass --config PATH"
-                " (or set RETENTION_CATALOG_PATH)",
-            )
-        if self.path.is_dir():
-            raise CatalogError(f"catalog {self.path} is a directory, not an SQLite file")
-        uri = "file:" + quote(str(self.path.absolute())) + ("?mode=ro" if readonly else "?mode=rw")
+        self._open()
         try:
-            self.conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, timeout=cfg.busy_timeout_ms / 1000
-            )
-        except sqlite3.DatabaseError as exc:
-            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
-        try:
-            # Pragmas first, before any statement of ours reads the database.
-            # How long we wait for the application's writers (catalog.busy_timeout).
-            self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
-            if not readonly:
-                # Our connection only: the catalog's journal mode belongs to the application
-                # and is never changed. EXTRA, not FULL: in rollback-journal (DELETE) mode the
-                # commit point is the unlink of the -journal file, and only EXTRA fsyncs the
-                # directory after it; under FULL a power loss can bring the journal back and
-                # roll back a commit our own journal already counts as done. In WAL mode
-                # EXTRA is FULL plus that same care.
-                self.conn.execute("PRAGMA synchronous = EXTRA")
-            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.DatabaseError as exc:
-            self.conn.close()
-            if is_hot_journal(exc):  # mode=ro met an interrupted transaction: exit 7
-                raise hot_journal_error(self.path) from None
-            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
-        if not readonly:
-            self._sync_directory()
-        self.db = _Introspect(self.conn)
-        self.schema = self._load_schema()
+            self.schema = self._load_schema()
+        except BaseException:
+            self.close()
+            raise
 
-    def _sync_directory(self) -> None:
-        """fsync the catalog's directory, once, after the read-write open.
+    def _open(self) -> None:
+        """Connect (read-only when ``self.readonly``), set ``conn``, ``path`` and ``db``;
+        raise `CatalogError` with one clear line when the catalog cannot be used."""
+        raise NotImplementedError
 
-        A hot rollback journal (a writer, any writer, interrupted by a crash or power cut)
-        is rolled back by the first statement that reads the database, and ``PRAGMA
-        synchronous`` itself loads the schema: SQLite unlinks that journal while the level
-        is still the default, without fsyncing the directory. A power loss could then bring
-        the journal back, to be played back again over whatever was written since; this
-        fsync makes its removal durable before we write anything. Done on every read-write
-        open: whether a journal was rolled back is not something SQLite reports.
-        """
-        directory = self.path.absolute().parent
-        try:
-            fsync_dir(directory)
-        except FsyncError:
-            self.conn.close()
-            raise  # fatal, never retried; the CLI says so (exit 7)
-        except OSError as exc:
-            self.conn.close()
-            raise StorageError(
-                f"cannot fsync the catalog's directory {directory}: {exc.strerror or exc}",
-                hint="retention needs to open the catalog's directory to make SQLite's"
-                " rollback of an interrupted transaction durable; fix its permissions",
-            ) from None
+    def _create_ids_table(self) -> None:
+        """(Re)create the empty temporary table of run ids (`IDS_TABLE`)."""
+        raise NotImplementedError
+
+    def _insert_ids(self, ids: list[RunId]) -> None:
+        """Add ``ids`` (distinct) to the temporary table, ``n`` following their order."""
+        raise NotImplementedError
+
+    def _check_involved(self, inv: Involved) -> None:
+        """Refuse an involved table this backend cannot tombstone and restore."""
+
+    def _check_references(self, setters: list[Hop]) -> None:
+        """Refuse references (SET NULL / SET DEFAULT) this backend cannot undo."""
 
     def close(self) -> None:
         self.conn.close()
@@ -208,7 +166,7 @@ class SqliteCatalog:
 
     def _columns(self, table: str) -> list[str]:
         """Stored columns (generated and hidden columns excluded: they cannot be inserted)."""
-        return [r[1] for r in self.conn.execute(f"PRAGMA table_xinfo({q(table)})") if r[6] == 0]
+        return self.db.columns(table)
 
     def _check_sql(self, expr: str | None, setting: str) -> None:
         """Refuse ``catalog.filter``/``catalog.protect`` unless it is one expression that
@@ -218,7 +176,7 @@ class SqliteCatalog:
         problem = expression_problem(expr)  # load_config checked it; a Config built otherwise
         if problem:
             raise ConfigError(f"{setting}: {problem}", hint=EXPRESSION_HINT)
-        error = expression_error(self.conn, self.cfg.runs_table, expr)
+        error = self.expression_error(expr)
         if error is not None:
             raise ConfigError(f"{setting} {expr!r} is not valid SQL here: {error}")
 
@@ -319,13 +277,8 @@ class SqliteCatalog:
         children = sorted(involved.values(), key=lambda i: (i.depth, i.table))
         for inv in children:
             inv.columns = self._columns(inv.table)
-            try:
-                self.conn.execute(f"SELECT rowid FROM {q(inv.table)} LIMIT 0").fetchall()
-            except sqlite3.OperationalError:
-                raise CatalogError(
-                    f"table {inv.table!r} is a WITHOUT ROWID table, which retention does not"
-                    " support yet"
-                ) from None
+            self._check_involved(inv)
+        self._check_references(setters)
         return Schema(cfg.runs_table, cfg.id_column, runs_cols, children, setters, blockers)
 
     def _on_delete(self, table: str) -> dict[tuple[tuple[str, ...], str], str]:
@@ -355,9 +308,9 @@ class SqliteCatalog:
             inv = next((i for i in self.schema.children if i.table == hop.child), None)
             if inv is not None:
                 own = self.child_select(inv, "1")
-                sel = f"{sel} WHERE c.rowid NOT IN (SELECT __rowid FROM ({own}))"
+                sel = f"{sel} WHERE c.{self.ROWID} NOT IN (SELECT __rowid FROM ({own}) AS o)"
             ref = f"{hop.child}.{','.join(hop.child_cols)}"
-            for (rid,) in self.conn.execute(f"SELECT DISTINCT __run FROM ({sel})"):
+            for (rid,) in self.conn.execute(f"SELECT DISTINCT __run FROM ({sel}) AS s"):
                 out.setdefault(rid, f"referenced by {ref} of a kept row (ON DELETE {hop.action})")
         return out
 
@@ -372,14 +325,14 @@ class SqliteCatalog:
         if hop.parent == self.cfg.runs_table:
             parent = (
                 f"SELECT ids.id AS __run, {keys('p')} FROM {q(hop.parent)} AS p"
-                f" JOIN {IDS_TABLE} AS ids ON p.{q(self.cfg.id_column)} = ids.id"
+                f" JOIN {self.IDS_TABLE} AS ids ON p.{q(self.cfg.id_column)} = ids.id"
             )
         else:
             inv = next(i for i in self.schema.children if i.table == hop.parent)
             parent = self.child_select(inv, keys("t0"))
         on = " AND ".join(f"c.{q(c)} = par.__k{i}" for i, c in enumerate(hop.child_cols))
         return (
-            f"SELECT par.__run AS __run, c.rowid AS __rowid, {what}"
+            f"SELECT par.__run AS __run, c.{self.ROWID} AS __rowid, {what}"
             f" FROM {q(hop.child)} AS c JOIN ({parent}) AS par ON {on}"
         )
 
@@ -411,22 +364,19 @@ class SqliteCatalog:
                         t = parse_stored_time(value, fmt)
                         break
                 yield Item(row[0], t, bool(row[1]))
-        except sqlite3.Error as exc:
+        except self.Error as exc:
             raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
 
     def load_ids(self, ids: Iterable[RunId]) -> None:
         """Fill the temp table of run ids that later set-based statements join against."""
-        self.conn.execute(f"DROP TABLE IF EXISTS {IDS_TABLE}")
-        self.conn.execute(f"CREATE TEMP TABLE {IDS_TABLE.split('.')[1]} (id PRIMARY KEY)")
-        self.conn.executemany(
-            f"INSERT OR IGNORE INTO {IDS_TABLE} (id) VALUES (?)", ((i,) for i in ids)
-        )
+        self._create_ids_table()
+        self._insert_ids(list(dict.fromkeys(ids)))
 
     def iter_run_rows(self) -> Iterator[dict[str, Any]]:
         """Full rows of the runs table for the loaded ids, ordered by id (read-only)."""
         cfg = self.cfg
         cur = self.conn.execute(
-            f"SELECT r.* FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
+            f"SELECT r.* FROM {q(cfg.runs_table)} AS r JOIN {self.IDS_TABLE} AS ids"
             f" ON r.{q(cfg.id_column)} = ids.id ORDER BY ids.id"
         )
         names = [d[0] for d in cur.description]
@@ -471,9 +421,10 @@ class SqliteCatalog:
                 joins.append(f"JOIN {q(hop.parent)} AS t{n + 1} ON {on}")
             last = len(path)
             parts.append(
-                f"SELECT ids.id AS __run, t0.rowid AS __rowid, {what} FROM {q(inv.table)} AS t0 "
+                f"SELECT ids.id AS __run, t0.{self.ROWID} AS __rowid, {what}"
+                f" FROM {q(inv.table)} AS t0 "
                 + " ".join(joins)
-                + f" JOIN {IDS_TABLE} AS ids ON t{last}.{q(cfg.id_column)} = ids.id"
+                + f" JOIN {self.IDS_TABLE} AS ids ON t{last}.{q(cfg.id_column)} = ids.id"
             )
         return " UNION ".join(parts)
 
@@ -495,14 +446,14 @@ class SqliteCatalog:
                 h.update(enc.encode([table, list(row[1:])]))
 
         feed(
-            f"SELECT ids.id, r.rowid, r.* FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
-            f" ON r.{q(cfg.id_column)} = ids.id ORDER BY ids.id",
+            f"SELECT ids.id, r.{self.ROWID}, r.* FROM {q(cfg.runs_table)} AS r"
+            f" JOIN {self.IDS_TABLE} AS ids ON r.{q(cfg.id_column)} = ids.id ORDER BY ids.id",
             cfg.runs_table,
         )
         for inv in self.schema.children:
             cols = ", ".join(f"t0.{q(c)}" for c in inv.columns)
             feed(
-                f"SELECT * FROM ({self.child_select(inv, cols)}) ORDER BY __run, __rowid",
+                f"SELECT * FROM ({self.child_select(inv, cols)}) AS s ORDER BY __run, __rowid",
                 inv.table,
             )
         return {k: h.hexdigest() for k, h in hashers.items()}
@@ -511,7 +462,7 @@ class SqliteCatalog:
 
     def stored_lineage(self) -> str | None:
         """The lineage id recorded in the catalog by the first apply, if any (read-only)."""
-        if "_retention_meta" not in self.db.table_names():
+        if not self.db.has_table("_retention_meta"):
             return None
         row = self.conn.execute(
             "SELECT value FROM _retention_meta WHERE key = 'lineage_id'"
@@ -519,13 +470,12 @@ class SqliteCatalog:
         return str(row[0]) if row else None
 
     def describe(self) -> str:
-        """The catalog file, for messages."""
+        """The catalog for messages (a file, a URL without its password)."""
         return str(self.path)
 
     def locator(self) -> str:
-        """Where this catalog is: the real path and inode of the file (for the binding)."""
-        st = self.path.stat()
-        return f"sqlite:{os.path.realpath(self.path)}#dev={st.st_dev},ino={st.st_ino}"
+        """Where this catalog is, for the identity binding before the first apply."""
+        raise NotImplementedError
 
     def read_table(self, table: str, columns: list[str], setting: str) -> list[tuple[Any, ...]]:
         """Every row of a small table of the application's (tiers, policy rows), these
@@ -547,7 +497,7 @@ class SqliteCatalog:
             return self.conn.execute(
                 f"SELECT {', '.join(map(q, columns))} FROM {q(table)}"
             ).fetchall()
-        except sqlite3.Error as exc:
+        except self.Error as exc:
             raise CatalogError(f"reading {table!r} failed: {exc}") from None
 
     def lookup(self, table: str, key: str, value: str, setting: str) -> dict[Any, str | None]:
@@ -581,13 +531,15 @@ class SqliteCatalog:
         counts = {
             cfg.runs_table: int(
                 self.conn.execute(
-                    f"SELECT count(*) FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
+                    f"SELECT count(*) FROM {q(cfg.runs_table)} AS r JOIN {self.IDS_TABLE} AS ids"
                     f" ON r.{q(cfg.id_column)} = ids.id"
                 ).fetchone()[0]
             )
         }
         for inv in self.schema.children:
-            sql = f"SELECT count(DISTINCT __rowid) FROM ({self.child_select(inv, '1 AS __one')})"
+            sql = (
+                f"SELECT count(DISTINCT __rowid) FROM ({self.child_select(inv, '1 AS __one')}) AS s"
+            )
             counts[inv.table] = int(self.conn.execute(sql).fetchone()[0])
         return counts
 
@@ -597,7 +549,7 @@ class SqliteCatalog:
         out: dict[Hop, str] = {}
         for fk in self.db.foreign_keys(table):
             pcols = tuple(c for c in fk.other_columns if c)
-            if not pcols and fk.other_table in self.db.table_names():
+            if not pcols and self.db.has_table(fk.other_table):
                 pcols = tuple(self.db.pks(fk.other_table))
             out[Hop(table, fk.columns, fk.other_table, pcols)] = fk.on_delete
         return out
@@ -610,8 +562,24 @@ class SqliteCatalog:
         inv = next((i for i in self.schema.children if i.table == hop.child), None)
         if inv is not None:
             own = self.child_select(inv, "1")
-            sel = f"{sel} WHERE c.rowid NOT IN (SELECT __rowid FROM ({own}))"
-        return int(self.conn.execute(f"SELECT count(DISTINCT __rowid) FROM ({sel})").fetchone()[0])
+            sel = f"{sel} WHERE c.{self.ROWID} NOT IN (SELECT __rowid FROM ({own}) AS o)"
+        return int(
+            self.conn.execute(f"SELECT count(DISTINCT __rowid) FROM ({sel}) AS s").fetchone()[0]
+        )
+
+    def expression_error(self, expr: str) -> str | None:
+        """The database's error for ``expr`` (catalog.filter or catalog.protect) in each
+        wrapping plan and apply give it, or None (read-only: prepared with LIMIT 0)."""
+        table = q(self.cfg.runs_table)
+        try:
+            for sql in (
+                f"SELECT 1 FROM {table} WHERE ({expr}) LIMIT 0",
+                f"SELECT 1 FROM {table} WHERE NOT (CASE WHEN ({expr}) THEN 1 ELSE 0 END) LIMIT 0",
+            ):
+                self.conn.execute(sql).fetchall()
+        except self.Error as exc:
+            return str(exc).strip().splitlines()[0]
+        return None
 
     def run_like_columns(self) -> list[tuple[str, str]]:
         """Columns, of tables no plan touches, named like a run id (the id column's name,
@@ -628,21 +596,6 @@ class SqliteCatalog:
                 if low in names or low.endswith(("_run_id", "_run_uuid")):
                     found.append((table, col))
         return found
-
-
-def expression_error(conn: sqlite3.Connection, runs_table: str, expr: str) -> str | None:
-    """SQLite's error for ``expr`` (catalog.filter or catalog.protect) in each wrapping plan
-    and apply give it, or None (read-only: prepared with LIMIT 0)."""
-    table = q(runs_table)
-    try:
-        for sql in (
-            f"SELECT 1 FROM {table} WHERE ({expr}) LIMIT 0",
-            f"SELECT 1 FROM {table} WHERE NOT (CASE WHEN ({expr}) THEN 1 ELSE 0 END) LIMIT 0",
-        ):
-            conn.execute(sql).fetchall()
-    except sqlite3.Error as exc:
-        return str(exc)
-    return None
 
 
 def _ours(table: str) -> bool:
@@ -681,33 +634,18 @@ class ForeignKey:
     on_delete: str  # as declared: NO ACTION, CASCADE, SET NULL, ...
 
 
-class _Introspect:
-    """What the schema walk asks of the database: table names, foreign keys and primary
-    keys, straight from ``sqlite_master`` and the PRAGMAs (read-only). It stands where
-    sqlite-utils' ``Database`` did: importing that cost every command 76 ms."""
+class Introspection(Protocol):
+    """What the schema walk asks of the database's own catalogue (read-only): the
+    application's tables, their stored columns, foreign keys and primary keys."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
+    def table_names(self) -> list[str]: ...
 
-    def table_names(self) -> list[str]:
-        return [
-            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-        ]
+    def has_table(self, name: str) -> bool: ...
 
-    def foreign_keys(self, table: str) -> list[ForeignKey]:
-        groups: dict[int, list[Any]] = {}
-        for row in self.conn.execute(f"PRAGMA foreign_key_list({q(table)})"):
-            groups.setdefault(row[0], []).append(row)
-        out = []
-        for rows in groups.values():
-            rows.sort(key=lambda r: r[1])
-            cols, parent_cols = tuple(r[3] for r in rows), tuple(r[4] for r in rows)
-            out.append(ForeignKey(cols, rows[0][2], parent_cols, str(rows[0][6])))
-        return out
+    def columns(self, table: str) -> list[str]: ...
 
-    def pks(self, table: str) -> list[str]:
-        """The primary key's columns in key order; ``["rowid"]`` for a table without one."""
-        cols = sorted(
-            (r[5], r[1]) for r in self.conn.execute(f"PRAGMA table_info({q(table)})") if r[5] > 0
-        )
-        return [name for _, name in cols] or ["rowid"]
+    def ours_like(self, prefix: str) -> list[str]: ...
+
+    def foreign_keys(self, table: str) -> list[ForeignKey]: ...
+
+    def pks(self, table: str) -> list[str]: ...

@@ -44,6 +44,7 @@ from pathlib import Path
 import msgspec
 
 from journal import TxState, TxStatus
+from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import plural
 from retention.layout import TRASH_DIRNAME, StateLayout, is_trash_index_name, trash_tx_rel
@@ -59,7 +60,6 @@ from retention.status import (
     running_line,
 )
 from retention.store import LocalStore, OutsideRoot, display, trash_problems
-from retention.tombstones import TrashCatalog
 from retention.txrecords import Begin
 from retention.workspace import describe_holder, stale_owner
 
@@ -164,7 +164,7 @@ def check(cfg: Config) -> CheckReport:
     store = LocalStore(root)
     expected: set[bytes] = set()
     missing_homes: list[tuple[bytes, str | int]] = []
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         runs = cat.count_runs()
         for row in cat.iter_path_rows():  # only the columns a path needs, streamed
             try:

@@ -13,6 +13,7 @@ from typing import Any
 import click
 from click.shell_completion import CompletionItem
 
+from retention.catalogs import open_catalog
 from retention.durations import plural
 
 
@@ -21,13 +22,12 @@ def complete_txids(ctx: click.Context, param: click.Parameter, incomplete: str) 
     applied, its runs in trash and its undo deadline as help text (zsh and fish show it)."""
     try:
         from retention.config import load_config
-        from retention.tombstones import TrashCatalog
 
         root = ctx.find_root()
         explicit = (ctx.obj or {}).get("config") or root.params.get("config_path")
         overrides = dict(ctx.meta.get("retention.paths", {}))
         cfg = load_config(explicit, overrides=overrides)
-        with TrashCatalog(cfg, readonly=True) as cat:
+        with open_catalog(cfg) as cat:
             rows = cat.applies()
             left = cat.trash_by_apply()
     except Exception:  # completion must never print a traceback into the shell

@@ -129,7 +129,7 @@ _ERRNO_TEXT = {
 }
 
 
-def is_hot_journal(exc: sqlite3.Error) -> bool:
+def is_hot_journal(exc: BaseException) -> bool:
     """SQLite refused a read because a hot rollback journal must be rolled back first and
     this connection is read-only (``mode=ro``): SQLITE_READONLY_ROLLBACK. Its text, "attempt
     to write a readonly database", is shared with real permission problems, so only the
@@ -155,8 +155,9 @@ def hot_journal_error(path: object = None) -> CatalogNeedsRecovery:
     )
 
 
-def catalog_error(exc: sqlite3.Error, path: object = None) -> CatalogError:
-    """The one mapping of an SQLite error to what the operator reads."""
+def catalog_error(exc: BaseException, path: object = None) -> CatalogError:
+    """The one mapping of a database error (SQLite's, PostgreSQL's) to what the operator
+    reads."""
     text = str(exc)
     where = f"catalog {path}" if path is not None else "the catalog"
     if is_hot_journal(exc):
@@ -198,7 +199,7 @@ def from_environment(exc: BaseException) -> RetentionError | None:
         )
     if isinstance(exc, JournalError):
         return RecoveryError(f"journal error: {exc}", hint="run `retention recover`")
-    if isinstance(exc, sqlite3.Error):
+    if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
         return catalog_error(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno, "")

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from retention.catalog import SqliteCatalog, q
+from retention.catalog import q
+from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import format_bytes, format_instant, parse_instant, parse_span, plural
 from retention.errors import UsageError
@@ -60,7 +61,6 @@ from retention.policy.calendar import KEY, cutoff, label, local
 from retention.policy.rules import Ctx, RuleDef, active_rules
 from retention.policy.spec import NOUN, UNITS, UNLIMITED, age_text, tags_text
 from retention.store import LocalStore, require_artifact_root
-from retention.tombstones import TrashCatalog
 
 if TYPE_CHECKING:
     from retention.planner import PlanResult
@@ -188,7 +188,7 @@ def evaluate_catalog(cfg: Config, spec: PolicySpec, now: datetime) -> Evaluation
     """Evaluate ``spec`` at ``now`` over the runs ``cfg`` selects, as `build_plan` does
     (read-only: the catalog ``mode=ro``; directories only measured, for a size budget
     without ``policy.size_column``). A dependency cycle is exit 4, as for plan."""
-    with SqliteCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         spec = policy_with_rows(cat, cfg, spec)  # [policy.rows]: each group's row
         items = read_items(cat, cfg, spec)
         if _has_budget(spec) and not cfg.size_column:
@@ -214,7 +214,7 @@ def load_manifest(cfg: Config, path: str) -> tuple[Payload, list[str]]:
     """A manifest, verified (signature, format, catalog identity; an expired one is
     accepted, see `_BEFORE_ANY_EXPIRY`), and the applies that committed it. Read-only."""
     data = read_manifest_bytes(path, cfg.manifest_max_size)
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         state = StateLayout(Path(cfg.state_dir))
         payload = verify_for_workspace(data, state, cat, now=_BEFORE_ANY_EXPIRY)
         return payload, cat.applied_by_manifest(payload.manifest_id)
@@ -262,7 +262,7 @@ def _in_table(cfg: Config, text: str) -> object | None:
         f"SELECT {q(cfg.id_column)} FROM {q(cfg.runs_table)}"
         f" WHERE {q(cfg.id_column)} IN ({', '.join('?' * len(keys))})"
     )
-    with SqliteCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         found = [r[0] for r in cat.conn.execute(sql, keys)]
     return _pick(found, text)[0]
 

@@ -11,26 +11,19 @@ audit rows is listed with what ``_retention_tx`` recorded (``audited: false``).
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import format_bytes, format_instant, human_instant, parse_instant, plural
 from retention.errors import catalog_error
 from retention.layout import StateLayout
 from retention.store import display
 from retention.tombstones import AUDIT_TABLE, TOMB_RUNS, TX_TABLE, TrashCatalog
-
-
-def _has(conn: sqlite3.Connection, table: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
-    ).fetchone()
-    return row is not None
 
 
 def _is_erasure(created_at: str, grace_until: str | None) -> bool:
@@ -81,12 +74,12 @@ def read_log(cat: TrashCatalog, *, since: datetime | None = None, limit: int = 0
     """The transactions of the catalog, newest first (read-only)."""
     conn = cat.conn
     cutoff = format_instant(since) if since is not None else None
-    if not _has(conn, TX_TABLE):
+    if not cat.db.has_table(TX_TABLE):
         return LogReport(since=cutoff, total=0, entries=[])
     where = "WHERE julianday(t.created_at) >= julianday(?)" if cutoff else ""
     params: list[Any] = [cutoff] if cutoff else []
     (total,) = conn.execute(f"SELECT count(*) FROM {TX_TABLE} AS t {where}", params).fetchone()
-    audited = _has(conn, AUDIT_TABLE)
+    audited = cat.db.has_table(AUDIT_TABLE)
     cols = (
         "a.txid, a.user, a.host, a.manifest_digest, a.policy_digest, a.group_by, a.runs,"
         " a.bytes, a.tables, a.groups"
@@ -96,7 +89,7 @@ def read_log(cat: TrashCatalog, *, since: datetime | None = None, limit: int = 0
     join = f"LEFT JOIN {AUDIT_TABLE} AS a ON a.txid = t.txid" if audited else ""
     in_trash = (
         f"(SELECT count(*) FROM {TOMB_RUNS} AS r WHERE r.txid = t.txid AND r.state = 'trash')"
-        if _has(conn, TOMB_RUNS)
+        if cat.db.has_table(TOMB_RUNS)
         else "NULL"
     )
     sql = (
@@ -140,10 +133,10 @@ def read_log(cat: TrashCatalog, *, since: datetime | None = None, limit: int = 0
 
 def log(cfg: Config, *, since: datetime | None = None, limit: int = 0) -> LogReport:
     """`retention log` (read-only)."""
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         try:
             return read_log(cat, since=since, limit=limit)
-        except sqlite3.Error as exc:
+        except cat.Error as exc:
             raise catalog_error(exc, cat.path) from None
 
 
@@ -254,9 +247,8 @@ def read_trash(cat: TrashCatalog, now: datetime, *, limit: int = 0) -> TrashRepo
     """The runs in trash, per apply (read-only): the totals from one grouped statement,
     then the runs of each apply, newest apply first, `READ_BATCH` per statement (no read
     lock outlives a batch), ``limit`` of them at most (0: every one)."""
-    conn = cat.conn
     stamp = format_instant(now)
-    if not _has(conn, TOMB_RUNS) or not _has(conn, TX_TABLE):
+    if not cat.db.has_table(TOMB_RUNS) or not cat.db.has_table(TX_TABLE):
         return TrashReport(now=stamp, runs=0, bytes=0, applies=[], entries=[])
     left = cat.trash_by_apply()
     applies: list[TrashApply] = []
@@ -312,10 +304,10 @@ def trash(cfg: Config, now: datetime, *, limit: int = 0) -> TrashReport:
     """`retention trash` (read-only); ``limit``: runs listed at most (0: all)."""
     from retention.status import observe
 
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         try:
             rep = read_trash(cat, now, limit=limit)
-        except sqlite3.Error as exc:
+        except cat.Error as exc:
             raise catalog_error(exc, cat.path) from None
     rep.artifact_root = str(cfg.artifact_root)
     seen = observe(StateLayout(Path(cfg.state_dir)))

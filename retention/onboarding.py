@@ -1,6 +1,6 @@
 """`retention config --check`: every problem of a configuration against its catalog at once.
 
-Opening a catalog (`SqliteCatalog`) stops at the first thing that does not match, which
+Opening a catalog (`SqlCatalog`) stops at the first thing that does not match, which
 is right for plan and apply; someone setting retention up wants the whole list: each
 missing table (with the tables that exist) and column (with the columns that exist), a
 ``catalog.filter`` or ``catalog.protect`` that is not valid SQL here, the policy's columns
@@ -14,20 +14,18 @@ those it does not and the format that would read them. Read-only: the catalog is
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import msgspec
 
-from retention.catalog import SqliteCatalog, columns_hint, expression_error, q, tables_hint
+from retention.catalog import SqlCatalog, columns_hint, q, tables_hint
 from retention.catalog import template_fields as _template_fields
+from retention.catalogs import open_bare, open_catalog
 from retention.config import Config
 from retention.durations import format_instant, parse_stored_time, plural
-from retention.errors import RetentionError, hot_journal_error, is_hot_journal
+from retention.errors import CatalogNeedsRecovery, RetentionError
 
 if TYPE_CHECKING:
     from retention.planner import PlanResult
@@ -107,9 +105,7 @@ def _misread(value: Any, fmt: str) -> bool:
     return not _plausible(t) and suggest_format([value], fmt) is not None
 
 
-def time_values(
-    conn: sqlite3.Connection, cfg: Config, columns: list[str], where: str
-) -> Iterator[Any]:
+def time_values(conn: Any, cfg: Config, columns: list[str], where: str) -> Iterator[Any]:
     """The first non-NULL of ``columns`` of each run (None if all are NULL), streamed."""
     if len(columns) == 1:
         expr = q(columns[0])
@@ -119,7 +115,7 @@ def time_values(
         yield value
 
 
-def check_times(conn: sqlite3.Connection, cfg: Config, columns: list[str], where: str) -> TimeCheck:
+def check_times(conn: Any, cfg: Config, columns: list[str], where: str) -> TimeCheck:
     fmt = cfg.time_format
     runs = no_value = read = 0
     failed: dict[str, Any] = {}  # distinct values not read, by their text
@@ -151,10 +147,13 @@ def time_sample(cfg: Config) -> TimeCheck | None:
     `config --check`'s, over the runs ``catalog.filter`` selects (read-only; None if the
     catalog cannot be read now)."""
     try:
-        with SqliteCatalog(cfg, readonly=True) as cat:
+        with open_catalog(cfg) as cat:
             where = f" WHERE ({cfg.filter})" if cfg.filter else ""
-            return check_times(cat.conn, cfg, list(cfg.time_columns), where)
-    except (RetentionError, sqlite3.Error):
+            try:
+                return check_times(cat.conn, cfg, list(cfg.time_columns), where)
+            except cat.Error:
+                return None
+    except RetentionError:
         return None
 
 
@@ -189,39 +188,23 @@ def time_problem(t: TimeCheck) -> tuple[Problem | None, str | None]:
     return None, text + " (those runs are always kept)"
 
 
-def _open(cfg: Config) -> sqlite3.Connection | Problem:
-    """A read-only connection to the catalog, or the problem that prevents one."""
-    path = Path(cfg.catalog_path)
-    if not path.exists() or path.is_dir():
-        try:
-            SqliteCatalog(cfg, readonly=True).close()  # raises its one clear error
-        except RetentionError as exc:
-            return Problem("catalog.path", exc.message, exc.hint)
-    uri = "file:" + quote(str(path.absolute())) + "?mode=ro"
-    conn = None
+def _open(cfg: Config) -> SqlCatalog | Problem:
+    """The catalog connected read-only, its schema not read yet (this check reports every
+    problem of it, not the first), or the problem that prevents even that."""
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        if conn is not None:
-            conn.close()
-        if is_hot_journal(exc):
-            raise hot_journal_error(path) from None
-        return Problem("catalog.path", f"cannot open catalog {path}: {exc}")
-    return conn
+        return open_bare(cfg)
+    except CatalogNeedsRecovery:
+        raise
+    except RetentionError as exc:
+        return Problem("catalog.path", exc.message, exc.hint)
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> list[str]:
-    return [r[1] for r in conn.execute(f"PRAGMA table_xinfo({q(table)})") if r[6] == 0]
-
-
-def _found_tables(conn: sqlite3.Connection, runs_table: str, tables: set[str]) -> list[str]:
+def _found_tables(cat: SqlCatalog, runs_table: str, tables: set[str]) -> list[str]:
     """Tables whose declared foreign keys lead to the runs table, breadth first."""
     parents: dict[str, set[str]] = {}
     for t in tables:
-        for row in conn.execute(f"PRAGMA foreign_key_list({q(t)})"):
-            parents.setdefault(t, set()).add(row[2])
+        for fk in cat.db.foreign_keys(t):
+            parents.setdefault(t, set()).add(fk.other_table)
     found: list[str] = []
     frontier = {runs_table}
     while frontier:
@@ -233,17 +216,16 @@ def _found_tables(conn: sqlite3.Connection, runs_table: str, tables: set[str]) -
 
 
 class _Checker:
-    def __init__(self, conn: sqlite3.Connection, cfg: Config) -> None:
-        self.conn = conn
+    def __init__(self, cat: SqlCatalog, cfg: Config) -> None:
+        self.cat = cat
         self.cfg = cfg
-        rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        self.tables = {r[0] for r in rows}
+        self.tables = set(cat.db.table_names())
         self.problems: list[Problem] = []
         self._cols: dict[str, list[str]] = {}
 
     def cols(self, table: str) -> list[str]:
         if table not in self._cols:
-            self._cols[table] = _columns(self.conn, table)
+            self._cols[table] = self.cat.db.columns(table)
         return self._cols[table]
 
     def table(self, table: str, setting: str, *, named: str = "named by") -> bool:
@@ -267,7 +249,7 @@ class _Checker:
     def expression(self, expr: str | None, setting: str) -> bool:
         if expr is None:
             return True
-        error = expression_error(self.conn, self.cfg.runs_table, expr)
+        error = self.cat.expression_error(expr)
         if error is None:
             return True
         self.problems.append(Problem(setting, f"{setting} {expr!r} is not valid SQL here: {error}"))
@@ -314,13 +296,14 @@ def check_config(cfg: Config) -> tuple[ConfigCheck, TablesReport | None]:
         return ConfigCheck(
             problems=[opened, *problems], warnings=[], found_tables=[], timestamps=None
         ), None
-    conn = opened
+    cat = opened
+    conn = cat.conn
     try:
-        c = _Checker(conn, cfg)
+        c = _Checker(cat, cfg)
         times = None
         found: list[str] = []
         if c.table(cfg.runs_table, "catalog.runs_table"):
-            found = _found_tables(conn, cfg.runs_table, c.tables)
+            found = _found_tables(cat, cfg.runs_table, c.tables)
             ok = {s_c: c.column(cfg.runs_table, s_c[1], s_c[0]) for s_c in _runs_columns(cfg)}
             filter_ok = c.expression(cfg.filter, "catalog.filter")
             c.expression(cfg.protect, "catalog.protect")
@@ -370,7 +353,7 @@ def check_config(cfg: Config) -> tuple[ConfigCheck, TablesReport | None]:
             if warning is not None:
                 warnings.append(warning)
     finally:
-        conn.close()
+        cat.close()
     tables = None
     if not any(p.setting.startswith(("catalog.", "artifacts.")) for p in problems):
         try:  # opens the catalog as plan does: anything it refuses that we did not see

@@ -20,7 +20,6 @@ import dataclasses
 import gc
 import json
 import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -31,7 +30,8 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from retention import identity
-from retention.catalog import SqliteCatalog, q, template_fields
+from retention.catalog import SqlCatalog, q, template_fields
+from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import (
     format_instant,
@@ -238,7 +238,7 @@ def policy_from_config(cfg: Config) -> PolicySpec:
     return spec
 
 
-def policy_with_rows(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> PolicySpec:
+def policy_with_rows(cat: SqlCatalog, cfg: Config, spec: PolicySpec) -> PolicySpec:
     """With ``[policy.rows]``: the spec with one tier per enabled policy row (named by the
     row's key as text), the base settings with the row's days and min_keep over them, and
     the disabled rows listed (read-only). Any other spec is returned as it is."""
@@ -428,11 +428,11 @@ def parse_tags(value: object) -> frozenset[str] | None:
     return frozenset(t.strip() for t in text.split(",") if t.strip())
 
 
-def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
+def read_items(cat: SqlCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
     """The runs the policy considers, with what ``spec`` needs of them (read-only).
 
     A policy that needs nothing but timestamps (keep-last, max-age) reads them through
-    `SqliteCatalog.iter_items`, unchanged. Otherwise one streamed SELECT reads, with the
+    `SqlCatalog.iter_items`, unchanged. Otherwise one streamed SELECT reads, with the
     same filter, protect expression and timestamp fallback, the recorded UTC offsets and
     the columns the rules and protections name. (It belongs with the catalog seam; it
     lives here while that module is being changed by others.)
@@ -516,7 +516,7 @@ def read_items(cat: SqliteCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     if attrs is None:
                         attrs = shared[shape] = attrs_of(raw)
             items.append(Item(row[0], t, bool(row[1]), attrs))
-    except sqlite3.Error as exc:
+    except cat.Error as exc:
         raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
     return items
 
@@ -548,7 +548,7 @@ OVERLAP_HINT = "give every run its own artifact directory; retention never moves
 
 
 def _overlapping(
-    cfg: Config, cat: SqliteCatalog, root: Path, paths: list[tuple[Any, bytes | None]]
+    cfg: Config, cat: SqlCatalog, root: Path, paths: list[tuple[Any, bytes | None]]
 ) -> dict[Any, str]:
     """Candidates whose directory is shared with, contains, or lies inside another run's
     (candidate or not): moving it would take another run's artifacts along. Read-only; one
@@ -668,7 +668,7 @@ def _refuse_unusable_ids(cfg: Config, items: list[Item]) -> None:
     )
 
 
-def _refuse_remove_all(cfg: Config, cat: SqliteCatalog, removing: int) -> None:
+def _refuse_remove_all(cfg: Config, cat: SqlCatalog, removing: int) -> None:
     """Refuse a plan that would leave the runs table empty. With ``catalog.filter`` set,
     removing every selected run is the normal case of a gc-like policy (the unselected runs
     stay), so the count is against the whole table. Raises `UsageError` (exit 2)."""
@@ -683,7 +683,7 @@ def _refuse_remove_all(cfg: Config, cat: SqliteCatalog, removing: int) -> None:
     raise UsageError(f"refusing to remove every run: {counted}", hint=REMOVE_ALL_HINT)
 
 
-def _refuse_missing_dirs(cfg: Config, cat: SqliteCatalog, store: LocalStore, missing: int) -> None:
+def _refuse_missing_dirs(cfg: Config, cat: SqlCatalog, store: LocalStore, missing: int) -> None:
     """Refuse a plan whose ``missing`` candidates (all of them) have no directory, when no
     run of the catalog has one either while the artifact root holds directories: the path
     template (or column) names the wrong paths, and apply would delete the rows and orphan
@@ -722,7 +722,7 @@ def _refuse_missing_dirs(cfg: Config, cat: SqliteCatalog, store: LocalStore, mis
 
 def measure_sizes(
     cfg: Config,
-    cat: SqliteCatalog,
+    cat: SqlCatalog,
     store: LocalStore,
     items: list[Item],
     progress: Callable[[str, int], Progress] | None = None,
@@ -825,7 +825,7 @@ def _build_plan(
     state = StateLayout(Path(cfg.state_dir))
     root = Path(cfg.artifact_root)
     store = LocalStore(root)
-    with SqliteCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         require_artifact_root(cfg)
         spec = policy_with_rows(cat, cfg, spec)
         items = read_items(cat, cfg, spec)

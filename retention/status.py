@@ -20,6 +20,7 @@ import msgspec
 
 from journal import CorruptJournal, TxState, TxStatus, replay
 from retention import txrecords
+from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import format_bytes, format_instant, human_instant, parse_instant, plural
 from retention.layout import StateLayout, trash_tx_rel
@@ -30,8 +31,6 @@ from retention.tombstones import (
     CatalogSpace,
     RetentionUsage,
     TrashCatalog,
-    catalog_space,
-    retention_usage,
 )
 from retention.workspace import describe_holder, live_holder, stale_owner
 
@@ -173,7 +172,7 @@ def status(cfg: Config, now: datetime) -> StatusReport:
     running = []
     unfinished_trash = 0
     seen = observe(state)
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         for txid, tx, begin in seen.unfinished:
             intents, in_trash = count_in_trash(root, tx)
             if seen.holder is not None:
@@ -217,7 +216,7 @@ def status(cfg: Config, now: datetime) -> StatusReport:
             if r["state"] not in ("purged", "undone")  # nothing of it is in trash any more
         ]
         last = _last_apply(state, cat)
-        space, usage = catalog_space(cat.conn, cat.path), retention_usage(cat.conn)
+        space, usage = cat.space_report()
     live = [t for t in trash if t.undoable]
     return StatusReport(
         now=format_instant(now),

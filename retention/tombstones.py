@@ -24,31 +24,24 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import math
 import os
-import shutil
 import socket
-import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import msgspec
 
-from retention.catalog import IDS_TABLE, SqliteCatalog, q
-from retention.config import Config
+from retention.catalog import SqlCatalog, q
 from retention.durations import (
-    format_bytes,
     format_duration,
     format_instant,
     parse_duration,
     parse_instant,
 )
-from retention.errors import CatalogError, StorageError, catalog_error
+from retention.errors import CatalogError, catalog_error
 from retention.policy import RunId
 from retention.reporting import Progress
 
@@ -87,9 +80,9 @@ CREATE TABLE IF NOT EXISTS {TX_TABLE} (
 );
 CREATE TABLE IF NOT EXISTS {TOMB_RUNS} (
     txid TEXT NOT NULL,
-    run_id NOT NULL,
-    path BLOB,                  -- artifact dir relative to the root (NULL: none on disk)
-    trash BLOB,                 -- where it lies in trash, relative to the root
+    run_id {{ID_TYPE}} NOT NULL, -- the run's id, of the runs table's id type
+    path {{BLOB}},              -- artifact dir relative to the root (NULL: none on disk)
+    trash {{BLOB}},             -- where it lies in trash, relative to the root
     bytes INTEGER NOT NULL DEFAULT 0,
     state TEXT NOT NULL DEFAULT 'trash',  -- trash, restored or purged
     undo_txid TEXT,             -- the undo that restored it
@@ -100,7 +93,7 @@ CREATE TABLE IF NOT EXISTS _retention_audit (
     action TEXT NOT NULL,       -- apply | undo | purge
     at TEXT NOT NULL,           -- ISO-8601 UTC, the transaction's time
     target TEXT,                -- undo/purge: the apply txid(s) acted on
-    user TEXT NOT NULL,         -- who ran it (login name, or uid N)
+    "user" TEXT NOT NULL,       -- who ran it (login name, or uid N)
     host TEXT NOT NULL,
     manifest_id TEXT,           -- apply: the manifest, its sha256 and its policy's digest
     manifest_digest TEXT,
@@ -172,54 +165,7 @@ class Writeback:
     accumulate: bool = False  # a later batch of the same apply: add to the count
 
 
-def _ensure_tomb(conn: sqlite3.Connection, table: str, columns: list[str]) -> str:
-    tomb = TOMB_PREFIX + table
-    have = [r[1] for r in conn.execute(f"PRAGMA table_info({q(tomb)})")]
-    if not have:
-        # Untyped columns (BLOB affinity): values keep their exact storage class.
-        cols = ", ".join(q(c) for c in columns)
-        conn.execute(
-            f"CREATE TABLE {q(tomb)} ({q(TXID_COL)} TEXT NOT NULL, {q(RUN_COL)},"
-            f" {q(ROWID_COL)} INTEGER, {cols})"
-        )
-        conn.execute(f"CREATE INDEX {q(tomb + '_tx')} ON {q(tomb)} ({q(TXID_COL)}, {q(RUN_COL)})")
-    else:
-        for c in columns:
-            if c not in have:  # the application added a column since the last apply
-                conn.execute(f"ALTER TABLE {q(tomb)} ADD COLUMN {q(c)}")
-    return tomb
-
-
 OLD_COL, NEW_COL, COL_COL = "__retention_old", "__retention_new", "__retention_col"
-
-
-def _ensure_nulls(conn: sqlite3.Connection, table: str) -> str:
-    name = NULLS_PREFIX + table
-    conn.execute(
-        f"CREATE TABLE IF NOT EXISTS {q(name)} ({q(TXID_COL)} TEXT NOT NULL, {q(RUN_COL)},"
-        f" {q(ROWID_COL)} INTEGER, {q(COL_COL)} TEXT, {q(OLD_COL)}, {q(NEW_COL)})"
-    )
-    conn.execute(
-        f"CREATE INDEX IF NOT EXISTS {q(name + '_tx')} ON {q(name)} ({q(TXID_COL)}, {q(RUN_COL)})"
-    )
-    return name
-
-
-def _default_value(conn: sqlite3.Connection, table: str, column: str) -> Any:
-    """The value ``column``'s declared DEFAULT gives now (None without one)."""
-    for row in conn.execute(f"PRAGMA table_info({q(table)})"):
-        if row[1] == column and row[4] is not None:
-            return conn.execute(f"SELECT {row[4]}").fetchone()[0]
-    return None
-
-
-def _has_table(conn: sqlite3.Connection, name: str) -> bool:
-    return (
-        conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)
-        ).fetchone()
-        is not None
-    )
 
 
 # -- the audit row: one per apply, undo and purge, in the transaction of its effect --------
@@ -260,81 +206,67 @@ class AuditRow:
     group_by: str | None = None
 
 
-def _ensure_audit(conn: sqlite3.Connection) -> None:
-    stmt = _DDL[_DDL.index(f"CREATE TABLE IF NOT EXISTS {AUDIT_TABLE}") :]
-    conn.execute(stmt.strip().rstrip(";"))
+class WritableCatalog(SqlCatalog):
+    """The write side of an SQL catalog: apply's, undo's and purge's transactions.
 
+    Backend hooks, besides `SqlCatalog`'s: `_begin` (a write transaction that excludes
+    other writers, or waits for them no longer than catalog.busy_timeout),
+    `_in_transaction`, `_is_busy`, `_ensure_tomb`, `_ensure_nulls`, `_default_value`,
+    `_id_type` and `BLOB` (types in our own tables), `_instant` (an ISO-8601 text as a
+    comparable instant), `overwrite_deleted`. The tables we add are named ``_retention_*``,
+    beside the application's (SQLite) or in a schema of their own (PostgreSQL); either way
+    the backend's connection finds them by that name.
+    """
 
-def _write_audit(conn: sqlite3.Connection, a: AuditRow) -> None:
-    """Inside the caller's transaction: the audit row of ``a.txid``."""
-    _ensure_audit(conn)
-    conn.execute(
-        f"INSERT INTO {AUDIT_TABLE} (txid, action, at, target, user, host, manifest_id,"
-        " manifest_digest, policy_digest, group_by, runs, bytes, tables, groups)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            a.txid,
-            a.action,
-            a.at,
-            a.target,
-            current_user(),
-            current_host(),
-            a.manifest_id,
-            a.manifest_digest,
-            a.policy_digest,
-            a.group_by,
-            a.runs,
-            a.bytes,
-            json.dumps(a.tables, sort_keys=True),
-            None if a.groups is None else json.dumps([list(g) for g in a.groups]),
-        ),
-    )
-
-
-def _group_counts(
-    conn: sqlite3.Connection, runs_table: str, column: str, txid: str, where: str = ""
-) -> list[tuple[str, str | None, int, int]] | None:
-    """Runs and bytes per value of ``column`` among the runs of apply ``txid`` still
-    tombstoned (``where``: a further condition on ``tb``, the runs table's tombstone, and
-    ``r``, their ``_retention_runs`` rows): one grouped statement. None when the
-    tombstone has no such column."""
-    tomb = TOMB_PREFIX + runs_table
-    cols = {r[1] for r in conn.execute(f"PRAGMA table_info({q(tomb)})")}
-    if column not in cols:
-        return None
-    rows = conn.execute(
-        f"SELECT CAST(tb.{q(column)} AS TEXT), count(*), coalesce(sum(r.bytes), 0)"
-        f" FROM {q(tomb)} AS tb JOIN {TOMB_RUNS} AS r"
-        f" ON r.txid = tb.{q(TXID_COL)} AND r.run_id = tb.{q(RUN_COL)}"
-        f" WHERE tb.{q(TXID_COL)} = ? {where} GROUP BY 1 ORDER BY 1",
-        (txid,),
-    ).fetchall()
-    return [(column, v, int(n), int(b)) for v, n, b in rows]
-
-
-def _audit_group_by(conn: sqlite3.Connection, apply_txid: str) -> str | None:
-    """The group column the audit row of an apply counted by (None: none, or no row)."""
-    if not _has_table(conn, AUDIT_TABLE):
-        return None
-    row = conn.execute(
-        f"SELECT group_by FROM {AUDIT_TABLE} WHERE txid = ?", (apply_txid,)
-    ).fetchone()
-    return None if row is None or row[0] is None else str(row[0])
-
-
-class WritableCatalog(SqliteCatalog):
-    """A catalog opened read-write by apply, undo, purge and recover."""
-
-    def __init__(self, cfg: Any, *, readonly: bool = False) -> None:
-        super().__init__(cfg, readonly=readonly)
+    BLOB = "BLOB"
 
     def overwrite_deleted(self) -> None:
-        # Deleted content is zeroed in the pages written (the WAL, then the file), not left
-        # in free space for anyone reading the file's bytes.
-        self.conn.execute("PRAGMA secure_delete = ON")
+        """From now on, overwrite what is deleted instead of only freeing it."""
+        raise NotImplementedError
+
+    def _begin(self) -> None:
+        raise NotImplementedError
+
+    def _in_transaction(self) -> bool:
+        raise NotImplementedError
+
+    def _is_busy(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says another writer held a lock we waited for too long."""
+        raise NotImplementedError
+
+    def _id_type(self) -> str:
+        """The SQL type our tables give a run id ("" where columns need none)."""
+        raise NotImplementedError
+
+    def _ensure_tomb(self, table: str, columns: list[str]) -> str:
+        """The tombstone table of ``table`` (created, or given the columns added since):
+        ``TXID_COL``, ``RUN_COL``, ``ROWID_COL``, then ``columns``, each value kept
+        exactly."""
+        raise NotImplementedError
+
+    def _ensure_nulls(self, table: str) -> str:
+        """The table of columns an apply set in rows of ``table`` (SET NULL / DEFAULT)."""
+        raise NotImplementedError
+
+    def _default_value(self, table: str, column: str) -> Any:
+        """The value ``column``'s declared DEFAULT gives now (None without one)."""
+        raise NotImplementedError
+
+    def _instant(self, expr: str) -> str:
+        """SQL for the ISO-8601 UTC text ``expr`` as a comparable instant."""
+        raise NotImplementedError
+
+    def space_report(self) -> tuple[CatalogSpace | None, RetentionUsage | None]:
+        """The catalog's storage and what retention's own tables take of it (read-only)."""
+        raise NotImplementedError
+
+    def _ddl_statements(self) -> list[str]:
+        text = _DDL.replace("{ID_TYPE}", self._id_type()).replace("{BLOB}", self.BLOB)
+        return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
     def _commit_tx(self, body: Any, before_commit: Any) -> Any:
-        """Run ``body()`` inside BEGIN IMMEDIATE ... COMMIT; roll back explicitly on any error.
+        """Run ``body()`` inside the backend's write transaction; roll back explicitly on
+        any error.
 
         Raises `CommitRefused` when the catalog certainly did not commit (any error before
         COMMIT, or COMMIT refused as busy), `CatalogError` when COMMIT itself failed
@@ -342,8 +274,8 @@ class WritableCatalog(SqliteCatalog):
         conn = self.conn
         t0 = time.monotonic()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
+            self._begin()
+        except self.Error as exc:
             raise self._refused(exc, t0) from None
         committing = False
         try:
@@ -354,21 +286,20 @@ class WritableCatalog(SqliteCatalog):
             conn.execute("COMMIT")
             return result
         except BaseException as exc:
-            if conn.in_transaction:
-                # The original error matters; SQLite also rolls back when the connection closes.
-                with contextlib.suppress(sqlite3.Error):
+            if self._in_transaction():
+                # The original error matters; the database also rolls back when the
+                # connection closes.
+                with contextlib.suppress(self.Error):
                     conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-                if not committing or code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if isinstance(exc, self.Error):
+                if not committing or self._is_busy(exc):
                     raise self._refused(exc, t0) from None
                 raise catalog_error(exc, self.path) from None
             raise
 
-    def _refused(self, exc: sqlite3.Error, t0: float) -> CommitRefused:
+    def _refused(self, exc: BaseException, t0: float) -> CommitRefused:
         err = catalog_error(exc, self.path)
-        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        if self._is_busy(exc):
             waited = format_duration(time.monotonic() - t0)
             return CommitRefused(
                 f"catalog {self.path} is busy: another writer held it longer than"
@@ -378,9 +309,72 @@ class WritableCatalog(SqliteCatalog):
             )
         return CommitRefused(err.message, hint=err.hint)
 
+    # -- the audit row: one per apply, undo and purge, in the transaction of its effect ----
+
+    def _ensure_audit(self) -> None:
+        for stmt in self._ddl_statements():
+            if stmt.startswith(f"CREATE TABLE IF NOT EXISTS {AUDIT_TABLE}"):
+                self.conn.execute(stmt)
+
+    def _write_audit(self, a: AuditRow) -> None:
+        """Inside the caller's transaction: the audit row of ``a.txid``."""
+        self._ensure_audit()
+        self.conn.execute(
+            f'INSERT INTO {AUDIT_TABLE} (txid, action, at, target, "user", host, manifest_id,'
+            " manifest_digest, policy_digest, group_by, runs, bytes, tables, groups)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                a.txid,
+                a.action,
+                a.at,
+                a.target,
+                current_user(),
+                current_host(),
+                a.manifest_id,
+                a.manifest_digest,
+                a.policy_digest,
+                a.group_by,
+                a.runs,
+                a.bytes,
+                json.dumps(a.tables, sort_keys=True),
+                None if a.groups is None else json.dumps([list(g) for g in a.groups]),
+            ),
+        )
+
+    def _group_counts(
+        self, column: str, txid: str, where: str = ""
+    ) -> list[tuple[str, str | None, int, int]] | None:
+        """Runs and bytes per value of ``column`` among the runs of apply ``txid`` still
+        tombstoned (``where``: a further condition on ``tb``, the runs table's tombstone,
+        and ``r``, their ``_retention_runs`` rows): one grouped statement. None when the
+        tombstone has no such column."""
+        tomb = TOMB_PREFIX + self.cfg.runs_table
+        if column not in self.db.columns(tomb):
+            return None
+        rows = self.conn.execute(
+            f"SELECT CAST(tb.{q(column)} AS TEXT), count(*), coalesce(sum(r.bytes), 0)"
+            f" FROM {q(tomb)} AS tb JOIN {TOMB_RUNS} AS r"
+            f" ON r.txid = tb.{q(TXID_COL)} AND r.run_id = tb.{q(RUN_COL)}"
+            f" WHERE tb.{q(TXID_COL)} = ? {where} GROUP BY 1 ORDER BY 1",
+            (txid,),
+        ).fetchall()
+        return [(column, v, int(n), int(b)) for v, n, b in rows]
+
+    def _audit_group_by(self, apply_txid: str) -> str | None:
+        """The group column the audit row of an apply counted by (None: none, or no row)."""
+        if not self.db.has_table(AUDIT_TABLE):
+            return None
+        row = self.conn.execute(
+            f"SELECT group_by FROM {AUDIT_TABLE} WHERE txid = ?", (apply_txid,)
+        ).fetchone()
+        return None if row is None or row[0] is None else str(row[0])
+
+    def _tomb_tables(self) -> list[str]:
+        return self.db.ours_like(TOMB_PREFIX)
+
     def tx_row(self, txid: str) -> dict[str, Any] | None:
         """The recorded row of a transaction, or None if the catalog never committed it."""
-        if not _has_table(self.conn, TX_TABLE):
+        if not self.db.has_table(TX_TABLE):
             return None
         cur = self.conn.execute(f"SELECT * FROM {TX_TABLE} WHERE txid = ?", (txid,))
         row = cur.fetchone()
@@ -388,9 +382,9 @@ class WritableCatalog(SqliteCatalog):
 
     def tomb_runs(self, txid: str) -> dict[RunId, dict[str, Any]]:
         """Tombstoned runs of an apply transaction (empty if none). Read in batches."""
-        if not _has_table(self.conn, TOMB_RUNS):
+        if not self.db.has_table(TOMB_RUNS):
             return {}
-        names = [r[1] for r in self.conn.execute(f"PRAGMA table_info({TOMB_RUNS})")]
+        names = self.db.columns(TOMB_RUNS)
         return {
             row[0]: dict(zip(names, row[1:], strict=True))
             for batch in self._runs_of(txid, ", ".join(q(n) for n in names))
@@ -436,11 +430,11 @@ class WritableCatalog(SqliteCatalog):
         bar = Progress("committing", 2 * len(self.schema.children) + 5)
 
         def body() -> dict[RunId, str]:
-            for stmt in _DDL.split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            for stmt in self._ddl_statements():
+                conn.execute(stmt)
             conn.execute(
-                "INSERT OR IGNORE INTO _retention_meta VALUES ('lineage_id', ?)", (lineage,)
+                "INSERT INTO _retention_meta VALUES ('lineage_id', ?) ON CONFLICT DO NOTHING",
+                (lineage,),
             )
             self.load_ids(expected)
             bar.advance()
@@ -457,7 +451,7 @@ class WritableCatalog(SqliteCatalog):
             # truth (as in WHERE; NULL is false) on both sides.
             base = (
                 f"SELECT {q(cfg.id_column)} FROM {q(cfg.runs_table)}"
-                f" WHERE {q(cfg.id_column)} IN (SELECT id FROM {IDS_TABLE})"
+                f" WHERE {q(cfg.id_column)} IN (SELECT id FROM {self.IDS_TABLE})"
             )
             if cfg.protect:
                 for (rid,) in conn.execute(f"{base} AND ({cfg.protect})"):
@@ -473,28 +467,30 @@ class WritableCatalog(SqliteCatalog):
             if len(dropped) == len(expected):
                 raise NothingDeleted(dropped)
             if dropped:
-                conn.executemany(f"DELETE FROM {IDS_TABLE} WHERE id = ?", ((k,) for k in dropped))
+                conn.executemany(
+                    f"DELETE FROM {self.IDS_TABLE} WHERE id = ?", ((k,) for k in dropped)
+                )
             if info.writeback is not None:
                 self._write_back(info.writeback, info.created_at)
             # Tombstones: runs table, then children, each one INSERT ... SELECT.
             run_cols = self.schema.runs_columns
-            tomb = _ensure_tomb(conn, cfg.runs_table, run_cols)
+            tomb = self._ensure_tomb(cfg.runs_table, run_cols)
             cols = ", ".join(q(c) for c in run_cols)
             conn.execute(
                 f"INSERT INTO {q(tomb)} ({q(TXID_COL)}, {q(RUN_COL)}, {q(ROWID_COL)}, {cols})"
-                f" SELECT ?, ids.id, r.rowid, {', '.join('r.' + q(c) for c in run_cols)}"
-                f" FROM {q(cfg.runs_table)} AS r JOIN {IDS_TABLE} AS ids"
+                f" SELECT ?, ids.id, r.{self.ROWID}, {', '.join('r.' + q(c) for c in run_cols)}"
+                f" FROM {q(cfg.runs_table)} AS r JOIN {self.IDS_TABLE} AS ids"
                 f" ON r.{q(cfg.id_column)} = ids.id",
                 (info.txid,),
             )
             bar.advance()
             for inv in self.schema.children:
-                tomb = _ensure_tomb(conn, inv.table, inv.columns)
+                tomb = self._ensure_tomb(inv.table, inv.columns)
                 cols = ", ".join(q(c) for c in inv.columns)
                 sel = self.child_select(inv, ", ".join(f"t0.{q(c)}" for c in inv.columns))
                 conn.execute(
                     f"INSERT INTO {q(tomb)} ({q(TXID_COL)}, {q(RUN_COL)}, {q(ROWID_COL)}, {cols})"
-                    f" SELECT ?, __run, __rowid, {cols} FROM ({sel})",
+                    f" SELECT ?, __run, __rowid, {cols} FROM ({sel}) AS s",
                     (info.txid,),
                 )
                 bar.advance()
@@ -502,16 +498,16 @@ class WritableCatalog(SqliteCatalog):
             # each column's old value and the value it gets, before the rows they reference go.
             setting: list[tuple[str, str, str]] = []
             for hop in self.schema.setters:
-                nulls = _ensure_nulls(conn, hop.child)
+                nulls = self._ensure_nulls(hop.child)
                 for col in hop.child_cols:
                     new = None
                     if hop.action == "SET DEFAULT":
-                        new = _default_value(conn, hop.child, col)
+                        new = self._default_value(hop.child, col)
                     conn.execute(
                         f"INSERT INTO {q(nulls)} ({q(TXID_COL)}, {q(RUN_COL)}, {q(ROWID_COL)},"
                         f" {q(COL_COL)}, {q(OLD_COL)}, {q(NEW_COL)})"
                         f" SELECT DISTINCT ?, __run, __rowid, ?, __old, ?"
-                        f" FROM ({self.referencing_select(hop, f'c.{q(col)} AS __old')})",
+                        f" FROM ({self.referencing_select(hop, f'c.{q(col)} AS __old')}) AS s",
                         (info.txid, col, new),
                     )
                     setting.append((nulls, hop.child, col))
@@ -519,21 +515,21 @@ class WritableCatalog(SqliteCatalog):
             deleted_rows: dict[str, int] = {}
             for inv in reversed(self.schema.children):
                 n = conn.execute(
-                    f"DELETE FROM {q(inv.table)} WHERE rowid IN"
-                    f" (SELECT __rowid FROM ({self.child_select(inv, '1')}))"
+                    f"DELETE FROM {q(inv.table)} WHERE {self.ROWID} IN"
+                    f" (SELECT __rowid FROM ({self.child_select(inv, '1')}) AS s)"
                 ).rowcount
                 deleted_rows[inv.table] = deleted_rows.get(inv.table, 0) + max(n, 0)
                 bar.advance()
             deleted_rows[cfg.runs_table] = conn.execute(
                 f"DELETE FROM {q(cfg.runs_table)} WHERE {q(cfg.id_column)} IN"
-                f" (SELECT id FROM {IDS_TABLE})"
+                f" (SELECT id FROM {self.IDS_TABLE})"
             ).rowcount
             bar.advance()
             for nulls, table, col in setting:  # rows deleted meanwhile are simply gone
                 conn.execute(
                     f"UPDATE {q(table)} SET {q(col)} = n.v FROM (SELECT {q(ROWID_COL)} AS r,"
                     f" {q(NEW_COL)} AS v FROM {q(nulls)} WHERE {q(TXID_COL)} = ?"
-                    f" AND {q(COL_COL)} = ?) AS n WHERE {q(table)}.rowid = n.r",
+                    f" AND {q(COL_COL)} = ?) AS n WHERE {q(table)}.{self.ROWID} = n.r",
                     (info.txid, col),
                 )
             kept = [r for r in runs if r.run_id not in dropped]
@@ -558,8 +554,7 @@ class WritableCatalog(SqliteCatalog):
                     info.trash_dir,
                 ),
             )
-            _write_audit(
-                conn,
+            self._write_audit(
                 AuditRow(
                     txid=info.txid,
                     action=info.op,
@@ -569,7 +564,7 @@ class WritableCatalog(SqliteCatalog):
                     tables=deleted_rows,
                     groups=None
                     if info.group_by is None
-                    else _group_counts(conn, cfg.runs_table, info.group_by, info.txid),
+                    else self._group_counts(info.group_by, info.txid),
                     target=info.target,
                     manifest_id=info.manifest_id,
                     manifest_digest=info.manifest_digest,
@@ -591,7 +586,7 @@ class WritableCatalog(SqliteCatalog):
         counts = dict(
             self.conn.execute(
                 f"SELECT CAST({q(wb.join)} AS TEXT), count(*) FROM {q(cfg.runs_table)}"
-                f" WHERE {q(cfg.id_column)} IN (SELECT id FROM {IDS_TABLE}) GROUP BY 1"
+                f" WHERE {q(cfg.id_column)} IN (SELECT id FROM {self.IDS_TABLE}) GROUP BY 1"
             )
         )
         sets, values = [], []
@@ -612,7 +607,7 @@ class WritableCatalog(SqliteCatalog):
 
     def applied_by_manifest(self, manifest_id: str) -> list[str]:
         """Txids of committed applies of this manifest (read-only)."""
-        if not _has_table(self.conn, TX_TABLE):
+        if not self.db.has_table(TX_TABLE):
             return []
         return [
             r[0]
@@ -628,24 +623,10 @@ class WritableCatalog(SqliteCatalog):
         return {
             r[0]
             for r in self.conn.execute(
-                f"SELECT ids.id FROM {IDS_TABLE} AS ids JOIN {q(cfg.runs_table)} AS r"
+                f"SELECT ids.id FROM {self.IDS_TABLE} AS ids JOIN {q(cfg.runs_table)} AS r"
                 f" ON r.{q(cfg.id_column)} = ids.id"
             )
         }
-
-
-def _tables_like(conn: sqlite3.Connection, prefix: str) -> list[str]:
-    return [
-        r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ? ESCAPE '\\'",
-            (prefix.replace("_", "\\_") + "%",),
-        )
-    ]
-
-
-def _tomb_tables(conn: sqlite3.Connection) -> list[str]:
-    return _tables_like(conn, TOMB_PREFIX)
 
 
 class TrashCatalog(WritableCatalog):
@@ -653,7 +634,7 @@ class TrashCatalog(WritableCatalog):
 
     def trash_totals(self, txids: list[str]) -> tuple[int, int]:
         """Runs and bytes still in trash for these applies (read-only, in batches)."""
-        if not txids or not _has_table(self.conn, TOMB_RUNS):
+        if not txids or not self.db.has_table(TOMB_RUNS):
             return 0, 0
         runs = nbytes = 0
         for txid in txids:
@@ -666,7 +647,7 @@ class TrashCatalog(WritableCatalog):
 
     def trash_slots(self) -> dict[bytes, RunId]:
         """Where each run deleted into trash lies (relative to the root). Read-only."""
-        if not _has_table(self.conn, TOMB_RUNS):
+        if not self.db.has_table(TOMB_RUNS):
             return {}
         return {
             bytes(trash): rid
@@ -677,7 +658,7 @@ class TrashCatalog(WritableCatalog):
 
     def live_applies(self) -> set[str]:
         """Applies whose trash area may still exist (not purged). Read-only."""
-        if not _has_table(self.conn, TX_TABLE):
+        if not self.db.has_table(TX_TABLE):
             return set()
         return {
             r[0]
@@ -688,7 +669,7 @@ class TrashCatalog(WritableCatalog):
 
     def trash_by_apply(self) -> dict[str, tuple[int, int]]:
         """Runs and bytes still in trash, per apply (read-only, one query)."""
-        if not _has_table(self.conn, TOMB_RUNS):
+        if not self.db.has_table(TOMB_RUNS):
             return {}
         return {
             txid: (int(n), int(b))
@@ -700,7 +681,7 @@ class TrashCatalog(WritableCatalog):
 
     def applies(self) -> list[dict[str, Any]]:
         """Every recorded apply, newest first (read-only)."""
-        if not _has_table(self.conn, TX_TABLE):
+        if not self.db.has_table(TX_TABLE):
             return []
         cur = self.conn.execute(
             f"SELECT * FROM {TX_TABLE} WHERE op = 'apply' ORDER BY created_at DESC, txid DESC"
@@ -711,7 +692,7 @@ class TrashCatalog(WritableCatalog):
     def run_places(self, run_id: str) -> list[dict[str, Any]]:
         """Every apply that deleted run ``run_id`` (given as text: an integer id matches
         too), newest first, with the run's state and its apply's row (read-only)."""
-        if not _has_table(self.conn, TOMB_RUNS) or not _has_table(self.conn, TX_TABLE):
+        if not self.db.has_table(TOMB_RUNS) or not self.db.has_table(TX_TABLE):
             return []
         keys: list[Any] = [run_id]
         with contextlib.suppress(ValueError):
@@ -729,10 +710,19 @@ class TrashCatalog(WritableCatalog):
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
     def _rowid_is_key(self, table: str) -> bool:
-        """Whether the rowid is the table's INTEGER PRIMARY KEY (then other rows may refer
-        to it, and it must come back unchanged)."""
-        pks = [r for r in self.conn.execute(f"PRAGMA table_info({q(table)})") if r[5] > 0]
-        return len(pks) == 1 and str(pks[0][2]).upper() == "INTEGER"
+        """Whether the row identity is ``table``'s key, which must come back unchanged
+        (other rows may refer to it)."""
+        raise NotImplementedError
+
+    def _insert_restored(self, table: str, names: str, rows: str, params: Any) -> int:
+        """Re-insert ``names`` of ``table`` from the tombstone rows ``rows`` (``FROM ...
+        WHERE ...`` with ``params``), a row tombstoned for several runs once; returns how
+        many rows came back."""
+        raise NotImplementedError
+
+    def _create_rows_table(self) -> str:
+        """A new, empty temporary table ``(t, r, run)`` for `_shared`; returns its name."""
+        raise NotImplementedError
 
     def _restore_tables(self) -> list[str]:
         return [self.cfg.runs_table, *(c.table for c in self.schema.children)]
@@ -740,7 +730,7 @@ class TrashCatalog(WritableCatalog):
     def _id_ranges(self) -> list[tuple[int, int]]:
         """The loaded ids (see `load_ids`) as rowid ranges of `READ_BATCH` each: every read
         that joins them to the catalog goes one range per statement."""
-        top = self.conn.execute(f"SELECT max(rowid) FROM {IDS_TABLE}").fetchone()[0] or 0
+        top = self.conn.execute(f"SELECT max(n) FROM {self.IDS_TABLE}").fetchone()[0] or 0
         return [(lo, lo + READ_BATCH - 1) for lo in range(1, top + 1, READ_BATCH)]
 
     def _shared(self, txid: str, ranges: list[tuple[int, int]]) -> dict[RunId, set[RunId]]:
@@ -757,33 +747,30 @@ class TrashCatalog(WritableCatalog):
         """
         conn = self.conn
         rid, run = q(ROWID_COL), q(RUN_COL)
-        conn.execute("DROP TABLE IF EXISTS temp._retention_rows")
-        conn.execute("CREATE TEMP TABLE _retention_rows (t INTEGER NOT NULL, r, run)")
+        rows = self._create_rows_table()
         for n, table in enumerate(self._restore_tables()):
             tomb = TOMB_PREFIX + table
-            if not _has_table(conn, tomb):
+            if not self.db.has_table(tomb):
                 continue
             for lo, hi in ranges:
                 conn.execute(
-                    f"INSERT INTO temp._retention_rows SELECT ?, tb.{rid}, tb.{run}"
-                    f" FROM {IDS_TABLE} AS ids JOIN {q(tomb)} AS tb"
+                    f"INSERT INTO {rows} SELECT ?, tb.{rid}, tb.{run}"
+                    f" FROM {self.IDS_TABLE} AS ids JOIN {q(tomb)} AS tb"
                     f" ON tb.{q(TXID_COL)} = ? AND tb.{run} = ids.id"
-                    " WHERE ids.rowid BETWEEN ? AND ?",
+                    " WHERE ids.n BETWEEN ? AND ?",
                     (n, txid, lo, hi),
                 )
-        conn.execute("CREATE INDEX temp._retention_rows_tr ON _retention_rows (t, r, run)")
         links: dict[RunId, set[RunId]] = {}
         hub: dict[tuple[int, Any], RunId] = {}
         for t, row, member in conn.execute(
-            "SELECT t, r, run FROM temp._retention_rows WHERE (t, r) IN"
-            " (SELECT t, r FROM temp._retention_rows GROUP BY t, r"
-            " HAVING count(DISTINCT run) > 1)"
+            f"SELECT t, r, run FROM {rows} WHERE (t, r) IN"
+            f" (SELECT t, r FROM {rows} GROUP BY t, r HAVING count(DISTINCT run) > 1)"
         ).fetchall():
             first = hub.setdefault((t, row), member)
             if first != member:
                 links.setdefault(first, set()).add(member)
                 links.setdefault(member, set()).add(first)
-        conn.execute("DROP TABLE temp._retention_rows")
+        conn.execute(f"DROP TABLE {rows}")
         return links
 
     def undo_plan(
@@ -806,21 +793,21 @@ class TrashCatalog(WritableCatalog):
         out: dict[RunId, str] = dict(blocked)
         for lo, hi in ranges:
             for (rid,) in conn.execute(
-                f"SELECT ids.id FROM {IDS_TABLE} AS ids JOIN {q(cfg.runs_table)} AS r"
-                f" ON r.{q(cfg.id_column)} = ids.id WHERE ids.rowid BETWEEN ? AND ?",
+                f"SELECT ids.id FROM {self.IDS_TABLE} AS ids JOIN {q(cfg.runs_table)} AS r"
+                f" ON r.{q(cfg.id_column)} = ids.id WHERE ids.n BETWEEN ? AND ?",
                 (lo, hi),
             ).fetchall():
                 out.setdefault(rid, f"run id {rid!r} exists again in {cfg.runs_table!r}")
         for table in self._restore_tables():
             tomb = TOMB_PREFIX + table
-            if not _has_table(conn, tomb) or not self._rowid_is_key(table):
+            if not self.db.has_table(tomb) or not self._rowid_is_key(table):
                 continue
             for lo, hi in ranges:
                 for (rid,) in conn.execute(
-                    f"SELECT DISTINCT tb.{q(RUN_COL)} FROM {IDS_TABLE} AS ids"
+                    f"SELECT DISTINCT tb.{q(RUN_COL)} FROM {self.IDS_TABLE} AS ids"
                     f" JOIN {q(tomb)} AS tb ON tb.{q(TXID_COL)} = ? AND tb.{q(RUN_COL)} = ids.id"
-                    f" JOIN {q(table)} AS t ON t.rowid = tb.{q(ROWID_COL)}"
-                    " WHERE ids.rowid BETWEEN ? AND ?",
+                    f" JOIN {q(table)} AS t ON t.{self.ROWID} = tb.{q(ROWID_COL)}"
+                    " WHERE ids.n BETWEEN ? AND ?",
                     (txid, lo, hi),
                 ).fetchall():
                     out.setdefault(rid, f"a row of {table!r} took its place (same rowid)")
@@ -869,7 +856,6 @@ class TrashCatalog(WritableCatalog):
         """
         conn = self.conn
         tables = self._restore_tables()
-        key_tables: set[str] = set()
         tombs: set[str] = set()
         group_by: list[str | None] = [None]
 
@@ -879,53 +865,23 @@ class TrashCatalog(WritableCatalog):
             self.load_ids(ids)
             counts: dict[str, int] = {}
             by_group: list[Any] = []
-            sel = f"{q(TXID_COL)} = ? AND {q(RUN_COL)} IN (SELECT id FROM {IDS_TABLE})"
+            sel = f"{q(TXID_COL)} = ? AND {q(RUN_COL)} IN (SELECT id FROM {self.IDS_TABLE})"
             for table in tables:
                 tomb = TOMB_PREFIX + table
                 if tomb not in tombs:
                     continue
-                tomb_cols = [r[1] for r in conn.execute(f"PRAGMA table_info({q(tomb)})")][3:]
+                tomb_cols = self.db.columns(tomb)[3:]
                 live = set(self._columns(table))
                 names = ", ".join(q(c) for c in tomb_cols if c in live)
-                rid = q(ROWID_COL)
                 # A row linking two deleted runs was tombstoned once per run: restore it once.
-                rows = f"FROM {q(tomb)} WHERE {sel}"
-                if table in key_tables:
-                    n = conn.execute(
-                        f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
-                        f" GROUP BY {rid} ORDER BY {rid}",
-                        (target,),
-                    ).rowcount
-                    counts[table] = counts.get(table, 0) + max(n, 0)
-                    continue
-                # Not the key: keep each rowid that is still free; rows whose rowid the
-                # application reused since come back with a new one (nothing refers to it).
-                conn.execute("DROP TABLE IF EXISTS temp._retention_taken")
-                conn.execute(
-                    f"CREATE TEMP TABLE _retention_taken AS SELECT DISTINCT {rid} AS r {rows}"
-                    f" AND {rid} IN (SELECT rowid FROM {q(table)})",
-                    (target,),
-                )
-                taken = "(SELECT r FROM temp._retention_taken)"
-                n = conn.execute(
-                    f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
-                    f" AND {rid} NOT IN {taken} GROUP BY {rid} ORDER BY {rid}",
-                    (target,),
-                ).rowcount
-                n += conn.execute(
-                    f"INSERT INTO {q(table)} ({names}) SELECT {names} {rows}"
-                    f" AND {rid} IN {taken} GROUP BY {rid} ORDER BY {rid}",
-                    (target,),
-                ).rowcount
+                n = self._insert_restored(table, names, f"FROM {q(tomb)} WHERE {sel}", (target,))
                 counts[table] = counts.get(table, 0) + max(n, 0)
             if group_by[0] is not None and TOMB_PREFIX + self.cfg.runs_table in tombs:
                 by_group = (
-                    _group_counts(
-                        conn,
-                        self.cfg.runs_table,
+                    self._group_counts(
                         group_by[0],
                         target,
-                        f"AND tb.{q(RUN_COL)} IN (SELECT id FROM {IDS_TABLE})",
+                        f"AND tb.{q(RUN_COL)} IN (SELECT id FROM {self.IDS_TABLE})",
                     )
                     or []
                 )
@@ -933,9 +889,9 @@ class TrashCatalog(WritableCatalog):
                 conn.execute(f"DELETE FROM {q(tomb)} WHERE {sel}", (target,))
             # Columns the apply set: back to their old value where they still hold the value
             # set (a value the application wrote since wins).
-            for nulls in _tables_like(conn, NULLS_PREFIX):
+            for nulls in self.db.ours_like(NULLS_PREFIX):
                 table = nulls[len(NULLS_PREFIX) :]
-                live = set(self._columns(table)) if _has_table(conn, table) else set()
+                live = set(self._columns(table)) if self.db.has_table(table) else set()
                 cols = conn.execute(
                     f"SELECT DISTINCT {q(COL_COL)} FROM {q(nulls)} WHERE {sel}", (target,)
                 ).fetchall()
@@ -946,7 +902,8 @@ class TrashCatalog(WritableCatalog):
                         f"UPDATE {q(table)} SET {q(col)} = n.old FROM (SELECT {q(ROWID_COL)}"
                         f" AS r, {q(OLD_COL)} AS old, {q(NEW_COL)} AS new FROM {q(nulls)}"
                         f" WHERE {q(COL_COL)} = ? AND {sel}) AS n"
-                        f" WHERE {q(table)}.rowid = n.r AND {q(table)}.{q(col)} IS n.new",
+                        f" WHERE {q(table)}.{self.ROWID} = n.r"
+                        f" AND {q(table)}.{q(col)} IS NOT DISTINCT FROM n.new",
                         (col, target),
                     )
                 conn.execute(f"DELETE FROM {q(nulls)} WHERE {sel}", (target,))
@@ -954,9 +911,8 @@ class TrashCatalog(WritableCatalog):
 
         def body() -> dict[RunId, str]:
             # Read inside the transaction: a locked catalog refuses the commit as a whole.
-            key_tables.update(t for t in tables if self._rowid_is_key(t))
-            tombs.update(_tomb_tables(conn))
-            group_by[0] = _audit_group_by(conn, target)
+            tombs.update(self._tomb_tables())
+            group_by[0] = self._audit_group_by(target)
             refused: dict[RunId, str] = {}
             restored: list[RunId] = [rid for g in groups for rid in g]
             tables_n: dict[str, int] = {}
@@ -974,7 +930,7 @@ class TrashCatalog(WritableCatalog):
             try:
                 tally(restore(restored))
                 conn.execute("RELEASE restore_all")
-            except sqlite3.IntegrityError:
+            except self.IntegrityError:
                 conn.execute("ROLLBACK TO restore_all")
                 conn.execute("RELEASE restore_all")
                 restored = []
@@ -984,7 +940,7 @@ class TrashCatalog(WritableCatalog):
                     conn.execute("SAVEPOINT restore_group")
                     try:
                         done = restore(group)
-                    except sqlite3.IntegrityError as exc:
+                    except self.IntegrityError as exc:
                         conn.execute("ROLLBACK TO restore_group")
                         for rid in group:
                             refused[rid] = f"the catalog refused its rows: {exc}"
@@ -995,7 +951,7 @@ class TrashCatalog(WritableCatalog):
             self.load_ids(restored)
             conn.execute(
                 f"UPDATE {TOMB_RUNS} SET state = 'restored', undo_txid = ? WHERE txid = ?"
-                f" AND run_id IN (SELECT id FROM {IDS_TABLE})",
+                f" AND run_id IN (SELECT id FROM {self.IDS_TABLE})",
                 (undo_txid, target),
             )
             left = conn.execute(
@@ -1015,8 +971,7 @@ class TrashCatalog(WritableCatalog):
                 f"SELECT coalesce(sum(bytes), 0) FROM {TOMB_RUNS} WHERE undo_txid = ? AND txid = ?",
                 (undo_txid, target),
             ).fetchone()
-            _write_audit(
-                conn,
+            self._write_audit(
                 AuditRow(
                     txid=undo_txid,
                     action="undo",
@@ -1040,7 +995,7 @@ class TrashCatalog(WritableCatalog):
         """Runs the committed undo ``undo_txid`` restored (empty if it never committed):
         the runs of the apply it undid, read in batches by that apply's txid."""
         row = self.tx_row(undo_txid)
-        if row is None or not row["target"] or not _has_table(self.conn, TOMB_RUNS):
+        if row is None or not row["target"] or not self.db.has_table(TOMB_RUNS):
             return set()
         return {
             rid
@@ -1066,7 +1021,7 @@ class TrashCatalog(WritableCatalog):
                 " VALUES (?, 'purge', 'done', ?, ?, ?)",
                 (purge_txid, ",".join(targets), now, len(targets)),
             )
-            _write_audit(conn, self._purge_audit(purge_txid, targets, now))
+            self._write_audit(self._purge_audit(purge_txid, targets, now))
 
         self._commit_tx(body, before_commit)
 
@@ -1075,7 +1030,7 @@ class TrashCatalog(WritableCatalog):
         apply deleted less what its undos restored: a few small rows, so the purge's
         transaction stays short), or counted for an apply committed before audit rows."""
         conn = self.conn
-        if _has_table(conn, AUDIT_TABLE):
+        if self.db.has_table(AUDIT_TABLE):
             found = conn.execute(
                 f"SELECT tables FROM {AUDIT_TABLE} WHERE txid = ? AND action = 'apply'",
                 (apply_txid,),
@@ -1107,8 +1062,8 @@ class TrashCatalog(WritableCatalog):
         runs = nbytes = 0
         tables: dict[str, int] = {}
         groups: dict[tuple[str, str | None], list[int]] = {}
-        has_runs = _has_table(conn, TOMB_RUNS)
-        tombs = _tomb_tables(conn)
+        has_runs = self.db.has_table(TOMB_RUNS)
+        tombs = self._tomb_tables()
         for t in targets:
             if has_runs:
                 n, b = conn.execute(
@@ -1120,9 +1075,9 @@ class TrashCatalog(WritableCatalog):
                 nbytes += int(b)
             for table, n in self._rows_in_trash(t, tombs).items():
                 tables[table] = tables.get(table, 0) + n
-            col = _audit_group_by(conn, t)
+            col = self._audit_group_by(t)
             if col is not None and has_runs and TOMB_PREFIX + self.cfg.runs_table in tombs:
-                found = _group_counts(conn, self.cfg.runs_table, col, t, "AND r.state = 'trash'")
+                found = self._group_counts(col, t, "AND r.state = 'trash'")
                 for c, v, n, b in found or []:
                     acc = groups.setdefault((c, v), [0, 0])
                     acc[0] += n
@@ -1149,9 +1104,9 @@ class TrashCatalog(WritableCatalog):
         --vacuum`` gives it back to the filesystem)."""
         conn = self.conn
         marks = ", ".join("?" * len(targets))
-        for tomb in _tomb_tables(conn) + _tables_like(conn, NULLS_PREFIX):
+        for tomb in self._tomb_tables() + self.db.ours_like(NULLS_PREFIX):
             sql = (
-                f"DELETE FROM {q(tomb)} WHERE rowid IN (SELECT rowid FROM {q(tomb)}"
+                f"DELETE FROM {q(tomb)} WHERE {self.ROWID} IN (SELECT {self.ROWID} FROM {q(tomb)}"
                 f" WHERE {q(TXID_COL)} IN ({marks}) LIMIT {WRITE_BATCH})"
             )
             self._delete_batched(sql, targets)
@@ -1175,15 +1130,15 @@ class TrashCatalog(WritableCatalog):
         ago than ``state.history`` (they can never come back, and nothing asks for them);
         the apply's row in ``_retention_tx`` stays, with its counts and bytes (the audit
         summary). Set-based, `WRITE_BATCH` rows per transaction. Returns the rows removed."""
-        conn = self.conn
-        if not _has_table(conn, TOMB_RUNS):
+        if not self.db.has_table(TOMB_RUNS):
             return 0
         cutoff = format_instant(now - parse_duration(self.cfg.history))
         sql = (
-            f"DELETE FROM {TOMB_RUNS} WHERE rowid IN (SELECT r.rowid FROM {TX_TABLE} AS t"
-            f" JOIN {TOMB_RUNS} AS r ON r.txid = t.txid WHERE t.op = 'apply'"
-            " AND t.state IN ('purged', 'undone') AND t.finished_at IS NOT NULL"
-            f" AND julianday(t.finished_at) < julianday(?) LIMIT {WRITE_BATCH})"
+            f"DELETE FROM {TOMB_RUNS} WHERE {self.ROWID} IN (SELECT r.{self.ROWID}"
+            f" FROM {TX_TABLE} AS t JOIN {TOMB_RUNS} AS r ON r.txid = t.txid"
+            " WHERE t.op = 'apply' AND t.state IN ('purged', 'undone')"
+            " AND t.finished_at IS NOT NULL"
+            f" AND {self._instant('t.finished_at')} < {self._instant('?')} LIMIT {WRITE_BATCH})"
         )
         return self._delete_batched(sql, (cutoff,))
 
@@ -1222,209 +1177,3 @@ class RetentionUsage(msgspec.Struct):
     tombstone_bytes: int  # the deleted rows kept for undo (_retention_t_*, _retention_n_*)
     log_bytes: int  # the deletion log and lineage (_retention_runs, _retention_tx, _meta)
     exact: bool  # True: pages counted with dbstat; False: estimated from rows and sizes
-
-
-_AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
-
-
-def catalog_space(conn: sqlite3.Connection, path: Path) -> CatalogSpace:
-    """Sizes and free pages of the catalog ``conn`` has open at ``path`` (read-only)."""
-
-    def pragma(name: str) -> Any:
-        return conn.execute(f"PRAGMA {name}").fetchone()[0]
-
-    page_size, free = int(pragma("page_size")), int(pragma("freelist_count"))
-    wal = Path(f"{path}-wal")
-    return CatalogSpace(
-        file_bytes=path.stat().st_size,
-        wal_bytes=wal.stat().st_size if wal.exists() else 0,
-        page_size=page_size,
-        pages=int(pragma("page_count")),
-        free_pages=free,
-        free_bytes=free * page_size,
-        auto_vacuum=_AUTO_VACUUM.get(int(pragma("auto_vacuum")), "none"),
-        journal_mode=str(pragma("journal_mode")),
-    )
-
-
-def _our_objects(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
-    """(name, its table, type) of every table and index of ours, automatic indexes too."""
-    return [
-        (str(n), str(t), str(k))
-        for n, t, k in conn.execute(
-            "SELECT name, tbl_name, type FROM sqlite_master WHERE type IN ('table', 'index')"
-            " AND tbl_name LIKE '\\_retention\\_%' ESCAPE '\\' ORDER BY name"
-        ).fetchall()
-    ]
-
-
-def _is_tombstone(table: str) -> bool:
-    return table.startswith((TOMB_PREFIX, NULLS_PREFIX))
-
-
-def retention_usage(conn: sqlite3.Connection) -> RetentionUsage:
-    """The pages of retention's tables and indexes (read-only): counted with the ``dbstat``
-    virtual table, one object per statement, or estimated when SQLite was built without it
-    (`estimate_usage`)."""
-    objects = _our_objects(conn)
-    try:
-        conn.execute("SELECT 1 FROM dbstat LIMIT 0").fetchall()
-    except sqlite3.OperationalError:
-        return estimate_usage(conn)
-    tomb = log = 0
-    for name, table, _ in objects:
-        (size,) = conn.execute(
-            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ? AND aggregate = 1",
-            (name,),
-        ).fetchone()
-        if _is_tombstone(table):
-            tomb += int(size)
-        else:
-            log += int(size)
-    return RetentionUsage(tombstone_bytes=tomb, log_bytes=log, exact=True)
-
-
-_SAMPLE = 200  # rows sampled per table for the estimate
-
-
-def estimate_usage(conn: sqlite3.Connection) -> RetentionUsage:
-    """`retention_usage` without ``dbstat``: per table and index, its rows times the mean
-    size of a sampled entry (values, one header byte per column, the rowid and the cell's
-    own overhead), over the usual page fill. Within a few tens of percent; read-only."""
-    tomb = log = 0
-    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    for name, table, kind in _our_objects(conn):
-        if kind == "table":
-            cols = [r[1] for r in conn.execute(f"PRAGMA table_info({q(name)})").fetchall()]
-        else:
-            cols = [r[2] for r in conn.execute(f"PRAGMA index_info({q(name)})").fetchall() if r[2]]
-        rows = int(conn.execute(f"SELECT count(*) FROM {q(table)}").fetchone()[0])
-        sizes = " + ".join(f"coalesce(length(CAST({q(c)} AS BLOB)), 0)" for c in cols) or "0"
-        (mean,) = conn.execute(
-            f"SELECT avg({sizes}) FROM (SELECT * FROM {q(table)} LIMIT {_SAMPLE})"
-        ).fetchone()
-        entry = float(mean or 0) + len(cols) + 12  # header bytes, rowid, cell pointer
-        # b-tree pages are rarely full, and every table and index has one page at least
-        size = max(page, math.ceil(rows * entry / 0.85 / page) * page)
-        if _is_tombstone(table):
-            tomb += size
-        else:
-            log += size
-    return RetentionUsage(tombstone_bytes=tomb, log_bytes=log, exact=False)
-
-
-def _sqlite_temp_dir() -> str:
-    """Where SQLite puts the temporary copy VACUUM builds (its own search order on Unix)."""
-    for d in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp"):
-        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
-            return d
-    return "/tmp"
-
-
-VACUUM_COST = (
-    "VACUUM rewrites the whole catalog file and holds an exclusive lock on it meanwhile (the"
-    " application can neither read nor write until it ends); it needs free disk for a"
-    " temporary copy of the file and as much again for the journal or WAL"
-)
-
-
-class CatalogFile:
-    """The catalog as a file, on a connection of its own: its size and free pages
-    (`catalog_space`), and giving free pages back to the filesystem (`reclaim`). Apart
-    from the participant protocol: this is about SQLite's pages, not about runs."""
-
-    def __init__(self, cfg: Config, *, readonly: bool = True) -> None:
-        self.path = Path(cfg.catalog_path)
-        self.busy_timeout = cfg.busy_timeout
-        mode = "ro" if readonly else "rw"
-        uri = f"file:{quote(str(self.path.absolute()))}?mode={mode}"
-        try:
-            self.conn = sqlite3.connect(
-                uri, uri=True, isolation_level=None, timeout=cfg.busy_timeout_ms / 1000
-            )
-            self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
-            if not readonly:
-                self.conn.execute("PRAGMA synchronous = EXTRA")  # as for our transactions
-        except sqlite3.Error as exc:
-            raise catalog_error(exc, self.path) from None
-
-    def close(self) -> None:
-        self.conn.close()
-
-    def __enter__(self) -> CatalogFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def space(self) -> CatalogSpace:
-        try:
-            return catalog_space(self.conn, self.path)
-        except sqlite3.Error as exc:
-            raise catalog_error(exc, self.path) from None
-
-    def reclaim(self) -> str:
-        """Give the catalog's free pages back to the filesystem; returns what it ran.
-
-        ``incremental_vacuum`` where the catalog's ``auto_vacuum`` is ``incremental`` (it
-        only moves pages from the end of the file into free ones and truncates it: short),
-        else ``vacuum`` (see `VACUUM_COST`; refused beforehand when the disk is too full);
-        ``nothing to reclaim`` when there is no free page. In WAL mode the WAL is then
-        checkpointed and truncated (it would otherwise keep the size of what was rewritten).
-        Raises `CatalogError` (busy: the application held the catalog longer than
-        catalog.busy_timeout) or `StorageError` (disk full); the catalog is then unchanged.
-        """
-        space = self.space()
-        if space.free_pages == 0:
-            return "nothing to reclaim"
-        how = "incremental_vacuum" if space.auto_vacuum == "incremental" else "vacuum"
-        if how == "vacuum":
-            self._check_room(space)
-        t0 = time.monotonic()
-        try:
-            if how == "vacuum":
-                self.conn.execute("VACUUM")
-            else:  # frees one page per step: executescript steps it to the end
-                self.conn.executescript("PRAGMA incremental_vacuum;")
-            if space.journal_mode == "wal":
-                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        except sqlite3.Error as exc:
-            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-                waited = format_duration(time.monotonic() - t0)
-                raise CatalogError(
-                    f"cannot {how.replace('_', ' ')} catalog {self.path}: it was busy longer"
-                    f" than catalog.busy_timeout ({self.busy_timeout}; waited {waited});"
-                    " nothing was changed",
-                    hint="it needs the catalog to itself: run `retention purge --vacuum` again"
-                    " when the application is idle",
-                ) from None
-            if code == sqlite3.SQLITE_FULL:
-                raise StorageError(
-                    f"cannot vacuum catalog {self.path}: disk full; nothing was changed",
-                    hint=f"{VACUUM_COST}; free space, then run `retention purge --vacuum`",
-                ) from None
-            raise catalog_error(exc, self.path) from None
-        return how
-
-    def _check_room(self, space: CatalogSpace) -> None:
-        """Refuse a VACUUM the disk has no room for: a temporary copy of the file where
-        SQLite keeps temporary files, and as much again beside the catalog (journal/WAL)."""
-        need = space.file_bytes - space.free_bytes  # about the size of the rewritten file
-        here = os.path.dirname(os.path.abspath(self.path))
-        temp = _sqlite_temp_dir()
-        wants: dict[int, tuple[str, int]] = {}
-        for where in (here, temp):
-            dev = os.stat(where).st_dev
-            have = wants.get(dev, (where, 0))
-            wants[dev] = (have[0], have[1] + need)
-        for where, bytes_needed in wants.values():
-            free = shutil.disk_usage(where).free
-            if free < bytes_needed:
-                raise StorageError(
-                    f"not enough free disk to vacuum catalog {self.path}: it needs about"
-                    f" {format_bytes(bytes_needed)} on the filesystem of {where},"
-                    f" {format_bytes(free)} free; nothing was changed",
-                    hint=f"{VACUUM_COST}; free space (or set SQLITE_TMPDIR to a roomier"
-                    " filesystem for the copy)",
-                )

@@ -30,6 +30,7 @@ import msgspec
 
 from journal import FsyncError, TxState
 from retention import txrecords
+from retention.catalogs import open_catalog, open_catalog_file
 from retention.config import Config
 from retention.coordinator import (
     Recovered,
@@ -65,7 +66,7 @@ from retention.policy import RunId
 from retention.reporting import Progress
 from retention.reports import Interruption
 from retention.store import OutsideRoot, display
-from retention.tombstones import CatalogFile, CatalogSpace, TrashCatalog
+from retention.tombstones import CatalogSpace, TrashCatalog
 from retention.txrecords import Begin, Move
 from retention.workspace import SIGNALS, Workspace, open_workspace
 
@@ -122,7 +123,7 @@ def purge_preview(cfg: Config, *, everything: bool, now: datetime | None = None)
     from retention.status import observe
 
     now = now or datetime.now(UTC)
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         rows = _purgeable(cat.applies(), now, everything=everything)
         left = cat.trash_by_apply()
     seen = observe(StateLayout(Path(cfg.state_dir)))
@@ -687,7 +688,7 @@ def purge(
     ``vacuum``, then give the catalog's free pages back to the filesystem (see
     `CatalogFile.reclaim`; a failure there is reported, the purge stays done)."""
     now = now or datetime.now(UTC)
-    with open_workspace(cfg) as ws, CatalogFile(cfg, readonly=not vacuum) as catalog_file:
+    with open_workspace(cfg) as ws, open_catalog_file(cfg, readonly=not vacuum) as catalog_file:
         recovered = recover_all(ws, now)
         targets = expired_applies(ws, now, everything=everything)
         runs, nbytes = ws.catalog.trash_totals(targets)

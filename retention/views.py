@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from journal import fsio
-from retention.catalog import Hop, SqliteCatalog
+from retention.catalog import Hop, SqlCatalog
+from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import format_bytes, format_duration, human_instant, parse_instant, plural
 from retention.errors import StorageError
 from retention.layout import StateLayout
 from retention.manifest import Payload, read_manifest_bytes, verify_for_workspace
 from retention.reports import SkippedEntry
-from retention.tombstones import TrashCatalog
 
 if TYPE_CHECKING:  # imported on use: apply, undo and purge print without the planner
     from retention.explain import Explanation, KeptReport
@@ -191,7 +191,7 @@ def _found(hop: Hop, cfg: Config, declared: dict[Hop, str]) -> str:
     return ", ".join([*how, "child_tables"] if named else how) or "foreign key"
 
 
-def tables_report(cat: SqliteCatalog, rows_of: str, runs: int) -> TablesReport:
+def tables_report(cat: SqlCatalog, rows_of: str, runs: int) -> TablesReport:
     """The tables a plan touches, with the rows of the runs loaded in ``cat`` (read-only):
     the runs table, the tables whose rows go with their run, then the tables a reference
     from which is set (SET NULL, SET DEFAULT) or keeps the run (blocks)."""
@@ -262,7 +262,7 @@ def config_tables_report(cfg: Config) -> TablesReport:
     """`config --check`: open the catalog read-only (which validates the configuration
     against it: tables, columns, filter, protect, child_tables) and list the tables a plan
     would touch, with the rows of the runs ``catalog.filter`` selects. Read-only."""
-    with SqliteCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         ids = [item.id for item in cat.iter_items()]
         cat.load_ids(ids)
         if cfg.filter:
@@ -328,7 +328,7 @@ class Verified:
 def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
     """Read a manifest and verify signature, expiry and catalog identity (read-only)."""
     data = read_manifest_bytes(manifest_path, cfg.manifest_max_size)
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         payload = verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
         cat.load_ids(e.run_id for e in payload.entries)
         gone = len(payload.entries) - len(cat.existing_ids())
@@ -799,8 +799,8 @@ def apply_group_counts(cfg: Config, txids: list[str], columns: tuple[str, ...]) 
     if not txids or not columns:
         return []
     tomb = TOMB_PREFIX + cfg.runs_table
-    with TrashCatalog(cfg, readonly=True) as cat:
-        have = {r[1] for r in cat.conn.execute(f"PRAGMA table_info({q(tomb)})")}
+    with open_catalog(cfg) as cat:
+        have = set(cat.db.columns(tomb))
         if not set(columns) <= have:
             return []
         cols = ", ".join(f"tb.{q(c)}" for c in columns)
@@ -826,7 +826,7 @@ def restored_bytes(cfg: Config, undo_txids: list[str]) -> int:
     ids = [t for t in undo_txids if t]
     if not ids:
         return 0
-    with TrashCatalog(cfg, readonly=True) as cat:
+    with open_catalog(cfg) as cat:
         marks = ", ".join("?" for _ in ids)
         try:
             row = cat.conn.execute(

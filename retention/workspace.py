@@ -34,7 +34,7 @@ import filelock
 from journal import CorruptJournal, FsyncError, Journal, JournalError, TxStatus, fsio, replay
 from journal.writer import UnsafeJournal
 from retention import txrecords
-from retention.catalog import SqliteCatalog
+from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import format_duration, parse_instant
 from retention.errors import LockedError, RecoveryError, StorageError, UsageError
@@ -43,7 +43,6 @@ from retention.participants import ArtifactStore, Catalog
 from retention.reports import LockHolder
 from retention.signals import SIGNALS
 from retention.store import LocalTrashStore, OutsideRoot, require_artifact_root
-from retention.tombstones import TrashCatalog
 
 
 @dataclass
@@ -315,7 +314,7 @@ def open_workspace(cfg: Config) -> Iterator[Workspace]:
     # Before creating anything: a command run from the wrong directory must not leave a
     # state directory behind.
     if not Path(cfg.catalog_path).exists():
-        SqliteCatalog(cfg, readonly=True)  # raises the one clear "does not exist" error
+        open_catalog(cfg)  # raises the one clear "does not exist" error
     require_artifact_root(cfg)
     with SIGNALS.catching(), workspace_lock(state):
         journal = open_journal(state)
@@ -328,7 +327,7 @@ def open_workspace(cfg: Config) -> Iterator[Workspace]:
                     f"refusing to use the trash: {exc}",
                     hint="make <artifact root>/.trash a plain directory (or remove it)",
                 ) from None
-            with TrashCatalog(cfg) as catalog:
+            with open_catalog(cfg, readonly=False) as catalog:
                 yield Workspace(cfg, state, journal, catalog, store)
         finally:
             journal.close()

@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from retention.durations import format_instant
-from retention.tombstones import estimate_usage, retention_usage
+from retention.catalogs.sqlite import estimate_usage, retention_usage
 
 from . import crashkit as ck
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from retention.config import load_config
 from retention.participants import ArtifactStore, Catalog
 from retention.store import LocalTrashStore
-from retention.tombstones import TrashCatalog
+from retention.catalogs import open_catalog
 
 from . import crashkit as ck
 
@@ -15,5 +15,5 @@ def test_local_store_and_sqlite_catalog_implement_the_protocols(tmp_path: Path) 
     ws = ck.build(tmp_path / "ws", runs=2)
     cfg = load_config(None, env={"RETENTION_CATALOG_PATH": str(ws / "data/catalog.db")})
     assert isinstance(LocalTrashStore(ws / "data/backtests"), ArtifactStore)
-    with TrashCatalog(cfg) as cat:
+    with open_catalog(cfg, readonly=False) as cat:
         assert isinstance(cat, Catalog)

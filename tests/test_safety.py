@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from retention.config import load_config
-from retention.tombstones import WritableCatalog
+from retention.catalogs import open_catalog
 
 from . import crashkit as ck
 
@@ -30,7 +30,7 @@ def test_our_connection_fsyncs_the_directory_after_the_rollback_journal_unlink(
 ) -> None:
     ws = ck.build(tmp_path / "ws", runs=4)
     cfg = load_config(None, env={"RETENTION_CATALOG_PATH": str(ws / "data/catalog.db")})
-    with WritableCatalog(cfg) as cat:
+    with open_catalog(cfg, readonly=False) as cat:
         assert cat.conn.execute("PRAGMA synchronous").fetchone()[0] == 3  # EXTRA
 
 

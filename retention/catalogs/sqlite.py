@@ -1,0 +1,526 @@
+"""The SQLite catalog: the embedded default, one file that belongs to the application.
+
+We never change its journal mode; ``plan`` opens it with ``mode=ro`` so that it cannot
+write at all, and apply, undo and purge write on a connection of their own with ``BEGIN
+IMMEDIATE`` and ``synchronous=EXTRA``. Everything else of the SQL catalog is shared with
+the other backends (`retention.catalog`, `retention.tombstones`); here are the hooks: the
+connection, the schema from ``sqlite_master`` and the PRAGMAs, the rowid, untyped tombstone
+columns (every value keeps its storage class), and the file's own pages (`CatalogFile`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from journal import FsyncError
+from journal.fsio import fsync_dir
+from retention.catalog import ForeignKey, Involved, q
+from retention.config import Config, catalog_url_problem
+from retention.durations import format_bytes, format_duration
+from retention.errors import (
+    CatalogError,
+    StorageError,
+    catalog_error,
+    hot_journal_error,
+    is_hot_journal,
+)
+from retention.tombstones import (
+    COL_COL,
+    NEW_COL,
+    NULLS_PREFIX,
+    OLD_COL,
+    ROWID_COL,
+    RUN_COL,
+    TOMB_PREFIX,
+    TXID_COL,
+    CatalogSpace,
+    RetentionUsage,
+    TrashCatalog,
+)
+
+
+class SqliteCatalog(TrashCatalog):
+    """A catalog stored in one SQLite file."""
+
+    ROWID = "rowid"
+    IDS_TABLE = "temp._retention_ids"
+    Error = sqlite3.Error
+    IntegrityError = sqlite3.IntegrityError
+
+    def _open(self) -> None:
+        cfg = self.cfg
+        readonly = self.readonly
+        self.path = Path(cfg.catalog_path)
+        url = catalog_url_problem(str(cfg.catalog_path))
+        if url is not None:  # load_config refuses it already; a Config built otherwise
+            raise CatalogError(url[0], hint=url[1])
+        if not self.path.exists():
+            source = cfg.sources.get("catalog_path", "default")
+            if cfg.config_file is None and source == "default":
+                why = "no retention.toml here, so the built-in default layout applies"
+            else:
+                why = f"catalog.path, from {source}"
+            raise CatalogError(
+                f"catalog {self.path} does not exist ({why})",
+                hint="run from the workspace directory, or pass --config PATH"
+                " (or set RETENTION_CATALOG_PATH)",
+            )
+        if self.path.is_dir():
+            raise CatalogError(f"catalog {self.path} is a directory, not an SQLite file")
+        uri = "file:" + quote(str(self.path.absolute())) + ("?mode=ro" if readonly else "?mode=rw")
+        try:
+            self.conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=cfg.busy_timeout_ms / 1000
+            )
+        except sqlite3.DatabaseError as exc:
+            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
+        try:
+            # Pragmas first, before any statement of ours reads the database.
+            # How long we wait for the application's writers (catalog.busy_timeout).
+            self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
+            if not readonly:
+                # Our connection only: the catalog's journal mode belongs to the application
+                # and is never changed. EXTRA, not FULL: in rollback-journal (DELETE) mode the
+                # commit point is the unlink of the -journal file, and only EXTRA fsyncs the
+                # directory after it; under FULL a power loss can bring the journal back and
+                # roll back a commit our own journal already counts as done. In WAL mode
+                # EXTRA is FULL plus that same care.
+                self.conn.execute("PRAGMA synchronous = EXTRA")
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            if is_hot_journal(exc):  # mode=ro met an interrupted transaction: exit 7
+                raise hot_journal_error(self.path) from None
+            raise CatalogError(f"cannot open catalog {self.path}: {exc}") from None
+        if not readonly:
+            self._sync_directory()
+        self.db = SqliteIntrospect(self.conn)
+
+    def _sync_directory(self) -> None:
+        """fsync the catalog's directory, once, after the read-write open.
+
+        A hot rollback journal (a writer, any writer, interrupted by a crash or power cut)
+        is rolled back by the first statement that reads the database, and ``PRAGMA
+        synchronous`` itself loads the schema: SQLite unlinks that journal while the level
+        is still the default, without fsyncing the directory. A power loss could then bring
+        the journal back, to be played back again over whatever was written since; this
+        fsync makes its removal durable before we write anything. Done on every read-write
+        open: whether a journal was rolled back is not something SQLite reports.
+        """
+        directory = self.path.absolute().parent
+        try:
+            fsync_dir(directory)
+        except FsyncError:
+            self.conn.close()
+            raise  # fatal, never retried; the CLI says so (exit 7)
+        except OSError as exc:
+            self.conn.close()
+            raise StorageError(
+                f"cannot fsync the catalog's directory {directory}: {exc.strerror or exc}",
+                hint="retention needs to open the catalog's directory to make SQLite's"
+                " rollback of an interrupted transaction durable; fix its permissions",
+            ) from None
+
+    def locator(self) -> str:
+        """Where this catalog is: the real path and inode of the file (for the binding)."""
+        st = self.path.stat()
+        return f"sqlite:{os.path.realpath(self.path)}#dev={st.st_dev},ino={st.st_ino}"
+
+    # -- read-side hooks ---------------------------------------------------------------
+
+    def _create_ids_table(self) -> None:
+        # n is the rowid: reads go in ranges of it; id is unique (the joins use its index).
+        self.conn.execute(f"DROP TABLE IF EXISTS {self.IDS_TABLE}")
+        self.conn.execute(
+            "CREATE TEMP TABLE _retention_ids (n INTEGER PRIMARY KEY, id NOT NULL UNIQUE)"
+        )
+
+    def _insert_ids(self, ids: list[Any]) -> None:
+        self.conn.executemany(f"INSERT INTO {self.IDS_TABLE} (id) VALUES (?)", ((i,) for i in ids))
+
+    def _check_involved(self, inv: Involved) -> None:
+        try:
+            self.conn.execute(f"SELECT rowid FROM {q(inv.table)} LIMIT 0").fetchall()
+        except sqlite3.OperationalError:
+            raise CatalogError(
+                f"table {inv.table!r} is a WITHOUT ROWID table, which retention does not"
+                " support yet"
+            ) from None
+
+    # -- write-side hooks --------------------------------------------------------------
+
+    def overwrite_deleted(self) -> None:
+        # Deleted content is zeroed in the pages written (the WAL, then the file), not left
+        # in free space for anyone reading the file's bytes.
+        self.conn.execute("PRAGMA secure_delete = ON")
+
+    def _begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _in_transaction(self) -> bool:
+        return bool(self.conn.in_transaction)
+
+    def _is_busy(self, exc: BaseException) -> bool:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+    def _id_type(self) -> str:
+        return ""  # untyped: a run id keeps its storage class
+
+    def _instant(self, expr: str) -> str:
+        return f"julianday({expr})"
+
+    def _ensure_tomb(self, table: str, columns: list[str]) -> str:
+        conn = self.conn
+        tomb = TOMB_PREFIX + table
+        have = self.db.columns(tomb)
+        if not have:
+            # Untyped columns (BLOB affinity): values keep their exact storage class.
+            cols = ", ".join(q(c) for c in columns)
+            conn.execute(
+                f"CREATE TABLE {q(tomb)} ({q(TXID_COL)} TEXT NOT NULL, {q(RUN_COL)},"
+                f" {q(ROWID_COL)} INTEGER, {cols})"
+            )
+            conn.execute(
+                f"CREATE INDEX {q(tomb + '_tx')} ON {q(tomb)} ({q(TXID_COL)}, {q(RUN_COL)})"
+            )
+        else:
+            for c in columns:
+                if c not in have:  # the application added a column since the last apply
+                    conn.execute(f"ALTER TABLE {q(tomb)} ADD COLUMN {q(c)}")
+        return tomb
+
+    def _ensure_nulls(self, table: str) -> str:
+        name = NULLS_PREFIX + table
+        self.conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {q(name)} ({q(TXID_COL)} TEXT NOT NULL, {q(RUN_COL)},"
+            f" {q(ROWID_COL)} INTEGER, {q(COL_COL)} TEXT, {q(OLD_COL)}, {q(NEW_COL)})"
+        )
+        self.conn.execute(
+            f"CREATE INDEX IF NOT EXISTS {q(name + '_tx')} ON {q(name)}"
+            f" ({q(TXID_COL)}, {q(RUN_COL)})"
+        )
+        return name
+
+    def _default_value(self, table: str, column: str) -> Any:
+        for row in self.conn.execute(f"PRAGMA table_info({q(table)})"):
+            if row[1] == column and row[4] is not None:
+                return self.conn.execute(f"SELECT {row[4]}").fetchone()[0]
+        return None
+
+    def _rowid_is_key(self, table: str) -> bool:
+        """Whether the rowid is the table's INTEGER PRIMARY KEY (then other rows may refer
+        to it, and it must come back unchanged)."""
+        pks = [r for r in self.conn.execute(f"PRAGMA table_info({q(table)})") if r[5] > 0]
+        return len(pks) == 1 and str(pks[0][2]).upper() == "INTEGER"
+
+    def _insert_restored(self, table: str, names: str, rows: str, params: Any) -> int:
+        conn = self.conn
+        rid = q(ROWID_COL)
+        if self._rowid_is_key(table):
+            n = conn.execute(
+                f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
+                f" GROUP BY {rid} ORDER BY {rid}",
+                params,
+            ).rowcount
+            return max(n, 0)
+        # Not the key: keep each rowid that is still free; rows whose rowid the
+        # application reused since come back with a new one (nothing refers to it).
+        conn.execute("DROP TABLE IF EXISTS temp._retention_taken")
+        conn.execute(
+            f"CREATE TEMP TABLE _retention_taken AS SELECT DISTINCT {rid} AS r {rows}"
+            f" AND {rid} IN (SELECT rowid FROM {q(table)})",
+            params,
+        )
+        taken = "(SELECT r FROM temp._retention_taken)"
+        n = conn.execute(
+            f"INSERT INTO {q(table)} (rowid, {names}) SELECT {rid}, {names} {rows}"
+            f" AND {rid} NOT IN {taken} GROUP BY {rid} ORDER BY {rid}",
+            params,
+        ).rowcount
+        n += conn.execute(
+            f"INSERT INTO {q(table)} ({names}) SELECT {names} {rows}"
+            f" AND {rid} IN {taken} GROUP BY {rid} ORDER BY {rid}",
+            params,
+        ).rowcount
+        return max(n, 0)
+
+    def _create_rows_table(self) -> str:
+        self.conn.execute("DROP TABLE IF EXISTS temp._retention_rows")
+        self.conn.execute("CREATE TEMP TABLE _retention_rows (t INTEGER NOT NULL, r, run)")
+        self.conn.execute("CREATE INDEX temp._retention_rows_tr ON _retention_rows (t, r, run)")
+        return "temp._retention_rows"
+
+    def space_report(self) -> tuple[CatalogSpace | None, RetentionUsage | None]:
+        """The file's pages, and what retention's own tables take of it (read-only)."""
+        return catalog_space(self.conn, self.path), retention_usage(self.conn)
+
+
+class SqliteIntrospect:
+    """What the schema walk asks of the database, straight from ``sqlite_master`` and the
+    PRAGMAs (read-only). It stands where sqlite-utils' ``Database`` did: importing that
+    cost every command 76 ms."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def table_names(self) -> list[str]:
+        return [
+            r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        ]
+
+    def has_table(self, name: str) -> bool:
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+            ).fetchone()
+            is not None
+        )
+
+    def ours_like(self, prefix: str) -> list[str]:
+        """Our tables whose name starts with ``prefix``."""
+        return [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE ? ESCAPE '\\'",
+                (prefix.replace("_", "\\_") + "%",),
+            )
+        ]
+
+    def columns(self, table: str) -> list[str]:
+        """Stored columns (generated and hidden columns excluded: they cannot be inserted)."""
+        return [r[1] for r in self.conn.execute(f"PRAGMA table_xinfo({q(table)})") if r[6] == 0]
+
+    def foreign_keys(self, table: str) -> list[ForeignKey]:
+        groups: dict[int, list[Any]] = {}
+        for row in self.conn.execute(f"PRAGMA foreign_key_list({q(table)})"):
+            groups.setdefault(row[0], []).append(row)
+        out = []
+        for rows in groups.values():
+            rows.sort(key=lambda r: r[1])
+            cols, parent_cols = tuple(r[3] for r in rows), tuple(r[4] for r in rows)
+            out.append(ForeignKey(cols, rows[0][2], parent_cols, str(rows[0][6])))
+        return out
+
+    def pks(self, table: str) -> list[str]:
+        """The primary key's columns in key order; ``["rowid"]`` for a table without one."""
+        cols = sorted(
+            (r[5], r[1]) for r in self.conn.execute(f"PRAGMA table_info({q(table)})") if r[5] > 0
+        )
+        return [name for _, name in cols] or ["rowid"]
+
+
+# -- the catalog file: its pages, the space retention's tables take, VACUUM --------------
+
+
+_AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
+
+
+def catalog_space(conn: sqlite3.Connection, path: Path) -> CatalogSpace:
+    """Sizes and free pages of the catalog ``conn`` has open at ``path`` (read-only)."""
+
+    def pragma(name: str) -> Any:
+        return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+    page_size, free = int(pragma("page_size")), int(pragma("freelist_count"))
+    wal = Path(f"{path}-wal")
+    return CatalogSpace(
+        file_bytes=path.stat().st_size,
+        wal_bytes=wal.stat().st_size if wal.exists() else 0,
+        page_size=page_size,
+        pages=int(pragma("page_count")),
+        free_pages=free,
+        free_bytes=free * page_size,
+        auto_vacuum=_AUTO_VACUUM.get(int(pragma("auto_vacuum")), "none"),
+        journal_mode=str(pragma("journal_mode")),
+    )
+
+
+def _our_objects(conn: sqlite3.Connection) -> list[tuple[str, str, str]]:
+    """(name, its table, type) of every table and index of ours, automatic indexes too."""
+    return [
+        (str(n), str(t), str(k))
+        for n, t, k in conn.execute(
+            "SELECT name, tbl_name, type FROM sqlite_master WHERE type IN ('table', 'index')"
+            " AND tbl_name LIKE '\\_retention\\_%' ESCAPE '\\' ORDER BY name"
+        ).fetchall()
+    ]
+
+
+def _is_tombstone(table: str) -> bool:
+    return table.startswith((TOMB_PREFIX, NULLS_PREFIX))
+
+
+def retention_usage(conn: sqlite3.Connection) -> RetentionUsage:
+    """The pages of retention's tables and indexes (read-only): counted with the ``dbstat``
+    virtual table, one object per statement, or estimated when SQLite was built without it
+    (`estimate_usage`)."""
+    objects = _our_objects(conn)
+    try:
+        conn.execute("SELECT 1 FROM dbstat LIMIT 0").fetchall()
+    except sqlite3.OperationalError:
+        return estimate_usage(conn)
+    tomb = log = 0
+    for name, table, _ in objects:
+        (size,) = conn.execute(
+            "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ? AND aggregate = 1",
+            (name,),
+        ).fetchone()
+        if _is_tombstone(table):
+            tomb += int(size)
+        else:
+            log += int(size)
+    return RetentionUsage(tombstone_bytes=tomb, log_bytes=log, exact=True)
+
+
+_SAMPLE = 200  # rows sampled per table for the estimate
+
+
+def estimate_usage(conn: sqlite3.Connection) -> RetentionUsage:
+    """`retention_usage` without ``dbstat``: per table and index, its rows times the mean
+    size of a sampled entry (values, one header byte per column, the rowid and the cell's
+    own overhead), over the usual page fill. Within a few tens of percent; read-only."""
+    tomb = log = 0
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    for name, table, kind in _our_objects(conn):
+        if kind == "table":
+            cols = [r[1] for r in conn.execute(f"PRAGMA table_info({q(name)})").fetchall()]
+        else:
+            cols = [r[2] for r in conn.execute(f"PRAGMA index_info({q(name)})").fetchall() if r[2]]
+        rows = int(conn.execute(f"SELECT count(*) FROM {q(table)}").fetchone()[0])
+        sizes = " + ".join(f"coalesce(length(CAST({q(c)} AS BLOB)), 0)" for c in cols) or "0"
+        (mean,) = conn.execute(
+            f"SELECT avg({sizes}) FROM (SELECT * FROM {q(table)} LIMIT {_SAMPLE})"
+        ).fetchone()
+        entry = float(mean or 0) + len(cols) + 12  # header bytes, rowid, cell pointer
+        # b-tree pages are rarely full, and every table and index has one page at least
+        size = max(page, math.ceil(rows * entry / 0.85 / page) * page)
+        if _is_tombstone(table):
+            tomb += size
+        else:
+            log += size
+    return RetentionUsage(tombstone_bytes=tomb, log_bytes=log, exact=False)
+
+
+def _sqlite_temp_dir() -> str:
+    """Where SQLite puts the temporary copy VACUUM builds (its own search order on Unix)."""
+    for d in (os.environ.get("SQLITE_TMPDIR"), os.environ.get("TMPDIR"), "/var/tmp", "/usr/tmp"):
+        if d and os.path.isdir(d) and os.access(d, os.W_OK | os.X_OK):
+            return d
+    return "/tmp"
+
+
+VACUUM_COST = (
+    "VACUUM rewrites the whole catalog file and holds an exclusive lock on it meanwhile (the"
+    " application can neither read nor write until it ends); it needs free disk for a"
+    " temporary copy of the file and as much again for the journal or WAL"
+)
+
+
+class CatalogFile:
+    """The catalog as a file, on a connection of its own: its size and free pages
+    (`catalog_space`), and giving free pages back to the filesystem (`reclaim`). Apart
+    from the participant protocol: this is about SQLite's pages, not about runs."""
+
+    def __init__(self, cfg: Config, *, readonly: bool = True) -> None:
+        self.path = Path(cfg.catalog_path)
+        self.busy_timeout = cfg.busy_timeout
+        mode = "ro" if readonly else "rw"
+        uri = f"file:{quote(str(self.path.absolute()))}?mode={mode}"
+        try:
+            self.conn = sqlite3.connect(
+                uri, uri=True, isolation_level=None, timeout=cfg.busy_timeout_ms / 1000
+            )
+            self.conn.execute(f"PRAGMA busy_timeout = {int(cfg.busy_timeout_ms)}")
+            if not readonly:
+                self.conn.execute("PRAGMA synchronous = EXTRA")  # as for our transactions
+        except sqlite3.Error as exc:
+            raise catalog_error(exc, self.path) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> CatalogFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def space(self) -> CatalogSpace:
+        try:
+            return catalog_space(self.conn, self.path)
+        except sqlite3.Error as exc:
+            raise catalog_error(exc, self.path) from None
+
+    def reclaim(self) -> str:
+        """Give the catalog's free pages back to the filesystem; returns what it ran.
+
+        ``incremental_vacuum`` where the catalog's ``auto_vacuum`` is ``incremental`` (it
+        only moves pages from the end of the file into free ones and truncates it: short),
+        else ``vacuum`` (see `VACUUM_COST`; refused beforehand when the disk is too full);
+        ``nothing to reclaim`` when there is no free page. In WAL mode the WAL is then
+        checkpointed and truncated (it would otherwise keep the size of what was rewritten).
+        Raises `CatalogError` (busy: the application held the catalog longer than
+        catalog.busy_timeout) or `StorageError` (disk full); the catalog is then unchanged.
+        """
+        space = self.space()
+        if space.free_pages == 0:
+            return "nothing to reclaim"
+        how = "incremental_vacuum" if space.auto_vacuum == "incremental" else "vacuum"
+        if how == "vacuum":
+            self._check_room(space)
+        t0 = time.monotonic()
+        try:
+            if how == "vacuum":
+                self.conn.execute("VACUUM")
+            else:  # frees one page per step: executescript steps it to the end
+                self.conn.executescript("PRAGMA incremental_vacuum;")
+            if space.journal_mode == "wal":
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                waited = format_duration(time.monotonic() - t0)
+                raise CatalogError(
+                    f"cannot {how.replace('_', ' ')} catalog {self.path}: it was busy longer"
+                    f" than catalog.busy_timeout ({self.busy_timeout}; waited {waited});"
+                    " nothing was changed",
+                    hint="it needs the catalog to itself: run `retention purge --vacuum` again"
+                    " when the application is idle",
+                ) from None
+            if code == sqlite3.SQLITE_FULL:
+                raise StorageError(
+                    f"cannot vacuum catalog {self.path}: disk full; nothing was changed",
+                    hint=f"{VACUUM_COST}; free space, then run `retention purge --vacuum`",
+                ) from None
+            raise catalog_error(exc, self.path) from None
+        return how
+
+    def _check_room(self, space: CatalogSpace) -> None:
+        """Refuse a VACUUM the disk has no room for: a temporary copy of the file where
+        SQLite keeps temporary files, and as much again beside the catalog (journal/WAL)."""
+        need = space.file_bytes - space.free_bytes  # about the size of the rewritten file
+        here = os.path.dirname(os.path.abspath(self.path))
+        temp = _sqlite_temp_dir()
+        wants: dict[int, tuple[str, int]] = {}
+        for where in (here, temp):
+            dev = os.stat(where).st_dev
+            have = wants.get(dev, (where, 0))
+            wants[dev] = (have[0], have[1] + need)
+        for where, bytes_needed in wants.values():
+            free = shutil.disk_usage(where).free
+            if free < bytes_needed:
+                raise StorageError(
+                    f"not enough free disk to vacuum catalog {self.path}: it needs about"
+                    f" {format_bytes(bytes_needed)} on the filesystem of {where},"
+                    f" {format_bytes(free)} free; nothing was changed",
+                    hint=f"{VACUUM_COST}; free space (or set SQLITE_TMPDIR to a roomier"
+                    " filesystem for the copy)",
+                )
