@@ -42,7 +42,11 @@ PURGE = (
     "purge.after_remove",  # one trash directory removed (per transaction purged)
     "purge.before_done",
 )
-ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE
+JSONDOC = (
+    "jsondoc.after_temp_fsync",  # new document durable in its temp file, not yet renamed
+    "jsondoc.after_rename",  # renamed onto the document, directory not yet fsynced
+)
+ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE + JSONDOC
 declare(*ALL)
 
 __all__ = ["ALL", "failpoint"]
