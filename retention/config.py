@@ -348,17 +348,31 @@ _URL_KINDS = {
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def catalog_url_problem(text: str) -> tuple[str, str] | None:
-    """(message, hint) when ``text`` is a URL rather than an SQLite file's path, else None.
-
-    ``postgresql://...`` would otherwise be taken for a relative file name (and reported,
-    at best, as a catalog that does not exist). A password in the URL is not repeated."""
+def is_catalog_url(text: str) -> bool:
+    """Whether ``text`` is a URL of a catalog server retention supports (PostgreSQL's
+    ``postgresql://`` or ``postgres://``): not a path, never made absolute."""
     m = _URL.match(text.strip())
-    if m is None:
+    return m is not None and m.group(1).lower() in ("postgresql", "postgres")
+
+
+def catalog_url_problem(text: str) -> tuple[str, str] | None:
+    """(message, hint) when ``text`` is a URL retention cannot use as a catalog, else None
+    (a file path, or a ``postgresql://`` URL).
+
+    ``mysql://...`` would otherwise be taken for a relative file name (and reported, at
+    best, as a catalog that does not exist). A password in the URL is not repeated."""
+    m = _URL.match(text.strip())
+    if m is None or is_catalog_url(text):
         return None
     scheme = m.group(1).lower()
     shown = re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", text.strip())
     base = scheme.split("+", 1)[0]
+    if base in ("postgresql", "postgres"):
+        rest = re.sub(r":[^@/]*@", ":***@", text.strip()[m.end() :])
+        return (
+            f"catalog.path {shown!r} is an SQLAlchemy URL ({scheme}://)",
+            f'give the libpq form: catalog.path = "postgresql://{rest}"',
+        )
     if base == "sqlite":
         rest = text.strip()[m.end() :]
         path = rest[1:] if rest.startswith("/") else rest
@@ -381,14 +395,15 @@ def catalog_url_problem(text: str) -> tuple[str, str] | None:
         )
     if kind is None:
         return (
-            f"catalog.path {shown!r} is a {scheme}:// URL: only SQLite catalogs are supported",
-            "give the path of an SQLite file",
+            f"catalog.path {shown!r} is a {scheme}:// URL: only SQLite files and PostgreSQL"
+            " URLs are supported",
+            "give the path of an SQLite file, or a postgresql:// URL",
         )
     article = "an" if kind.startswith(("A", "E", "I", "O", "U", "SQL")) else "a"
     return (
         f"catalog.path {shown!r} is {article} {kind} URL: {kind} catalogs are not supported"
-        " yet (SQLite only)",
-        "give the path of an SQLite file",
+        " (SQLite and PostgreSQL only)",
+        "give the path of an SQLite file, or a postgresql:// URL",
     )
 
 
@@ -833,7 +848,7 @@ def load_config(
             # fall back to the default rule, which may delete far more than intended.
             raise ConfigError(f"{where}: the value is empty")
         value = raw if src == "default" else s.parse(raw, where)
-        if s.is_path and value is not None:
+        if s.is_path and value is not None and not is_catalog_url(str(value)):
             value = os.path.normpath(os.path.abspath(rel / os.path.expanduser(value)))
         values[s.field] = value
         sources[s.field] = src

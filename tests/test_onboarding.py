@@ -93,19 +93,19 @@ def test_every_retention_variable_the_code_reads_is_known() -> None:
     ("url", "message"),
     [
         (
-            "postgresql://app:s3cret@db.internal:5432/runs",
-            "Error: catalog.path 'postgresql://app:***@db.internal:5432/runs' is a PostgreSQL"
-            " URL: PostgreSQL catalogs are not supported yet (SQLite only)",
+            "postgresql+psycopg://app:s3cret@db.internal:5432/runs",
+            "Error: catalog.path 'postgresql+psycopg://app:***@db.internal:5432/runs' is an"
+            " SQLAlchemy URL (postgresql+psycopg://)",
         ),
         (
             "mysql+pymysql://db/runs",
             "Error: catalog.path 'mysql+pymysql://db/runs' is a MySQL URL: MySQL catalogs are"
-            " not supported yet (SQLite only)",
+            " not supported (SQLite and PostgreSQL only)",
         ),
         (
             "redis://cache/0",
-            "Error: catalog.path 'redis://cache/0' is a redis:// URL: only SQLite catalogs"
-            " are supported",
+            "Error: catalog.path 'redis://cache/0' is a redis:// URL: only SQLite files and"
+            " PostgreSQL URLs are supported",
         ),
         (
             "sqlite:///mlruns.db",
