@@ -15,6 +15,8 @@ from click.testing import CliRunner, Result
 from retention import sample
 from retention.cli import cli
 
+pytest_plugins = ["tests.pgkit"]
+
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 NOW_TEXT = "2026-11-01T00:00:00Z"
 
