@@ -19,8 +19,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from retention.durations import format_instant
 from retention.catalogs.sqlite import estimate_usage, retention_usage
+from retention.durations import format_instant
 
 from . import crashkit as ck
 

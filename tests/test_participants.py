@@ -3,10 +3,10 @@ an object store will implement next)."""
 
 from pathlib import Path
 
+from retention.catalogs import open_catalog
 from retention.config import load_config
 from retention.participants import ArtifactStore, Catalog
 from retention.store import LocalTrashStore
-from retention.catalogs import open_catalog
 
 from . import crashkit as ck
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from retention.config import load_config
 from retention.catalogs import open_catalog
+from retention.config import load_config
 
 from . import crashkit as ck
 
