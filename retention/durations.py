@@ -223,6 +223,16 @@ def parse_stored_time(
     """
     if value is None or isinstance(value, bool):
         return None
+    if isinstance(value, datetime):  # a typed column (PostgreSQL's timestamptz, timestamp)
+        if fmt in ("epoch_s", "epoch_ms"):
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:
+            return None
+        return value if keep_offset else utc
     if isinstance(value, bytes):
         try:
             value = value.decode("ascii")
