@@ -348,6 +348,11 @@ _URL_KINDS = {
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
+def shown_catalog(text: str) -> str:
+    """``catalog.path`` for messages and listings: a URL's password replaced by ``***``."""
+    return re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", text.strip())
+
+
 def is_catalog_url(text: str) -> bool:
     """Whether ``text`` is a URL of a catalog server retention supports (PostgreSQL's
     ``postgresql://`` or ``postgres://``): not a path, never made absolute."""
@@ -365,7 +370,7 @@ def catalog_url_problem(text: str) -> tuple[str, str] | None:
     if m is None or is_catalog_url(text):
         return None
     scheme = m.group(1).lower()
-    shown = re.sub(r"^([^:/]+://[^:/@]*):[^@/]*@", r"\1:***@", text.strip())
+    shown = shown_catalog(text)
     base = scheme.split("+", 1)[0]
     if base in ("postgresql", "postgres"):
         rest = re.sub(r":[^@/]*@", ":***@", text.strip()[m.end() :])
@@ -909,6 +914,8 @@ def render_config(cfg: Config) -> list[tuple[str, str, str]]:
                     src = cfg.sources.get(f"tiers.{name}.{key}", cfg.sources[s.field])
                     rows.append((f"{s.key}.{name}.{key}", _shown_value(key, v), src))
             continue
+        if s.field == "catalog_path" and value is not None:
+            value = shown_catalog(str(value))
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif s.field == "keep_tags" and value is not None:
