@@ -374,6 +374,10 @@ def _after_report(
 
 def _detail_lines(command: str, report: Any) -> list[str]:
     lines: list[str] = []
+    if _is_jsondoc(report):
+        from retention.jobstore import detail_lines
+
+        return detail_lines(command, report)
     if command == "apply":
         lines += [f"Deleted {rid}" for rid in report.deleted_run_ids]
         if len(report.skipped) > 10:  # the summary counted them by reason
@@ -408,6 +412,10 @@ def _write_metrics(
     try:
         if report is None:
             outcome = metrics.Outcome(command, code, elapsed, time.time())
+        elif _is_jsondoc(report):
+            from retention.jobstore import metrics_outcome
+
+            outcome = metrics_outcome(command, report, code, elapsed)
         else:
             cfg = ctx.meta.get("retention.cfg")
             if getattr(report, "duration_ms", None) is not None:
@@ -435,6 +443,36 @@ def _write_metrics(
         return f"cannot write metrics file {path}: {why}"
     _say(f"Metrics written to {path}.", err=True, level=1)
     return None
+
+
+def _is_jsondoc(report: Any) -> bool:
+    """A report of `retention.jobstore` (a JSON-document catalog's command)."""
+    return type(report).__name__.startswith("Jsondoc")
+
+
+def _sql_only(cfg: Config, command: str) -> None:
+    """Refuse a command the JSON-document catalog does not have yet (one clear line)."""
+    if cfg.is_json_catalog:
+        raise UsageError(
+            f"retention {command} does not support a JSON-document catalog yet"
+            f" ({cfg.catalog_path})",
+            hint="plan, apply, undo, recover, purge and config work on it",
+        )
+
+
+def _ttl_flags(values: tuple[str, ...]) -> dict[str, str]:
+    """``--ttl NAME=DURATION`` (repeatable): target name -> duration."""
+    out: dict[str, str] = {}
+    for text in values:
+        name, sep, duration = text.partition("=")
+        if not sep or not name.strip() or not duration.strip():
+            raise UsageError(
+                f"--ttl expects NAME=DURATION, got {text!r}", hint="e.g. --ttl job_results=7d"
+            )
+        if name.strip() in out:
+            raise UsageError(f"--ttl {name.strip()} is given twice")
+        out[name.strip()] = duration.strip()
+    return out
 
 
 def _apply_groups(cfg: Config, report: Any, manifest: str | None) -> Any:
@@ -643,6 +681,19 @@ def _policy_options(f: Any) -> Any:
     help="Also explain this run's verdict (after the summary, on stderr): its reasons, what"
     " each rule saw, and whether it is in the manifest.",
 )
+@click.option(
+    "--ttl",
+    "ttls",
+    multiple=True,
+    metavar="NAME=DURATION",
+    help="A JSON-document catalog's target TTL (repeatable): over its ttl_env variable and"
+    " its ttl in the file.",
+)
+@click.option(
+    "--output-json",
+    type=click.Path(dir_okay=False),
+    help="Also write the plan's JSON report to FILE, atomically (JSON-document catalog).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write manifest here.")
 @click.pass_context
 def plan(
@@ -653,6 +704,8 @@ def plan(
     now_text: str | None,
     allow_remove_all: bool,
     allow_missing_dirs: bool,
+    ttls: tuple[str, ...],
+    output_json: str | None,
     output: str | None,
     **policy: Any,
 ) -> None:
@@ -676,11 +729,38 @@ def plan(
         # A flag only ever allows; absent, the environment or the file decides.
         allow_remove_all=True if allow_remove_all else None,
         allow_missing_dirs=True if allow_missing_dirs else None,
+        target_ttls=_ttl_flags(ttls) or None,
     )
     if not output and sys.stdout.isatty():
         raise UsageError(
             "refusing to write the signed manifest to a terminal",
             hint="redirect it (retention plan ... > manifest.json) or use -o manifest.json",
+        )
+    if cfg.is_json_catalog:
+        flags = {k: v for k, v in policy.items() if v not in (None, ())}
+        flags.update(
+            {
+                "artifact_root": artifact_root,
+                "allow_remove_all": allow_remove_all or None,
+                "allow_missing_dirs": allow_missing_dirs or None,
+                "erase": erase,
+                "explain": explain_id,
+            }
+        )
+        given = sorted(k for k, v in flags.items() if v not in (None, ()))
+        if given:
+            flag = "--" + given[0].replace("_", "-").replace("keep-tags", "keep-tag")
+            raise UsageError(
+                f"{flag} is for an SQL catalog's runs; a JSON-document catalog's records"
+                " expire by their target's TTL",
+                hint="set ttl in [[targets]], or plan --ttl NAME=DURATION",
+            )
+        _plan_document(cfg, _now(now_text), output, output_json)
+        return
+    if output_json:
+        raise UsageError(
+            "plan --output-json is for a JSON-document catalog (catalog.path ending in .json)",
+            hint="an SQL catalog's plan is reviewed with `retention show MANIFEST --json`",
         )
     result = build_plan(cfg, _now(now_text), erase=erase)
     explained = None
@@ -706,6 +786,33 @@ def plan(
         ctx.exit(EXIT_PARTIAL)
 
 
+def _plan_document(cfg: Config, now: datetime, output: str | None, output_json: str | None) -> None:
+    """plan for a JSON-document catalog: the manifest (stdout or -o), the summary on
+    stderr, the JSON report in --output-json FILE."""
+    from journal import fsio
+    from retention.jobstore import build_plan as plan_document
+    from retention.jobstore import plan_lines
+
+    result = plan_document(cfg, now, output)
+    if output:
+        from retention.views import write_output
+
+        write_output(Path(output), result.manifest)
+    else:
+        sys.stdout.buffer.write(result.manifest)
+        sys.stdout.flush()
+    for line in plan_lines(result.report):
+        _say(line, err=True)
+    if output_json:
+        try:
+            fsio.write_atomic(Path(output_json), document(result.report), 0o644)
+        except OSError as exc:
+            raise StorageError(
+                f"cannot write {output_json}: {exc.strerror or exc}",
+                hint="the manifest itself is written",
+            ) from None
+
+
 @cli.command()
 @_config_opt
 @_path_options
@@ -728,6 +835,7 @@ def plan(
 def show(ctx: click.Context, manifest: str, as_json: bool, top: int, kept: bool) -> None:
     """Verify a manifest (signature, expiry, catalog) and show what it would delete."""
     cfg = _config(ctx)
+    _sql_only(cfg, "show")
     verified = views.load_verified(cfg, manifest, datetime.now(UTC))
     views.refuse_other_root(cfg, verified.payload)
     kept_side = None
@@ -765,7 +873,9 @@ def explain(
             "--now cannot be given with a MANIFEST: its policy is evaluated at its own now"
         )
     now = _now(now_text) if manifest is None else None
-    report = run_explain(_config(ctx), run_id, now=now, manifest=manifest)
+    cfg = _config(ctx)
+    _sql_only(cfg, "explain")
+    report = run_explain(cfg, run_id, now=now, manifest=manifest)
     if as_json:
         _emit(report)
     else:
@@ -790,6 +900,8 @@ def config_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
     from retention.onboarding import check_config, check_lines, problem_lines
 
     cfg = _config(ctx)
+    if check:
+        _sql_only(cfg, "config --check")
     checked, tables = check_config(cfg) if check else (None, None)
     if as_json:
         data: Any = cfg if checked is None else {"config": cfg, "tables": tables, "check": checked}
@@ -865,7 +977,21 @@ def apply(ctx: click.Context, manifest: str, batch_size: int | None) -> None:
     """
     from retention.coordinator import apply_manifest
 
-    report = apply_manifest(_config(ctx, batch_size=batch_size), manifest)
+    cfg = _config(ctx, batch_size=batch_size)
+    if cfg.is_json_catalog:
+        from retention import jobstore
+
+        if batch_size is not None or ctx.meta.get("retention.paths", {}).get("artifact_root"):
+            flag = "--batch-size" if batch_size is not None else "--artifact-root"
+            raise UsageError(f"{flag} is for an SQL catalog; a JSON document is one commit")
+        doc_report = jobstore.apply(cfg, manifest)
+        _emit_report(doc_report)
+        for line in jobstore.apply_lines(doc_report):
+            _say(line, err=True)
+        if doc_report.interrupted:
+            _say(doc_report.interrupted.message, err=True, level=-1)
+        ctx.exit(doc_report.exit_code)
+    report = apply_manifest(cfg, manifest)
     _emit_report(report)
     for line in views.apply_lines(report):
         _say(line, err=True)
@@ -876,14 +1002,35 @@ def apply(ctx: click.Context, manifest: str, batch_size: int | None) -> None:
 
 @cli.command()
 @_config_opt
+@click.option(
+    "--resolve",
+    type=click.Choice(["committed", "rolled-back"]),
+    help="JSON-document catalog: decide an interrupted apply or undo that the document's"
+    " digest cannot (the application rewrote the document since): committed if its records"
+    " were removed (apply) or are back (undo), else rolled-back.",
+)
 @_reported("recover", metrics=False)
 @click.pass_context
 @_interruptible
-def recover(ctx: click.Context) -> None:
+def recover(ctx: click.Context, resolve: str | None) -> None:
     """Finish or roll back an interrupted apply, undo or purge."""
     from retention.coordinator import recover as run_recover
 
-    report = run_recover(_config(ctx))
+    cfg = _config(ctx)
+    if cfg.is_json_catalog:
+        from retention import jobstore
+
+        doc_report = jobstore.recover(cfg, resolve)  # type: ignore[arg-type]
+        _emit_report(doc_report)
+        for line in jobstore.recover_lines(doc_report):
+            _say(line, err=True)
+        ctx.exit(doc_report.exit_code)
+    if resolve is not None:
+        raise UsageError(
+            "--resolve is for a JSON-document catalog; an SQL catalog's interrupted"
+            " transactions are decided by the catalog itself"
+        )
+    report = run_recover(cfg)
     _emit_report(report)
     for line in views.recover_lines(report.recovered):
         _say(line, err=True)
@@ -925,8 +1072,26 @@ def undo(
         raise UsageError(
             "give either a TXID or --within DURATION (e.g. --within 24h), or --run RUN_ID"
         )
+    cfg = _config(ctx)
+    if cfg.is_json_catalog:
+        from retention import jobstore
+
+        if run_ids:
+            raise UsageError("--run is for an SQL catalog's runs; give a TXID or --within")
+        doc_report = jobstore.undo(
+            cfg,
+            txid=txid,
+            within=parse_duration(within) if within else None,
+            now=_now(now_text),
+        )
+        _emit_report(doc_report)
+        for line in jobstore.undo_lines(doc_report):
+            _say(line, err=True)
+        if doc_report.interrupted:
+            _say(doc_report.interrupted.message, err=True, level=-1)
+        ctx.exit(doc_report.exit_code)
     report = run_undo(
-        _config(ctx),
+        cfg,
         txid=txid,
         within=parse_duration(within) if within else None,
         now=_now(now_text),
@@ -993,6 +1158,21 @@ def purge(
     if dry_run and (vacuum or ctx.meta.get("retention.out", {}).get("metrics_file")):
         raise UsageError("--dry-run changes nothing: it takes neither --vacuum nor --metrics-file")
     cfg, now = _config(ctx), _now(now_text)
+    if cfg.is_json_catalog:
+        from retention import jobstore
+
+        if dry_run or vacuum:
+            flag = "--dry-run" if dry_run else "--vacuum"
+            raise UsageError(f"purge {flag} is for an SQL catalog")
+        question = "Forget every tombstone? Those applies can never be undone after this"
+        if everything and not yes and _interactive() and not _confirm(question):
+            _say("Nothing was purged.", err=True)
+            ctx.exit(0)
+        doc_report = jobstore.purge(cfg, everything=everything, now=now)
+        _emit_report(doc_report)
+        for line in jobstore.purge_lines(doc_report):
+            _say(line, err=True)
+        ctx.exit(doc_report.exit_code)
     if dry_run or (everything and not yes and _interactive()):
         preview = purge_preview(cfg, everything=everything, now=now)
         if dry_run:
@@ -1037,7 +1217,9 @@ def status(ctx: click.Context, as_json: bool, now_text: str | None) -> None:
     from retention.status import status as run_status
     from retention.status import status_lines
 
-    report = run_status(_config(ctx), _now(now_text))
+    cfg = _config(ctx)
+    _sql_only(cfg, "status")
+    report = run_status(cfg, _now(now_text))
     if as_json:
         _emit(report)
     else:
@@ -1065,7 +1247,9 @@ def check(ctx: click.Context, as_json: bool, limit: int) -> None:
     from retention.check import check as run_check
     from retention.check import check_lines
 
-    report = run_check(_config(ctx))
+    cfg = _config(ctx)
+    _sql_only(cfg, "check")
+    report = run_check(cfg)
     if as_json:
         _emit(report)
     else:
@@ -1103,7 +1287,9 @@ def log_cmd(
             cutoff = _now(now_text) - parse_duration(since)
         except UsageError:
             cutoff = parse_instant(since)
-    report = log(_config(ctx), since=cutoff, limit=limit)
+    cfg = _config(ctx)
+    _sql_only(cfg, "log")
+    report = log(cfg, since=cutoff, limit=limit)
     if as_json:
         _emit(report)
     else:
@@ -1128,7 +1314,9 @@ def trash_cmd(ctx: click.Context, as_json: bool, limit: int, now_text: str | Non
     path, size and undo deadline (read-only). `retention undo --run RUN_ID` restores one."""
     from retention.history import trash, trash_lines
 
-    report = trash(_config(ctx), _now(now_text), limit=0 if as_json else limit)
+    cfg = _config(ctx)
+    _sql_only(cfg, "trash")
+    report = trash(cfg, _now(now_text), limit=0 if as_json else limit)
     if as_json:
         _emit(report)
     else:

@@ -13,12 +13,13 @@ to the config file's directory if there is one, else to the current directory.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
 import string
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 import msgspec
 
 from retention.durations import parse_duration, parse_size, parse_span
-from retention.errors import ConfigError, UsageError
+from retention.errors import ConfigError, RetentionError, UsageError
 
 CONFIG_ENV = "RETENTION_CONFIG"
 DEFAULT_CONFIG_NAME = "retention.toml"
@@ -67,6 +68,31 @@ class PolicyRows(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     join: str | None = None
     last_cleanup_at: str | None = None
     last_cleanup_deleted_count: str | None = None
+
+
+class Target(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``[[targets]]``: one record kind of a JSON-document catalog (issue 10).
+
+    ``collection`` is a dotted path into the document (a list or a map of records); ``id`` a
+    field of the record or ``@key`` (its key in a map); ``timestamp`` the fields tried in
+    order; ``state`` a field or a join to the owning record (``jobs[job_id].status``);
+    ``terminal`` the states that may go. ``ttl`` is the effective TTL (a duration), from
+    ``plan --ttl NAME=D``, else the environment variable ``ttl_env`` names (seconds), else
+    the file; None when none of them gives one (plan refuses that target)."""
+
+    name: str
+    collection: str
+    id: str
+    timestamp: tuple[str, ...]
+    state: str | None = None
+    terminal: tuple[str, ...] = DEFAULT_TERMINAL_STATES
+    ttl: str | None = None
+    ttl_env: str | None = None
+    artifacts: str = "none"
+
+    @property
+    def ttl_seconds(self) -> int | None:
+        return None if self.ttl is None else int(parse_duration(self.ttl).total_seconds())
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -144,6 +170,15 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     # How long the deletion log keeps each run of an apply purged or undone that long ago
     # (`_retention_runs`); the apply's summary row (`_retention_tx`) is kept for good.
     history: str = "90d"
+    # A JSON-document catalog (catalog.path ending in .json, issue 10): the application's
+    # lock file (filelock) taken around the replacement of the document, and the record
+    # kinds (``[[targets]]``) with their effective TTLs.
+    lock_file: str | None = None
+    targets: tuple[Target, ...] = ()
+
+    @property
+    def is_json_catalog(self) -> bool:
+        return is_json_path(self.catalog_path)
 
     @property
     def busy_timeout_ms(self) -> int:
@@ -688,6 +723,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("catalog.filter", "filter", None, _expression),
     Setting("catalog.protect", "protect", None, _expression),
     Setting("catalog.busy_timeout", "busy_timeout", "5s", _required_duration),
+    Setting("catalog.lock_file", "lock_file", None, _opt_str, is_path=True),
     Setting("catalog.no_action", "no_action", "owned", _no_action),
     Setting(
         "catalog.child_tables",
@@ -754,6 +790,9 @@ def _read_file(path: Path) -> dict[str, Any]:
         ) from None
     flat: dict[str, Any] = {}
     for section, body in data.items():
+        if section == TARGETS_KEY:
+            flat[TARGETS_KEY] = body  # [[targets]]: an array of tables, checked by _targets
+            continue
         if not isinstance(body, dict):
             raise ConfigError(f"config file {path}: top-level key {section!r} must be a [table]")
         for name, value in body.items():
@@ -766,6 +805,163 @@ def _read_file(path: Path) -> dict[str, Any]:
     return flat
 
 
+# -- [[targets]]: the record kinds of a JSON-document catalog (issue 10) ----------------------
+
+TARGETS_KEY = "targets"
+TARGET_KEYS = tuple(Target.__struct_fields__)
+TARGET_ARTIFACTS = ("none",)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+
+
+def is_json_path(path: object) -> bool:
+    """Whether ``catalog.path`` names a JSON document (``*.json``): the JSON-document
+    catalog, whose record kinds are ``[[targets]]``."""
+    text = str(path).strip()
+    return text.lower().endswith(".json") and _URL.match(text) is None
+
+
+def _ttl_env_seconds(var: str, raw: str, where: str) -> str:
+    """The value of a target's ``ttl_env`` variable: whole seconds > 0, as a duration."""
+    text = raw.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise ConfigError(
+            f"{where}: env {var}={raw!r} is not a number of seconds",
+            hint=f"set {var} to whole seconds > 0 (e.g. 604800 for 7 days), or unset it",
+        )
+    seconds = int(text)
+    if seconds > 1000 * 365 * 86400:
+        raise ConfigError(f"{where}: env {var}={raw!r} is longer than 1000 years")
+    return f"{seconds}s"
+
+
+def _target(body: Any, n: int, where: str) -> Target:
+    at = f"targets[{n}]"
+    if not isinstance(body, dict):
+        raise ConfigError(
+            f"{at} ({where}): expected a [[targets]] table, got {body!r}",
+            hint='e.g. [[targets]] name = "job_results" collection = "job_results" ...',
+        )
+    name = body.get("name")
+    if isinstance(name, str) and name:
+        at = f"targets.{name}"
+    for key in body:
+        if key not in TARGET_KEYS:
+            close = difflib.get_close_matches(key, TARGET_KEYS, n=1)
+            hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(TARGET_KEYS)
+            raise ConfigError(f"{at} ({where}): unknown setting {key!r}", hint=hint)
+    for key in ("name", "collection", "id", "timestamp"):
+        if key not in body:
+            raise ConfigError(f"{at} ({where}): {key} is required")
+    here = f"({where})"
+    name = _str(body["name"], f"{at}.name {here}")
+    if not _TARGET_NAME.match(name):
+        raise ConfigError(
+            f"{at}.name {here}: {name!r} is not a plain name (letters, digits, _ . -)"
+        )
+    timestamp = body["timestamp"]
+    if isinstance(timestamp, str):
+        timestamp = [timestamp]
+    values: dict[str, Any] = {
+        "name": name,
+        "collection": _str(body["collection"], f"{at}.collection {here}"),
+        "id": _str(body["id"], f"{at}.id {here}"),
+        "timestamp": _str_list(timestamp, f"{at}.timestamp {here}"),
+        "state": _opt_str(body.get("state"), f"{at}.state {here}"),
+    }
+    if "terminal" in body:
+        values["terminal"] = _str_list(body["terminal"], f"{at}.terminal {here}")
+    if "ttl" in body:
+        values["ttl"] = _duration(body["ttl"], f"{at}.ttl {here}")
+    if "ttl_env" in body:
+        var = _str(body["ttl_env"], f"{at}.ttl_env {here}")
+        if not _ENV_NAME.match(var):
+            raise ConfigError(f"{at}.ttl_env {here}: {var!r} is not an environment variable name")
+        values["ttl_env"] = var
+    if "artifacts" in body:
+        artifacts = _str(body["artifacts"], f"{at}.artifacts {here}")
+        if artifacts not in TARGET_ARTIFACTS:
+            raise ConfigError(
+                f'{at}.artifacts {here}: expected "none", got {artifacts!r}',
+                hint="the records of a JSON-document catalog have no artifact directories",
+            )
+        values["artifacts"] = artifacts
+    target = Target(**values)
+    from retention.catalogs.jsondoc import CollectionSpec
+
+    try:  # the document layer's own checks of a collection (path, state source)
+        CollectionSpec(
+            name=target.name,
+            path=target.collection,
+            id=target.id,
+            timestamp=target.timestamp,
+            state=target.state,
+            terminal=target.terminal,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{at} ({where}): {exc.message}", hint=exc.hint) from None
+    return target
+
+
+def _targets(
+    raw: Any,
+    where: str,
+    env: Mapping[str, str],
+    flag_ttls: Mapping[str, str],
+    sources: dict[str, str],
+) -> tuple[Target, ...]:
+    """``[[targets]]`` parsed, each with its effective TTL: ``--ttl NAME=D`` > the variable
+    ``ttl_env`` names (seconds) > the file's ``ttl``. ``sources`` gets where each TTL came
+    from (``targets.NAME.ttl``)."""
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise ConfigError(
+            f"targets ({where}): expected [[targets]] tables (an array of tables), got {raw!r}"
+        )
+    out: list[Target] = []
+    seen: dict[str, int] = {}
+    for n, body in enumerate(raw):
+        t = _target(body, n, where)
+        if t.name in seen:
+            raise ConfigError(f"targets.{t.name} ({where}): two targets have this name")
+        seen[t.name] = n
+        src = f"file {where.removeprefix('from file ')}" if t.ttl is not None else "default"
+        ttl = t.ttl
+        if t.ttl_env and env.get(t.ttl_env, "") != "":
+            at = f"targets.{t.name}.ttl (from env {t.ttl_env})"
+            ttl, src = _ttl_env_seconds(t.ttl_env, env[t.ttl_env], at), f"env {t.ttl_env}"
+        if t.name in flag_ttls:
+            ttl = _duration(flag_ttls[t.name], f"--ttl {t.name}")
+            src = "flag"
+        out.append(msgspec.structs.replace(t, ttl=ttl))
+        sources[f"targets.{t.name}.ttl"] = src
+    unknown = sorted(set(flag_ttls) - set(seen))
+    if unknown:
+        known = ", ".join(seen) or "none configured"
+        raise UsageError(
+            f"--ttl {unknown[0]}=...: no target is named {unknown[0]!r}", hint=f"targets: {known}"
+        )
+    return tuple(out)
+
+
+def _ttl_envs_in_file(path: Path | None) -> set[str]:
+    """The ``ttl_env`` names the config file declares (best effort: a bad file is reported
+    by `_read_file`), so that a team's own ``RETENTION_...`` variable is not refused."""
+    if path is None:
+        return set()
+    try:
+        with open(path, "rb") as f:
+            targets = tomllib.load(f).get(TARGETS_KEY)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return set()
+    if not isinstance(targets, list):
+        return set()
+    return {
+        t["ttl_env"] for t in targets if isinstance(t, dict) and isinstance(t.get("ttl_env"), str)
+    }
+
+
 # RETENTION_* variables read outside SETTINGS: the config file, RETENTION_DAYS_<TIER>
 # (`_tier_days_from_env`, a prefix), and test-only knobs (retention/moves.py). A variable
 # read anywhere else must be added here, or `load_config` refuses it as unknown.
@@ -773,11 +969,12 @@ OTHER_ENV = (CONFIG_ENV, "RETENTION_MOVE_BATCH", "RETENTION_INTENT_BATCH")
 ENV_PREFIX = "RETENTION_"
 
 
-def unknown_env(env: Mapping[str, str]) -> ConfigError | None:
+def unknown_env(env: Mapping[str, str], also: Iterable[str] = ()) -> ConfigError | None:
     """The error for the first (by name) set ``RETENTION_*`` variable that nothing reads,
     with a did-you-mean as for an unknown config key; None if every one is known. An
-    empty one means "not set" (as for settings) and is left alone."""
-    known = [s.env for s in SETTINGS] + list(OTHER_ENV)
+    empty one means "not set" (as for settings) and is left alone. ``also``: more names
+    read (a target's ``ttl_env``)."""
+    known = [s.env for s in SETTINGS] + list(OTHER_ENV) + list(also)
     for var in sorted(k for k, v in env.items() if k.startswith(ENV_PREFIX) and v != ""):
         if var in known or var.startswith(DAYS_ENV):
             continue
@@ -828,6 +1025,11 @@ def load_config(
     env = os.environ if env is None else env
     unknown = unknown_env(env)
     if unknown is not None:
+        # A target's ttl_env may be a RETENTION_... name of the team's own: read it too.
+        with contextlib.suppress(RetentionError):
+            also = _ttl_envs_in_file(find_config_file(explicit, env))
+            unknown = unknown_env(env, also) if also else unknown
+    if unknown is not None:
         raise unknown
     path = find_config_file(explicit, env)
     file_values = _read_file(path) if path is not None else {}
@@ -869,6 +1071,40 @@ def load_config(
         sources["terminal_states"] = "default (policy.state_column set)"
     if values["path_column"] is not None and sources["path_template"] == "default":
         values["path_template"] = None
+    flag_ttls: Mapping[str, str] = (overrides or {}).get("target_ttls") or {}
+    raw_targets = file_values.get(TARGETS_KEY)
+    json_catalog = is_json_path(values["catalog_path"])
+    if raw_targets is not None and not json_catalog:
+        raise ConfigError(
+            f"config file {path}: [[targets]] needs a JSON-document catalog, and catalog.path"
+            f" ({sources['catalog_path']}) is {values['catalog_path']}",
+            hint="[[targets]] are record kinds of a JSON document (catalog.path ending in"
+            " .json); an SQL catalog's runs are catalog.runs_table",
+        )
+    if json_catalog:
+        values["targets"] = _targets(raw_targets, f"from file {path}", env, flag_ttls, sources)
+        sources["targets"] = f"file {path}" if raw_targets is not None else "default"
+        if not values["targets"]:
+            raise ConfigError(
+                f"catalog.path {values['catalog_path']} is a JSON document, and no [[targets]]"
+                " are configured",
+                hint="declare each record kind to expire as a [[targets]] table (see"
+                " examples/async-jobstore/retention.toml)",
+            )
+    elif flag_ttls:
+        raise UsageError(
+            "--ttl applies to the [[targets]] of a JSON-document catalog; this catalog is"
+            f" {values['catalog_path']}",
+            hint="for an SQL catalog use --max-age",
+        )
+    else:
+        sources["targets"] = "default"
+    if sources["lock_file"] != "default" and not json_catalog:
+        raise ConfigError(
+            f"catalog.lock_file ({sources['lock_file']}) applies to a JSON-document catalog"
+            " (catalog.path ending in .json)",
+            hint="an SQL catalog's writers are waited for with catalog.busy_timeout",
+        )
     return Config(config_file=str(path) if path else None, sources=sources, **values)
 
 
@@ -926,6 +1162,19 @@ def render_config(cfg: Config) -> list[tuple[str, str, str]]:
                 or "(none)"
             )
         rows.append((s.key, "(none)" if value is None else str(value), cfg.sources[s.field]))
+    for t in cfg.targets:
+        src = cfg.sources.get("targets", "default")
+        for key in TARGET_KEYS:
+            if key == "name":
+                continue
+            v = getattr(t, key)
+            shown = ", ".join(v) if isinstance(v, tuple) else "(none)" if v is None else str(v)
+            if key == "ttl":
+                rows.append(
+                    (f"targets.{t.name}.ttl", shown, cfg.sources.get(f"targets.{t.name}.ttl", src))
+                )
+            else:
+                rows.append((f"targets.{t.name}.{key}", shown, src))
     return rows
 
 

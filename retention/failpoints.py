@@ -46,7 +46,15 @@ JSONDOC = (
     "jsondoc.after_temp_fsync",  # new document durable in its temp file, not yet renamed
     "jsondoc.after_rename",  # renamed onto the document, directory not yet fsynced
 )
-ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE + JSONDOC
+JOBSTORE = (  # apply and undo on a JSON-document catalog (retention.jobstore)
+    "jobstore.apply.after_begin",  # journal BEGIN + digests durable, no tombstone yet
+    "jobstore.apply.after_tombstone",  # tombstone durable, document not replaced
+    "jobstore.apply.after_replace",  # document replaced (committed), journal not yet
+    "jobstore.undo.after_begin",  # journal BEGIN + digests durable
+    "jobstore.undo.after_replace",  # records put back (committed), journal not yet
+    "jobstore.undo.before_done",  # journal COMMITTED, the apply's tombstone not yet marked
+)
+ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE + JSONDOC + JOBSTORE
 declare(*ALL)
 
 __all__ = ["ALL", "failpoint"]

@@ -243,9 +243,15 @@ def _create_key(path: Path) -> None:
 
 def sign(payload: Payload, key: bytes) -> bytes:
     """The manifest file's bytes: the envelope around the canonical payload."""
+    return sign_struct(payload, payload.key_id, key)
+
+
+def sign_struct(payload: msgspec.Struct, key_id: str, key: bytes) -> bytes:
+    """The envelope around any payload's canonical bytes (`sign` for `Payload`; the
+    JSON-document catalog's manifest, `retention.jobstore`, is signed the same way)."""
     body = canonical(payload)
     sig = hmac.new(key, body, hashlib.sha256).hexdigest()
-    env = Envelope(alg=ALG, key_id=payload.key_id, payload=msgspec.Raw(body), sig=sig)
+    env = Envelope(alg=ALG, key_id=key_id, payload=msgspec.Raw(body), sig=sig)
     return msgspec.json.encode(env) + b"\n"
 
 
@@ -258,6 +264,35 @@ def verify(data: bytes | bytearray, key: bytes, key_id: str, *, now: datetime) -
     caller's check. The payload is verified and decoded where it lies in ``data``: the
     file's bytes are never copied.
     """
+    body = open_envelope(data, key, key_id)
+    try:
+        payload = msgspec.json.decode(body, type=Payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ManifestRejected(f"manifest payload is not understood: {exc}") from None
+    if payload.format != FORMAT or payload.version != VERSION:
+        raise ManifestRejected(
+            f"unsupported manifest format {payload.format!r} version {payload.version}"
+        )
+    if payload.key_id != key_id:
+        raise ManifestRejected("manifest key id does not match its envelope")
+    expires = _instant(payload, "expires_at", payload.expires_at)
+    _instant(payload, "now", payload.now)
+    if sum(e.bytes for e in payload.entries) > INT64_MAX:
+        raise ManifestRejected(
+            f"manifest {payload.manifest_id}: the sizes of its entries add up to more than"
+            " a catalog can record"
+        )
+    if now >= expires:
+        raise ManifestRejected(
+            f"manifest {payload.manifest_id} expired at {format_instant(expires)}",
+            hint="run `retention plan` again to get a fresh manifest",
+        )
+    return payload
+
+
+def open_envelope(data: bytes | bytearray, key: bytes, key_id: str) -> memoryview:
+    """The payload bytes of a manifest envelope, once its algorithm, key id and signature
+    are checked (`ManifestRejected` otherwise): a view into ``data``, not a copy."""
     if not data or data.isspace():
         raise ManifestRejected(
             "the manifest is empty",
@@ -284,29 +319,7 @@ def verify(data: bytes | bytearray, key: bytes, key_id: str, *, now: datetime) -
             "manifest signature does not match: it was edited or damaged after planning",
             hint="plan again; any edit, even reformatting (jq, an editor), breaks the signature",
         )
-    try:
-        payload = msgspec.json.decode(body, type=Payload)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise ManifestRejected(f"manifest payload is not understood: {exc}") from None
-    if payload.format != FORMAT or payload.version != VERSION:
-        raise ManifestRejected(
-            f"unsupported manifest format {payload.format!r} version {payload.version}"
-        )
-    if payload.key_id != env.key_id:
-        raise ManifestRejected("manifest key id does not match its envelope")
-    expires = _instant(payload, "expires_at", payload.expires_at)
-    _instant(payload, "now", payload.now)
-    if sum(e.bytes for e in payload.entries) > INT64_MAX:
-        raise ManifestRejected(
-            f"manifest {payload.manifest_id}: the sizes of its entries add up to more than"
-            " a catalog can record"
-        )
-    if now >= expires:
-        raise ManifestRejected(
-            f"manifest {payload.manifest_id} expired at {format_instant(expires)}",
-            hint="run `retention plan` again to get a fresh manifest",
-        )
-    return payload
+    return body
 
 
 def _instant(payload: Payload, name: str, text: str) -> datetime:
