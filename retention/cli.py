@@ -975,8 +975,6 @@ def apply(ctx: click.Context, manifest: str, batch_size: int | None) -> None:
 
     Exit 3 if some entries were skipped (changed since the plan, or could not be moved).
     """
-    from retention.coordinator import apply_manifest
-
     cfg = _config(ctx, batch_size=batch_size)
     if cfg.is_json_catalog:
         from retention import jobstore
@@ -991,6 +989,8 @@ def apply(ctx: click.Context, manifest: str, batch_size: int | None) -> None:
         if doc_report.interrupted:
             _say(doc_report.interrupted.message, err=True, level=-1)
         ctx.exit(doc_report.exit_code)
+    from retention.coordinator import apply_manifest
+
     report = apply_manifest(cfg, manifest)
     _emit_report(report)
     for line in views.apply_lines(report):
@@ -1014,8 +1014,6 @@ def apply(ctx: click.Context, manifest: str, batch_size: int | None) -> None:
 @_interruptible
 def recover(ctx: click.Context, resolve: str | None) -> None:
     """Finish or roll back an interrupted apply, undo or purge."""
-    from retention.coordinator import recover as run_recover
-
     cfg = _config(ctx)
     if cfg.is_json_catalog:
         from retention import jobstore
@@ -1030,6 +1028,8 @@ def recover(ctx: click.Context, resolve: str | None) -> None:
             "--resolve is for a JSON-document catalog; an SQL catalog's interrupted"
             " transactions are decided by the catalog itself"
         )
+    from retention.coordinator import recover as run_recover
+
     report = run_recover(cfg)
     _emit_report(report)
     for line in views.recover_lines(report.recovered):
@@ -1066,8 +1066,6 @@ def undo(
 
     A run whose id or directory exists again is a conflict: it stays in trash (exit 3).
     """
-    from retention.trashops import undo as run_undo
-
     if sum((txid is not None, within is not None, bool(run_ids))) != 1:
         raise UsageError(
             "give either a TXID or --within DURATION (e.g. --within 24h), or --run RUN_ID"
@@ -1090,6 +1088,8 @@ def undo(
         if doc_report.interrupted:
             _say(doc_report.interrupted.message, err=True, level=-1)
         ctx.exit(doc_report.exit_code)
+    from retention.trashops import undo as run_undo
+
     report = run_undo(
         cfg,
         txid=txid,
@@ -1150,9 +1150,6 @@ def purge(
     purge itself is done). --dry-run changes nothing. --all on a terminal asks first
     (unless --yes).
     """
-    from retention.trashops import purge as run_purge
-    from retention.trashops import purge_preview, purge_preview_lines
-
     if expired and everything:
         raise UsageError("--expired and --all contradict each other: give one of them")
     if dry_run and (vacuum or ctx.meta.get("retention.out", {}).get("metrics_file")):
@@ -1173,6 +1170,9 @@ def purge(
         for line in jobstore.purge_lines(doc_report):
             _say(line, err=True)
         ctx.exit(doc_report.exit_code)
+    from retention.trashops import purge as run_purge
+    from retention.trashops import purge_preview, purge_preview_lines
+
     if dry_run or (everything and not yes and _interactive()):
         preview = purge_preview(cfg, everything=everything, now=now)
         if dry_run:

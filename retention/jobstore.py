@@ -121,14 +121,14 @@ class DocEntry(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     id: NoNulText
     fp: Sha256
-    time: Instant
+    time: str  # ISO-8601 UTC, as read (for review; apply compares ``fp``)
 
 
 class DocTarget(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     spec: DocSpec
     ttl: str
     ttl_source: str
-    cutoff: Instant  # records at or before this instant are expired
+    cutoff: str  # records at or before this instant (ISO-8601 UTC) are expired
     considered: int
     kept: dict[str, int]  # by reason
     entries: list[DocEntry]
@@ -498,6 +498,7 @@ class Swap(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     new_digest: str
     records: int  # removed (apply) or put back (undo)
     target: str | None = None  # undo: the apply whose tombstone it restores from
+    rest: bool = False  # undo: some records were refused (staged in <txid>.rest.json)
 
 
 class DocTomb(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -611,9 +612,10 @@ def _finish(ws: DocWorkspace, op: str, txid: str, swap: Swap | None) -> None:
     if op == "undo" and swap is not None and swap.target is not None:
         target = swap.target
         rest = ws.rest(txid)
-        if rest.exists():
-            os.replace(rest, ws.tomb(target))
-            fsio.fsync_dir(rest.parent)
+        if swap.rest:  # the refused records stay undoable: they become the tombstone
+            if rest.exists():  # (else already done by an earlier try)
+                os.replace(rest, ws.tomb(target))
+                fsio.fsync_dir(rest.parent)
         elif ws.tomb(target).exists():
             os.replace(ws.tomb(target), ws.undone(target))
             fsio.fsync_dir(ws.tomb_dir)
@@ -735,7 +737,8 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
         new_digest: str | None = None
         undo_until: str | None = None
         if total:
-            new_bytes, removed = jsondoc.remove(doc, removals, specs)
+            wanted = {name: ids for name, ids in removals.items() if ids}
+            new_bytes, removed = jsondoc.remove(doc, wanted, specs)
             txid = _new_txid("apply", now)
             grace = now + timedelta(seconds=cfg.grace_seconds)
             undo_until = format_instant(grace)
@@ -928,6 +931,7 @@ def _undo_one(ws: DocWorkspace, tomb: DocTomb, now: datetime) -> UndoneApply:
         new_digest=new_digest,
         records=count,
         target=tomb.txid,
+        rest=bool(rest_sets),
     )
     j = ws.journal
     j.begin(txid, txrecords.encode(begin))
