@@ -83,13 +83,15 @@ def pg_server() -> str:
 
 
 @contextmanager
-def pg_database(server_url: str) -> Iterator[str]:
-    """Create a fresh, empty database on the server and yield its URL; drop it on exit,
-    closing any connections still open to it."""
+def pg_database(server_url: str, template: str | None = None) -> Iterator[str]:
+    """Create a fresh database on the server and yield its URL; drop it on exit, closing
+    any connections still open to it. Empty, or a copy of the database ``template`` (a
+    URL or a name; nothing may be connected to it meanwhile)."""
     name = "t_" + secrets.token_hex(8)
+    source = "template0" if template is None else urlsplit(template).path.lstrip("/") or template
     with pg_connect(server_url) as admin:
         # template0: empty whatever was added to template1 on a shared server.
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{source}"')
     try:
         yield database_url(server_url, name)
     finally:

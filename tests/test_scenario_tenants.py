@@ -53,7 +53,7 @@ def tenants(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def expected_removed() -> dict[str, set[str]]:
+def expected_removed(per: int = PER) -> dict[str, set[str]]:
     """Execution j of a tenant is j * 120 / PER days and 1 + j % 7 hours old (by started_at,
     or created_at without one: the same instant in the sample), running when j % 10 == 0.
     An enabled tenant's terminal executions at least its days old go, except that the
@@ -64,9 +64,9 @@ def expected_removed() -> dict[str, set[str]]:
         if row is None or not row[1]:
             continue
         days, _, floor = row
-        ages = {j: timedelta(days=j * 120 / PER, hours=1 + j % 7) for j in range(PER)}
-        old = [j for j in range(PER) if j % 10 and ages[j] >= timedelta(days=days)]
-        kept = PER - len(old)
+        ages = {j: timedelta(days=j * 120 / per, hours=1 + j % 7) for j in range(per)}
+        old = [j for j in range(per) if j % 10 and ages[j] >= timedelta(days=days)]
+        kept = per - len(old)
         old.sort(key=lambda j: ages[j])  # newest first
         while kept < floor and old:
             old.pop(0)

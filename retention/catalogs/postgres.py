@@ -32,10 +32,9 @@ from __future__ import annotations
 import functools
 import re
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from retention.catalog import ForeignKey, Hop, q
-from retention.config import Config
+from retention.config import Config, shown_catalog
 from retention.errors import CatalogError, ConfigError, LockedError
 from retention.tombstones import (
     ROWID_COL,
@@ -63,16 +62,6 @@ _DELETE_ACTIONS = {
     "n": "SET NULL",
     "d": "SET DEFAULT",
 }
-
-
-def shown_url(url: str) -> str:
-    """``url`` for messages: the password replaced by ``***``."""
-    parts = urlsplit(url.strip())
-    if parts.password is None:
-        return url.strip()
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -239,7 +228,7 @@ class PostgresCatalog(TrashCatalog):
         self.IntegrityError = psycopg.errors.IntegrityError
         cfg = self.cfg
         url = str(cfg.catalog_path).strip()
-        self.path = shown_url(url)
+        self.path = shown_catalog(url)
         try:
             raw = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.Error as exc:
