@@ -123,6 +123,8 @@ class ApplyReport(msgspec.Struct, kw_only=True):
     erasure: bool = False
     # A batched apply (apply --batch-size): one transaction per batch; ``txid`` is the first.
     batches: list[BatchReport] = []
+    # Runs and bytes deleted per group (the policy's first group_by column), all batches.
+    groups: list[GroupDeleted] = []
     # A SIGINT/SIGTERM after the commit: the apply was finished, then the command stopped.
     interrupted: Interruption | None = None
 
@@ -447,7 +449,7 @@ def _write_trash_index(
         txid=txid,
         created_at=format_instant(now),
         artifact_root=str(ws.store.root),
-        catalog_path=str(Path(ws.cfg.catalog_path).absolute()),
+        catalog_path=ws.catalog.describe(),
         manifest_id=manifest_id,
         entries=[
             TrashIndexEntry(
@@ -583,6 +585,10 @@ def apply_manifest(
         txid = base or batches[0].txid
         rep = report(txid, deleted, nbytes, skipped)
         rep.batches = batches if batched else []
+        rep.groups = [
+            GroupDeleted(column=c, value=v, runs=n, bytes=b)
+            for c, v, n, b in ws.catalog.audit_groups([b.txid for b in batches])
+        ]
         rep.purged = purged
         rep.warnings = warnings
         rep.undo_until = None if erasure else format_instant(grace_until)
@@ -603,6 +609,15 @@ def apply_manifest(
                 + ("; the purge of expired trash was skipped." if purge_skipped else ".")
             )
         return rep
+
+
+class GroupDeleted(msgspec.Struct):
+    """What an apply deleted of one group (``column`` = ``value``; the value as text)."""
+
+    column: str
+    value: str | None
+    runs: int
+    bytes: int
 
 
 class BatchReport(msgspec.Struct):

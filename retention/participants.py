@@ -7,9 +7,10 @@ directories may have moved, and where). Each method below says when the coordina
 it, what is durable when it returns, and how it behaves under replay. Participants refuse
 by raising, never by returning False.
 
-Today: `retention.tombstones.WritableCatalog` (SQLite) and
-`retention.store.LocalTrashStore` (local filesystem). PostgreSQL and an object store will
-be second implementations; the journal and recovery assume neither.
+Today: the SQL catalog (`retention.tombstones.TrashCatalog`) on SQLite
+(`retention.catalogs.sqlite`) and PostgreSQL (`retention.catalogs.postgres`), and
+`retention.store.LocalTrashStore` (local filesystem). An object store would be a second
+store; the journal and recovery assume neither.
 """
 
 from __future__ import annotations
@@ -129,6 +130,11 @@ class Catalog(CatalogIdentity, Protocol):
 
     def applies(self) -> list[dict[str, Any]]:
         """Every recorded apply, newest first (txid, state, created_at, grace_until...)."""
+        ...
+
+    def audit_groups(self, txids: list[str]) -> list[tuple[str, str | None, int, int]]:
+        """Runs and bytes per group the audit rows of these transactions counted, summed:
+        (column, value as text, runs, bytes). Read-only."""
         ...
 
     def trash_totals(self, txids: list[str]) -> tuple[int, int]:

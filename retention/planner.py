@@ -929,7 +929,7 @@ def _build_plan(
         version=VERSION,
         manifest_id="",
         catalog_id=catalog_id,
-        catalog_path=str(Path(cfg.catalog_path).absolute()),
+        catalog_path=cat.describe(),
         artifact_root=str(store.root),
         tables=tables,
         policy=spec,

@@ -369,6 +369,28 @@ class WritableCatalog(SqlCatalog):
         ).fetchone()
         return None if row is None or row[0] is None else str(row[0])
 
+    def audit_groups(self, txids: list[str]) -> list[tuple[str, str | None, int, int]]:
+        """Runs and bytes per group that the audit rows of ``txids`` counted, summed over
+        them (the batches of one apply): (column, value, runs, bytes), largest first.
+        Read-only; empty when the applies counted no group."""
+        if not txids or not self.db.has_table(AUDIT_TABLE):
+            return []
+        acc: dict[tuple[str, str | None], list[int]] = {}
+        for lo in range(0, len(txids), READ_BATCH):
+            part = txids[lo : lo + READ_BATCH]
+            for (groups,) in self.conn.execute(
+                f"SELECT groups FROM {AUDIT_TABLE} WHERE groups IS NOT NULL"
+                f" AND txid IN ({', '.join('?' * len(part))})",
+                part,
+            ).fetchall():
+                for col, value, n, b in json.loads(groups):
+                    got = acc.setdefault((str(col), value), [0, 0])
+                    got[0] += int(n)
+                    got[1] += int(b)
+        return sorted(
+            ((c, v, n, b) for (c, v), (n, b) in acc.items()), key=lambda g: (-g[2], str(g[1]))
+        )
+
     def _tomb_tables(self) -> list[str]:
         return self.db.ours_like(TOMB_PREFIX)
 

@@ -484,6 +484,13 @@ def apply_lines(r: object) -> list[str]:
                 f"{', ...' if len(batches) > 8 else ''} runs); undo of {rep.txid} restores"
                 " them all."
             )
+        groups = getattr(rep, "groups", [])
+        if groups:
+            shown = ", ".join(
+                f"{g.value} {g.runs:,} ({format_bytes(g.bytes)})" for g in groups[:10]
+            )
+            more = f", and {len(groups) - 10:,} more groups" if len(groups) > 10 else ""
+            lines.append(f"By {groups[0].column}: {shown}{more}.")
         if getattr(rep, "erasure", False):
             gone = "purged at once" if rep.txid in rep.purged else "to be purged"
             lines.append(

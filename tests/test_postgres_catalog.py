@@ -108,6 +108,10 @@ def test_each_tenant_loses_what_its_row_allows_in_batches_with_the_cleanup_writt
     assert [b["runs"] for b in report["batches"]] == [25] * (len(removed) // 25) + (
         [len(removed) % 25] if len(removed) % 25 else []
     )
+    # per tenant, summed over the batches
+    assert {g["value"]: g["runs"] for g in report["groups"]} == {
+        t: len(v) for t, v in want.items() if v
+    }
     assert ids(pg_url) == everyone - removed
     steps = {r[0] for r in rows(pg_url, "SELECT execution_id FROM execution_steps")}
     assert steps == everyone - removed  # CASCADE children tombstoned and deleted first

@@ -104,6 +104,10 @@ def test_each_tenant_loses_what_its_policy_row_allows_and_the_cleanup_is_written
     assert {e["run_id"] for e in entries} == removed
     applied = run_exe("apply", "m.json", cwd=tenants, env=ENV)
     assert applied.returncode == 0, applied.stderr
+    report = json.loads(applied.stdout)
+    assert {(g["column"], g["value"]): g["runs"] for g in report["groups"]} == {
+        ("tenant_id", t): len(v) for t, v in want.items() if v
+    }
     assert ids(tenants) == everyone - removed
     steps = {r[0] for r in table(tenants, "SELECT execution_id FROM execution_steps")}
     assert steps == everyone - removed  # CASCADE children tombstoned and deleted with them

@@ -55,7 +55,7 @@ def open_catalog_file(cfg: Config, *, readonly: bool = True) -> Any:
     if is_postgres(cfg.catalog_path):
         from retention.catalogs.postgres import ServerStorage
 
-        return ServerStorage(cfg)
+        return ServerStorage(cfg, readonly=readonly)
     from retention.catalogs.sqlite import CatalogFile
 
     return CatalogFile(cfg, readonly=readonly)

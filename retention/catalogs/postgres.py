@@ -416,8 +416,10 @@ class ServerStorage:
     the server owns its storage, so there is nothing to report and nothing to vacuum from
     here (autovacuum, or the DBA's VACUUM, gives space back)."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, *, readonly: bool = True) -> None:
         self.cfg = cfg
+        if not readonly:  # asked for a vacuum: refused before anything is purged
+            self.reclaim()
 
     def __enter__(self) -> ServerStorage:
         return self
