@@ -64,15 +64,6 @@ from retention.errors import (
 )
 from retention.failpoints import failpoint
 from retention.layout import StateLayout
-from retention.manifest import (
-    Instant,
-    NoNulText,
-    canonical,
-    load_key,
-    open_envelope,
-    read_manifest_bytes,
-    sign_struct,
-)
 from retention.reports import Interruption
 from retention.signals import SIGNALS
 
@@ -90,6 +81,8 @@ NOT_TERMINAL = "not terminal"
 NOT_EXPIRED = "not expired"
 
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}\Z")]
+NoNulText = Annotated[str, msgspec.Meta(pattern=r"^[^\x00]*\Z")]  # as retention.manifest's
+Instant = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z\Z")]
 
 
 # -- the manifest ---------------------------------------------------------------------------
@@ -154,6 +147,8 @@ def fingerprint(record: Any) -> str:
 
 
 def _with_id(payload: DocPayload) -> DocPayload:
+    from retention.manifest import canonical  # (not imported by recover: start-up time)
+
     payload.manifest_id = ""
     payload.manifest_id = "m-" + hashlib.sha256(canonical(payload)).hexdigest()[:24]
     return payload
@@ -165,6 +160,8 @@ def document_path(cfg: Config) -> Path:
 
 def verify_manifest(cfg: Config, manifest: str, now: datetime) -> DocPayload:
     """Read and verify a JSON-document manifest for this workspace and this document."""
+    from retention.manifest import load_key, open_envelope, read_manifest_bytes
+
     state = StateLayout(Path(cfg.state_dir))
     data = read_manifest_bytes(manifest, cfg.manifest_max_size)
     key, key_id = load_key(state, create=False)
@@ -452,6 +449,8 @@ def build_plan(cfg: Config, now: datetime, output: str | None = None) -> PlanRes
                 eligible_terminal=list(t.terminal),
             )
         )
+    from retention.manifest import load_key, sign_struct
+
     key, key_id = load_key(state, create=True)
     payload = _with_id(
         DocPayload(
