@@ -285,3 +285,31 @@ def test_a_writer_racing_the_apply_makes_it_refuse_with_nothing_changed(
     _plan(jobstore)
     _ok(run_exe("apply", "m.json", cwd=jobstore, env=ENV))
     assert _load(jobstore) == without(doc, expected(doc, 7 * DAY, 3 * DAY))
+
+
+def test_undo_refuses_a_record_whose_id_exists_again_and_keeps_it_undoable(
+    jobstore: Path,
+) -> None:
+    before = _load(jobstore)
+    gone = expected(before, 7 * DAY, 3 * DAY)
+    _plan(jobstore)
+    applied = json.loads(_ok(run_exe("apply", "m.json", cwd=jobstore, env=ENV)).stdout)
+    back = sorted(gone["job_results"])[0]
+    doc = _load(jobstore)  # the application writes a new result under the same job id
+    doc["job_results"][back] = {"job_id": back, "created_at": NOW_TEXT, "result": {"new": 1}}
+    (jobstore / STORE).write_text(json.dumps(doc))
+    proc = run_exe("undo", applied["txid"], cwd=jobstore, env=ENV)
+    assert proc.returncode == 3, proc.stderr.decode()
+    report = json.loads(proc.stdout)
+    assert report["refused_count"] == 1
+    assert list(report["undone"][0]["refused"]["job_results"]) == [back]
+    now = _load(jobstore)
+    assert now["job_results"][back] == doc["job_results"][back]  # the new one stays
+    assert now == dict(
+        before, job_results={**before["job_results"], back: doc["job_results"][back]}
+    )
+    del now["job_results"][back]  # once it is gone again, the old one can come back
+    (jobstore / STORE).write_text(json.dumps(now))
+    proc = _ok(run_exe("undo", applied["txid"], cwd=jobstore, env=ENV))
+    assert json.loads(proc.stdout)["restored_count"] == 1
+    assert _load(jobstore)["job_results"] == before["job_results"]
