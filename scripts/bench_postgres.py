@@ -1,0 +1,296 @@
+"""Benchmark: scenario 5 (executions of many tenants) on SQLite and on PostgreSQL, side by
+side, with the longest write transaction of a batched apply.
+
+    .venv/bin/python scripts/bench_postgres.py                       # 1,000,000 executions
+    .venv/bin/python scripts/bench_postgres.py --executions 20000    # a smoke size
+    .venv/bin/python scripts/bench_postgres.py --url postgresql://me@db/scratch  # own server
+
+Builds N executions of 100 tenants (seed 004's tables: `executions`, three
+`execution_steps` each, one `execution_retention_policies` row per tenant), their ages spread
+evenly over 120 days and each tenant's `retention_days` 108, so that 10% of them are
+deleted. The same rows go into an SQLite file and into a PostgreSQL database (a throwaway
+server from scripts/postgres unless --url names one; each run gets a database of its own).
+For each catalog and each batch size (1,000 and 100,000 by default) it times `plan` and
+`apply --batch-size B` on a fresh copy, in this process, and records the longest single
+write transaction (from BEGIN to COMMIT: how long the application's writers can be held up
+on SQLite, and how long a row lock is held on PostgreSQL). No artifact directories: this
+measures the catalog side (`allow_missing_dirs`). Prints a table; `--json` the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from retention.config import load_config  # noqa: E402
+from retention.coordinator import apply_manifest  # noqa: E402
+from retention.planner import build_plan  # noqa: E402
+from retention.tombstones import WritableCatalog  # noqa: E402
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+TENANTS = 100
+SPAN_DAYS = 120
+DAYS = 108  # 10% of the span older than it
+SCHEMA = """
+CREATE TABLE executions (id TEXT PRIMARY KEY, tenant_id TEXT NOT NULL,
+    started_at TIMESTAMPTZ NULL, created_at TIMESTAMPTZ NOT NULL, status TEXT NOT NULL);
+CREATE INDEX executions_tenant ON executions (tenant_id, created_at);
+CREATE TABLE execution_steps (id {STEP_KEY},
+    execution_id TEXT NOT NULL REFERENCES executions (id) ON DELETE CASCADE,
+    name TEXT NOT NULL, output TEXT);
+CREATE INDEX execution_steps_execution ON execution_steps (execution_id);
+CREATE TABLE execution_retention_policies (tenant_id TEXT NOT NULL UNIQUE,
+    retention_days INT DEFAULT 90, is_enabled BOOL NOT NULL DEFAULT {TRUE},
+    min_executions_to_keep INT NOT NULL DEFAULT 0, last_cleanup_at TIMESTAMPTZ NULL,
+    last_cleanup_deleted_count INT NULL);
+"""
+CONFIG = """
+[catalog]
+path = "{path}"
+runs_table = "executions"
+id_column = "id"
+time_columns = ["started_at", "created_at"]
+child_tables = []
+busy_timeout = "60s"
+[artifacts]
+root = "executions"
+path_template = "{{tenant_id}}/{{id}}"
+allow_missing_dirs = true
+[policy]
+group_by = ["tenant_id"]
+state_column = "status"
+terminal_states = ["completed", "failed", "canceled"]
+allow_remove_all = true
+[policy.rows]
+table = "execution_retention_policies"
+key = "tenant_id"
+days = "retention_days"
+enabled = "is_enabled"
+min_keep = "min_executions_to_keep"
+last_cleanup_at = "last_cleanup_at"
+last_cleanup_deleted_count = "last_cleanup_deleted_count"
+"""
+
+
+def rows(n: int) -> Iterator[tuple[tuple[Any, ...], list[tuple[str, str, str]]]]:
+    """Each execution and its three steps; ages spread evenly over the span per tenant."""
+    per = n // TENANTS
+    for t in range(TENANTS):
+        tenant = f"t{t:03d}"
+        for j in range(per):
+            started = NOW - timedelta(days=j * SPAN_DAYS / per, minutes=t)
+            eid = f"{tenant}-{j:07d}"
+            text = started.isoformat(timespec="seconds")
+            yield (
+                (eid, tenant, text, text, "completed"),
+                [(eid, s, f"{eid}:{s}") for s in ("fetch", "run", "report")],
+            )
+
+
+def build_sqlite(path: Path, n: int) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA.format(STEP_KEY="INTEGER PRIMARY KEY", TRUE="1"))
+    with conn:
+        conn.executemany(
+            "INSERT INTO execution_retention_policies (tenant_id, retention_days) VALUES (?, ?)",
+            [(f"t{t:03d}", DAYS) for t in range(TENANTS)],
+        )
+        for execution, steps in rows(n):
+            conn.execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?)", execution)
+            conn.executemany(
+                "INSERT INTO execution_steps (execution_id, name, output) VALUES (?, ?, ?)", steps
+            )
+    conn.close()
+
+
+def build_postgres(url: str, n: int) -> None:
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            SCHEMA.format(
+                STEP_KEY="BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY", TRUE="true"
+            )
+        )
+        cur = conn.cursor()
+        with cur.copy(
+            "COPY execution_retention_policies (tenant_id, retention_days) FROM STDIN"
+        ) as copy:
+            for t in range(TENANTS):
+                copy.write_row((f"t{t:03d}", DAYS))
+        with (
+            cur.copy("COPY executions FROM STDIN") as ex,
+        ):
+            for execution, _ in rows(n):
+                ex.write_row(execution)
+        with cur.copy("COPY execution_steps (execution_id, name, output) FROM STDIN") as st:
+            for _, steps in rows(n):
+                for step in steps:
+                    st.write_row(step)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE")
+
+
+class LockClock:
+    """The duration of each write transaction of the catalog (`_commit_tx`: BEGIN to
+    COMMIT, both included), recorded around the real method."""
+
+    def __init__(self) -> None:
+        self.durations: list[float] = []
+        self._real = WritableCatalog._commit_tx
+
+    def __enter__(self) -> LockClock:
+        real, durations = self._real, self.durations
+
+        def timed(cat: Any, body: Any, before_commit: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return real(cat, body, before_commit)
+            finally:
+                durations.append(time.perf_counter() - t0)
+
+        WritableCatalog._commit_tx = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        WritableCatalog._commit_tx = self._real  # type: ignore[method-assign]
+
+
+def run_case(ws: Path, catalog: str, batch: int) -> dict[str, Any]:
+    """plan, then apply --batch-size ``batch``, in ``ws`` (this process)."""
+    ws.mkdir(parents=True)
+    (ws / "executions").mkdir()
+    (ws / "retention.toml").write_text(CONFIG.format(path=catalog))
+    here = os.getcwd()
+    os.chdir(ws)
+    try:
+        cfg = load_config(None, env={"RETENTION_MANIFEST_TTL": "3650d"})
+        t0 = time.perf_counter()
+        manifest = build_plan(cfg, NOW).manifest
+        plan_s = time.perf_counter() - t0
+        (ws / "m.json").write_bytes(manifest)
+        with LockClock() as clock:
+            t0 = time.perf_counter()
+            rep = apply_manifest(cfg, "m.json", batch_size=batch)
+            apply_s = time.perf_counter() - t0
+        commits = clock.durations
+        return {
+            "batch_size": batch,
+            "deleted": rep.deleted_runs,
+            "batches": len(rep.batches) or 1,
+            "plan_s": round(plan_s, 3),
+            "apply_s": round(apply_s, 3),
+            "longest_tx_s": round(max(commits), 3) if commits else 0.0,
+            "runs_per_s": round(rep.deleted_runs / apply_s) if apply_s else 0,
+        }
+    finally:
+        os.chdir(here)
+
+
+@contextmanager
+def server(url: str | None) -> Iterator[str]:
+    """The PostgreSQL server to use: --url, or a throwaway one from scripts/postgres."""
+    if url:
+        yield url
+        return
+    where = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    try:
+        started = subprocess.run(
+            [str(HERE / "postgres"), "start", str(where / "pg")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        yield started.stdout.strip()
+    finally:
+        subprocess.run([str(HERE / "postgres"), "stop", str(where / "pg")], capture_output=True)
+        shutil.rmtree(where, ignore_errors=True)
+
+
+def with_db(base: str, name: str) -> str:
+    head, _, _ = base.rpartition("/")
+    return f"{head}/{name}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--executions", type=int, default=1_000_000)
+    ap.add_argument("--batches", default="1000,100000", help="batch sizes, comma-separated")
+    ap.add_argument("--url", help="a PostgreSQL server to use (a user that may create databases)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+    import psycopg
+
+    sizes = [int(b) for b in args.batches.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="bench-tenants-"))
+    results: dict[str, list[dict[str, Any]]] = {"sqlite": [], "postgresql": []}
+    try:
+        t0 = time.perf_counter()
+        build_sqlite(work / "base.db", args.executions)
+        built = {"sqlite_build_s": round(time.perf_counter() - t0, 1)}
+        for b in sizes:
+            db = work / f"sqlite-{b}" / "executions.db"
+            db.parent.mkdir()
+            shutil.copy(work / "base.db", db)
+            results["sqlite"].append(run_case(work / f"sqlite-{b}" / "ws", str(db), b))
+            shutil.rmtree(db.parent)
+        with server(args.url) as base_url:
+            template = f"bench_{secrets.token_hex(4)}"
+            with psycopg.connect(base_url, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{template}"')
+            made: list[str] = [template]
+            try:
+                t0 = time.perf_counter()
+                build_postgres(with_db(base_url, template), args.executions)
+                built["postgresql_build_s"] = round(time.perf_counter() - t0, 1)
+                for b in sizes:
+                    name = f"{template}_{b}"
+                    with psycopg.connect(base_url, autocommit=True) as admin:
+                        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+                    made.append(name)
+                    results["postgresql"].append(
+                        run_case(work / f"pg-{b}", with_db(base_url, name), b)
+                    )
+            finally:
+                with psycopg.connect(base_url, autocommit=True) as admin:
+                    for name in made:
+                        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps({"executions": args.executions, **built, **results}, indent=1))
+        return 0
+    print(f"{args.executions:,} executions x 3 steps, {TENANTS} tenants, 10% deleted")
+    print(f"built in {built}")
+    print(
+        f"{'catalog':<11} {'batch':>8} {'deleted':>9} {'batches':>8} {'plan s':>8}"
+        f" {'apply s':>8} {'runs/s':>8} {'longest tx s':>13}"
+    )
+    for kind, cases in results.items():
+        for c in cases:
+            print(
+                f"{kind:<11} {c['batch_size']:>8,} {c['deleted']:>9,} {c['batches']:>8,}"
+                f" {c['plan_s']:>8.2f} {c['apply_s']:>8.2f} {c['runs_per_s']:>8,}"
+                f" {c['longest_tx_s']:>13.3f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
