@@ -365,3 +365,31 @@ def test_a_password_in_the_url_is_never_printed(tmp_path: Path, pg_url: str) -> 
     assert "s3cret" not in err
     shown = run(ws, {**env, "RETENTION_CATALOG_PATH": bad}, "config")
     assert "s3cret" not in shown.stdout.decode() + shown.stderr.decode()
+
+
+def test_undo_leaves_a_run_whose_id_exists_again_and_restores_the_others(
+    tmp_path: Path, pg_url: str
+) -> None:
+    ws, env = make(tmp_path / "ws", pg_url)
+    before = snapshot(pg_url)
+    removed = sorted(plan(ws, env))
+    assert run(ws, env, "apply", "m.json").returncode == 0
+    taken = removed[0]  # the application writes a new execution under the same id
+    with pg_connect(pg_url) as conn:
+        conn.execute("INSERT INTO executions VALUES (%s, 'acme', NULL, now(), 'running')", (taken,))
+    undone = run(ws, env, "undo", "--within", "24h")
+    assert undone.returncode == 3, undone.stderr  # done, with a conflict
+    report = json.loads(undone.stdout)
+    conflicts = [c for u in report["undone"] for c in u["conflicts"]]
+    assert [c["run_id"] for c in conflicts] == [taken]
+    back = ids(pg_url)
+    assert back == {r[0] for r in before["executions"]}
+    new = rows(pg_url, f"SELECT status FROM executions WHERE id = '{taken}'")
+    assert new == [("running",)]  # the application's row, not the deleted one
+    steps = {r[0] for r in rows(pg_url, "SELECT execution_id FROM execution_steps")}
+    assert steps == back - {taken}  # its old steps stay in trash with it
+    # the one finding: the application's new row has no directory (the old one is in trash)
+    chk = run(ws, env, "check", "--json")
+    assert chk.returncode == 10
+    found = json.loads(chk.stdout)["findings"]
+    assert [(f["kind"], f["run_id"]) for f in found] == [("row_without_dir", taken)]
