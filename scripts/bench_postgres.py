@@ -173,6 +173,31 @@ class LockClock:
 
 
 def run_case(ws: Path, catalog: str, batch: int) -> dict[str, Any]:
+    """`_case` in a forked child, so that its peak RSS is its own (``wait4``)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        os.close(read)
+        code = 0
+        try:
+            out = json.dumps(_case(ws, catalog, batch)).encode()
+        except BaseException as exc:  # reported by the parent
+            out, code = json.dumps({"error": repr(exc)}).encode(), 1
+        with os.fdopen(write, "wb") as f:
+            f.write(out)
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    _, status, usage = os.wait4(pid, 0)
+    result = json.loads(data)
+    if status != 0 or "error" in result:
+        raise SystemExit(f"case {catalog} batch {batch} failed: {result.get('error')}")
+    result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)
+    return result
+
+
+def _case(ws: Path, catalog: str, batch: int) -> dict[str, Any]:
     """plan, then apply --batch-size ``batch``, in ``ws`` (this process)."""
     ws.mkdir(parents=True)
     (ws / "executions").mkdir()
@@ -280,14 +305,14 @@ def main() -> int:
     print(f"built in {built}")
     print(
         f"{'catalog':<11} {'batch':>8} {'deleted':>9} {'batches':>8} {'plan s':>8}"
-        f" {'apply s':>8} {'runs/s':>8} {'longest tx s':>13}"
+        f" {'apply s':>8} {'runs/s':>8} {'longest tx s':>13} {'peak MiB':>9}"
     )
     for kind, cases in results.items():
         for c in cases:
             print(
                 f"{kind:<11} {c['batch_size']:>8,} {c['deleted']:>9,} {c['batches']:>8,}"
                 f" {c['plan_s']:>8.2f} {c['apply_s']:>8.2f} {c['runs_per_s']:>8,}"
-                f" {c['longest_tx_s']:>13.3f}"
+                f" {c['longest_tx_s']:>13.3f} {c['peak_rss_mib']:>9,}"
             )
     return 0
 
