@@ -157,8 +157,8 @@ def hot_journal_error(path: object = None) -> CatalogNeedsRecovery:
 
 def catalog_error(exc: BaseException, path: object = None) -> CatalogError:
     """The one mapping of a database error (SQLite's, PostgreSQL's) to what the operator
-    reads."""
-    text = str(exc)
+    reads: one line (PostgreSQL's DETAIL and HINT lines left out)."""
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     where = f"catalog {path}" if path is not None else "the catalog"
     if is_hot_journal(exc):
         return hot_journal_error(path)
