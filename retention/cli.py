@@ -456,7 +456,7 @@ def _sql_only(cfg: Config, command: str) -> None:
         raise UsageError(
             f"retention {command} does not support a JSON-document catalog yet"
             f" ({cfg.catalog_path})",
-            hint="plan, apply, undo, recover, purge and config work on it",
+            hint="plan, show, apply, status, undo, recover, purge and config work on it",
         )
 
 
@@ -835,7 +835,18 @@ def _plan_document(cfg: Config, now: datetime, output: str | None, output_json: 
 def show(ctx: click.Context, manifest: str, as_json: bool, top: int, kept: bool) -> None:
     """Verify a manifest (signature, expiry, catalog) and show what it would delete."""
     cfg = _config(ctx)
-    _sql_only(cfg, "show")
+    if cfg.is_json_catalog:
+        from retention import jobstore
+
+        if kept:
+            raise UsageError("show --kept is for an SQL catalog's runs")
+        shown = jobstore.show(cfg, manifest, datetime.now(UTC), None if as_json else top)
+        if as_json:
+            _emit(shown)
+        else:
+            for line in jobstore.show_lines(shown):
+                _say(line)
+        return
     verified = views.load_verified(cfg, manifest, datetime.now(UTC))
     views.refuse_other_root(cfg, verified.payload)
     kept_side = None
@@ -1218,7 +1229,17 @@ def status(ctx: click.Context, as_json: bool, now_text: str | None) -> None:
     from retention.status import status_lines
 
     cfg = _config(ctx)
-    _sql_only(cfg, "status")
+    if cfg.is_json_catalog:
+        from retention import jobstore
+
+        now = _now(now_text)
+        doc_status = jobstore.status(cfg, now)
+        if as_json:
+            _emit(doc_status)
+        else:
+            for line in jobstore.status_lines(doc_status, now):
+                _say(line)
+        return
     report = run_status(cfg, _now(now_text))
     if as_json:
         _emit(report)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import hashlib
+import itertools
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -420,11 +421,13 @@ def _build_plan(cfg: Config, now: datetime, output: str | None) -> PlanResult:
         spec = specs[t.name]
         ttl = parse_duration(t.ttl or "")
         cutoff = now - ttl
+        facts = jsondoc.records(doc, spec, owners)
+        first = next(facts, None)  # a missing collection or owner: CatalogError, one line
         coll = _node(doc, spec.path)
         kept: Counter[str] = Counter()
         entries: list[DocEntry] = []
         considered = 0
-        for f in jsondoc.records(doc, spec, owners):
+        for f in itertools.chain((first,) if first is not None else (), facts):
             considered += 1
             if f.issues:
                 for why in f.issues:
@@ -1147,4 +1150,189 @@ def metrics_outcome(command: str, report: Any, code: int, elapsed: float) -> Any
         out.runs = {"restored": report.restored_count, "conflicts": report.refused_count}
     elif isinstance(report, JsondocPurgeReport):
         out.runs = {"purged": report.records}
+    return out
+
+
+# -- show and status (read-only) ----------------------------------------------------------------
+
+
+class ShownTarget(msgspec.Struct, kw_only=True):
+    name: str
+    collection: str
+    ttl: str
+    ttl_source: str
+    cutoff: str
+    considered: int
+    delete_count: int
+    kept_by_reason: dict[str, int]
+    eligible_terminal: list[str]
+    still_there: int  # of its entries, unchanged in the document now
+    ids: list[str]  # the first --top (all with --json)
+
+
+class JsondocShowReport(msgspec.Struct, kw_only=True):
+    version: int = REPORT_VERSION
+    manifest_id: str
+    document: str
+    document_digest: str  # when planned
+    unchanged_since_plan: bool
+    now: str
+    expires_at: str
+    delete_count: int
+    still_there: int
+    targets: list[ShownTarget]
+
+
+def show(cfg: Config, manifest: str, now: datetime, top: int | None) -> JsondocShowReport:
+    """Verify a manifest (signature, expiry, document) and say what it would delete, and
+    how much of it the document still holds unchanged (read-only)."""
+    payload = verify_manifest(cfg, manifest, now)
+    with _no_gc():
+        doc = jsondoc.load(cfg.catalog_path)
+        targets = []
+        for t in payload.targets:
+            present = _present(doc, t.spec.collection(), {e.id for e in t.entries})
+            there = sum(
+                1 for e in t.entries if e.id in present and fingerprint(present[e.id]) == e.fp
+            )
+            ids = [e.id for e in t.entries]
+            targets.append(
+                ShownTarget(
+                    name=t.spec.name,
+                    collection=t.spec.path,
+                    ttl=t.ttl,
+                    ttl_source=t.ttl_source,
+                    cutoff=t.cutoff,
+                    considered=t.considered,
+                    delete_count=len(t.entries),
+                    kept_by_reason=t.kept,
+                    eligible_terminal=t.spec.terminal,
+                    still_there=there,
+                    ids=ids if top is None else ids[:top],
+                )
+            )
+    return JsondocShowReport(
+        manifest_id=payload.manifest_id,
+        document=payload.document,
+        document_digest=payload.document_digest,
+        unchanged_since_plan=doc.digest == payload.document_digest,
+        now=payload.now,
+        expires_at=payload.expires_at,
+        delete_count=sum(t.delete_count for t in targets),
+        still_there=sum(t.still_there for t in targets),
+        targets=targets,
+    )
+
+
+def show_lines(report: JsondocShowReport) -> list[str]:
+    changed = (
+        "unchanged since the plan"
+        if report.unchanged_since_plan
+        else f"changed since the plan: {report.still_there:,} of its records are still there"
+        " unchanged (apply skips the others)"
+    )
+    out = [
+        f"Manifest {report.manifest_id} for {report.document}, planned at {report.now}, valid"
+        f" until {report.expires_at}: signature OK.",
+        f"{report.delete_count:,} record(s) to delete; the document is {changed}.",
+    ]
+    for t in report.targets:
+        out.append(
+            f"  {t.name} ({t.collection}): {t.delete_count:,} of {t.considered:,}, at or before"
+            f" {t.cutoff} (ttl {t.ttl}, {t.ttl_source}), jobs {', '.join(t.eligible_terminal)};"
+            f" kept: {_kept_text(t.kept_by_reason)}"
+        )
+        out += [f"    {rid}" for rid in t.ids]
+        if len(t.ids) < t.delete_count:
+            out.append(f"    ... and {t.delete_count - len(t.ids):,} more (--top N, --json)")
+    return out
+
+
+class TxLine(msgspec.Struct, kw_only=True):
+    txid: str
+    op: str
+    records: int
+
+
+class UndoableApply(msgspec.Struct, kw_only=True):
+    txid: str
+    manifest_id: str
+    created_at: str
+    grace_until: str
+    records: dict[str, int]  # per target
+
+
+class JsondocStatusReport(msgspec.Struct, kw_only=True):
+    version: int = REPORT_VERSION
+    document: str
+    document_digest: str | None
+    running: str | None  # the process holding the workspace lock, if any
+    interrupted: list[TxLine]
+    undoable: list[UndoableApply]
+    undone: list[str]
+
+
+def status(cfg: Config, now: datetime) -> JsondocStatusReport:
+    """Interrupted transactions, undoable applies and their deadlines (read-only)."""
+    from journal import replay
+    from retention.workspace import describe_holder, live_holder
+
+    state = StateLayout(Path(cfg.state_dir))
+    holder = live_holder(state)
+    interrupted = []
+    for txid, tx in replay(state.journal).items():
+        if tx.status is not TxStatus.DONE:
+            swap = _swap_of(tx)
+            op = txrecords.decode_begin(tx.begin).op
+            interrupted.append(TxLine(txid=txid, op=op, records=swap.records if swap else 0))
+    ws = DocWorkspace(cfg, state, None)  # type: ignore[arg-type]  # (paths only)
+    undoable = [
+        UndoableApply(
+            txid=t.txid,
+            manifest_id=t.manifest_id,
+            created_at=t.created_at,
+            grace_until=t.grace_until,
+            records={name: len(s.records) for name, s in t.removed.collections.items()},
+        )
+        for t in _tombs(ws)
+    ]
+    try:
+        undone = sorted(
+            n.removesuffix(".undone") for n in os.listdir(ws.tomb_dir) if n.endswith(".undone")
+        )
+    except FileNotFoundError:
+        undone = []
+    return JsondocStatusReport(
+        document=str(document_path(cfg)),
+        document_digest=jsondoc.digest_of(cfg.catalog_path),
+        running=describe_holder(holder, now) if holder is not None else None,
+        interrupted=interrupted,
+        undoable=undoable,
+        undone=undone,
+    )
+
+
+def status_lines(report: JsondocStatusReport, now: datetime) -> list[str]:
+    out = [f"Document: {report.document}" + ("" if report.document_digest else " (missing)")]
+    if report.running:
+        out.append(f"Running: {report.running}")
+    if report.interrupted and not report.running:
+        out.append("Interrupted transactions (run retention recover):")
+        out += [f"  {t.op} {t.txid} ({t.records:,} record(s))" for t in report.interrupted]
+    if not report.undoable:
+        out.append("Nothing to undo.")
+    else:
+        out.append("Undoable applies, newest first:")
+    for a in report.undoable:
+        total = sum(a.records.values())
+        parts = ", ".join(f"{n:,} {name}" for name, n in a.records.items() if n)
+        left = parse_instant(a.grace_until) - now
+        when = (
+            f"grace period ends in {format_duration(left.total_seconds())}"
+            if left.total_seconds() > 0
+            else "grace period over: `retention purge` forgets it"
+        )
+        out.append(f"  {a.txid} at {a.created_at}: {total:,} record(s) ({parts}); {when}")
+    if report.undone:
+        out.append(f"Undone: {', '.join(report.undone)}")
     return out

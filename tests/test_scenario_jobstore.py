@@ -143,6 +143,10 @@ def test_scenario2_plan_apply_second_run_and_undo_end_to_end(jobstore: Path) -> 
     assert report["kind"] == "jsondoc-plan-report"
     assert report["issues_count"] > 0
 
+    shown = json.loads(_ok(run_exe("show", "m.json", "--json", cwd=jobstore, env=ENV)).stdout)
+    assert shown["unchanged_since_plan"] and shown["still_there"] == report["delete_count"]
+    assert {t["name"]: set(t["ids"]) for t in shown["targets"]} == gone
+
     proc = _ok(run_exe("apply", "m.json", "--output-json", "apply.json", cwd=jobstore, env=ENV))
     applied = json.loads((jobstore / "apply.json").read_text())
     assert json.loads(proc.stdout) == applied
@@ -162,10 +166,18 @@ def test_scenario2_plan_apply_second_run_and_undo_end_to_end(jobstore: Path) -> 
     assert second["delete_count"] == 0 and second["txid"] is None
     assert _load(jobstore) == after
 
+    status = json.loads(_ok(run_exe("status", "--json", cwd=jobstore, env=ENV)).stdout)
+    assert [(a["txid"], a["records"]) for a in status["undoable"]] == [
+        (applied["txid"], {k: len(v) for k, v in gone.items()})
+    ]
+    assert not status["interrupted"]
+
     proc = _ok(run_exe("undo", "--within", "24h", cwd=jobstore, env=ENV))
     undone = json.loads(proc.stdout)
     assert undone["restored_count"] == applied["delete_count"]
     assert _load(jobstore) == before
+    status = json.loads(_ok(run_exe("status", "--json", cwd=jobstore, env=ENV)).stdout)
+    assert status["undoable"] == [] and status["undone"] == [applied["txid"]]
     proc = _ok(run_exe("undo", applied["txid"], cwd=jobstore, env=ENV), 9)
     assert proc.stderr.decode().startswith("Error: apply")
 
@@ -313,3 +325,18 @@ def test_undo_refuses_a_record_whose_id_exists_again_and_keeps_it_undoable(
     proc = _ok(run_exe("undo", applied["txid"], cwd=jobstore, env=ENV))
     assert json.loads(proc.stdout)["restored_count"] == 1
     assert _load(jobstore)["job_results"] == before["job_results"]
+
+
+def test_a_missing_or_broken_document_is_one_error_line_exit_4(jobstore: Path) -> None:
+    store = jobstore / STORE
+    store.write_text('{"version": 1, "jobs": {}}')  # no job_results collection
+    proc = run_exe("plan", "-o", "m.json", cwd=jobstore, env=ENV)
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 4 and lines == [
+        f"Error: {store}: no collection 'job_results' (the top level has no 'job_results')"
+    ]
+    store.write_text('{"version": 1,')
+    proc = run_exe("plan", "-o", "m.json", cwd=jobstore, env=ENV)
+    err = proc.stderr.decode()
+    assert proc.returncode == 4 and err.startswith(f"Error: {store} is not a valid JSON document")
+    assert len(err.splitlines()) == 1 and not (jobstore / "m.json").exists()
