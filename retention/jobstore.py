@@ -58,6 +58,7 @@ from retention.errors import (
     EXIT_PARTIAL,
     CatalogError,
     ConfigError,
+    Interrupted,
     ManifestRejected,
     RecoveryError,
     StorageError,
@@ -820,8 +821,8 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
                 failpoint("jobstore.apply.after_tombstone")
                 SIGNALS.stop("nothing was deleted")
                 new_digest = jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file)
-            except CatalogError:  # refused before writing: changed, or the app's lock held
-                j.abort(txid)
+            except (CatalogError, Interrupted):  # before the commit point: nothing written
+                j.abort(txid)  # (changed meanwhile, the application's lock held, a signal)
                 _unlink(ws.tomb(txid))
                 j.done(txid)
                 raise
@@ -996,7 +997,7 @@ def _undo_one(ws: DocWorkspace, tomb: DocTomb, now: datetime) -> UndoneApply:
             _write_file(ws.rest(txid), msgspec.json.encode(rest))
         SIGNALS.stop("nothing was restored")
         jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file)
-    except CatalogError:
+    except (CatalogError, Interrupted):  # before the commit point: nothing written
         j.abort(txid)
         _unlink(ws.rest(txid))
         j.done(txid)

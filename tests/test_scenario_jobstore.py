@@ -340,3 +340,20 @@ def test_a_missing_or_broken_document_is_one_error_line_exit_4(jobstore: Path) -
     err = proc.stderr.decode()
     assert proc.returncode == 4 and err.startswith(f"Error: {store} is not a valid JSON document")
     assert len(err.splitlines()) == 1 and not (jobstore / "m.json").exists()
+
+
+def test_a_ttl_env_variable_named_retention_something_is_read_not_refused(
+    jobstore: Path,
+) -> None:
+    from retention.config import load_config
+    from retention.errors import ConfigError
+
+    toml = jobstore / "retention.toml"
+    toml.write_text(
+        toml.read_text().replace("ASYNC_JOB_RESULTS_RETENTION_SECONDS", "RETENTION_RESULTS_S")
+    )
+    cfg = load_config(str(toml), env={"RETENTION_RESULTS_S": "3600"})
+    assert {t.name: t.ttl for t in cfg.targets} == {"job_results": "3600s", "job_events": "3d"}
+    assert cfg.sources["targets.job_results.ttl"] == "env RETENTION_RESULTS_S"
+    with pytest.raises(ConfigError, match="did you mean RETENTION_RESULTS_S"):
+        load_config(str(toml), env={"RETENTION_RESULTS_SS": "3600"})
