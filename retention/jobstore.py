@@ -661,9 +661,19 @@ def _roll_back(ws: DocWorkspace, op: str, txid: str) -> None:
 def recover_tx(ws: DocWorkspace, tx: TxState, resolve: Resolution | None = None) -> Recovered:
     begin = txrecords.decode_begin(tx.begin)
     op = begin.op
+    here = str(document_path(ws.cfg))
+    if begin.catalog_id != here:  # another catalog's (an SQL one's, or another document's)
+        raise RecoveryError(
+            f"the journal {ws.state.journal} holds {op} {tx.txid}, interrupted, of another"
+            f" catalog ({begin.catalog_id or begin.artifact_root}); this configuration's is"
+            f" {here}",
+            hint="run `retention recover` with the configuration that started it (same"
+            " state.dir), then this command again",
+        )
     swap = _swap_of(tx)
     j = ws.journal
     records = swap.records if swap is not None else 0
+    resolved = False
     if tx.status is TxStatus.COMMITTED:
         forward = True
     elif tx.status is TxStatus.ABORTED or swap is None:
@@ -679,7 +689,8 @@ def recover_tx(ws: DocWorkspace, tx: TxState, resolve: Resolution | None = None)
                 f" the {op} took effect, run `retention recover --resolve committed`, else"
                 " `retention recover --resolve rolled-back`",
             )
-        forward = where == "new" if where != "other" else resolve == "committed"
+        resolved = where == "other"
+        forward = where == "new" if not resolved else resolve == "committed"
     SIGNALS.phase = "recovering"
     if forward:
         j.commit(tx.txid)
@@ -689,7 +700,7 @@ def recover_tx(ws: DocWorkspace, tx: TxState, resolve: Resolution | None = None)
         j.abort(tx.txid)
         _roll_back(ws, op, tx.txid)
         action = "rolled back"
-    if resolve is not None and tx.status is TxStatus.ACTIVE and swap is not None:
+    if resolved:
         action += f" (--resolve {resolve})"
     failpoint("recover.before_done")
     j.done(tx.txid)
