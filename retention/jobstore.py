@@ -832,7 +832,7 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
                 failpoint("jobstore.apply.after_tombstone")
                 SIGNALS.stop("nothing was deleted")
                 new_digest = jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file)
-            except (CatalogError, Interrupted):  # before the commit point: nothing written
+            except (CatalogError, Interrupted, StorageError):  # before the commit point
                 j.abort(txid)  # (changed meanwhile, the application's lock held, a signal)
                 _unlink(ws.tomb(txid))
                 j.done(txid)
@@ -1008,7 +1008,7 @@ def _undo_one(ws: DocWorkspace, tomb: DocTomb, now: datetime) -> UndoneApply:
             _write_file(ws.rest(txid), msgspec.json.encode(rest))
         SIGNALS.stop("nothing was restored")
         jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file)
-    except (CatalogError, Interrupted):  # before the commit point: nothing written
+    except (CatalogError, Interrupted, StorageError):  # before the commit point
         j.abort(txid)
         _unlink(ws.rest(txid))
         j.done(txid)
