@@ -70,7 +70,7 @@ from retention.layout import StateLayout
 from retention.reports import Interruption
 from retention.signals import SIGNALS
 
-MANIFEST_FORMAT = "retention.jsondoc-manifest"
+MANIFEST_FORMAT = "retention.jsondoc-manifest"  # = retention.manifest.DOCUMENT_FORMAT
 MANIFEST_VERSION = 1
 TOMB_VERSION = 1
 SWAP_VERSION = 1

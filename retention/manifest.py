@@ -268,6 +268,12 @@ def verify(data: bytes | bytearray, key: bytes, key_id: str, *, now: datetime) -
     try:
         payload = msgspec.json.decode(body, type=Payload)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        if _format_of(body) == DOCUMENT_FORMAT:
+            raise ManifestRejected(
+                "this manifest was planned for a JSON-document catalog, and this workspace's"
+                " catalog is an SQL one",
+                hint="apply it with the configuration that planned it (--config)",
+            ) from None
         raise ManifestRejected(f"manifest payload is not understood: {exc}") from None
     if payload.format != FORMAT or payload.version != VERSION:
         raise ManifestRejected(
@@ -288,6 +294,20 @@ def verify(data: bytes | bytearray, key: bytes, key_id: str, *, now: datetime) -
             hint="run `retention plan` again to get a fresh manifest",
         )
     return payload
+
+
+DOCUMENT_FORMAT = "retention.jsondoc-manifest"  # retention.jobstore's (issue 10)
+
+
+class _Format(msgspec.Struct):
+    format: str = ""
+
+
+def _format_of(body: memoryview) -> str:
+    try:
+        return msgspec.json.decode(body, type=_Format).format
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
 
 
 def open_envelope(data: bytes | bytearray, key: bytes, key_id: str) -> memoryview:

@@ -357,3 +357,22 @@ def test_a_ttl_env_variable_named_retention_something_is_read_not_refused(
     assert cfg.sources["targets.job_results.ttl"] == "env RETENTION_RESULTS_S"
     with pytest.raises(ConfigError, match="did you mean RETENTION_RESULTS_S"):
         load_config(str(toml), env={"RETENTION_RESULTS_SS": "3600"})
+
+
+def test_purge_forgets_tombstones_past_their_grace_period_then_undo_is_refused(
+    jobstore: Path,
+) -> None:
+    from retention import jobstore as doc_workflow
+    from retention.config import load_config
+
+    cfg = load_config(str(jobstore / "retention.toml"), env=ENV)
+    (jobstore / "m.json").write_bytes(doc_workflow.build_plan(cfg, NOW).manifest)
+    txid = doc_workflow.apply(cfg, str(jobstore / "m.json")).txid
+    assert txid is not None
+    proc = _ok(run_exe("purge", cwd=jobstore, env=ENV))  # within the grace period: kept
+    assert json.loads(proc.stdout)["purged"] == []
+    later = (datetime.now(UTC) + 2 * DAY).isoformat()
+    proc = _ok(run_exe("purge", "--now", later, cwd=jobstore, env=ENV))
+    assert json.loads(proc.stdout)["purged"] == [txid]
+    proc = run_exe("undo", txid, cwd=jobstore, env=ENV)
+    assert proc.returncode == 9 and proc.stderr.decode().startswith("Error: no undoable apply")
