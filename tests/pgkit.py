@@ -2,9 +2,9 @@
 
 Registered for the whole suite by ``pytest_plugins`` in tests/conftest.py.
 
-- ``pg_server`` (session): the server's base URL, from ``RETENTION_TEST_PG_URL``
+- ``pg_server`` (session): the server's base URL, from ``TEST_PG_URL``
   (scripts/test starts a throwaway server with scripts/postgres and sets it). Without a
-  reachable server the tests that use it skip, or fail when ``RETENTION_REQUIRE_POSTGRES=1``
+  reachable server the tests that use it skip, or fail when ``TEST_REQUIRE_POSTGRES=1``
   (as CI sets it: a CI run must not pass with the PostgreSQL tests skipped).
 - ``pg_url`` (function): the URL of a new, empty database ``t_<hex>`` on that server,
   dropped after the test even if connections to it are still open.
@@ -30,8 +30,8 @@ import pytest
 if TYPE_CHECKING:
     import psycopg
 
-URL_ENV = "RETENTION_TEST_PG_URL"
-REQUIRE_ENV = "RETENTION_REQUIRE_POSTGRES"
+URL_ENV = "TEST_PG_URL"
+REQUIRE_ENV = "TEST_REQUIRE_POSTGRES"
 MIN_SERVER_VERSION = 130000  # DROP DATABASE ... WITH (FORCE)
 CONNECT_TIMEOUT = 5  # seconds
 
