@@ -925,6 +925,13 @@ def _targets(
         t = _target(body, n, where)
         if t.name in seen:
             raise ConfigError(f"targets.{t.name} ({where}): two targets have this name")
+        other = next((o.name for o in out if o.collection == t.collection), None)
+        if other is not None:
+            raise ConfigError(
+                f"targets.{t.name} ({where}): collection {t.collection!r} is also"
+                f" targets.{other}'s",
+                hint="one [[targets]] table per collection",
+            )
         seen[t.name] = n
         src = f"file {where.removeprefix('from file ')}" if t.ttl is not None else "default"
         ttl = t.ttl
