@@ -639,14 +639,18 @@ def test_make_sample_as_a_user_runs_it(tmp_path: Path) -> None:
     assert json.loads(store.read_bytes())["version"] == 1
 
 
-def test_a_100k_record_document_loads_and_is_rewritten(tmp_path: Path) -> None:
-    """About 100,000 records, 50 MB. Prints the timings (no assertion on time)."""
+def test_a_large_document_is_removed_from_and_restored_to_the_same_bytes(
+    tmp_path: Path,
+) -> None:
+    """About 20,000 records (5 MB): what the records read, removed and restored comes back
+    byte for byte. Prints the timings; speed at 100,000 records is scripts/bench's to
+    measure, never asserted here."""
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    summary = make_sample.build(tmp_path, jobs=25_000, now=NOW, seed=1)
+    summary = make_sample.build(tmp_path, jobs=5_000, now=NOW, seed=1)
     times["make_sample"] = time.perf_counter() - t0
     store = Path(summary["store"])
-    assert summary["records"] >= 100_000
+    assert summary["records"] >= 20_000
 
     t0 = time.perf_counter()
     raw = store.read_bytes()
@@ -683,7 +687,7 @@ def test_a_100k_record_document_loads_and_is_rewritten(tmp_path: Path) -> None:
     assert refused == {} and removed.count() == sum(len(v) for v in removals.values()) > 0
     assert jsondoc.digest(back) == doc.digest
     print(
-        f"\n100k: {summary['records']} records, {summary['bytes'] / 1e6:.1f} MB,"
+        f"\n{summary['records']} records, {summary['bytes'] / 1e6:.1f} MB,"
         f" {n_facts} facts, {removed.count()} removed"
     )
     for name, secs in times.items():
