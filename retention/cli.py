@@ -456,7 +456,7 @@ def _sql_only(cfg: Config, command: str) -> None:
         raise UsageError(
             f"retention {command} does not support a JSON-document catalog yet"
             f" ({cfg.catalog_path})",
-            hint="plan, show, apply, status, undo, recover, purge and config work on it",
+            hint="plan, show, apply, status, undo, recover, purge and config (--check) work on it",
         )
 
 
@@ -911,8 +911,27 @@ def config_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
     from retention.onboarding import check_config, check_lines, problem_lines
 
     cfg = _config(ctx)
-    if check:
-        _sql_only(cfg, "config --check")
+    if check and cfg.is_json_catalog:
+        from retention import jobstore
+
+        doc_check = jobstore.check_config(cfg)
+        if as_json:
+            both = {"config": cfg, "check": doc_check}
+            sys.stdout.buffer.write(document(both, "config-report", order="sorted"))
+        else:
+            _say(f"# config file: {cfg.config_file or '(none: built-in defaults)'}")
+            rows = render_config(cfg)
+            width = max(len(k) for k, _, _ in rows)
+            for key, value, source in rows:
+                _say(f"{key:<{width}}  {value}    # {source}")
+            _say("")
+            for line in jobstore.check_lines(doc_check):
+                _say(line)
+        for problem in doc_check.problems:
+            _say(f"Error: {problem}", err=True)
+        if doc_check.problems:
+            ctx.exit(CatalogError.exit_code)
+        return
     checked, tables = check_config(cfg) if check else (None, None)
     if as_json:
         data: Any = cfg if checked is None else {"config": cfg, "tables": tables, "check": checked}

@@ -1348,3 +1348,85 @@ def status_lines(report: JsondocStatusReport, now: datetime) -> list[str]:
     if report.undone:
         out.append(f"Undone: {', '.join(report.undone)}")
     return out
+
+
+# -- config --check --------------------------------------------------------------------------
+
+
+class TargetCheck(msgspec.Struct, kw_only=True):
+    name: str
+    collection: str
+    kind: str | None  # "list" | "map"; None when the collection is not in the document
+    records: int
+    issues: dict[str, int]  # why records would be kept whatever their age (constants)
+    states: dict[str, int]  # state -> records (terminal or not)
+    ttl: str | None
+
+
+class JsondocConfigCheck(msgspec.Struct, kw_only=True):
+    version: int = REPORT_VERSION
+    document: str
+    size: int | None
+    targets: list[TargetCheck]
+    problems: list[str]
+
+
+def check_config(cfg: Config) -> JsondocConfigCheck:
+    """``config --check`` on a JSON-document catalog: every target's collection read from
+    the document, with its records, their states and what would keep them whatever their
+    age; every problem (each on its own line), not only the first. Read-only."""
+    problems: list[str] = []
+    checks: list[TargetCheck] = []
+    try:
+        doc = jsondoc.load(cfg.catalog_path)
+    except CatalogError as exc:
+        return JsondocConfigCheck(
+            document=str(cfg.catalog_path), size=None, targets=[], problems=[exc.message]
+        )
+    specs = {t.name: _collection(t) for t in cfg.targets}
+    with _no_gc():
+        for t in cfg.targets:
+            if t.ttl is None:
+                problems.append(f"targets.{t.name}: no TTL (ttl, ttl_env or --ttl)")
+            issues: Counter[str] = Counter()
+            states: Counter[str] = Counter()
+            n = 0
+            kind: str | None = None
+            try:
+                for f in jsondoc.records(doc, specs[t.name], _owners(specs)):
+                    n += 1
+                    issues.update(f.issues)
+                    states[f.state or "(none)"] += 1
+                kind = "map" if isinstance(_node(doc, t.collection), dict) else "list"
+            except CatalogError as exc:
+                problems.append(f"targets.{t.name}: {exc.message}")
+            checks.append(
+                TargetCheck(
+                    name=t.name,
+                    collection=t.collection,
+                    kind=kind,
+                    records=n,
+                    issues=dict(sorted(issues.items())),
+                    states=dict(sorted(states.items())),
+                    ttl=t.ttl,
+                )
+            )
+    return JsondocConfigCheck(
+        document=str(doc.path), size=doc.size, targets=checks, problems=problems
+    )
+
+
+def check_lines(check: JsondocConfigCheck) -> list[str]:
+    out = [f"Document {check.document}" + (f": {check.size:,} bytes" if check.size else "")]
+    for t in check.targets:
+        if t.kind is None:
+            continue
+        states = ", ".join(f"{n:,} {s}" for s, n in t.states.items()) or "none"
+        out.append(
+            f"  {t.name}: {t.records:,} record(s) in {t.collection} (a {t.kind}), ttl"
+            f" {t.ttl or '(none)'}; states: {states}"
+        )
+        if t.issues:
+            kept = ", ".join(f"{n:,} {why}" for why, n in t.issues.items())
+            out.append(f"    kept whatever their age: {kept}")
+    return out

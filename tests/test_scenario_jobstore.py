@@ -335,6 +335,12 @@ def test_a_missing_or_broken_document_is_one_error_line_exit_4(jobstore: Path) -
     assert proc.returncode == 4 and lines == [
         f"Error: {store}: no collection 'job_results' (the top level has no 'job_results')"
     ]
+    proc = run_exe("config", "--check", cwd=jobstore, env=ENV)  # every problem, each a line
+    assert proc.returncode == 4
+    assert proc.stderr.decode().splitlines() == [
+        f"Error: targets.{name}: {store}: no collection {name!r} (the top level has no {name!r})"
+        for name in ("job_results", "job_events")
+    ]
     store.write_text('{"version": 1,')
     proc = run_exe("plan", "-o", "m.json", cwd=jobstore, env=ENV)
     err = proc.stderr.decode()
