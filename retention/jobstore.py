@@ -627,6 +627,12 @@ def _swap_of(tx: TxState) -> Swap | None:
     return None
 
 
+def _lock_wait(cfg: Config) -> float:
+    """How long the replacement waits for the application's lock file: catalog.busy_timeout
+    (how long a write waits for the application's writers, as on SQLite)."""
+    return cfg.busy_timeout_ms / 1000
+
+
 def _new_txid(op: str, now: datetime) -> str:
     from retention.coordinator import new_txid
 
@@ -831,7 +837,9 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
                 _write_file(ws.tomb(txid), msgspec.json.encode(tomb))
                 failpoint("jobstore.apply.after_tombstone")
                 SIGNALS.stop("nothing was deleted")
-                new_digest = jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file)
+                new_digest = jsondoc.replace(
+                    cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file, _lock_wait(cfg)
+                )
             except (CatalogError, Interrupted, StorageError):  # before the commit point
                 j.abort(txid)  # (changed meanwhile, the application's lock held, a signal)
                 _unlink(ws.tomb(txid))
@@ -1007,7 +1015,7 @@ def _undo_one(ws: DocWorkspace, tomb: DocTomb, now: datetime) -> UndoneApply:
             )
             _write_file(ws.rest(txid), msgspec.json.encode(rest))
         SIGNALS.stop("nothing was restored")
-        jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file)
+        jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file, _lock_wait(cfg))
     except (CatalogError, Interrupted, StorageError):  # before the commit point
         j.abort(txid)
         _unlink(ws.rest(txid))

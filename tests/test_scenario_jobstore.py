@@ -382,3 +382,25 @@ def test_purge_forgets_tombstones_past_their_grace_period_then_undo_is_refused(
     assert json.loads(proc.stdout)["purged"] == [txid]
     proc = run_exe("undo", txid, cwd=jobstore, env=ENV)
     assert proc.returncode == 9 and proc.stderr.decode().startswith("Error: no undoable apply")
+
+
+def test_apply_waits_for_the_applications_lock_file_then_refuses_with_nothing_changed(
+    jobstore: Path,
+) -> None:
+    import filelock
+
+    raw = (jobstore / STORE).read_bytes()
+    _plan(jobstore)
+    env = {**ENV, "RETENTION_BUSY_TIMEOUT": "1s"}
+    lock = filelock.FileLock(str(jobstore / "runtime/async_jobs/store.v1.json.lock"))
+    with lock:  # the application is writing (the example's catalog.lock_file)
+        t0 = time.monotonic()
+        proc = run_exe("apply", "m.json", cwd=jobstore, env=env)
+        waited = time.monotonic() - t0
+    lines = proc.stderr.decode().splitlines()
+    assert proc.returncode == 4, lines
+    assert lines[0].startswith("Error: the application's lock") and "waited 1 s" in lines[0]
+    assert waited >= 1 and (jobstore / STORE).read_bytes() == raw
+    assert not list((jobstore / ".retention" / "jsondoc").iterdir())
+    _ok(run_exe("apply", "m.json", cwd=jobstore, env=env))  # free again: it goes through
+    assert (jobstore / STORE).read_bytes() != raw
