@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
+import re
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -567,6 +568,15 @@ class SqlCatalog:
             self.conn.execute(f"SELECT count(DISTINCT __rowid) FROM ({sel}) AS s").fetchone()[0]
         )
 
+    def id_keys(self, text: str) -> list[Any]:
+        """The values a run id typed as ``text`` may be stored as, to look it up with
+        ``IN``: the text, and the INTEGER it spells (``"42"`` -> 42), as a column without a
+        declared type may hold either (SQLite)."""
+        keys: list[Any] = [text]
+        if _INTEGER.fullmatch(text.strip()) and int(text) in _INT64:
+            keys.append(int(text))
+        return keys
+
     def expression_error(self, expr: str) -> str | None:
         """The database's error for ``expr`` (catalog.filter or catalog.protect) in each
         wrapping plan and apply give it, or None (read-only: prepared with LIMIT 0)."""
@@ -596,6 +606,10 @@ class SqlCatalog:
                 if low in names or low.endswith(("_run_id", "_run_uuid")):
                     found.append((table, col))
         return found
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT64 = range(-(2**63), 2**63)
 
 
 def _ours(table: str) -> bool:

@@ -257,12 +257,14 @@ def _pick(found: Sequence[object], text: str) -> tuple[object | None, str | None
 
 def _in_table(cfg: Config, text: str) -> object | None:
     """The run id as stored in the runs table (whatever ``catalog.filter`` says), or None."""
-    keys = id_candidates(text)
-    sql = (
-        f"SELECT {q(cfg.id_column)} FROM {q(cfg.runs_table)}"
-        f" WHERE {q(cfg.id_column)} IN ({', '.join('?' * len(keys))})"
-    )
     with open_catalog(cfg) as cat:
+        keys = cat.id_keys(text)
+        if not keys:
+            return None
+        sql = (
+            f"SELECT {q(cfg.id_column)} FROM {q(cfg.runs_table)}"
+            f" WHERE {q(cfg.id_column)} IN ({', '.join('?' * len(keys))})"
+        )
         found = [r[0] for r in cat.conn.execute(sql, keys)]
     return _pick(found, text)[0]
 

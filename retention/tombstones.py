@@ -716,10 +716,9 @@ class TrashCatalog(WritableCatalog):
         too), newest first, with the run's state and its apply's row (read-only)."""
         if not self.db.has_table(TOMB_RUNS) or not self.db.has_table(TX_TABLE):
             return []
-        keys: list[Any] = [run_id]
-        with contextlib.suppress(ValueError):
-            if str(int(run_id)) == run_id:
-                keys.append(int(run_id))
+        keys = self.id_keys(run_id)
+        if not keys:
+            return []
         cur = self.conn.execute(
             f"SELECT r.txid, r.run_id, r.state AS run_state, r.undo_txid, r.bytes, r.path,"
             f" t.state, t.created_at, t.grace_until, t.finished_at FROM {TOMB_RUNS} AS r"

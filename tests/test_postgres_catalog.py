@@ -393,3 +393,17 @@ def test_undo_leaves_a_run_whose_id_exists_again_and_restores_the_others(
     assert chk.returncode == 10
     found = json.loads(chk.stdout)["findings"]
     assert [(f["kind"], f["run_id"]) for f in found] == [("row_without_dir", taken)]
+
+
+def test_a_numeric_run_id_on_a_text_id_column_is_looked_up_as_text(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """A command line has only text: on PostgreSQL's typed id column it is looked up as
+    that type only (comparing text with an integer would be an SQL error, not 'not found')."""
+    ws, env = make(tmp_path / "ws", pg_url)
+    out = run(ws, env, "undo", "--run", "123")
+    assert out.returncode == 9
+    assert out.stderr.decode().startswith("Error: run '123' is not in trash")
+    out = run(ws, env, "explain", "123")
+    assert out.returncode == 2
+    assert out.stderr.decode().startswith("Error: run '123' is not in the catalog")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import re
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from retention.catalog import ForeignKey, Hop, q
@@ -290,6 +291,20 @@ class PostgresCatalog(TrashCatalog):
     def _id_sql_type(self) -> str:
         types = dict(self.db.typed_columns(self.cfg.runs_table))
         return types.get(self.cfg.id_column, "text")
+
+    def id_keys(self, text: str) -> list[Any]:
+        """A typed id column holds one kind of value: the text as that type, or nothing
+        (a word is no integer id; a malformed uuid is no uuid id)."""
+        kind = self._id_sql_type
+        if kind in ("integer", "bigint", "smallint"):
+            keys = super().id_keys(text)
+            return keys[1:]
+        if kind == "uuid":
+            try:
+                return [str(uuid.UUID(text.strip()))]
+            except ValueError:
+                return []
+        return [text]
 
     def _create_ids_table(self) -> None:
         self.conn.execute(f"DROP TABLE IF EXISTS {self.IDS_TABLE}")
