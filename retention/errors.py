@@ -13,9 +13,11 @@ code  meaning
 1     internal error (a bug: a traceback is printed)
 2     usage or configuration error (bad flag, bad duration, bad config file)
 3     done, but some entries were skipped or conflicted (see the JSON report)
-4     catalog problem (missing file, missing table or column, not SQLite, busy)
+4     catalog problem (missing file, missing table or column, not SQLite, busy, a
+      PostgreSQL server refusing the connection or a lock held past busy_timeout)
 5     manifest refused (tampered, expired, foreign catalog, bad key)
-6     another retention process holds the workspace lock
+6     another retention process holds the workspace lock, or writes to the same
+      PostgreSQL catalog
 7     recovery needed or recovery stopped (journal corrupt, directory missing)
 8     filesystem problem (permission denied, disk full, other filesystem)
 9     undo refused (already purged, purging, unknown or already undone txid)
