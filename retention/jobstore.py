@@ -906,17 +906,53 @@ _GONE = object()
 # -- undo and purge ------------------------------------------------------------------------
 
 
-def _tombs(ws: DocWorkspace) -> list[DocTomb]:
+class _RecordHead(msgspec.Struct):
+    id: str
+
+
+class _SetHead(msgspec.Struct):
+    records: list[_RecordHead]
+
+
+class _RemovedHead(msgspec.Struct):
+    collections: dict[str, _SetHead]
+
+
+class TombHead(msgspec.Struct, kw_only=True):
+    """A tombstone without its records' contents (listing many is cheap)."""
+
+    format_version: int
+    txid: str
+    manifest_id: str
+    created_at: str
+    grace_until: str
+    removed: _RemovedHead
+
+    def counts(self) -> dict[str, int]:
+        return {name: len(s.records) for name, s in self.removed.collections.items()}
+
+
+def _tombs(ws: DocWorkspace) -> list[TombHead]:
     """Every undoable apply (a committed tombstone not undone), newest first."""
     try:
         names = sorted(os.listdir(ws.tomb_dir))
     except FileNotFoundError:
         return []
-    out = [
-        read_tomb(ws.tomb_dir / n)
-        for n in names
-        if n.endswith(".json") and not n.endswith(".rest.json")
-    ]
+    out = []
+    for n in names:
+        if not n.endswith(".json") or n.endswith(".rest.json"):
+            continue
+        path = ws.tomb_dir / n
+        try:
+            head = msgspec.json.decode(path.read_bytes(), type=TombHead)
+        except OSError as exc:
+            raise StorageError(f"cannot read the tombstone {path}: {exc.strerror or exc}") from None
+        except msgspec.MsgspecError:
+            head = None
+        if head is None or head.format_version != TOMB_VERSION:
+            read_tomb(path)  # raises what is wrong with it
+        assert head is not None
+        out.append(head)
     return sorted(out, key=lambda t: (t.created_at, t.txid), reverse=True)
 
 
@@ -947,8 +983,8 @@ def undo(
             since = now - within
             chosen = [t for t in tombs if parse_instant(t.created_at) >= since]
         undone: list[UndoneApply] = []
-        for tomb in chosen:
-            undone.append(_undo_one(ws, tomb, now))
+        for head in chosen:
+            undone.append(_undo_one(ws, read_tomb(ws.tomb(head.txid)), now))
         restored = sum(sum(len(v) for v in u.restored.values()) for u in undone)
         refused = sum(sum(len(v) for v in u.refused.values()) for u in undone)
     report = JsondocUndoReport(
@@ -1043,7 +1079,7 @@ def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> Json
         records = 0
         for tomb in _tombs(ws):
             if everything or parse_instant(tomb.grace_until) <= now:
-                records += tomb.removed.count()
+                records += sum(tomb.counts().values())
                 _unlink(ws.tomb(tomb.txid))
                 purged.append(tomb.txid)
         with contextlib.suppress(FileNotFoundError):
@@ -1312,7 +1348,7 @@ def status(cfg: Config, now: datetime) -> JsondocStatusReport:
             manifest_id=t.manifest_id,
             created_at=t.created_at,
             grace_until=t.grace_until,
-            records={name: len(s.records) for name, s in t.removed.collections.items()},
+            records=t.counts(),
         )
         for t in _tombs(ws)
     ]
