@@ -12,9 +12,12 @@ guarantees as the SQL path:
   each id with a fingerprint of the record (sha256 of its canonical JSON).
 * **apply** takes the workspace lock, recovers, verifies the manifest, keeps only the ids
   still present with the same fingerprint (the others are stale: skipped, never removed),
-  journals BEGIN with the old and the new digest, writes the `jsondoc.Removed` tombstone in
-  the state directory (fsync of file and directory), and replaces the document under the
-  application's lock file (`jsondoc.replace`, the commit point), then COMMITTED and DONE.
+  journals BEGIN and a ``jsondoc.swap`` record with the old and the new digest (`Swap`),
+  writes the `jsondoc.Removed` tombstone in the state directory (fsync of file and
+  directory), and replaces the document under the application's lock file, waiting at most
+  ``catalog.busy_timeout`` (`jsondoc.replace`, the commit point), then COMMITTED and DONE.
+  A refused replacement (the document changed since it was read, the lock not had), a
+  tombstone that cannot be written or a signal before the commit point roll back at once.
 * **recover** decides an unfinished apply or undo by the document's digest
   (`jsondoc.commit_state`): the new digest -> it committed (finish), the old one -> it did
   not (its tombstone or staging file goes), any other -> stop (exit 7): someone rewrote the
@@ -22,6 +25,8 @@ guarantees as the SQL path:
 * **undo** restores from tombstones (`jsondoc.restore`) against the current digest, journaled
   like apply. Records whose id exists again are refused and stay in the tombstone (exit 3),
   which stays undoable for them.
+* **purge** forgets tombstones whose grace period (``state.grace_period``) is over; **show**,
+  **status** and **config --check** are read-only, as on the SQL path.
 
 State directory (beside the SQL path's files)::
 
@@ -771,6 +776,9 @@ def _present(doc: Document, spec: CollectionSpec, wanted: set[str]) -> dict[str,
     return found
 
 
+_GONE = object()
+
+
 def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApplyReport:
     t0 = datetime.now(UTC)
     now = now or t0
@@ -898,9 +906,6 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
             f"Interrupted ({SIGNALS.name}) after the commit: the apply {txid} was finished."
         )
     return report
-
-
-_GONE = object()
 
 
 # -- undo and purge ------------------------------------------------------------------------
@@ -1168,10 +1173,6 @@ def purge_lines(report: JsondocPurgeReport) -> list[str]:
         f"Purged the tombstones of {len(report.purged):,} apply(s) ({report.records:,}"
         " record(s)); they can no longer be undone."
     ]
-
-
-def duration_text(seconds: int) -> str:
-    return format_duration(seconds)
 
 
 def detail_lines(command: str, report: Any) -> list[str]:
