@@ -22,12 +22,15 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from retention.durations import parse_duration, parse_size, parse_span
 from retention.errors import ConfigError, RetentionError, UsageError
+
+if TYPE_CHECKING:
+    from retention.catalogs.jsondoc import CollectionSpec
 
 CONFIG_ENV = "RETENTION_CONFIG"
 DEFAULT_CONFIG_NAME = "retention.toml"
@@ -93,6 +96,20 @@ class Target(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     @property
     def ttl_seconds(self) -> int | None:
         return None if self.ttl is None else int(parse_duration(self.ttl).total_seconds())
+
+
+def collection_spec(target: Target) -> CollectionSpec:
+    """The document layer's description of a target's collection."""
+    from retention.catalogs.jsondoc import CollectionSpec
+
+    return CollectionSpec(
+        name=target.name,
+        path=target.collection,
+        id=target.id,
+        timestamp=target.timestamp,
+        state=target.state,
+        terminal=target.terminal,
+    )
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -887,17 +904,8 @@ def _target(body: Any, n: int, where: str) -> Target:
             )
         values["artifacts"] = artifacts
     target = Target(**values)
-    from retention.catalogs.jsondoc import CollectionSpec
-
     try:  # the document layer's own checks of a collection (path, state source)
-        CollectionSpec(
-            name=target.name,
-            path=target.collection,
-            id=target.id,
-            timestamp=target.timestamp,
-            state=target.state,
-            terminal=target.terminal,
-        )
+        collection_spec(target)
     except ConfigError as exc:
         raise ConfigError(f"{at} ({where}): {exc.message}", hint=exc.hint) from None
     return target

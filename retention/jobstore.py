@@ -39,7 +39,6 @@ State directory (beside the SQL path's files)::
 from __future__ import annotations
 
 import contextlib
-import gc
 import hashlib
 import itertools
 import os
@@ -56,7 +55,7 @@ from journal import Journal, TxState, TxStatus, fsio
 from retention import txrecords
 from retention.catalogs import jsondoc
 from retention.catalogs.jsondoc import CollectionSpec, Document, Removed
-from retention.config import Config, Target
+from retention.config import Config, collection_spec
 from retention.durations import format_duration, format_instant, parse_duration, parse_instant
 from retention.errors import (
     EXIT_OK,
@@ -72,6 +71,7 @@ from retention.errors import (
 )
 from retention.failpoints import failpoint
 from retention.layout import StateLayout
+from retention.reporting import without_cyclic_gc
 from retention.reports import Interruption
 from retention.signals import SIGNALS
 
@@ -353,17 +353,6 @@ class PlanResult:
     report: JsondocPlanReport
 
 
-def _collection(target: Target) -> CollectionSpec:
-    return CollectionSpec(
-        name=target.name,
-        path=target.collection,
-        id=target.id,
-        timestamp=target.timestamp,
-        state=target.state,
-        terminal=target.terminal,
-    )
-
-
 def _owners(specs: Mapping[str, CollectionSpec]) -> dict[str, CollectionSpec]:
     """A join's owner collection, when it is itself a target (its path and id)."""
     return {s.path: s for s in specs.values()}
@@ -374,20 +363,6 @@ def _node(doc: Document, path: str) -> Any:
     for part in path.split("."):
         node = node[part]
     return node
-
-
-@contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
-    """The cyclic garbage collector off while a document is worked on: its hundreds of
-    thousands of dicts hold no cycles, and each full collection would walk them all (a
-    quarter of a plan's time on 100,000 records)."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _stamp(record: dict[str, Any], fields: tuple[str, ...]) -> str:
@@ -402,7 +377,7 @@ def _stamp(record: dict[str, Any], fields: tuple[str, ...]) -> str:
 def build_plan(cfg: Config, now: datetime, output: str | None = None) -> PlanResult:
     """Read the document once and write the signed manifest (bytes) and the plan report.
     Read-only, except for the workspace key (created on first use)."""
-    with _no_gc():
+    with without_cyclic_gc():
         return _build_plan(cfg, now, output)
 
 
@@ -417,7 +392,7 @@ def _build_plan(cfg: Config, now: datetime, output: str | None) -> PlanResult:
         )
     state = StateLayout(Path(cfg.state_dir))
     doc = jsondoc.load(cfg.catalog_path)
-    specs = {t.name: _collection(t) for t in cfg.targets}
+    specs = {t.name: collection_spec(t) for t in cfg.targets}
     owners = _owners(specs)
     targets: list[DocTarget] = []
     reports: list[TargetReport] = []
@@ -782,7 +757,7 @@ _GONE = object()
 def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApplyReport:
     t0 = datetime.now(UTC)
     now = now or t0
-    with open_doc_workspace(cfg) as ws, _no_gc():
+    with open_doc_workspace(cfg) as ws, without_cyclic_gc():
         recovered = recover_all(ws)
         SIGNALS.phase = "before"
         payload = verify_manifest(cfg, manifest, now)
@@ -970,7 +945,7 @@ def undo(
 ) -> JsondocUndoReport:
     t0 = datetime.now(UTC)
     now = now or t0
-    with open_doc_workspace(cfg) as ws, _no_gc():
+    with open_doc_workspace(cfg) as ws, without_cyclic_gc():
         recovered = recover_all(ws)
         SIGNALS.phase = "before"
         tombs = _tombs(ws)
@@ -1244,7 +1219,7 @@ def show(cfg: Config, manifest: str, now: datetime, top: int | None) -> JsondocS
     """Verify a manifest (signature, expiry, document) and say what it would delete, and
     how much of it the document still holds unchanged (read-only)."""
     payload = verify_manifest(cfg, manifest, now)
-    with _no_gc():
+    with without_cyclic_gc():
         doc = jsondoc.load(cfg.catalog_path)
         targets = []
         for t in payload.targets:
@@ -1428,8 +1403,8 @@ def check_config(cfg: Config) -> JsondocConfigCheck:
         return JsondocConfigCheck(
             document=str(cfg.catalog_path), size=None, targets=[], problems=[exc.message]
         )
-    specs = {t.name: _collection(t) for t in cfg.targets}
-    with _no_gc():
+    specs = {t.name: collection_spec(t) for t in cfg.targets}
+    with without_cyclic_gc():
         for t in cfg.targets:
             if t.ttl is None:
                 problems.append(f"targets.{t.name}: no TTL (ttl, ttl_env or --ttl)")

@@ -15,12 +15,10 @@ than the trash, is left out with a reason: apply moves with one rename.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -59,7 +57,7 @@ from retention.policy import (
     evaluate,
     other_type,
 )
-from retention.reporting import Progress
+from retention.reporting import Progress, without_cyclic_gc
 from retention.reports import SkippedEntry
 from retention.status import journal_warnings
 from retention.store import (
@@ -794,21 +792,6 @@ def build_plan(
     """
     with without_cyclic_gc():
         return _build_plan(cfg, now, allow_remove_all, allow_missing_dirs, progress, erase)
-
-
-@contextlib.contextmanager
-def without_cyclic_gc() -> Iterator[None]:
-    """Python's cyclic collector off while a plan builds its million small objects (runs,
-    verdicts, entries: none of them in a cycle): it would walk them all again and again as
-    they pile up (a fifth of a grouped plan's time at a million runs). Reference counting
-    still frees everything; the collector's previous state comes back after."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _build_plan(

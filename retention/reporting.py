@@ -4,9 +4,12 @@ write for machines (stdout, ``--output-json``): each one starts with ``format_ve
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import msgspec
@@ -142,3 +145,18 @@ def safe_text(text: str) -> str:
     """``text`` with every control character escaped (``\\n``, ``\\x1b``...): what every
     line for people goes through before it is printed."""
     return text.translate(_ESCAPES)
+
+
+@contextlib.contextmanager
+def without_cyclic_gc() -> Iterator[None]:
+    """Python's cyclic collector off while a plan builds its million small objects (runs,
+    verdicts, entries: none of them in a cycle): it would walk them all again and again as
+    they pile up (a fifth of a grouped plan's time at a million runs). Reference counting
+    still frees everything; the collector's previous state comes back after."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
