@@ -95,6 +95,8 @@ class CheckReport(msgspec.Struct, kw_only=True):
     running: list[RunningTx] = []
     # lock.owner left by a process that died holding the lock (with interrupted work).
     last_holder: LockHolder | None = None
+    # A JSON-document catalog (`retention.jobstore_views`): records, not runs, were checked.
+    document: str | None = None
 
 
 def _interrupted(
@@ -304,6 +306,7 @@ def check_lines(rep: CheckReport, limit: int = DEFAULT_LIMIT) -> list[str]:
                 f" ({describe_holder(rep.holder)}); what it changes during the check may show"
                 " below: check again when it has finished."
             )
+    unit = "run" if rep.document is None else "record"
     groups: dict[str, list[Finding]] = {}
     for f in rep.findings:
         groups.setdefault(f.kind, []).append(f)
@@ -314,7 +317,7 @@ def check_lines(rep: CheckReport, limit: int = DEFAULT_LIMIT) -> list[str]:
         lines.append(head + (f" ({group[0].detail})" if shared else ""))
         shown = group if limit <= 0 else group[:limit]
         for f in shown:
-            subject = [f"run {f.run_id}"] if f.run_id is not None else []
+            subject = [f"{unit} {f.run_id}"] if f.run_id is not None else []
             if f.path and f.path != str(f.run_id) and kind != "interrupted":
                 subject.append(f.path)
             what = " ".join(subject)
@@ -333,7 +336,7 @@ def check_lines(rep: CheckReport, limit: int = DEFAULT_LIMIT) -> list[str]:
             " which is gone."
         )
     lines.append(
-        f"{plural(rep.runs_checked, 'run')} checked, {plural(len(rep.findings), 'finding')}."
+        f"{plural(rep.runs_checked, unit)} checked, {plural(len(rep.findings), 'finding')}."
     )
     return lines
 

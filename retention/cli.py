@@ -456,7 +456,8 @@ def _sql_only(cfg: Config, command: str) -> None:
         raise UsageError(
             f"retention {command} does not support a JSON-document catalog yet"
             f" ({cfg.catalog_path})",
-            hint="plan, show, apply, status, undo, recover, purge and config (--check) work on it",
+            hint="plan, show, apply, status, undo, recover, purge, check, trash and config (--check)"
+            " work on it",
         )
 
 
@@ -1288,7 +1289,8 @@ def check(ctx: click.Context, as_json: bool, limit: int) -> None:
     from retention.check import check_lines
 
     cfg = _config(ctx)
-    _sql_only(cfg, "check")
+    if cfg.is_json_catalog:
+        from retention.jobstore_views import check as run_check
     report = run_check(cfg)
     if as_json:
         _emit(report)
@@ -1355,7 +1357,8 @@ def trash_cmd(ctx: click.Context, as_json: bool, limit: int, now_text: str | Non
     from retention.history import trash, trash_lines
 
     cfg = _config(ctx)
-    _sql_only(cfg, "trash")
+    if cfg.is_json_catalog:
+        from retention.jobstore_views import trash
     report = trash(cfg, _now(now_text), limit=0 if as_json else limit)
     if as_json:
         _emit(report)

@@ -207,13 +207,14 @@ def _state(e: LogEntry) -> str:
 
 class TrashRun(msgspec.Struct, kw_only=True):
     txid: str
-    run_id: str | int
+    run_id: str | int  # on a JSON-document catalog: the record's id
     path: str | None  # its directory's home, relative to the artifact root (None: none)
     trash: str | None  # where it lies now, relative to the artifact root
     bytes: int
     deleted_at: str
     undo_until: str | None  # None: an erasure (never undoable)
     undoable: bool  # `retention undo --run` can bring it back (now)
+    target: str | None = None  # a JSON-document catalog's target (record kind)
 
 
 class TrashApply(msgspec.Struct, kw_only=True):
@@ -231,6 +232,7 @@ class TrashReport(msgspec.Struct, kw_only=True):
     kind: str = "trash"
     now: str
     artifact_root: str = ""  # paths below are relative to it
+    document: str | None = None  # a JSON-document catalog: records, not runs, are in trash
     runs: int  # every run in trash
     bytes: int
     applies: list[TrashApply]  # newest first
@@ -336,6 +338,7 @@ def trash_lines(rep: TrashReport, limit: int = 50) -> list[str]:
     if not rep.runs:
         out.append("Trash is empty; nothing to undo.")
         return out
+    what = "record" if rep.document is not None else "run"
     shown = 0
     by_apply: dict[str, list[TrashRun]] = {}
     for e in rep.entries:
@@ -348,7 +351,7 @@ def trash_lines(rep: TrashReport, limit: int = 50) -> list[str]:
         else:
             when = f"undo until {human_instant(a.undo_until)}"
         out.append(
-            f"{a.txid}  deleted {human_instant(a.deleted_at)}  {plural(a.runs, 'run')}"
+            f"{a.txid}  deleted {human_instant(a.deleted_at)}  {plural(a.runs, what)}"
             f"  {format_bytes(a.bytes)}  {when}"
         )
         for e in by_apply.get(a.txid, []):
@@ -358,12 +361,15 @@ def trash_lines(rep: TrashReport, limit: int = 50) -> list[str]:
             where = "(no directory)"
             if e.path is not None:
                 where = str(Path(rep.artifact_root, e.path)) if rep.artifact_root else e.path
+            if e.target is not None:
+                where = e.target
             out.append(f"  {e.run_id}  {where}  {format_bytes(e.bytes)}")
     if shown < rep.runs:
-        out.append(f"... {rep.runs - shown:,} more runs (--limit 0 for all)")
+        out.append(f"... {rep.runs - shown:,} more {what}s (--limit 0 for all)")
+    how = "retention undo TXID" if rep.document is not None else "retention undo --run RUN_ID"
     out.append(
-        f"Trash: {plural(rep.runs, 'run')}, {format_bytes(rep.bytes)} in"
+        f"Trash: {plural(rep.runs, what)}, {format_bytes(rep.bytes)} in"
         f" {plural(len(rep.applies), 'apply', 'applies')};"
-        f" {rep.undoable_runs:,} undoable (`retention undo --run RUN_ID`)."
+        f" {rep.undoable_runs:,} undoable (`{how}`)."
     )
     return out

@@ -1327,6 +1327,7 @@ def status(cfg: Config, now: datetime) -> JsondocStatusReport:
             records=t.counts(),
         )
         for t in _tombs(ws)
+        if t.txid not in {i.txid for i in interrupted}  # (not committed yet)
     ]
     try:
         undone = sorted(

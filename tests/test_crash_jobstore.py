@@ -1,9 +1,10 @@
 """Crash sweeps over apply and undo on the JSON-document catalog (issue 10): the real
 executable is killed (``os._exit``, no cleanup) at every failpoint the command passes
 through (listed from ``FAILPOINT_LOG``), then ``retention recover`` runs, and the document
-must be entirely the old or entirely the new value, with no temp file left beside it, and
-undo (or apply again) must still work. The expected values are computed with `json` from
-the sample, as in tests/test_scenario_jobstore.py."""
+must be entirely the old or entirely the new value, with no temp file left beside it,
+`retention check` must find nothing, and undo (or apply again) must still work. The
+expected values are computed with `json` from the sample, as in
+tests/test_scenario_jobstore.py."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 
 from retention import jobstore
 from retention.config import load_config
+from retention.jobstore_views import check
 
 from .crashkit import EXE, crashed, hits
 from .test_scenario_jobstore import (
@@ -91,10 +93,19 @@ def _temp_files(root: Path) -> list[str]:
     return [p.name for p in (root / STORE).parent.iterdir() if ".retention-tmp-" in p.name]
 
 
+def _kinds(root: Path) -> set[str]:
+    """What `retention check` finds (in-process: the sweeps run many cases)."""
+    return {f.kind for f in check(_cfg(root)).findings}
+
+
 def _recover(root: Path) -> None:
+    """`retention check` names the interruption (and a temp file the kill left), and
+    nothing else; `retention recover` finishes it, after which check finds nothing."""
+    assert _kinds(root) <= {"interrupted", "temp_file"}
     proc = _run(root, "recover")
     assert proc.returncode == 0, proc.stderr.decode()
     assert not _temp_files(root)
+    assert _kinds(root) == set()
 
 
 def _points(root: Path, *args: str) -> list[str]:
@@ -142,10 +153,14 @@ def test_apply_killed_at_every_failpoint_recovers_to_the_old_or_the_new_document
         cfg = _cfg(root)
         if doc == new:  # committed: undo brings the old document back
             jobstore.undo(cfg, txid=None, within=timedelta(days=1))
+            if _kinds(root):
+                return f"check after undo: {_kinds(root)}"
             return None if _doc(root) == old else "undo after recovery did not restore"
         if doc != old:
             return "the document is neither the old nor the new one"
         report = jobstore.apply(cfg, str(root / "m.json"))  # rolled back: apply again
+        if _kinds(root):
+            return f"check after apply: {_kinds(root)}"
         return None if _doc(root) == new and report.delete_count else "apply again failed"
 
     _sweep(points, one)
@@ -187,6 +202,8 @@ def test_undo_killed_at_every_failpoint_recovers_to_the_applied_or_the_restored_
         if doc != new:
             return "the document is neither the applied nor the restored one"
         jobstore.undo(cfg, txid=None, within=timedelta(days=1))  # rolled back: undo again
+        if _kinds(root):
+            return f"check after undo: {_kinds(root)}"
         return None if _doc(root) == old else "undo again failed"
 
     _sweep(points, one)

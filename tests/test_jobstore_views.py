@@ -1,0 +1,121 @@
+"""`retention check` and `retention trash` on a JSON-document catalog (issue 10): each kind
+of finding is produced by the damage it names, on a real document and state directory, and
+a consistent workspace has none. In-process (`retention.jobstore_views`), except where the
+command's output is the point."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retention import jobstore
+from retention.config import load_config
+from retention.jobstore_views import check, trash
+
+from .crashkit import BASE_ENV, EXE
+from .test_scenario_jobstore import EXAMPLE, NOW, NOW_TEXT, STORE
+
+ENV = {"RETENTION_MANIFEST_TTL": "3650d"}
+
+
+@pytest.fixture
+def applied(tmp_path: Path) -> Path:
+    """The example's store after one apply."""
+    root = tmp_path / "jobstore"
+    shutil.copytree(EXAMPLE, root)
+    subprocess.run(
+        [sys.executable, "make_sample.py", "--jobs", "20", "--now", NOW_TEXT, "--seed", "9"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    cfg = _cfg(root)
+    (root / "m.json").write_bytes(jobstore.build_plan(cfg, NOW).manifest)
+    assert jobstore.apply(cfg, str(root / "m.json")).delete_count > 0
+    return root
+
+
+def _cfg(root: Path) -> Any:
+    return load_config(str(root / "retention.toml"), env=ENV)
+
+
+def _kinds(root: Path) -> list[str]:
+    return [f.kind for f in check(_cfg(root)).findings]
+
+
+def _tomb(root: Path) -> Path:
+    (tomb,) = (root / ".retention/jsondoc").glob("a-*.json")
+    return tomb
+
+
+def test_a_consistent_workspace_has_no_finding_and_counts_the_records(applied: Path) -> None:
+    rep = check(_cfg(applied))
+    doc = json.loads((applied / STORE).read_bytes())
+    assert rep.findings == []
+    assert rep.runs_checked == len(doc["job_results"]) + len(doc["job_events"])
+    assert rep.document == str((applied / STORE).resolve())
+
+
+def test_a_record_put_back_by_hand_is_in_both_places_but_one_rewritten_is_not(
+    applied: Path,
+) -> None:
+    removed = json.loads(_tomb(applied).read_bytes())["removed"]["collections"]
+    results = removed["job_results"]["records"]
+    doc = json.loads((applied / STORE).read_bytes())
+    doc["job_results"][results[0]["id"]] = results[0]["record"]  # restored by hand
+    doc["job_results"][results[1]["id"]] = {"job_id": results[1]["id"], "other": 1}  # reused
+    (applied / STORE).write_text(json.dumps(doc))
+    found = check(_cfg(applied)).findings
+    assert [(f.kind, f.run_id) for f in found] == [("record_in_both", results[0]["id"])]
+
+
+def test_a_temp_file_and_a_staging_file_left_behind_are_findings(applied: Path) -> None:
+    temp = (applied / STORE).parent / ".store.v1.json.retention-tmp-4242"
+    temp.write_text("{}")
+    rest = applied / ".retention/jsondoc/u-20260601T000000Z-abcdef.rest.json"
+    rest.write_text("{}")
+    found = check(_cfg(applied)).findings
+    assert sorted((f.kind, f.path) for f in found) == [
+        ("staging_orphan", str(rest)),
+        ("temp_file", str(temp.resolve())),
+    ]
+
+
+def test_a_damaged_tombstone_is_a_finding_and_the_command_exits_10(applied: Path) -> None:
+    _tomb(applied).write_text('{"format_version": 1, "txid": ')
+    assert _kinds(applied) == ["tombstone_damaged"]
+    out = subprocess.run(
+        [EXE, "check"], cwd=applied, env={**BASE_ENV, **ENV}, capture_output=True, timeout=60
+    )
+    assert out.returncode == 10
+    assert "tombstone_damaged: 1 finding" in out.stdout.decode()
+
+
+def test_trash_lists_each_removed_record_with_its_kind_and_size(applied: Path) -> None:
+    tomb = json.loads(_tomb(applied).read_bytes())
+    removed = {
+        (name, r["id"]) for name, s in tomb["removed"]["collections"].items() for r in s["records"]
+    }
+    rep = trash(_cfg(applied), NOW)
+    assert {(e.target, e.run_id) for e in rep.entries} == removed
+    assert rep.runs == rep.undoable_runs == len(removed)
+    assert rep.bytes == sum(e.bytes for e in rep.entries) > 0
+    assert [a.txid for a in rep.applies] == [tomb["txid"]]
+    out = subprocess.run(
+        [EXE, "trash", "--limit", "2"],
+        cwd=applied,
+        env={**BASE_ENV, **ENV},
+        capture_output=True,
+        timeout=60,
+    )
+    lines = out.stdout.decode().splitlines()
+    assert out.returncode == 0, out.stderr
+    assert lines[-1].startswith(f"Trash: {len(removed)} records,")
+    assert "`retention undo TXID`" in lines[-1]
+    assert lines[-2] == f"... {len(removed) - 2:,} more records (--limit 0 for all)"
