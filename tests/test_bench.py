@@ -1,0 +1,51 @@
+"""The benchmarks run end to end at a smoke size and write every figure their JSON promises
+(issue 13 and issue 10). No timing is asserted: figures are for BENCHMARKS.md, not tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _bench(tmp_path: Path, script: str, *args: str) -> dict:
+    out = tmp_path / "figures.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / script), *args, "--json", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr.decode() + proc.stdout.decode()
+    figures: dict = json.loads(out.read_bytes())
+    return figures
+
+
+@pytest.mark.slow
+def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) -> None:
+    f = _bench(tmp_path, "bench.py", "--runs", "2000", "--dirs", "200", "--naive-sample", "40")
+    for name in ("plan", "scan_floor", "apply", "bare_floor", "undo", "purge", "rm_rf", "naive"):
+        assert f[name]["s"] > 0 and f[name]["rss_kib"] > 0, name
+    assert f["naive"]["sample"] == 40 and f["naive"]["sample_s"] > 0
+    assert (f["runs"], f["dirs"], f["child_rows_per_run"]) == (2000, 200, 3)
+    assert f["manifest_bytes"] > 0
+    assert f["help_s"] > 0 and f["status_noop_s"] > 0
+    assert {"python", "cpus", "loadavg_1m_at_start", "sqlite"} <= set(f["machine"])
+
+
+@pytest.mark.slow
+def test_the_job_store_bench_measures_plan_and_apply_against_load_and_dump(
+    tmp_path: Path,
+) -> None:
+    f = _bench(tmp_path, "bench_jobstore.py", "--records", "400")
+    assert f["document"]["records"] > 300 and f["document"]["bytes"] > 0
+    assert 0 < f["deleted"] < f["document"]["records"]
+    assert f["floor"]["seconds"] > 0 and f["floor"]["peak_rss_kib"] > 0
+    for name in ("plan", "apply", "apply_rewritten"):
+        assert f[name]["seconds"] > 0 and f[name]["peak_rss_kib"] > 0, name
+        assert f[name]["ratio"] == round(f[name]["seconds"] / f["floor"]["seconds"], 2)
