@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import string
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -28,7 +29,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from retention import identity
-from retention.catalog import SqlCatalog, q, template_fields
+from retention.catalog import SqlCatalog, q, template_fields, time_reader
 from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import (
@@ -36,7 +37,6 @@ from retention.durations import (
     parse_duration,
     parse_instant,
     parse_span,
-    parse_stored_time,
     plural,
 )
 from retention.errors import CatalogError, ConfigError, UsageError
@@ -452,7 +452,7 @@ def read_items(cat: SqlCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
     where = f" WHERE ({cfg.filter})" if cfg.filter else ""
     sql = f"SELECT {q(cfg.id_column)}, {protect}{extra}, {times} FROM {q(cfg.runs_table)}{where}"
     first_time = 2 + len(names)
-    fmt = cfg.time_format
+    parse = time_reader(cfg.time_format, keep_offset=offsets)
     groups = [r for r in names if r.startswith("group:")]
     tiers: dict[Any, str | None] | None = None
     if "tier_join" in roles and cfg.tier_table and cfg.tier_column:
@@ -500,7 +500,7 @@ def read_items(cat: SqlCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
             t = None
             for value in row[first_time:]:
                 if value is not None:  # as iter_items: only NULL falls through
-                    t = parse_stored_time(value, fmt, keep_offset=offsets)
+                    t = parse(value)
                     break
             attrs = None
             if names:
@@ -550,7 +550,12 @@ def _overlapping(
 ) -> dict[Any, str]:
     """Candidates whose directory is shared with, contains, or lies inside another run's
     (candidate or not): moving it would take another run's artifacts along. Read-only; one
-    streamed pass over every run of the catalog."""
+    streamed pass over every run of the catalog.
+
+    Only a run whose path begins like a candidate's can nest with one, and the beginning
+    of most runs' paths is cheap to tell (`_PathKeys`): the full path (`artifact_rel_path`)
+    is computed only for those runs, and for runs whose beginning cannot be told cheaply.
+    """
     by_path: dict[bytes, list[Any]] = {}
     for run_id, rel in paths:
         if rel is not None:
@@ -572,13 +577,21 @@ def _overlapping(
             if a in by_path:
                 mark(rel, f"lies inside run {by_path[a][0]}'s directory")
                 mark(a, f"contains run {ids[0]}'s directory")
+    if not by_path:
+        return bad  # no candidate directory: nothing any other run's could overlap
     candidates = {rid for rid, _ in paths}
-    for row in cat.iter_path_rows():
-        rid = row[cfg.id_column]
+    cols, rows = cat.path_tuples()
+    keys = _PathKeys(cfg, root, by_path, cols)
+    key_of, wanted = keys.key_of, keys.wanted
+    for row in rows:
+        rid = row[0]
         if rid in candidates:
             continue
+        key = key_of(row)
+        if key is not None and key not in wanted:
+            continue  # its path begins unlike every candidate's: it cannot nest with one
         try:
-            other = artifact_rel_path(cfg, row, root)
+            other = artifact_rel_path(cfg, dict(zip(cols, row, strict=True)), root)
         except (OutsideRoot, ValueError):
             continue
         if other is None:
@@ -592,6 +605,128 @@ def _overlapping(
                 if a in by_path:
                     mark(a, f"contains the directory of run {rid}, which is kept")
     return bad
+
+
+_NOT_A_NAME = ("", ".", "..")
+
+
+class _PathKeys:
+    """The first components of a run's artifact path, told cheaply from the columns of
+    `SqlCatalog.path_tuples` where that is sure, for `_overlapping`.
+
+    Two paths nest (are equal, or one lies inside the other) only if one is a prefix of
+    the other, component by component. `key_of` gives a run's first ``depth`` components
+    (as text), or None when it cannot tell; `wanted` holds those of every candidate's path,
+    and every candidate's path has at least ``depth`` components (else nothing is told).
+    So a run whose key is not wanted nests with no candidate: its path is not a candidate's,
+    not an ancestor of one (it would be a candidate's first components), and no candidate's
+    path is an ancestor of it (that would have fewer than ``depth`` components).
+
+    With a template, ``depth`` is its number of components, and the key is the whole path
+    when every component renders to a plain name (not empty, ``.`` or ``..``; no NUL; no
+    ``:`` in the first, which could make it a URI scheme): exactly what
+    `artifact_rel_path` gives then, as nothing is left to normalise. With a path column, the
+    first component of a relative value (or of an absolute one under the root) that is a
+    plain name: what follows cannot change it (normalising never touches what precedes a
+    component, and a ``..`` anywhere is refused). A key starting with the trash's name is
+    wanted by no candidate, and refused by `artifact_rel_path`: skipped either way.
+    """
+
+    def __init__(
+        self, cfg: Config, root: Path, by_path: dict[bytes, list[Any]], cols: list[str]
+    ) -> None:
+        self.key_of: Callable[[tuple[Any, ...]], str | None] = _unknown
+        self.wanted: set[str] = set()
+        depth: int | None = None
+        if cfg.path_column:
+            self._root = os.path.abspath(root) + "/"
+            self._at = cols.index(cfg.path_column)
+            self.key_of, depth = self._column_key, 1
+        elif cfg.path_template:
+            depth = self._template(cfg.path_template, cols)
+        if depth is None:
+            self.key_of = _unknown
+            return
+        for rel in by_path:
+            parts = rel.split(b"/")
+            if len(parts) < depth:
+                self.key_of = _unknown  # a short candidate path could hold any run's
+                return
+            self.wanted.add(os.fsdecode(b"/".join(parts[:depth])))
+
+    def _template(self, template: str, cols: list[str]) -> int | None:
+        """Set up `key_of` for ``template``; its number of components, or None when its
+        literal text is not made of plain names (``./{run_id}``, ``/abs/{run_id}``)."""
+        comps = template.split("/")
+        try:
+            parsed = list(string.Formatter().parse(template))
+            for comp in comps:
+                if not any(f is not None for _, f, _, _ in string.Formatter().parse(comp)) and (
+                    comp in _NOT_A_NAME or any(c in comp for c in "\0{}")
+                ):
+                    return None
+        except ValueError:
+            return None  # load_config refuses such a template; left to the full path
+        if ":" in comps[0].split("{", 1)[0]:
+            return None
+        names = [f for _, f, _, _ in parsed if f is not None]
+        if not names:
+            return None  # one path for every run: the full path tells
+        self._pos = [cols.index(n) for n in names]  # the fields' places in a row
+        if template == "{" + names[0] + "}":
+            self._one = self._pos[0]
+            self.key_of = self._field_key
+        else:
+            # The template as a positional format ("exp/{0}/{1}"), its literal text escaped.
+            self._fmt = "".join(
+                lit.replace("{", "{{").replace("}", "}}") + (f"{{{i}}}" if f is not None else "")
+                for i, (lit, f, _, _) in enumerate(parsed)
+            ).format
+            self._depth = len(comps)
+            self.key_of = self._template_key
+        return len(comps)
+
+    def _field_key(self, row: tuple[Any, ...]) -> str | None:
+        """`_template_key` for a template that is one field (``{run_id}``)."""
+        v = row[self._one]
+        if type(v) is not str:
+            if v is None or isinstance(v, bytes | bool):
+                return None
+            v = format(v)
+        if v in _NOT_A_NAME or "/" in v or ":" in v or "\0" in v:
+            return None
+        return v
+
+    def _template_key(self, row: tuple[Any, ...]) -> str | None:
+        values = []
+        for p in self._pos:
+            v = row[p]
+            if v is None:
+                return None  # refused by the full path: NULL in the template
+            values.append(os.fsdecode(v) if isinstance(v, bytes) else v)
+        path = self._fmt(*values)
+        parts = path.split("/")
+        if len(parts) != self._depth or "\0" in path or ":" in parts[0]:
+            return None
+        for part in parts:
+            if part in _NOT_A_NAME:
+                return None
+        return path
+
+    def _column_key(self, row: tuple[Any, ...]) -> str | None:
+        value = row[self._at]
+        if type(value) is not str or ":" in value or "\0" in value:
+            return None
+        if value.startswith("/"):
+            if not value.startswith(self._root):
+                return None
+            value = value[len(self._root) :]
+        comp = value.split("/", 1)[0]
+        return None if comp in _NOT_A_NAME else comp
+
+
+def _unknown(row: tuple[Any, ...]) -> None:
+    return None
 
 
 MOVE_HINT = (
@@ -755,7 +890,7 @@ def measure_sizes(
         if m is not None and m.error:
             size = None
         sized.append(
-            dataclasses.replace(it, attrs=dataclasses.replace(it.attrs or Attrs(), size=size))
+            msgspec.structs.replace(it, attrs=dataclasses.replace(it.attrs or Attrs(), size=size))
         )
     return sized, measures
 
@@ -826,6 +961,16 @@ def _build_plan(
         if decision.remove and not allow_remove_all:
             _refuse_remove_all(cfg, cat, len(decision.remove))
             _refuse_group_removed(spec, decision.groups)
+        # What the summary needs of the kept runs, counted now: their verdicts (most of a
+        # million runs) are dropped before the candidates' entries and the manifest are
+        # built, so the two never take memory at the same time.
+        kept_runs = len(decision.keep)
+        no_time = sum(1 for v in decision.keep if v.item.time is None)
+        held = 0
+        if spec.erase is not None:
+            held = sum(1 for v in decision.keep if v.item.attrs and v.item.attrs.erase)
+        remove, budget, groups = decision.remove, decision.budget, decision.groups
+        del decision
         # Only once the catalog is known to be usable and the policy acceptable: a plan
         # refused for either must not leave a new state directory and key behind.
         key, key_id = load_key(state, create=True)
@@ -833,7 +978,7 @@ def _build_plan(
         assert catalog_id is not None
         devices = _Devices(store)
         found = missing = 0  # candidates whose directory exists / is absent
-        verdicts: dict[Any, Verdict] = {v.item.id: v for v in decision.remove}
+        verdicts: dict[Any, Verdict] = {v.item.id: v for v in remove}
         cat.load_ids(verdicts)
         fps = cat.fingerprints()
         blocked = cat.blocked_runs()
@@ -922,34 +1067,31 @@ def _build_plan(
         now=format_instant(now),
         expires_at=format_instant(now + timedelta(seconds=cfg.manifest_ttl_seconds)),
         key_id=key_id,
-        considered=len(decision.keep) + len(decision.remove),
-        kept=len(decision.keep) + len(skipped),
+        considered=kept_runs + len(remove),
+        kept=kept_runs + len(skipped),
         total_bytes=sum(e.bytes for e in entries),
         entries=entries,
     )
     manifest_with_id(payload)
-    no_time = sum(1 for v in decision.keep if v.item.time is None)
     warnings = journal_warnings(state)
-    short = decision.budget.shortfall() if decision.budget is not None else None
+    short = budget.shortfall() if budget is not None else None
     if short:
         warnings.append(short)
-    warnings += _group_warnings(spec, decision.groups)
-    if spec.erase is not None:
-        held = sum(1 for v in decision.keep if v.item.attrs and v.item.attrs.erase)
-        if held:
-            warnings.append(
-                f"erasure request: {plural(held, 'run')} with {spec.erase[0]} ="
-                f" {spec.erase[1]!r} protected by catalog.protect stay (change catalog.protect"
-                " to erase them)"
-            )
+    warnings += _group_warnings(spec, groups)
+    if spec.erase is not None and held:
+        warnings.append(
+            f"erasure request: {plural(held, 'run')} with {spec.erase[0]} ="
+            f" {spec.erase[1]!r} protected by catalog.protect stay (change catalog.protect"
+            " to erase them)"
+        )
     return PlanResult(
         payload,
         sign(payload, key),
         skipped,
         no_time,
         warnings,
-        decision.budget,
-        groups=list(decision.groups),
+        budget,
+        groups=list(groups),
     )
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
+import msgspec
+
 from retention.policy import budget as budget_mod
 from retention.policy.budget import BudgetReport
 from retention.policy.marks import (
@@ -65,10 +67,13 @@ class Attrs:
 NO_ATTRS = Attrs()
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(msgspec.Struct, frozen=True, gc=False):
     """One run as the policy sees it. ``time`` is None when it could not be parsed; it
-    keeps the UTC offset the catalog recorded (calendar periods are taken in it)."""
+    keeps the UTC offset the catalog recorded (calendar periods are taken in it).
+
+    A struct the cyclic garbage collector does not track (it references no container
+    that could lead back to it): a plan holds one per run, a million of them, built at C
+    speed, 48 bytes each."""
 
     id: RunId
     time: datetime | None
@@ -76,10 +81,10 @@ class Item:
     attrs: Attrs | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(msgspec.Struct, frozen=True, gc=False):
     """The decision for one item, with every reason that applies, in a fixed order:
-    protections first, then rules (in `RULES` order), then the floor and dependencies."""
+    protections first, then rules (in `RULES` order), then the floor and dependencies.
+    (Untracked by the cyclic garbage collector, as `Item`: one per run.)"""
 
     item: Item
     keep: bool

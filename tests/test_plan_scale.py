@@ -1,0 +1,297 @@
+"""plan at a million runs: the shortcuts that make it cheap give exactly what the full
+computation gives.
+
+* `_overlapping` computes the full artifact path only of runs whose path may begin like a
+  candidate's (`_PathKeys`); checked here against the full computation of every run's path
+  on catalogs full of awkward values (ints and their text, bytes, NULL, ``/`` and ``..``
+  inside values, URIs, the trash, absolute paths), and end to end: shared and nested
+  directories are still refused.
+* `time_reader` reads integer epochs without `parse_stored_time`'s generic checks, and
+  gives what it gives for every value and format.
+* `Item` and `Verdict` are not tracked by the cyclic garbage collector (one per run).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import random
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from retention.catalog import time_reader
+from retention.config import load_config
+from retention.durations import parse_stored_time
+from retention.planner import _overlapping, artifact_rel_path, build_plan
+from retention.policy import Item, Verdict
+from retention.store import OutsideRoot, ancestors, display
+
+from . import crashkit as ck
+from .conftest import NOW
+
+ROOT = Path("/srv/artifacts")
+
+
+class _Catalog:
+    """What `_overlapping` reads of a catalog: every run's path columns."""
+
+    def __init__(self, cols: list[str], rows: list[tuple[Any, ...]]) -> None:
+        self.cols, self.rows = cols, rows
+
+    def path_tuples(self) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+        return self.cols, iter(self.rows)
+
+    def iter_path_rows(self) -> Iterator[dict[str, Any]]:
+        for row in self.rows:
+            yield dict(zip(self.cols, row, strict=True))
+
+
+def _reference(cfg: Any, cat: _Catalog, root: Path, paths: list[tuple[Any, bytes | None]]):
+    """`_overlapping` as it was: the full path of every run of the catalog."""
+    by_path: dict[bytes, list[Any]] = {}
+    for run_id, rel in paths:
+        if rel is not None:
+            by_path.setdefault(rel, []).append(run_id)
+    under: dict[bytes, list[bytes]] = {}
+    for rel in by_path:
+        for a in ancestors(rel):
+            under.setdefault(a, []).append(rel)
+    bad: dict[Any, str] = {}
+
+    def mark(rel: bytes, why: str) -> None:
+        for rid in by_path[rel]:
+            bad.setdefault(rid, f"artifact directory {display(rel)} {why}")
+
+    for rel, ids in by_path.items():
+        if len(ids) > 1:
+            mark(rel, f"is shared by {len(ids)} runs of the plan")
+        for a in ancestors(rel):
+            if a in by_path:
+                mark(rel, f"lies inside run {by_path[a][0]}'s directory")
+                mark(a, f"contains run {ids[0]}'s directory")
+    candidates = {rid for rid, _ in paths}
+    for row in cat.iter_path_rows():
+        rid = row[cfg.id_column]
+        if rid in candidates:
+            continue
+        try:
+            other = artifact_rel_path(cfg, row, root)
+        except (OutsideRoot, ValueError):
+            continue
+        if other is None:
+            continue
+        if other in by_path:
+            mark(other, f"is also the directory of run {rid}, which is kept")
+        for rel in under.get(other, ()):
+            mark(rel, f"lies inside the directory of run {rid}, which is kept")
+        if b"/" in other:
+            for a in ancestors(other):
+                if a in by_path:
+                    mark(a, f"contains the directory of run {rid}, which is kept")
+    return bad
+
+
+# Values a path column or a template field may hold, the awkward ones many times over.
+_PIECES: list[Any] = [
+    "a", "b", "c", "ab", "a/b", "a/b/c", "b/a", "", ".", "..", "a/..", "./a", "a//b", "a/",
+    "/a", "x:y", "file:a", "file:///srv/artifacts/a", "s3:a", ".trash", ".trash/a", "a\0b",
+    "\udcff", "\ud800", "ü", 42, "42", 7, 4.5, True, None, b"a", b"\xff", b"a/b",
+    "/srv/artifacts/a", "/srv/artifacts/a/b", "/srv/artifacts/", "/srv/artifacts//a",
+    "/srv/artifactsa", "/elsewhere/a", "{a}", "a b",
+]  # fmt: skip
+
+_TEMPLATES = [
+    "{x}",
+    "{x}/{y}",
+    "exp/{x}",
+    "{x}-{y}",
+    "{x}/run-{y}",
+    "{x}/{y}/{x}",
+    "./{x}",
+    "/srv/artifacts/{x}",
+    "/elsewhere/{x}",
+    "a:{x}/{y}",
+    "{x}:{y}",
+    "{x}/{y}:",
+    "{{lit}}/{x}",
+    "fixed",
+    ".trash/{x}",
+]
+
+
+def _config(template: str | None, column: str | None) -> Any:
+    cfg = load_config(None, env={})
+    return msgspec.structs.replace(cfg, id_column="id", path_template=template, path_column=column)
+
+
+def _case(rng: random.Random, cfg: Any, n: int) -> tuple[_Catalog, list[tuple[Any, bytes | None]]]:
+    cols = ["id", "x", "y", "p"]
+    rows = []
+    for i in range(n):
+        rid: Any = i if rng.random() < 0.2 else f"r{i}"
+        rows.append((rid, *(rng.choice(_PIECES) for _ in range(3))))
+    if cfg.path_column:
+        cols = ["id", "p"]
+        rows = [(r[0], r[3]) for r in rows]
+    elif cfg.path_template and "{y}" not in cfg.path_template:
+        cols = ["id", "x"]
+        rows = [(r[0], r[1]) for r in rows]
+    paths = []
+    for row in rng.sample(rows, k=rng.randint(0, n)):
+        try:
+            rel = artifact_rel_path(cfg, dict(zip(cols, row, strict=True)), ROOT)
+        except (OutsideRoot, ValueError):
+            continue
+        paths.append((row[0], rel))
+    return _Catalog(cols, rows), paths
+
+
+@pytest.mark.parametrize("setting", [*_TEMPLATES, "path_column"])
+def test_overlaps_found_with_the_shortcut_are_those_of_the_full_computation(setting: str) -> None:
+    rng = random.Random(setting)
+    column = setting == "path_column"
+    cfg = _config(None if column else setting, "p" if column else None)
+    found = 0
+    for _ in range(150):
+        cat, paths = _case(rng, cfg, rng.randint(1, 60))
+        got = _overlapping(cfg, cat, ROOT, paths)  # type: ignore[arg-type]
+        assert got == _reference(cfg, cat, ROOT, paths)
+        found += len(got)
+    # The cases do hold overlaps (none can where every path is refused).
+    assert found or setting in ("/elsewhere/{x}", ".trash/{x}", "a:{x}/{y}")
+
+
+def test_the_shortcut_skips_runs_that_cannot_nest_and_keeps_those_that_may(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A kept run beside the candidates is skipped unless its path may begin like theirs;
+    the full path is computed for those only."""
+    from retention import planner
+
+    computed: list[Any] = []
+
+    def full(cfg: Any, row: dict[str, Any], root: Path) -> bytes | None:
+        computed.append(row["id"])
+        return artifact_rel_path(cfg, row, root)
+
+    monkeypatch.setattr(planner, "artifact_rel_path", full)
+    cfg = _config("{x}/{y}", None)
+    rows = [
+        ("c1", "e1", "r1"),  # the candidate
+        ("k1", "e1", "r2"),  # beside it: skipped
+        ("k2", "e1", "r1"),  # the same directory
+        ("k3", "e1/r1", "in"),  # inside it: "/" in a value, so the full path is computed
+        ("k4", "e2", "r1"),  # elsewhere: skipped
+        ("k5", "e1", ""),  # its parent, once normalised: computed
+        ("k6", None, "r1"),  # NULL: computed (and refused)
+    ]
+    got = _overlapping(cfg, _Catalog(["id", "x", "y"], rows), ROOT, [("c1", b"e1/r1")])  # type: ignore[arg-type]
+    assert got == {"c1": "artifact directory e1/r1 is also the directory of run k2, which is kept"}
+    assert computed == ["k2", "k3", "k5", "k6"]
+    computed.clear()
+    rows = [rows[0], rows[3]]
+    got = _overlapping(cfg, _Catalog(["id", "x", "y"], rows), ROOT, [("c1", b"e1/r1")])  # type: ignore[arg-type]
+    assert got == {"c1": "artifact directory e1/r1 contains the directory of run k3, which is kept"}
+
+
+def _template_workspace(tmp_path: Path) -> tuple[Path, list[str]]:
+    """A scenario-1 workspace whose runs' directories are named by a column of their own,
+    through a template, so that tests can make them shared and nested."""
+    ws = ck.build(tmp_path / "ws", runs=8)
+    c = sqlite3.connect(ws / "data/catalog.db")
+    c.execute("ALTER TABLE runs ADD COLUMN exp TEXT")
+    c.execute("UPDATE runs SET exp = run_id")
+    c.commit()
+    ids = [r[0] for r in c.execute("SELECT run_id FROM runs ORDER BY created_at")]
+    c.close()
+    (ws / "retention.toml").write_text('[artifacts]\npath_template = "{exp}"\n')
+    return ws, ids
+
+
+def test_shared_and_nested_directories_named_by_a_template_are_never_planned(
+    tmp_path: Path,
+) -> None:
+    ws, ids = _template_workspace(tmp_path)
+    arts = ws / "data/backtests"
+    (arts / ids[6] / "inside").mkdir()
+    c = sqlite3.connect(ws / "data/catalog.db")
+    # ids[0] and ids[1] (both old) name one directory; ids[7] (kept) names a directory
+    # inside old ids[2]'s; ids[3]'s (old) lies inside ids[6]'s (kept).
+    c.execute("UPDATE runs SET exp = ? WHERE run_id = ?", (ids[0], ids[1]))
+    c.execute("UPDATE runs SET exp = ? WHERE run_id = ?", (f"{ids[2]}/sub", ids[7]))
+    c.execute("UPDATE runs SET exp = ? WHERE run_id = ?", (f"{ids[6]}/inside", ids[3]))
+    c.commit()
+    c.close()
+    with ck.inside(ws):
+        cfg = load_config(None, env={"RETENTION_MANIFEST_TTL": "3650d"}, overrides={"keep_last": 2})
+        result = build_plan(cfg, NOW)
+    planned = {e.run_id for e in result.payload.entries}
+    skipped = {s.run_id: s.reason for s in result.skipped}
+    assert planned == {ids[4], ids[5]}
+    assert "shared by 2 runs" in skipped[ids[0]] and "shared by 2 runs" in skipped[ids[1]]
+    assert f"contains the directory of run {ids[7]}, which is kept" in skipped[ids[2]]
+    assert f"lies inside the directory of run {ids[6]}, which is kept" in skipped[ids[3]]
+    m = ws / "m.json"
+    m.write_bytes(result.manifest)
+    a = ck.run(ws, "apply", str(m))
+    assert a.returncode == 0, a.stderr
+    assert json.loads(a.stdout)["deleted_runs"] == 2
+    assert (arts / ids[0]).is_dir() and (arts / ids[6] / "inside").is_dir()
+
+
+_VALUES: list[object] = [
+    None, True, False, 0, 1, -1, 59, 1_600_000_000, -1_600_000_000, 10**11 - 1, 10**11,
+    -(10**11), 1_700_000_000_123, 2**53 - 1, 2**53, -(2**53), 10**18, 10**30, -(10**30),
+    253402300800, 253402300799, -62135596800, -62135596801, 1.5, 1e11, float("nan"),
+    float("inf"), "1600000000", " 1600000000 ", "1700000000123", "2026-11-29T07:58:00Z",
+    "2026-11-29T07:58:00+05:00", "2026-11-29", "", "nope", b"1600000000", b"\xff",
+    datetime(2026, 1, 1), datetime(2026, 1, 1, tzinfo=UTC),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["auto", "epoch_s", "epoch_ms", "iso"])
+@pytest.mark.parametrize("keep_offset", [False, True])
+def test_time_reader_reads_every_value_as_parse_stored_time(fmt: str, keep_offset: bool) -> None:
+    read = time_reader(fmt, keep_offset=keep_offset)
+    rng = random.Random(fmt)
+    values = _VALUES + [rng.randint(-(2**60), 2**60) >> rng.randint(0, 60) for _ in range(3000)]
+    for value in values:
+        want = parse_stored_time(value, fmt, keep_offset=keep_offset)
+        got = read(value)
+        assert got == want and type(got) is type(want), value
+        if want is not None:
+            assert got.utcoffset() == want.utcoffset() and got.tzinfo == want.tzinfo, value
+
+
+def test_a_run_costs_the_garbage_collector_nothing() -> None:
+    item = Item("r1", datetime(2026, 1, 1, tzinfo=UTC), False, None)
+    verdict = Verdict(item, True, ("kept: among the newest 1",))
+    assert not gc.is_tracked(item) and not gc.is_tracked(verdict)
+    assert item == Item("r1", datetime(2026, 1, 1, tzinfo=UTC)) and hash(item)
+
+
+def test_measure_unchanged_walk(tmp_path: Path) -> None:
+    """The candidates' fingerprints do not depend on how the plan reads the runs: two
+    plans of one workspace, the second with every run's path column set, agree."""
+    ws = ck.build(tmp_path / "ws", runs=6)
+    first = ck.plan(ws).read_bytes()
+    c = sqlite3.connect(ws / "data/catalog.db")
+    c.execute("ALTER TABLE runs ADD COLUMN art TEXT")
+    c.execute("UPDATE runs SET art = ? || '/' || run_id", (os.fspath(ws / "data/backtests"),))
+    c.commit()
+    c.close()
+    (ws / "retention.toml").write_text('[artifacts]\npath_column = "art"\n')
+    second = ck.plan(ws).read_bytes()
+
+    def entries(data: bytes) -> list[tuple[str, str, int]]:
+        payload = json.loads(data)["payload"]
+        return [(e["run_id"], e["dir_fp"], e["bytes"]) for e in payload["entries"]]
+
+    assert entries(first) == entries(second) and len(entries(first)) == 4
