@@ -307,6 +307,26 @@ def open_journal(state: StateLayout) -> Journal:
         raise StorageError(f"cannot open the journal {state.journal}: {exc}") from None
 
 
+def _refuse_document_transactions(cfg: Config, state: StateLayout, journal: Journal) -> None:
+    """An SQL catalog's commands never decide a JSON document's interrupted transaction (one
+    whose BEGIN names no artifact root, `retention.jobstore`): its catalog has no txid row
+    to ask, so presumed abort would misjudge a replacement that did happen. This state
+    directory is shared with a JSON-document configuration: refuse, nothing changed (the
+    job store refuses the SQL catalog's the same way)."""
+    for tx in journal.unfinished():
+        begin = txrecords.decode_begin(tx.begin)
+        if not begin.artifact_root:
+            from retention.config import shown_catalog
+
+            raise RecoveryError(
+                f"the journal {state.journal} holds {begin.op} {tx.txid}, interrupted, of the"
+                f" JSON document {begin.catalog_id}; this configuration's catalog is"
+                f" {shown_catalog(str(cfg.catalog_path))}",
+                hint="run `retention recover` with the configuration that started it (same"
+                " state.dir), then this command again; give each catalog its own state.dir",
+            )
+
+
 @contextlib.contextmanager
 def open_workspace(cfg: Config) -> Iterator[Workspace]:
     """Lock, open the journal, the catalog (read-write) and the store; close in reverse."""
@@ -319,6 +339,7 @@ def open_workspace(cfg: Config) -> Iterator[Workspace]:
     with SIGNALS.catching(), workspace_lock(state):
         journal = open_journal(state)
         try:
+            _refuse_document_transactions(cfg, state, journal)
             store = LocalTrashStore(Path(cfg.artifact_root))
             try:
                 store.verify_trash()

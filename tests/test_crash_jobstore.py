@@ -232,3 +232,31 @@ def test_recover_stops_when_the_document_was_rewritten_meanwhile_until_resolved(
     proc = _run(root, "undo", "--within", "24h")  # the records come back into it
     assert proc.returncode == 0, proc.stderr.decode()
     assert _doc(root) == dict(old, version=2)
+
+
+def test_an_sql_configuration_sharing_the_state_directory_never_decides_a_document_s_tx(
+    sample: Path, tmp_path: Path
+) -> None:
+    """A JSON apply killed after its replacement, then an SQL catalog's command on the same
+    state directory: it must refuse (exit 7), not roll back by presumed abort (its catalog
+    has no txid row to ask); the job store's own recover then rolls forward."""
+    from . import crashkit as ck
+
+    old = _doc(sample)
+    new = without(old, expected(old, 7 * DAY, 3 * DAY))
+    root = _case(sample, tmp_path / "shared")
+    _plan(root)
+    assert crashed(_run(root, "apply", "m.json", failpoint="jobstore.apply.after_replace"))
+    sql = ck.build(tmp_path / "sql", runs=4)
+    env = {**_env(), "RETENTION_STATE_DIR": str(root / ".retention")}
+    for command in (("recover",), ("status",), ("purge", "--expired")):
+        proc = subprocess.run([EXE, *command], cwd=sql, env=env, capture_output=True, timeout=60)
+        if command == ("status",):
+            assert proc.returncode == 0, proc.stderr.decode()  # read-only: it looks
+            continue
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 7, lines
+        assert lines[0].startswith("Error: the journal ") and "of the JSON document" in lines[0]
+    assert _doc(root) == new
+    _recover(root)
+    assert _doc(root) == new
