@@ -456,8 +456,8 @@ def _sql_only(cfg: Config, command: str) -> None:
         raise UsageError(
             f"retention {command} does not support a JSON-document catalog yet"
             f" ({cfg.catalog_path})",
-            hint="plan, show, apply, status, undo, recover, purge, check, trash and config (--check)"
-            " work on it",
+            hint="plan, show, apply, status, undo, recover, purge, check, trash and config"
+            " (--check) work on it",
         )
 
 
