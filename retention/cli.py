@@ -456,8 +456,8 @@ def _sql_only(cfg: Config, command: str) -> None:
         raise UsageError(
             f"retention {command} does not support a JSON-document catalog yet"
             f" ({cfg.catalog_path})",
-            hint="plan, show, apply, status, undo, recover, purge, check, trash and config"
-            " (--check) work on it",
+            hint="plan, show, apply, status, undo, recover, purge, check, trash, log and"
+            " config (--check) work on it",
         )
 
 
@@ -1330,7 +1330,8 @@ def log_cmd(
         except UsageError:
             cutoff = parse_instant(since)
     cfg = _config(ctx)
-    _sql_only(cfg, "log")
+    if cfg.is_json_catalog:
+        from retention.jobstore_views import log
     report = log(cfg, since=cutoff, limit=limit)
     if as_json:
         _emit(report)

@@ -68,6 +68,7 @@ class LogReport(msgspec.Struct, kw_only=True):
     since: str | None  # ISO-8601: only transactions from then on
     total: int  # transactions matching (before --limit)
     entries: list[LogEntry]  # newest first, at most --limit
+    document: str | None = None  # a JSON-document catalog: records per kind, not runs
 
 
 def read_log(cat: TrashCatalog, *, since: datetime | None = None, limit: int = 0) -> LogReport:
@@ -153,7 +154,9 @@ def log_lines(rep: LogReport) -> list[str]:
     for e in rep.entries:
         if out:
             out.append("")
-        out.append(f"{e.action} {e.txid}  ({_state(e)})")
+        out.append(
+            f"{e.action} {e.txid}  ({_state(e, 'run' if rep.document is None else 'record')})"
+        )
         out.append(f"Date:     {human_instant(e.at)}")
         who = f"{e.user}@{e.host}" if e.audited else "(not recorded: before audit rows)"
         out.append(f"By:       {who}")
@@ -168,10 +171,12 @@ def log_lines(rep: LogReport) -> list[str]:
             extra = f" ({', '.join(digests)})" if digests else ""
             out.append(f"Manifest: {e.manifest_id}{extra}")
         verb = _VERB.get(e.action, e.action).capitalize() + ":"
-        out.append(f"{verb:<9} {plural(e.runs, 'run')}, {format_bytes(e.bytes)}")
+        unit = "record" if rep.document is not None else "run"
+        size = f", {format_bytes(e.bytes)}" if e.bytes or rep.document is None else ""
+        out.append(f"{verb:<9} {plural(e.runs, unit)}{size}")
         if e.tables:
             rows = ", ".join(f"{t} {n:,}" for t, n in sorted(e.tables.items()))
-            out.append(f"Rows:     {rows}")
+            out.append(f"{'Kinds:' if rep.document is not None else 'Rows:':<9} {rows}")
         if e.groups:
             shown = e.groups[:GROUPS_SHOWN]
             cols = sorted({g.column for g in e.groups})
@@ -189,14 +194,14 @@ def log_lines(rep: LogReport) -> list[str]:
     return out
 
 
-def _state(e: LogEntry) -> str:
+def _state(e: LogEntry, unit: str = "run") -> str:
     if e.action != "apply":
         return e.state
     if e.erasure:
         return f"erasure, {e.state}"
     if e.state == "applied" and e.in_trash is not None and e.in_trash < e.runs:
         undone = e.runs - e.in_trash
-        return f"applied, {plural(undone, 'run')} undone since, {e.in_trash:,} in trash"
+        return f"applied, {plural(undone, unit)} undone since, {e.in_trash:,} in trash"
     if e.state == "applied" and e.undo_until:
         return f"applied, undo until {human_instant(e.undo_until)}"
     return e.state

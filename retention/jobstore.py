@@ -78,6 +78,7 @@ from retention.signals import SIGNALS
 MANIFEST_FORMAT = "retention.jsondoc-manifest"  # = retention.manifest.DOCUMENT_FORMAT
 MANIFEST_VERSION = 1
 TOMB_VERSION = 1
+LOG_VERSION = 1
 SWAP_VERSION = 1
 REPORT_VERSION = 1
 KIND_SWAP = "jsondoc.swap"  # the journal record with the document's old and new digests
@@ -524,6 +525,24 @@ class DocTomb(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     removed: Removed
 
 
+class DocLogRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What `retention log` shows of one apply, undo or purge of the document, kept in the
+    state directory (``jsondoc/log/<txid>.json``): written before the commit point with the
+    transaction's other staging files, removed if it rolls back."""
+
+    format_version: int = LOG_VERSION
+    txid: str
+    action: Literal["apply", "undo", "purge"]
+    at: str
+    targets: list[str] = []  # undo, purge: the applies acted on
+    records: dict[str, int]  # per target (record kind): removed, restored, made final
+    bytes: int  # the records as the tombstone stores them (encoded JSON)
+    user: str
+    host: str
+    manifest_id: str | None = None
+    undo_until: str | None = None  # apply: its grace period's end
+
+
 _swap_decoder = msgspec.msgpack.Decoder(Swap)
 
 
@@ -542,6 +561,13 @@ class DocWorkspace:
 
     def undone(self, txid: str) -> Path:
         return self.tomb_dir / f"{txid}.undone"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.tomb_dir / "log"
+
+    def log(self, txid: str) -> Path:
+        return self.log_dir / f"{txid}.json"
 
     def rest(self, txid: str) -> Path:
         return self.tomb_dir / f"{txid}.rest.json"
@@ -640,8 +666,24 @@ def _finish(ws: DocWorkspace, op: str, txid: str, swap: Swap | None) -> None:
 
 
 def _roll_back(ws: DocWorkspace, op: str, txid: str) -> None:
-    """Before the commit point: an apply's tombstone goes, an undo's staging file goes."""
+    """Before the commit point: an apply's tombstone goes, an undo's staging file goes, and
+    either's log record."""
     _unlink(ws.tomb(txid) if op == "apply" else ws.rest(txid))
+    _unlink(ws.log(txid))
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _write_log(ws: DocWorkspace, record: DocLogRecord) -> None:
+    from retention.tombstones import current_host, current_user
+
+    record.user, record.host = current_user(), current_host()
+    _write_file(ws.log(record.txid), msgspec.json.encode(record))
 
 
 def recover_tx(ws: DocWorkspace, tx: TxState, resolve: Resolution | None = None) -> Recovered:
@@ -823,7 +865,22 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
                 removed=removed,
             )
             try:
-                _write_file(ws.tomb(txid), msgspec.json.encode(tomb))
+                tomb_bytes = msgspec.json.encode(tomb)
+                _write_file(ws.tomb(txid), tomb_bytes)
+                _write_log(
+                    ws,
+                    DocLogRecord(
+                        txid=txid,
+                        action="apply",
+                        at=format_instant(now),
+                        records={n: len(r.records) for n, r in removed.collections.items()},
+                        bytes=len(tomb_bytes),
+                        user="",
+                        host="",
+                        manifest_id=payload.manifest_id,
+                        undo_until=undo_until,
+                    ),
+                )
                 failpoint("jobstore.apply.after_tombstone")
                 SIGNALS.stop("nothing was deleted")
                 new_digest = jsondoc.replace(
@@ -831,13 +888,13 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
                 )
             except (CatalogError, Interrupted, StorageError):  # before the commit point
                 j.abort(txid)  # (changed meanwhile, the application's lock held, a signal)
-                _unlink(ws.tomb(txid))
+                _roll_back(ws, "apply", txid)
                 j.done(txid)
                 raise
             except OSError:  # disk full...: rolled back here if the document is untouched
                 if jsondoc.commit_state(swap.document, swap.old_digest, swap.new_digest) == "old":
                     j.abort(txid)
-                    _unlink(ws.tomb(txid))
+                    _roll_back(ws, "apply", txid)
                     j.done(txid)
                 raise
             SIGNALS.committed()
@@ -1036,11 +1093,24 @@ def _undo_one(ws: DocWorkspace, tomb: DocTomb, now: datetime) -> UndoneApply:
                 ),
             )
             _write_file(ws.rest(txid), msgspec.json.encode(rest))
+        _write_log(
+            ws,
+            DocLogRecord(
+                txid=txid,
+                action="undo",
+                at=format_instant(now),
+                targets=[tomb.txid],
+                records={n: len(v) for n, v in restored.items() if v},
+                bytes=0,
+                user="",
+                host="",
+            ),
+        )
         SIGNALS.stop("nothing was restored")
         jsondoc.replace(cfg.catalog_path, new_bytes, doc.digest, cfg.lock_file, _lock_wait(cfg))
     except (CatalogError, Interrupted, StorageError):  # before the commit point
         j.abort(txid)
-        _unlink(ws.rest(txid))
+        _roll_back(ws, "undo", txid)
         j.done(txid)
         raise
     SIGNALS.committed()
@@ -1061,13 +1131,29 @@ def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> Json
     now = now or t0
     with open_doc_workspace(cfg) as ws:
         recovered = recover_all(ws)
+        chosen = [t for t in _tombs(ws) if everything or parse_instant(t.grace_until) <= now]
+        records = sum(sum(t.counts().values()) for t in chosen)
+        if chosen:  # the log record first: a purge killed midway is logged, then redone
+            per_target: Counter[str] = Counter()
+            for t in chosen:
+                per_target.update(t.counts())
+            _write_log(
+                ws,
+                DocLogRecord(
+                    txid=_new_txid("purge", now),
+                    action="purge",
+                    at=format_instant(now),
+                    targets=[t.txid for t in chosen],
+                    records=dict(per_target),
+                    bytes=sum(_size(ws.tomb(t.txid)) for t in chosen),
+                    user="",
+                    host="",
+                ),
+            )
         purged: list[str] = []
-        records = 0
-        for tomb in _tombs(ws):
-            if everything or parse_instant(tomb.grace_until) <= now:
-                records += sum(tomb.counts().values())
-                _unlink(ws.tomb(tomb.txid))
-                purged.append(tomb.txid)
+        for tomb in chosen:
+            _unlink(ws.tomb(tomb.txid))
+            purged.append(tomb.txid)
         with contextlib.suppress(FileNotFoundError):
             for name in sorted(os.listdir(ws.tomb_dir)):
                 if name.endswith(".undone"):

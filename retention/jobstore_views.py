@@ -1,7 +1,9 @@
-"""Read-only commands on a JSON-document catalog: `retention check` and `retention trash`.
+"""Read-only commands on a JSON-document catalog: `retention check`, `retention trash` and
+`retention log`.
 
 They answer with the SQL catalog's report structs (`retention.check.CheckReport`,
-`retention.history.TrashReport`), so a script reads both kinds of catalog the same way.
+`retention.history.TrashReport`, `retention.history.LogReport`), so a script reads both
+kinds of catalog the same way.
 
 What `check` compares on a document (each a `Finding` kind):
 
@@ -38,7 +40,7 @@ from retention.check import KIND_ORDER, CheckReport, Finding
 from retention.config import Config, collection_spec
 from retention.durations import format_instant
 from retention.errors import RecoveryError, StorageError, UndoRefused
-from retention.history import TrashApply, TrashReport, TrashRun
+from retention.history import LogEntry, LogReport, TrashApply, TrashReport, TrashRun
 from retention.layout import StateLayout
 from retention.reporting import without_cyclic_gc
 from retention.reports import LockHolder
@@ -258,4 +260,72 @@ def trash(cfg: Config, now: datetime, *, limit: int = 0) -> TrashReport:
         running=txids if seen.holder is not None else [],
         interrupted=txids if seen.holder is None else [],
         journal_error=seen.journal_error,
+    )
+
+
+def log(cfg: Config, *, since: datetime | None = None, limit: int = 0) -> LogReport:
+    """`retention log` on a JSON-document catalog (read-only): every apply, undo and purge
+    the state directory's log records keep, newest first. An apply's state: ``undone`` once
+    an undo restored all of it, ``applied`` while its tombstone is there (``in_trash``: its
+    records still undoable), else ``purged``. A transaction still unfinished in the journal
+    is left out (its log record is staged, not yet true)."""
+    ws = _paths_only(cfg)
+    cutoff = format_instant(since) if since is not None else None
+    try:
+        names = sorted(os.listdir(ws.log_dir))
+    except FileNotFoundError:
+        names = []
+    unfinished = {t for t, _, _ in observe(StateLayout(Path(cfg.state_dir))).unfinished}
+    records: list[jobstore.DocLogRecord] = []
+    for name in names:
+        if not name.endswith(".json") or name.removesuffix(".json") in unfinished:
+            continue
+        try:
+            data = (ws.log_dir / name).read_bytes()
+            records.append(msgspec.json.decode(data, type=jobstore.DocLogRecord))
+        except (OSError, msgspec.MsgspecError) as exc:
+            raise StorageError(f"cannot read the log record {ws.log_dir / name}: {exc}") from None
+    undone: dict[str, int] = {}
+    purged: set[str] = set()
+    for r in records:
+        for t in r.targets:
+            if r.action == "undo":
+                undone[t] = undone.get(t, 0) + sum(r.records.values())
+            elif r.action == "purge":
+                purged.add(t)
+    entries: list[LogEntry] = []
+    for r in sorted(records, key=lambda r: (r.at, r.txid), reverse=True):
+        if cutoff is not None and r.at < cutoff:
+            continue
+        total = sum(r.records.values())
+        state, in_trash = "done", None
+        if r.action == "apply":
+            left = total - undone.get(r.txid, 0)
+            if ws.tomb(r.txid).exists():
+                state, in_trash = "applied", left
+            else:
+                state, in_trash = ("undone" if r.txid not in purged else "purged"), 0
+        entries.append(
+            LogEntry(
+                txid=r.txid,
+                action=r.action,
+                at=r.at,
+                state=state,
+                targets=r.targets,
+                runs=total,
+                bytes=r.bytes,
+                in_trash=in_trash,
+                undo_until=r.undo_until,
+                audited=True,
+                user=r.user,
+                host=r.host,
+                manifest_id=r.manifest_id,
+                tables=dict(r.records),
+            )
+        )
+    return LogReport(
+        since=cutoff,
+        total=len(entries),
+        entries=entries[:limit] if limit else entries,
+        document=str(jobstore.document_path(cfg)),
     )

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,9 @@ import pytest
 
 from retention import jobstore
 from retention.config import load_config
-from retention.jobstore_views import check, trash
+from retention.jobstore_views import check, log, trash
 
-from .crashkit import BASE_ENV, EXE
+from .crashkit import BASE_ENV, EXE, crashed
 from .test_scenario_jobstore import EXAMPLE, NOW, NOW_TEXT, STORE
 
 ENV = {"RETENTION_MANIFEST_TTL": "3650d"}
@@ -119,3 +120,55 @@ def test_trash_lists_each_removed_record_with_its_kind_and_size(applied: Path) -
     assert lines[-1].startswith(f"Trash: {len(removed)} records,")
     assert "`retention undo TXID`" in lines[-1]
     assert lines[-2] == f"... {len(removed) - 2:,} more records (--limit 0 for all)"
+
+
+def test_log_keeps_each_apply_undo_and_purge_and_derives_each_apply_s_state(
+    applied: Path,
+) -> None:
+    cfg = _cfg(applied)
+    (first,) = [e.txid for e in log(cfg).entries]
+    undo = jobstore.undo(cfg, txid=first, within=None)
+    (again_manifest := applied / "m2.json").write_bytes(
+        jobstore.build_plan(cfg, NOW + timedelta(minutes=1)).manifest
+    )
+    second = jobstore.apply(cfg, str(again_manifest))
+    jobstore.purge(cfg, everything=True)
+    rep = log(cfg)
+    assert [(e.action, e.state) for e in rep.entries] == [
+        ("purge", "done"),
+        ("apply", "purged"),
+        ("undo", "done"),
+        ("apply", "undone"),
+    ]
+    purge, applied_again, undone, applied_first = rep.entries
+    assert applied_first.txid == first and applied_again.txid == second.txid
+    assert undone.targets == [first] and purge.targets == [second.txid]
+    assert applied_again.tables == {k: len(v) for k, v in second.deleted_ids.items() if v}
+    assert applied_again.runs == second.delete_count == purge.runs
+    assert undone.runs == undo.restored_count
+    assert applied_first.manifest_id and applied_first.user and applied_first.bytes > 0
+    assert [e.txid for e in log(cfg, limit=1).entries] == [purge.txid]
+    assert log(cfg, limit=1).total == 4
+
+
+def test_a_rolled_back_apply_leaves_no_log_record(applied: Path) -> None:
+    cfg = _cfg(applied)
+    jobstore.undo(cfg, txid=None, within=timedelta(days=1))
+    (m := applied / "m2.json").write_bytes(
+        jobstore.build_plan(cfg, NOW + timedelta(minutes=1)).manifest
+    )
+    out = subprocess.run(
+        [EXE, "apply", str(m)],
+        cwd=applied,
+        env={**BASE_ENV, **ENV, "FAILPOINT": "jobstore.apply.after_tombstone"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert crashed(out), out.stderr
+    before = [e.txid for e in log(cfg).entries]
+    assert len(before) == 2  # the apply and its undo: the interrupted apply is left out
+    assert jobstore.recover(cfg).recovered[0].action == "rolled back"
+    assert [e.txid for e in log(cfg).entries] == before
+    assert sorted(p.name for p in (applied / ".retention/jsondoc/log").iterdir()) == sorted(
+        f"{t}.json" for t in before
+    )
