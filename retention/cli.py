@@ -450,17 +450,6 @@ def _is_jsondoc(report: Any) -> bool:
     return type(report).__name__.startswith("Jsondoc")
 
 
-def _sql_only(cfg: Config, command: str) -> None:
-    """Refuse a command the JSON-document catalog does not have yet (one clear line)."""
-    if cfg.is_json_catalog:
-        raise UsageError(
-            f"retention {command} does not support a JSON-document catalog yet"
-            f" ({cfg.catalog_path})",
-            hint="plan, show, apply, status, undo, recover, purge, check, trash, log and"
-            " config (--check) work on it",
-        )
-
-
 def _ttl_flags(values: tuple[str, ...]) -> dict[str, str]:
     """``--ttl NAME=DURATION`` (repeatable): target name -> duration."""
     out: dict[str, str] = {}
@@ -886,7 +875,16 @@ def explain(
         )
     now = _now(now_text) if manifest is None else None
     cfg = _config(ctx)
-    _sql_only(cfg, "explain")
+    if cfg.is_json_catalog:
+        from retention import jobstore_views
+
+        doc_report = jobstore_views.explain(cfg, run_id, now=now, manifest=manifest)
+        if as_json:
+            _emit(doc_report)
+        else:
+            for line in jobstore_views.explain_lines(doc_report):
+                _say(line)
+        return
     report = run_explain(cfg, run_id, now=now, manifest=manifest)
     if as_json:
         _emit(report)

@@ -167,8 +167,11 @@ def document_path(cfg: Config) -> Path:
     return Path(os.path.realpath(cfg.catalog_path))
 
 
-def verify_manifest(cfg: Config, manifest: str, now: datetime) -> DocPayload:
-    """Read and verify a JSON-document manifest for this workspace and this document."""
+def verify_manifest(
+    cfg: Config, manifest: str, now: datetime, *, expired_ok: bool = False
+) -> DocPayload:
+    """Read and verify a JSON-document manifest for this workspace and this document
+    (``expired_ok``: an expired one too, for `explain`, which changes nothing)."""
     from retention.manifest import load_key, open_envelope, read_manifest_bytes
 
     state = StateLayout(Path(cfg.state_dir))
@@ -197,7 +200,7 @@ def verify_manifest(cfg: Config, manifest: str, now: datetime) -> DocPayload:
     if payload.key_id != key_id:
         raise ManifestRejected("manifest key id does not match its envelope")
     expires = parse_instant(payload.expires_at)
-    if now >= expires:
+    if now >= expires and not expired_ok:
         raise ManifestRejected(
             f"manifest {payload.manifest_id} expired at {format_instant(expires)}",
             hint="run `retention plan` again to get a fresh manifest",
@@ -375,6 +378,19 @@ def _stamp(record: dict[str, Any], fields: tuple[str, ...]) -> str:
     return ""
 
 
+def kept_because(f: jsondoc.Facts, cutoff: datetime) -> str | None:
+    """Why plan keeps a record, or None if it goes: the record's issues first (the first
+    of them), then a state that is not terminal, then an age under the TTL (at or before
+    ``cutoff`` is expired). `explain` gives the same answer as the plan from this."""
+    if f.issues:
+        return f.issues[0]
+    if not f.terminal:
+        return NOT_TERMINAL
+    if f.time is None or f.time > cutoff:
+        return NOT_EXPIRED
+    return None
+
+
 def build_plan(cfg: Config, now: datetime, output: str | None = None) -> PlanResult:
     """Read the document once and write the signed manifest (bytes) and the plan report.
     Read-only, except for the workspace key (created on first use)."""
@@ -421,10 +437,8 @@ def _build_plan(cfg: Config, now: datetime, output: str | None) -> PlanResult:
                             target=t.name, id=f.id, position=f.position, issues=list(f.issues)
                         )
                     )
-            elif not f.terminal:
-                kept[NOT_TERMINAL] += 1
-            elif f.time is None or f.time > cutoff:
-                kept[NOT_EXPIRED] += 1
+            elif (reason := kept_because(f, cutoff)) is not None:
+                kept[reason] += 1
             else:
                 assert f.id is not None  # no issue: it has an id
                 rec = coll[f.position]

@@ -329,3 +329,173 @@ def log(cfg: Config, *, since: datetime | None = None, limit: int = 0) -> LogRep
         entries=entries[:limit] if limit else entries,
         document=str(jobstore.document_path(cfg)),
     )
+
+
+class ExplainedRecord(msgspec.Struct, kw_only=True):
+    """One record carrying the id, in one target, and what the policy does with it."""
+
+    target: str
+    collection: str
+    position: int | str  # index in the list, or key in the map
+    removed: bool  # the verdict
+    reason: str  # why it is kept, or "expired" (at or before the cutoff, terminal)
+    time: str | None  # its timestamp, as read (None: missing or not parseable)
+    age: str | None  # its age at now, for people
+    ttl: str
+    ttl_source: str  # --ttl, env NAME, or file
+    cutoff: str  # records at or before this instant are expired
+    state: str | None  # its own, or its owner's through the join
+    terminal: list[str]
+    issues: list[str]
+
+
+class ManifestEntry(msgspec.Struct, kw_only=True):
+    manifest_id: str
+    planned_at: str
+    expires_at: str
+    expired: bool
+    entries: list[str]  # targets whose entries name the id
+    unchanged: dict[str, bool]  # per such target: the record as planned (apply removes it)
+
+
+class RecordExplanation(msgspec.Struct, kw_only=True):
+    """`retention explain ID` on a JSON-document catalog (``--json``)."""
+
+    version: int = 1
+    kind: str = "jsondoc-explain"
+    id: str
+    document: str
+    basis: str  # "config" (now, or --now) or "manifest" (its TTLs, at its now)
+    now: str
+    records: list[ExplainedRecord]  # [] when no target holds the id
+    manifest: ManifestEntry | None = None
+
+
+def _age(seconds: float) -> str:
+    from retention.durations import format_duration
+
+    return format_duration(seconds) if seconds >= 0 else f"in {format_duration(-seconds)}"
+
+
+def explain(
+    cfg: Config, record_id: str, *, now: datetime | None, manifest: str | None
+) -> RecordExplanation:
+    """Why the plan removes or keeps the records with ``record_id`` (every target), from
+    the same decision the plan takes (`jobstore.kept_because`). With a manifest: its TTLs
+    at its own now, against the document as it is now, and whether it lists the record
+    (and whether the record is still as planned). Read-only."""
+    from retention.durations import parse_duration, parse_instant
+
+    payload = None
+    if manifest is not None:
+        from datetime import UTC
+
+        payload = jobstore.verify_manifest(cfg, manifest, datetime.now(UTC), expired_ok=True)
+        now = parse_instant(payload.now)
+    assert now is not None
+    doc = jsondoc.load(cfg.catalog_path)
+    specs = {t.name: collection_spec(t) for t in cfg.targets}
+    ttls = {
+        t.name: (t.ttl or "", cfg.sources.get(f"targets.{t.name}.ttl", "file")) for t in cfg.targets
+    }
+    if payload is not None:
+        specs = {t.spec.name: t.spec.collection() for t in payload.targets}
+        ttls = {t.spec.name: (t.ttl, t.ttl_source) for t in payload.targets}
+    owners = jobstore._owners(specs)
+    out: list[ExplainedRecord] = []
+    with without_cyclic_gc():
+        for name, spec in specs.items():
+            ttl, source = ttls[name]
+            if not ttl:
+                continue  # (plan refuses a target without a TTL)
+            cutoff = now - parse_duration(ttl)
+            for f in jsondoc.records(doc, spec, owners):
+                if f.id != record_id:
+                    continue
+                why = jobstore.kept_because(f, cutoff)
+                stamp = None
+                rec = jobstore._node(doc, spec.path)[f.position]
+                if type(rec) is dict:
+                    stamp = jobstore._stamp(rec, spec.timestamp) or None
+                out.append(
+                    ExplainedRecord(
+                        target=name,
+                        collection=spec.path,
+                        position=f.position,
+                        removed=why is None,
+                        reason=why or "expired",
+                        time=stamp,
+                        age=None if f.time is None else _age((now - f.time).total_seconds()),
+                        ttl=ttl,
+                        ttl_source=source,
+                        cutoff=format_instant(cutoff),
+                        state=f.state,
+                        terminal=list(spec.terminal),
+                        issues=list(f.issues),
+                    )
+                )
+    checked = None
+    if payload is not None:
+        listed = {t.spec.name: e for t in payload.targets for e in t.entries if e.id == record_id}
+        unchanged = {}
+        for name, entry in listed.items():
+            present = jobstore._present(doc, specs[name], {record_id})
+            rec = present.get(record_id)
+            unchanged[name] = rec is not None and jobstore.fingerprint(rec) == entry.fp
+        checked = ManifestEntry(
+            manifest_id=payload.manifest_id,
+            planned_at=payload.now,
+            expires_at=payload.expires_at,
+            expired=datetime.now(now.tzinfo) >= parse_instant(payload.expires_at),
+            entries=sorted(listed),
+            unchanged=unchanged,
+        )
+    if not out and not (checked is not None and checked.entries):
+        from retention.errors import UsageError
+
+        names = ", ".join(specs)
+        raise UsageError(
+            f"no record {record_id!r} in the targets ({names}) of {jobstore.document_path(cfg)}",
+            hint="give a record's id as the document stores it (a map's key for @key); a"
+            " record a manifest removed is explained with the manifest:"
+            " retention explain ID MANIFEST",
+        )
+    return RecordExplanation(
+        id=record_id,
+        document=str(jobstore.document_path(cfg)),
+        basis="manifest" if payload is not None else "config",
+        now=format_instant(now),
+        records=out,
+        manifest=checked,
+    )
+
+
+def explain_lines(e: RecordExplanation) -> list[str]:
+    lines = [] if e.records else [f"Record {e.id}: in no target of {e.document} now."]
+    for r in e.records:
+        verdict = "removed" if r.removed else f"kept ({r.reason})"
+        lines.append(f"Record {e.id} of {r.target} ({r.collection}[{r.position}]): {verdict}.")
+        when = f"{r.time}, {r.age} old" if r.time and r.age else (r.time or "missing")
+        lines.append(f"  timestamp: {when}")
+        lines.append(f"  ttl {r.ttl} ({r.ttl_source}): expired at or before {r.cutoff}")
+        state = r.state if r.state is not None else "(none)"
+        terminal = ", ".join(r.terminal)
+        lines.append(f"  state: {state} (terminal: {terminal})")
+        if r.issues:
+            lines.append(f"  kept whatever its age: {', '.join(r.issues)}")
+    basis = "the manifest's TTLs at its now" if e.basis == "manifest" else "the configuration"
+    lines.append(f"Evaluated with {basis}, at {e.now}.")
+    m = e.manifest
+    if m is not None:
+        state = f"expired at {m.expires_at}" if m.expired else f"valid until {m.expires_at}"
+        lines.append(f"Manifest {m.manifest_id}, planned at {m.planned_at} ({state}):")
+        if not m.entries:
+            lines.append("  not an entry of it")
+        for name in m.entries:
+            fate = (
+                "unchanged since: apply removes it"
+                if m.unchanged[name]
+                else "changed or gone since: apply skips it"
+            )
+            lines.append(f"  an entry of {name}; {fate}")
+    return lines

@@ -17,7 +17,7 @@ import pytest
 
 from retention import jobstore
 from retention.config import load_config
-from retention.jobstore_views import check, log, trash
+from retention.jobstore_views import check, explain, log, trash
 
 from .crashkit import BASE_ENV, EXE, crashed
 from .test_scenario_jobstore import EXAMPLE, NOW, NOW_TEXT, STORE
@@ -172,3 +172,46 @@ def test_a_rolled_back_apply_leaves_no_log_record(applied: Path) -> None:
     assert sorted(p.name for p in (applied / ".retention/jsondoc/log").iterdir()) == sorted(
         f"{t}.json" for t in before
     )
+
+
+def test_explain_agrees_with_the_plan_for_every_record_and_says_why(tmp_path: Path) -> None:
+    """For every record of both targets, explain's verdict is the plan's (removed iff the
+    manifest lists it); a kept record names the reason the plan counted it under."""
+    root = tmp_path / "jobstore"
+    shutil.copytree(EXAMPLE, root)
+    subprocess.run(
+        [sys.executable, "make_sample.py", "--jobs", "20", "--now", NOW_TEXT, "--seed", "9"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    )
+    cfg = _cfg(root)
+    result = jobstore.build_plan(cfg, NOW)
+    (root / "m.json").write_bytes(result.manifest)
+    payload = json.loads(result.manifest)["payload"]
+    listed = {(t["spec"]["name"], e["id"]) for t in payload["targets"] for e in t["entries"]}
+    kept = {t.name: dict(t.kept_by_reason) for t in result.report.targets}
+    doc = json.loads((root / STORE).read_bytes())
+    ids = set(doc["job_results"]) | {e["event_id"] for e in doc["job_events"] if "event_id" in e}
+    seen: dict[str, dict[str, int]] = {"job_results": {}, "job_events": {}}
+    for rid in sorted(i for i in ids if isinstance(i, str)):
+        for r in explain(cfg, rid, now=NOW, manifest=None).records:
+            assert r.removed == ((r.target, rid) in listed), (r.target, rid)
+            if not r.removed:
+                seen[r.target][r.reason] = seen[r.target].get(r.reason, 0) + 1
+    for name, counts in seen.items():  # (records without a usable id are not addressable)
+        for reason, n in counts.items():
+            assert n <= kept[name][reason], (name, reason)
+    entry = sorted(listed)[0]
+    e = explain(cfg, entry[1], now=None, manifest=str(root / "m.json"))
+    assert e.basis == "manifest" and e.manifest is not None
+    assert e.manifest.entries == [entry[0]] and e.manifest.unchanged == {entry[0]: True}
+    out = subprocess.run(
+        [EXE, "explain", "no-such-record"],
+        cwd=root,
+        env={**BASE_ENV, **ENV},
+        capture_output=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert out.stderr.decode().startswith("Error: no record 'no-such-record' in the targets")
