@@ -268,18 +268,33 @@ def check(cfg: Config) -> CheckReport:
         for rel in orphans
         if rel not in moving.trash_to_home
     ]
-    order = {k: n for n, k in enumerate(KIND_ORDER)}
+    return report(state, runs, findings, holder, running)
+
+
+def report(
+    state: StateLayout,
+    checked: int,
+    findings: list[Finding],
+    holder: LockHolder | None,
+    running: list[RunningTx],
+    kinds: tuple[str, ...] = KIND_ORDER,
+    document: str | None = None,
+) -> CheckReport:
+    """The report of a check: findings ordered by ``kinds`` (causes first), counted per
+    kind, and the process an interruption was last held by."""
+    order = {k: n for n, k in enumerate(kinds)}
     findings.sort(key=lambda f: order.get(f.kind, len(order)))
     counts: dict[str, int] = {}
     for f in findings:
         counts[f.kind] = counts.get(f.kind, 0) + 1
     return CheckReport(
-        runs_checked=runs,
+        runs_checked=checked,
         findings=findings,
         counts=counts,
         holder=holder,
         running=running,
         last_holder=stale_owner(state) if counts.get("interrupted") else None,
+        document=document,
     )
 
 

@@ -36,7 +36,7 @@ import msgspec
 from journal import TxStatus
 from retention import jobstore
 from retention.catalogs import jsondoc
-from retention.check import KIND_ORDER, CheckReport, Finding
+from retention.check import KIND_ORDER, CheckReport, Finding, report
 from retention.config import Config, collection_spec
 from retention.durations import format_instant
 from retention.errors import RecoveryError, StorageError, UndoRefused
@@ -45,7 +45,6 @@ from retention.layout import StateLayout
 from retention.reporting import without_cyclic_gc
 from retention.reports import LockHolder
 from retention.status import RunningTx, observe
-from retention.workspace import stale_owner
 
 # After the SQL kinds (causes first): the document's own kinds.
 DOC_KINDS = ("temp_file", "tombstone_damaged", "staging_orphan", "record_in_both")
@@ -187,20 +186,8 @@ def check(cfg: Config) -> CheckReport:
                                 f"{rset.path}[{rid}]",
                             )
                         )
-    order = {k: n for n, k in enumerate(KIND_ORDER + DOC_KINDS)}
-    findings.sort(key=lambda f: order.get(f.kind, len(order)))
-    counts: dict[str, int] = {}
-    for f in findings:
-        counts[f.kind] = counts.get(f.kind, 0) + 1
-    return CheckReport(
-        runs_checked=records,
-        findings=findings,
-        counts=counts,
-        holder=holder,
-        running=running,
-        last_holder=stale_owner(state) if counts.get("interrupted") else None,
-        document=str(jobstore.document_path(cfg)),
-    )
+    doc_path = str(jobstore.document_path(cfg))
+    return report(state, records, findings, holder, running, KIND_ORDER + DOC_KINDS, doc_path)
 
 
 def trash(cfg: Config, now: datetime, *, limit: int = 0) -> TrashReport:

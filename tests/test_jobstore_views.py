@@ -25,10 +25,8 @@ from .test_scenario_jobstore import EXAMPLE, NOW, NOW_TEXT, STORE
 ENV = {"RETENTION_MANIFEST_TTL": "3650d"}
 
 
-@pytest.fixture
-def applied(tmp_path: Path) -> Path:
-    """The example's store after one apply."""
-    root = tmp_path / "jobstore"
+def _store(root: Path) -> Path:
+    """The example with a store of 20 jobs."""
     shutil.copytree(EXAMPLE, root)
     subprocess.run(
         [sys.executable, "make_sample.py", "--jobs", "20", "--now", NOW_TEXT, "--seed", "9"],
@@ -36,6 +34,13 @@ def applied(tmp_path: Path) -> Path:
         check=True,
         capture_output=True,
     )
+    return root
+
+
+@pytest.fixture
+def applied(tmp_path: Path) -> Path:
+    """The example's store after one apply."""
+    root = _store(tmp_path / "jobstore")
     cfg = _cfg(root)
     (root / "m.json").write_bytes(jobstore.build_plan(cfg, NOW).manifest)
     assert jobstore.apply(cfg, str(root / "m.json")).delete_count > 0
@@ -177,14 +182,7 @@ def test_a_rolled_back_apply_leaves_no_log_record(applied: Path) -> None:
 def test_explain_agrees_with_the_plan_for_every_record_and_says_why(tmp_path: Path) -> None:
     """For every record of both targets, explain's verdict is the plan's (removed iff the
     manifest lists it); a kept record names the reason the plan counted it under."""
-    root = tmp_path / "jobstore"
-    shutil.copytree(EXAMPLE, root)
-    subprocess.run(
-        [sys.executable, "make_sample.py", "--jobs", "20", "--now", NOW_TEXT, "--seed", "9"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    )
+    root = _store(tmp_path / "jobstore")
     cfg = _cfg(root)
     result = jobstore.build_plan(cfg, NOW)
     (root / "m.json").write_bytes(result.manifest)
