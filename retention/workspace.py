@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import filelock
-
 from journal import CorruptJournal, FsyncError, Journal, JournalError, TxStatus, fsio, replay
 from journal.writer import UnsafeJournal
 from retention import txrecords
@@ -227,6 +225,8 @@ def workspace_lock(state: StateLayout) -> Iterator[None]:
             f"cannot create the state directory {state.root}: {exc.strerror or exc}",
             hint=STATE_DIR_HINT,
         ) from None
+    import filelock  # (50 ms of imports: not for the read-only commands)
+
     lock = filelock.FileLock(str(state.lock), timeout=LOCK_RETRY_SECONDS)
     try:
         lock.acquire(poll_interval=0.02)

@@ -45,7 +45,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import filelock
 import msgspec
 
 from journal import fsio
@@ -728,6 +727,8 @@ def _app_lock(lock_file: str | os.PathLike[str] | None, timeout: float) -> Itera
     if lock_file is None:
         yield
         return
+    import filelock  # (50 ms of imports: not for the read-only commands)
+
     lock = filelock.FileLock(os.fspath(lock_file), timeout=timeout)
     try:
         lock.acquire(poll_interval=0.02)
