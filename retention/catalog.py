@@ -106,6 +106,10 @@ def template_fields(template: str) -> tuple[str, ...]:
 _EXACT = 2**53  # an int below this in size is exactly a float: the same instant either way
 
 
+# The ints each format reads as whole seconds since the epoch: (low, high), exclusive.
+_SECONDS = {"auto": (-_MS_THRESHOLD, _MS_THRESHOLD), "epoch_s": (-_EXACT, _EXACT)}
+
+
 def time_reader(fmt: str, *, keep_offset: bool = False) -> Callable[[object], datetime | None]:
     """`parse_stored_time` for ``fmt`` as a function of the value, with a shortcut for the
     common stored form, an integer count of seconds or milliseconds since the epoch, that
@@ -384,8 +388,18 @@ class SqlCatalog:
         parse = time_reader(cfg.time_format)
         try:
             if len(cfg.time_columns) == 1:  # the common case, without the inner loop
+                # Whole seconds since the epoch read inline (as `time_reader` reads them).
+                lo, hi = _SECONDS.get(cfg.time_format, (0, 0))
+                from_ts = datetime.fromtimestamp
                 for rid, protected, value in self.conn.execute(sql):
-                    yield Item(rid, None if value is None else parse(value), bool(protected))
+                    if type(value) is int and lo < value < hi:
+                        try:
+                            t = from_ts(value, UTC)
+                        except (OverflowError, OSError, ValueError):
+                            t = None
+                    else:
+                        t = None if value is None else parse(value)
+                    yield Item(rid, t, bool(protected))
                 return
             for row in self.conn.execute(sql):
                 # Fall back to the next column only when one is NULL: a value that is there

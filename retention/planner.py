@@ -582,8 +582,20 @@ def _overlapping(
     candidates = {rid for rid, _ in paths}
     cols, rows = cat.path_tuples()
     keys = _PathKeys(cfg, root, by_path, cols)
-    key_of, wanted = keys.key_of, keys.wanted
+    key_of, wanted, one = keys.key_of, keys.wanted, keys.one
     for row in rows:
+        if one is not None:
+            # `_PathKeys._field_key` inline (``{run_id}``: a million runs, most skipped).
+            v = row[one]
+            if (
+                type(v) is str
+                and v not in wanted
+                and v not in _NOT_A_NAME
+                and "/" not in v
+                and ":" not in v
+                and "\0" not in v
+            ):
+                continue
         rid = row[0]
         if rid in candidates:
             continue
@@ -637,6 +649,7 @@ class _PathKeys:
     ) -> None:
         self.key_of: Callable[[tuple[Any, ...]], str | None] = _unknown
         self.wanted: set[str] = set()
+        self.one: int | None = None  # a one-field template: that field's place in a row
         depth: int | None = None
         if cfg.path_column:
             self._root = os.path.abspath(root) + "/"
@@ -653,6 +666,8 @@ class _PathKeys:
                 self.key_of = _unknown  # a short candidate path could hold any run's
                 return
             self.wanted.add(os.fsdecode(b"/".join(parts[:depth])))
+        if self.key_of == self._field_key:
+            self.one = self._one
 
     def _template(self, template: str, cols: list[str]) -> int | None:
         """Set up `key_of` for ``template``; its number of components, or None when its
@@ -693,9 +708,7 @@ class _PathKeys:
             if v is None or isinstance(v, bytes | bool):
                 return None
             v = format(v)
-        if v in _NOT_A_NAME or "/" in v or ":" in v or "\0" in v:
-            return None
-        return v
+        return v if _plain(v) else None
 
     def _template_key(self, row: tuple[Any, ...]) -> str | None:
         values = []
@@ -723,6 +736,11 @@ class _PathKeys:
             value = value[len(self._root) :]
         comp = value.split("/", 1)[0]
         return None if comp in _NOT_A_NAME else comp
+
+
+def _plain(name: str) -> bool:
+    """A value that is a whole path component by itself, the first one at that."""
+    return name not in _NOT_A_NAME and "/" not in name and ":" not in name and "\0" not in name
 
 
 def _unknown(row: tuple[Any, ...]) -> None:
@@ -765,21 +783,29 @@ class _Devices:
         self._parents: dict[bytes, int] = {}
 
     def refusal(self, rel: bytes, m: Measure) -> str | None:
-        parent = os.path.dirname(self.store.abspath(rel))
-        dev = self._parents.get(parent)
+        # Keyed by the part of ``rel`` before its last "/" (the same parent directory),
+        # so that most candidates cost a dict lookup, not a dirname of their full path.
+        head = rel.rpartition(b"/")[0]
+        dev = self._parents.get(head)
         if dev is None:
             try:
-                dev = self._parents[parent] = os.lstat(parent).st_dev
+                parent = os.path.dirname(self.store.abspath(rel))
+                dev = self._parents[head] = os.lstat(parent).st_dev
             except OSError as exc:  # removed since measure: nothing to decide on
                 return f"its parent directory cannot be read: {exc.strerror}"
         return device_refusal(m, dev, self.trash)
+
+
+_ID_TYPES = frozenset((str, int))
 
 
 def _refuse_unusable_ids(cfg: Config, items: list[Item]) -> None:
     """Refuse run ids apply could not find again: a BLOB travels in the manifest as base64
     text and matches no row (skipped as "no longer in the catalog" forever); REAL and NULL
     ids are no better. Raises `CatalogError` (exit 4), naming the type and a way out."""
-    bad = [it.id for it in items if not isinstance(it.id, str | int)]
+    bad = [
+        it.id for it in items if type(it.id) not in _ID_TYPES and not isinstance(it.id, str | int)
+    ]
     if not bad:
         return
     first: object = bad[0]
@@ -983,6 +1009,7 @@ def _build_plan(
         fps = cat.fingerprints()
         blocked = cat.blocked_runs()
         entries: list[Entry] = []
+        order: list[tuple[datetime, str]] = []  # each entry's sort key, in step with entries
         skipped: list[SkippedEntry] = []
         bar = (progress or (lambda label, total: Progress(label, total)))(
             "measuring", len(verdicts)
@@ -1032,6 +1059,7 @@ def _build_plan(
                     continue
             text, raw = text_and_raw(rel) if rel is not None else (None, None)
             t = v.item.time
+            order.append((_instant_key(t), str(run_id)))
             entries.append(
                 Entry(
                     run_id=run_id,
@@ -1051,7 +1079,9 @@ def _build_plan(
             _refuse_missing_dirs(cfg, cat, store, missing)
         tables = cat.schema.involved_tables()
     # By instant, not by text: "…00.5Z" sorts before "…00Z" as a string.
-    entries.sort(key=lambda e: (parse_instant(e.time) if e.time else _NO_TIME, str(e.run_id)))
+    by_key = sorted(range(len(entries)), key=order.__getitem__)
+    entries = [entries[k] for k in by_key]
+    del order, by_key
     payload = Payload(
         format=FORMAT,
         version=VERSION,
@@ -1093,6 +1123,18 @@ def _build_plan(
         budget,
         groups=list(groups),
     )
+
+
+def _instant_key(t: datetime | None) -> datetime:
+    """An entry's place in the manifest: the instant its ``time`` text
+    (`format_instant`) names, as `parse_instant` reads it back, without the round trip
+    (which still refuses a year it would refuse); `_NO_TIME` for none."""
+    if t is None:
+        return _NO_TIME
+    utc = t.astimezone(UTC)
+    if not 1100 <= utc.year <= 8000:
+        return parse_instant(format_instant(t))  # raises UsageError, as before
+    return utc
 
 
 def erasure_spec(cfg: Config, erase: tuple[str, str]) -> PolicySpec:

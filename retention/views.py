@@ -63,8 +63,9 @@ def plan_summary(
     if n:
         dated = [e.time for e in p.entries if e.time]
         if dated:
-            oldest = min(dated, key=parse_instant)  # by instant: "…00.5Z" < "…00Z" as text
-            newest = max(dated, key=parse_instant)
+            at = list(map(parse_instant, dated))  # by instant: "…00.5Z" < "…00Z" as text
+            oldest = dated[min(range(len(at)), key=at.__getitem__)]
+            newest = dated[max(range(len(at)), key=at.__getitem__)]
             lines.append(
                 f"Oldest candidate {human_instant(oldest)}, newest {human_instant(newest)}."
             )

@@ -295,3 +295,45 @@ def test_measure_unchanged_walk(tmp_path: Path) -> None:
         return [(e["run_id"], e["dir_fp"], e["bytes"]) for e in payload["entries"]]
 
     assert entries(first) == entries(second) and len(entries(first)) == 4
+
+
+@pytest.mark.parametrize("fmt", ["auto", "epoch_s", "epoch_ms", "iso"])
+def test_runs_are_read_with_the_times_parse_stored_time_gives(tmp_path: Path, fmt: str) -> None:
+    """`SqlCatalog.iter_items` reads whole seconds inline: every stored value still reads
+    as `parse_stored_time` reads it, with one time column and with a fallback column."""
+    from retention.catalogs import open_catalog
+
+    db = tmp_path / "catalog.db"
+    c = sqlite3.connect(db)
+    c.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at, ended_at)")
+    rng = random.Random(fmt)
+    values = [
+        v
+        for v in _VALUES
+        if not isinstance(v, datetime) and not (isinstance(v, int) and abs(v) >= 2**63)
+    ]
+    values += [rng.randint(-(2**63), 2**63 - 1) >> rng.randint(0, 63) for _ in range(2000)]
+    rows = [(f"r{k}", v, rng.choice([None, 1_600_000_000, "x"])) for k, v in enumerate(values)]
+    c.executemany("INSERT INTO runs VALUES (?, ?, ?)", rows)
+    c.commit()
+    stored = dict(c.execute("SELECT run_id, created_at FROM runs").fetchall())
+    ended = dict(c.execute("SELECT run_id, ended_at FROM runs").fetchall())
+    c.close()
+    for columns in (["created_at"], ["created_at", "ended_at"]):
+        cfg = msgspec.structs.replace(
+            load_config(None, env={}),
+            catalog_path=str(db),
+            time_columns=columns,
+            time_format=fmt,
+            path_template=None,
+            child_tables=[],
+        )
+        with open_catalog(cfg) as cat:
+            items = list(cat.iter_items())
+        assert len(items) == len(rows)
+        for item in items:
+            value = stored[item.id]
+            if value is None and len(columns) == 2:
+                value = ended[item.id]
+            want = parse_stored_time(value, fmt)
+            assert item.time == want and type(item.time) is type(want), value
