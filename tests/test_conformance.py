@@ -240,12 +240,24 @@ def findings(b: Backend) -> list[dict[str, Any]]:
     return json.loads(out.stdout)["findings"]
 
 
-def test_plan_changes_nothing_apply_removes_exactly_the_manifest_and_nothing_more_after(
+def test_plan_is_read_only_apply_removes_exactly_the_manifest_undo_restores_it_exactly(
     backend: Backend,
 ) -> None:
+    """The whole life of one manifest: plan changes nothing; a copy changed after signing
+    is refused (exit 5), nothing changed; apply removes exactly its entries, `check` finds
+    nothing and `trash` lists them; a second plan finds nothing; undo restores an equal
+    catalog; once purged, an apply cannot be undone (exit 9)."""
     before, ids = backend.snapshot(), backend.ids()
     planned = backend.plan()
     assert planned and planned < ids  # something to delete, something kept
+    assert backend.snapshot() == before
+    m = backend.ws / "m.json"
+    data, n = re.subn(rb'("expires_at":\s*")2(\d{3})', rb"\g<1>3\2", m.read_bytes())
+    assert n == 1  # the expiry pushed a thousand years on, the signature left as it was
+    (backend.ws / "tampered.json").write_bytes(data)
+    out = backend.run("apply", "tampered.json")
+    assert out.returncode == 5, out.stderr
+    assert out.stderr.decode().startswith("Error: ")
     assert backend.snapshot() == before
     out = backend.run("apply", "m.json")
     assert out.returncode == 0, out.stderr
@@ -255,10 +267,26 @@ def test_plan_changes_nothing_apply_removes_exactly_the_manifest_and_nothing_mor
     assert shown["runs"] == len(planned)
     assert len(shown["entries"]) == len(planned)
     after = backend.snapshot()
-    assert backend.plan() == set()  # a second plan finds nothing
+    assert backend.plan(now=LATER) == set()  # a second plan finds nothing
     again = backend.run("apply", "m.json")
     assert again.returncode == 0, again.stderr
     assert backend.snapshot() == after
+    out = backend.run("undo", "--within", "1h")
+    assert out.returncode == 0, out.stderr
+    assert backend.snapshot() == before
+    assert findings(backend) == []
+    assert json.loads(backend.run("trash", "--json").stdout)["runs"] == 0
+    backend.plan(now=LATER)  # (the first plan again would be the same, applied, manifest)
+    out = backend.run("apply", "m.json")
+    assert out.returncode == 0, out.stderr
+    txid = json.loads(out.stdout)["txid"]
+    applied = backend.snapshot()
+    out = backend.run("purge", "--all", "--yes")
+    assert out.returncode == 0, out.stderr
+    refused = backend.run("undo", txid)
+    assert refused.returncode == 9, refused.stderr
+    assert backend.snapshot() == applied
+    assert findings(backend) == []
 
 
 def test_an_entry_changed_after_the_plan_is_skipped_and_kept(backend: Backend) -> None:
@@ -270,19 +298,6 @@ def test_an_entry_changed_after_the_plan_is_skipped_and_kept(backend: Backend) -
     assert out.returncode == 3, out.stderr  # done, but not all of it: exit 3 says so
     assert backend.ids() == (ids - planned) | {changed}
     assert findings(backend) == []
-
-
-def test_a_manifest_changed_after_signing_is_refused_and_nothing_changes(backend: Backend) -> None:
-    backend.plan()
-    before = backend.snapshot()
-    m = backend.ws / "m.json"
-    data, n = re.subn(rb'("expires_at":\s*")2(\d{3})', rb"\g<1>3\2", m.read_bytes())
-    assert n == 1  # the expiry pushed a thousand years on, the signature left as it was
-    m.write_bytes(data)
-    out = backend.run("apply", "m.json")
-    assert out.returncode == 5, out.stderr
-    assert out.stderr.decode().startswith("Error: ")
-    assert backend.snapshot() == before
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
@@ -308,49 +323,22 @@ def test_a_kill_at_the_commit_point_is_recovered_by_the_catalog_s_decision_then_
     assert findings(backend) == []
 
 
-def test_undo_restores_an_equal_catalog_and_a_purged_apply_cannot_be_undone(
+def test_the_application_s_lock_and_a_second_retention_are_refused_nothing_changed(
     backend: Backend,
 ) -> None:
-    before = backend.snapshot()
-    backend.plan()
-    assert backend.run("apply", "m.json").returncode == 0
-    out = backend.run("undo", "--within", "1h")
-    assert out.returncode == 0, out.stderr
-    assert backend.snapshot() == before
-    assert findings(backend) == []
-    assert json.loads(backend.run("trash", "--json").stdout)["runs"] == 0
-    backend.plan(now=LATER)  # (the same plan again would be the same, applied, manifest)
-    out = backend.run("apply", "m.json")
-    assert out.returncode == 0, out.stderr
-    txid = json.loads(out.stdout)["txid"]
-    applied = backend.snapshot()
-    out = backend.run("purge", "--all", "--yes")
-    assert out.returncode == 0, out.stderr
-    refused = backend.run("undo", txid)
-    assert refused.returncode == 9, refused.stderr
-    assert backend.snapshot() == applied
-    assert findings(backend) == []
+    """The application holding its lock (a row lock, the write lock, its lock file) refuses
+    the apply after catalog.busy_timeout (exit 4), nothing changed; a second retention while
+    one applies is refused at once (exit 6); the first one finishes."""
+    from .test_postgres_catalog import resume, start_paused
 
-
-def test_the_application_s_lock_refuses_the_apply_with_exit_4_and_nothing_changes(
-    backend: Backend,
-) -> None:
-    backend.plan()
+    ids = backend.ids()
+    planned = backend.plan()
     before = backend.snapshot()
     with backend.app_lock():
         out = backend.run("apply", "m.json", RETENTION_BUSY_TIMEOUT="1s")
     assert out.returncode == 4, out.stderr
     assert backend.snapshot() == before
     assert findings(backend) == []
-    again = backend.run("apply", "m.json")
-    assert again.returncode == 0, again.stderr
-
-
-def test_a_second_retention_during_an_apply_is_refused_with_exit_6(backend: Backend) -> None:
-    from .test_postgres_catalog import resume, start_paused
-
-    ids = backend.ids()
-    planned = backend.plan()
     proc, sync = start_paused(backend.ws, backend.env, backend.after_begin, "apply", "m.json")
     try:
         second = backend.run("apply", "m.json")
