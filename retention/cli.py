@@ -14,15 +14,13 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from click.core import ParameterSource
 
 from retention import __version__
 from retention.completion import complete_txids
-from retention.config import Config, load_config, render_config
-from retention.durations import parse_duration, parse_instant
 from retention.errors import (
     EXIT_INCONSISTENT,
     EXIT_PARTIAL,
@@ -35,6 +33,14 @@ from retention.errors import (
     interrupt_exit_code,
 )
 from retention.reporting import document, safe_text
+
+if TYPE_CHECKING:
+    from retention.config import Config
+
+# `retention --help` imports click, this module, the errors and the reporting helpers and
+# nothing else; the config (msgspec, tomllib), the durations, the journal and every library
+# module load inside the command that needs them (start-up time, issue 13;
+# tests/test_startup.py pins it).
 
 
 class _LazyViews:
@@ -145,6 +151,8 @@ def _erasure(text: str | None, policy: dict[str, Any]) -> tuple[str, str] | None
 
 def _config(ctx: click.Context, **overrides: Any) -> Config:
     # --catalog / --artifact-root of show, apply and undo (`_path_options`)
+    from retention.config import load_config
+
     overrides = {**ctx.meta.get("retention.paths", {}), **overrides}
     cfg = load_config(ctx.obj["config"], overrides=overrides)
     ctx.meta["retention.cfg"] = cfg
@@ -152,6 +160,8 @@ def _config(ctx: click.Context, **overrides: Any) -> Config:
 
 
 def _now(value: str | None) -> datetime:
+    from retention.durations import parse_instant
+
     return parse_instant(value) if value else datetime.now(UTC)
 
 
@@ -907,6 +917,7 @@ def explain(
 @click.pass_context
 def config_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
     """Print the effective configuration and where each value came from."""
+    from retention.config import render_config
     from retention.onboarding import check_config, check_lines, problem_lines
 
     cfg = _config(ctx)
@@ -1095,6 +1106,8 @@ def undo(
 
     A run whose id or directory exists again is a conflict: it stays in trash (exit 3).
     """
+    from retention.durations import parse_duration
+
     if sum((txid is not None, within is not None, bool(run_ids))) != 1:
         raise UsageError(
             "give either a TXID or --within DURATION (e.g. --within 24h), or --run RUN_ID"
@@ -1319,6 +1332,7 @@ def log_cmd(
 ) -> None:
     """What retention did, newest first, like `git log`: each apply, undo and purge with
     who ran it where, runs and bytes, rows per table and runs per group (read-only)."""
+    from retention.durations import parse_duration, parse_instant
     from retention.history import log, log_lines
 
     cutoff = None

@@ -8,19 +8,24 @@ config, no catalog, a locked or damaged one) completes nothing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import click
-from click.shell_completion import CompletionItem
+if TYPE_CHECKING:
+    import click
 
-from retention.catalogs import open_catalog
-from retention.durations import plural
+# Imported by the CLI for every command (the callback is named in ``undo``'s argument):
+# what completing needs is imported when a Tab asks for it.
 
 
 def complete_txids(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
     """The txids of the applies still in trash (undoable), newest first, with when each was
     applied, its runs in trash and its undo deadline as help text (zsh and fish show it)."""
+    from click.shell_completion import CompletionItem
+
+    from retention.durations import plural
+
     try:
+        from retention.catalogs import open_catalog
         from retention.config import load_config
 
         root = ctx.find_root()

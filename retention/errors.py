@@ -30,9 +30,9 @@ code  meaning
 from __future__ import annotations
 
 import errno
-import sqlite3
+import sys
 
-from journal import FsyncError, JournalError
+from journal.errors import FsyncError, JournalError
 
 
 class RetentionError(Exception):
@@ -201,7 +201,11 @@ def from_environment(exc: BaseException) -> RetentionError | None:
         )
     if isinstance(exc, JournalError):
         return RecoveryError(f"journal error: {exc}", hint="run `retention recover`")
-    if isinstance(exc, sqlite3.Error) or type(exc).__module__.startswith("psycopg"):
+    # sqlite3 is not imported for this: an error of it can only exist once something has.
+    sqlite3 = sys.modules.get("sqlite3")
+    if (sqlite3 is not None and isinstance(exc, sqlite3.Error)) or type(exc).__module__.startswith(
+        "psycopg"
+    ):
         return catalog_error(exc)
     if isinstance(exc, OSError) and exc.errno is not None:
         name = errno.errorcode.get(exc.errno, "")

@@ -12,8 +12,6 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-import msgspec
-
 # Every JSON report and every ``--json`` output starts with these two keys. The version is
 # "MAJOR.MINOR": a new MINOR only adds fields (readers ignore what they do not know); a new
 # MAJOR renames, removes or changes the meaning of one.
@@ -49,6 +47,8 @@ def document(obj: object, kind: str | None = None, *, order: Any = None) -> byte
     """``obj`` as one JSON object whose first keys are ``format_version`` and ``kind``
     (then its own fields, unchanged), newline-terminated. A field of ``obj`` of either name
     wins."""
+    import msgspec  # not at import: `--help` and `config` print no document
+
     body = msgspec.json.encode(obj, order=order)
     if not body.startswith(b"{"):
         raise TypeError(f"a JSON document must be an object, not {type(obj).__name__}")
