@@ -34,15 +34,16 @@ every fsync, in the style of `journal.failpoints`:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import platform
 from collections import Counter
 from collections.abc import Callable
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from journal.errors import FsyncError
+
+if TYPE_CHECKING:
+    import ctypes
 
 StrPath = str | os.PathLike[str] | bytes | os.PathLike[bytes]
 
@@ -234,6 +235,9 @@ _SYS_RENAMEAT2 = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276}
 
 
 def _load_renameat2() -> tuple[ctypes.CDLL | None, str | None]:
+    import ctypes
+    import platform
+
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -245,13 +249,23 @@ def _load_renameat2() -> tuple[ctypes.CDLL | None, str | None]:
     return libc, None
 
 
-_libc, _rename_impl = _load_renameat2()
+# libc and how to call renameat2 through it, looked up on the first rename: ctypes is not
+# imported by a process that renames nothing (`retention status`, `--help`).
+_UNKNOWN = "not looked up yet"
+_libc: ctypes.CDLL | None = None
+_rename_impl: str | None = _UNKNOWN
 
 
 def _renameat2(src: bytes, dst: bytes) -> int:
     """Return 0 on success, else the errno. Raise `NotImplementedError` if unavailable."""
+    global _libc, _rename_impl
+    if _rename_impl == _UNKNOWN:
+        _libc, _rename_impl = _load_renameat2()
     if _libc is None or _rename_impl is None:
         raise NotImplementedError
+    import ctypes
+    import platform
+
     if _rename_impl == "renameat2":
         fn = _libc.renameat2
         fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
