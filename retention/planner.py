@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import string
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -921,6 +922,70 @@ def measure_sizes(
     return sized, measures
 
 
+class _Measurer:
+    """`LocalStore.measure` of each of ``jobs`` (an index, a path), in order, in a thread of
+    its own, started at once; `take` returns one's result, waiting for it if need be (a
+    path not among the jobs is measured there and then). Leaving the ``with`` block stops
+    the thread at its next directory and waits for it; an exception in it is raised again
+    by `take`. The thread only reads the tree (``lstat``/``scandir``, as `measure` always
+    has); the catalog stays with the caller's thread."""
+
+    def __init__(self, store: LocalStore, jobs: list[tuple[int, bytes]]) -> None:
+        self._store = store
+        self._jobs = jobs
+        self._at = {k: i for i, (k, _) in enumerate(jobs)}
+        self._out: list[Measure | None] = [None] * len(jobs)
+        self._done = 0  # jobs[:done] are measured
+        self._over = False  # the thread has ended (all done, stopped, or failed)
+        self._stop = False
+        self._error: BaseException | None = None
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="retention-measure", daemon=True)
+
+    def __enter__(self) -> _Measurer:
+        if self._jobs:
+            self._thread.start()
+        else:
+            self._over = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        measure, cv = self._store.measure, self._cv
+        try:
+            for i, (_, rel) in enumerate(self._jobs):
+                if self._stop:
+                    break
+                m = measure(rel)
+                with cv:
+                    self._out[i] = m
+                    self._done = i + 1
+                    cv.notify()
+        except BaseException as exc:  # handed to the caller's thread by take()
+            with cv:
+                self._error = exc
+        finally:
+            with cv:
+                self._over = True
+                cv.notify()
+
+    def take(self, k: int, rel: bytes) -> Measure:
+        i = self._at.get(k)
+        if i is None:
+            return self._store.measure(rel)
+        with self._cv:
+            while self._done <= i and not self._over:
+                self._cv.wait()
+            if self._done <= i and self._error is not None:
+                raise self._error
+            m, self._out[i] = self._out[i], None
+        return m if m is not None else self._store.measure(rel)
+
+
 def _cycle_error(cfg: Config, exc: DependencyCycle) -> CatalogError:
     """A dependency cycle is the catalog's to fix: exit 4, naming the runs."""
     runs = [str(r) for r in exc.runs]
@@ -1006,14 +1071,9 @@ def _build_plan(
         found = missing = 0  # candidates whose directory exists / is absent
         verdicts: dict[Any, Verdict] = {v.item.id: v for v in remove}
         cat.load_ids(verdicts)
-        fps = cat.fingerprints()
-        blocked = cat.blocked_runs()
         entries: list[Entry] = []
         order: list[tuple[datetime, str]] = []  # each entry's sort key, in step with entries
         skipped: list[SkippedEntry] = []
-        bar = (progress or (lambda label, total: Progress(label, total)))(
-            "measuring", len(verdicts)
-        )
         paths: list[tuple[Any, bytes | None]] = []
         for row in cat.iter_run_rows():
             run_id = row[cfg.id_column]
@@ -1025,56 +1085,65 @@ def _build_plan(
                 skipped.append(SkippedEntry(run_id, f"artifact path refused: {exc}"))
                 continue
             paths.append((run_id, rel))
-        shared = _overlapping(cfg, cat, root, paths)
-        for run_id, rel in paths:
-            v = verdicts[run_id]
-            bar.advance()
-            if run_id in shared:
-                skipped.append(SkippedEntry(run_id, shared[run_id], hint=OVERLAP_HINT))
-                continue
-            if run_id in blocked:
-                skipped.append(SkippedEntry(run_id, blocked[run_id], hint=BLOCKED_HINT))
-                continue
-            m = None
-            if rel is not None:
-                m = measured.pop(run_id, None) or store.measure(rel)
-            if m is not None:
-                found += m.exists
-                missing += not m.exists and not m.error
-            if m is not None and m.error:
-                path = display(store.abspath(rel)) if rel is not None else ""
-                skipped.append(
-                    SkippedEntry(
-                        run_id,
-                        f"artifact directory unreadable: {m.error}",
-                        hint=f"fix its permissions (e.g. chmod -R u+rwX {path}) and plan again",
+        # The directories are measured in a thread while this one reads the catalog: its
+        # system calls, and SQLite's work here, run without the GIL, side by side.
+        jobs = [(k, rel) for k, (rid, rel) in enumerate(paths) if rel and rid not in measured]
+        with _Measurer(store, jobs) as measurer:
+            fps = cat.fingerprints()
+            blocked = cat.blocked_runs()
+            shared = _overlapping(cfg, cat, root, paths)
+            bar = (progress or (lambda label, total: Progress(label, total)))(
+                "measuring", len(verdicts)
+            )
+            for k, (run_id, rel) in enumerate(paths):
+                v = verdicts[run_id]
+                bar.advance()
+                if run_id in shared:
+                    skipped.append(SkippedEntry(run_id, shared[run_id], hint=OVERLAP_HINT))
+                    continue
+                if run_id in blocked:
+                    skipped.append(SkippedEntry(run_id, blocked[run_id], hint=BLOCKED_HINT))
+                    continue
+                m = None
+                if rel is not None:
+                    m = measured.pop(run_id, None) or measurer.take(k, rel)
+                if m is not None:
+                    found += m.exists
+                    missing += not m.exists and not m.error
+                if m is not None and m.error:
+                    path = display(store.abspath(rel)) if rel is not None else ""
+                    skipped.append(
+                        SkippedEntry(
+                            run_id,
+                            f"artifact directory unreadable: {m.error}",
+                            hint=f"fix its permissions (e.g. chmod -R u+rwX {path}) and plan again",
+                        )
+                    )
+                    continue
+                if rel is not None and m is not None and m.exists:
+                    why = devices.refusal(rel, m)
+                    if why is not None:
+                        reason = f"artifact directory {display(rel)} {why}"
+                        skipped.append(SkippedEntry(run_id, reason, hint=MOVE_HINT))
+                        continue
+                text, raw = text_and_raw(rel) if rel is not None else (None, None)
+                t = v.item.time
+                order.append((_instant_key(t), str(run_id)))
+                entries.append(
+                    Entry(
+                        run_id=run_id,
+                        time=format_instant(t) if t is not None else None,
+                        path=text,
+                        path_raw=raw,
+                        exists=bool(m and m.exists),
+                        bytes=m.bytes if m else 0,
+                        files=m.files if m else 0,
+                        rows_fp=fps.get(run_id, ""),
+                        dir_fp=m.fingerprint if m else "",
+                        reason=v.reasons[0],
                     )
                 )
-                continue
-            if rel is not None and m is not None and m.exists:
-                why = devices.refusal(rel, m)
-                if why is not None:
-                    reason = f"artifact directory {display(rel)} {why}"
-                    skipped.append(SkippedEntry(run_id, reason, hint=MOVE_HINT))
-                    continue
-            text, raw = text_and_raw(rel) if rel is not None else (None, None)
-            t = v.item.time
-            order.append((_instant_key(t), str(run_id)))
-            entries.append(
-                Entry(
-                    run_id=run_id,
-                    time=format_instant(t) if t is not None else None,
-                    path=text,
-                    path_raw=raw,
-                    exists=bool(m and m.exists),
-                    bytes=m.bytes if m else 0,
-                    files=m.files if m else 0,
-                    rows_fp=fps.get(run_id, ""),
-                    dir_fp=m.fingerprint if m else "",
-                    reason=v.reasons[0],
-                )
-            )
-        bar.close()
+            bar.close()
         if missing and not found and not allow_missing_dirs:
             _refuse_missing_dirs(cfg, cat, store, missing)
         tables = cat.schema.involved_tables()

@@ -337,3 +337,42 @@ def test_runs_are_read_with_the_times_parse_stored_time_gives(tmp_path: Path, fm
                 value = ended[item.id]
             want = parse_stored_time(value, fmt)
             assert item.time == want and type(item.time) is type(want), value
+
+
+def test_the_measuring_thread_gives_what_measure_gives_and_hands_errors_back(
+    tmp_path: Path,
+) -> None:
+    """plan measures the candidates' directories in a thread (`_Measurer`) while it reads
+    the catalog: each result is `LocalStore.measure`'s, in any order taken; a path that
+    was not a job is measured on the spot; an error in the thread is raised by `take`;
+    leaving the block early stops the thread."""
+    from retention.planner import _Measurer
+    from retention.store import LocalStore
+
+    root = tmp_path / "arts"
+    for k in range(40):
+        (root / f"d{k}" / "sub").mkdir(parents=True)
+        (root / f"d{k}" / "f").write_bytes(b"x" * k)
+    store = LocalStore(root)
+    rels = [f"d{k}".encode() for k in range(40)] + [b"absent"]
+    jobs = [(k, rel) for k, rel in enumerate(rels) if k % 3]
+    with _Measurer(store, jobs) as measurer:
+        got = {k: measurer.take(k, rels[k]) for k in reversed(range(len(rels)))}
+    assert got == {k: store.measure(rel) for k, rel in enumerate(rels)}
+    assert not got[40].exists and got[39].bytes == 39
+
+    class Broken(LocalStore):
+        def measure(self, rel: bytes) -> Any:
+            if rel == b"d5":
+                raise RuntimeError("boom")
+            return super().measure(rel)
+
+    with _Measurer(Broken(root), list(enumerate(rels))) as measurer:
+        assert measurer.take(4, rels[4]) == store.measure(rels[4])
+        with pytest.raises(RuntimeError, match="boom"):
+            measurer.take(6, rels[6])
+    with _Measurer(store, list(enumerate(rels))) as measurer:
+        measurer.take(0, rels[0])
+    assert not measurer._thread.is_alive()
+    with _Measurer(store, []) as measurer:
+        assert measurer.take(0, rels[0]) == store.measure(rels[0])
