@@ -395,7 +395,8 @@ _URL_KINDS = {
     "http": "HTTP",
     "https": "HTTP",
 }
-_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# Patterns compiled (and cached) by `re` on first use, not at import.
+_URL = r"^([A-Za-z][A-Za-z0-9+.-]*)://"
 
 
 def shown_catalog(text: str) -> str:
@@ -406,7 +407,7 @@ def shown_catalog(text: str) -> str:
 def is_catalog_url(text: str) -> bool:
     """Whether ``text`` is a URL of a catalog server retention supports (PostgreSQL's
     ``postgresql://`` or ``postgres://``): not a path, never made absolute."""
-    m = _URL.match(text.strip())
+    m = re.match(_URL, text.strip())
     return m is not None and m.group(1).lower() in ("postgresql", "postgres")
 
 
@@ -416,7 +417,7 @@ def catalog_url_problem(text: str) -> tuple[str, str] | None:
 
     ``mysql://...`` would otherwise be taken for a relative file name (and reported, at
     best, as a catalog that does not exist). A password in the URL is not repeated."""
-    m = _URL.match(text.strip())
+    m = re.match(_URL, text.strip())
     if m is None or is_catalog_url(text):
         return None
     scheme = m.group(1).lower()
@@ -838,15 +839,15 @@ def _read_file(path: Path) -> dict[str, Any]:
 TARGETS_KEY = "targets"
 TARGET_KEYS = tuple(Target.__struct_fields__)
 TARGET_ARTIFACTS = ("none",)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_TARGET_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*\Z"
+_TARGET_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z"
 
 
 def is_json_path(path: object) -> bool:
     """Whether ``catalog.path`` names a JSON document (``*.json``): the JSON-document
     catalog, whose record kinds are ``[[targets]]``."""
     text = str(path).strip()
-    return text.lower().endswith(".json") and _URL.match(text) is None
+    return text.lower().endswith(".json") and re.match(_URL, text) is None
 
 
 def _ttl_env_seconds(var: str, raw: str, where: str) -> str:
@@ -883,7 +884,7 @@ def _target(body: Any, n: int, where: str) -> Target:
             raise ConfigError(f"{at} ({where}): {key} is required")
     here = f"({where})"
     name = _str(body["name"], f"{at}.name {here}")
-    if not _TARGET_NAME.match(name):
+    if not re.match(_TARGET_NAME, name):
         raise ConfigError(
             f"{at}.name {here}: {name!r} is not a plain name (letters, digits, _ . -)"
         )
@@ -903,7 +904,7 @@ def _target(body: Any, n: int, where: str) -> Target:
         values["ttl"] = _duration(body["ttl"], f"{at}.ttl {here}")
     if "ttl_env" in body:
         var = _str(body["ttl_env"], f"{at}.ttl_env {here}")
-        if not _ENV_NAME.match(var):
+        if not re.match(_ENV_NAME, var):
             raise ConfigError(f"{at}.ttl_env {here}: {var!r} is not an environment variable name")
         values["ttl_env"] = var
     if "artifacts" in body:

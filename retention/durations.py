@@ -21,7 +21,9 @@ _UNITS = {
     "y": 365 * 86400,
 }
 MAX_DURATION_S = 1000 * 365 * 86400  # keeps every instant +/- a duration inside datetime
-_DURATION = re.compile(r"(\d+)\s*(min|mo|[shdwy])(?![a-z])")
+# Patterns, not compiled at import: `re` compiles (and caches) one on its first use, and
+# most commands never parse a duration, a span or a size (start-up time, issue 13).
+_DURATION = r"(\d+)\s*(min|mo|[shdwy])(?![a-z])"
 _UNIT_HINT = "use a number and a unit: s, min, h, d, w, mo or y (e.g. 180d, 12h, 2w, 6mo, 1y)"
 
 
@@ -42,7 +44,7 @@ def parse_duration(text: str) -> timedelta:
         )
     pos = 0
     total = 0
-    for m in _DURATION.finditer(s):
+    for m in re.finditer(_DURATION, s):
         if m.start() != pos:
             break
         total += int(m.group(1)) * _UNITS[m.group(2)]
@@ -78,7 +80,7 @@ class Span:
         return "".join(f"{n}{u}" for n, u in parts if n) or "0h"
 
 
-_SPAN_PART = re.compile(r"(\d+)([ymdh])")
+_SPAN_PART = r"(\d+)([ymdh])"
 MAX_SPAN_UNITS = 1_000_000  # any more is a typo, and beyond datetime's range anyway
 _SPAN_HINT = (
     "use restic's form: whole numbers of y (years), m (months), d (days) and h (hours),"
@@ -94,7 +96,7 @@ def parse_span(text: str) -> Span:
     s = str(text).strip().lower()
     values: dict[str, int] = {}
     pos = 0
-    for m in _SPAN_PART.finditer(s):
+    for m in re.finditer(_SPAN_PART, s):
         if m.start() != pos:
             break
         unit = m.group(2)
@@ -121,7 +123,7 @@ _SIZE_SUFFIX = {
     "t": 1 << 40,
     "tib": 1 << 40,
 }
-_SIZE = re.compile(r"(\d+)\s*([a-z]*)")
+_SIZE = r"(\d+)\s*([a-z]*)"
 
 
 def parse_size(text: str) -> int:
@@ -129,7 +131,7 @@ def parse_size(text: str) -> int:
     and T are binary (1024-based, as in restic and du); ``GB``-style suffixes are refused as
     ambiguous. Returns a positive int; raises `UsageError` naming the input otherwise."""
     s = str(text).strip().lower()
-    m = _SIZE.fullmatch(s)
+    m = re.fullmatch(_SIZE, s)
     hint = "use a number and K, M, G or T (binary: 1G = 1024^3 bytes), e.g. 50G, 512M"
     if m is None or m.group(2) not in _SIZE_SUFFIX:
         if m is not None and m.group(2) in ("kb", "mb", "gb", "tb"):

@@ -42,8 +42,9 @@ class Moves(msgspec.Struct, forbid_unknown_fields=True):
     moves: list[Move]
 
 
-_moves_decoder = msgspec.msgpack.Decoder(Moves)
-_begin_decoder = msgspec.msgpack.Decoder(Begin)
+# Built on first use: a command whose journal holds nothing unfinished decodes neither.
+_moves_decoder: msgspec.msgpack.Decoder[Moves] | None = None
+_begin_decoder: msgspec.msgpack.Decoder[Begin] | None = None
 
 
 def encode(obj: msgspec.Struct) -> bytes:
@@ -51,8 +52,14 @@ def encode(obj: msgspec.Struct) -> bytes:
 
 
 def decode_begin(data: bytes) -> Begin:
+    global _begin_decoder
+    if _begin_decoder is None:
+        _begin_decoder = msgspec.msgpack.Decoder(Begin)
     return _begin_decoder.decode(data)
 
 
 def decode_moves(data: bytes) -> Moves:
+    global _moves_decoder
+    if _moves_decoder is None:
+        _moves_decoder = msgspec.msgpack.Decoder(Moves)
     return _moves_decoder.decode(data)
