@@ -30,7 +30,6 @@ import errno
 import fcntl
 import os
 import stat
-from dataclasses import dataclass, field
 from types import TracebackType
 
 from journal import fsio
@@ -126,18 +125,48 @@ class TxStatus(enum.Enum):
     DONE = "done"  # nothing left to do
 
 
-@dataclass
 class TxState:
     """State of one transaction as replayed from the journal.
 
     `records` holds every record of the tx in file order, BEGIN first. `decision` tells
     whether a DONE tx was committed, aborted, or neither (finished while ACTIVE).
+
+    What ``@dataclass`` would make of it, written out: a dataclass costs about 1 ms at
+    import here, on the start-up of every command (issue 13).
     """
+
+    __match_args__ = ("txid", "status", "begin", "records")
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
 
     txid: str
     status: TxStatus
     begin: bytes
-    records: list[Record] = field(default_factory=list)
+    records: list[Record]
+
+    def __init__(
+        self, txid: str, status: TxStatus, begin: bytes, records: list[Record] | None = None
+    ) -> None:
+        self.txid = txid
+        self.status = status
+        self.begin = begin
+        self.records = [] if records is None else records
+
+    def __repr__(self) -> str:
+        return (
+            f"TxState(txid={self.txid!r}, status={self.status!r}, begin={self.begin!r},"
+            f" records={self.records!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, TxState)
+        return (self.txid, self.status, self.begin, self.records) == (
+            other.txid,
+            other.status,
+            other.begin,
+            other.records,
+        )
 
     @property
     def decision(self) -> TxStatus | None:
