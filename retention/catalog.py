@@ -107,7 +107,7 @@ _EXACT = 2**53  # an int below this in size is exactly a float: the same instant
 
 
 # The ints each format reads as whole seconds since the epoch: (low, high), exclusive.
-_SECONDS = {"auto": (-_MS_THRESHOLD, _MS_THRESHOLD), "epoch_s": (-_EXACT, _EXACT)}
+WHOLE_SECONDS = {"auto": (-_MS_THRESHOLD, _MS_THRESHOLD), "epoch_s": (-_EXACT, _EXACT)}
 
 
 def time_reader(fmt: str, *, keep_offset: bool = False) -> Callable[[object], datetime | None]:
@@ -389,7 +389,7 @@ class SqlCatalog:
         try:
             if len(cfg.time_columns) == 1:  # the common case, without the inner loop
                 # Whole seconds since the epoch read inline (as `time_reader` reads them).
-                lo, hi = _SECONDS.get(cfg.time_format, (0, 0))
+                lo, hi = WHOLE_SECONDS.get(cfg.time_format, (0, 0))
                 from_ts = datetime.fromtimestamp
                 for rid, protected, value in self.conn.execute(sql):
                     if type(value) is int and lo < value < hi:

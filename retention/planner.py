@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from retention import identity
-from retention.catalog import SqlCatalog, q, template_fields, time_reader
+from retention.catalog import WHOLE_SECONDS, SqlCatalog, q, template_fields, time_reader
 from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import (
@@ -495,20 +495,38 @@ def read_items(cat: SqlCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
     shared: dict[tuple[Any, ...], Attrs] | None = (
         {} if not {"parent", "size"} & set(names) else None
     )
+    # Whole epoch seconds in the first time column are read inline (as `time_reader` and
+    # `SqlCatalog.iter_items` read them); one text value (a tenant) finds its shared Attrs
+    # by itself: text equals no other type, so no type is needed in its key.
+    lo, hi = WHOLE_SECONDS.get(cfg.time_format, (0, 0))
+    from_ts = datetime.fromtimestamp
+    by_text: dict[str, Attrs] = {}
+    one = shared is not None and len(names) == 1
     items: list[Item] = []
     try:
         for row in cat.conn.execute(sql):
-            t = None
-            for value in row[first_time:]:
-                if value is not None:  # as iter_items: only NULL falls through
-                    t = parse(value)
-                    break
+            value = row[first_time]
+            if type(value) is int and lo < value < hi:
+                try:
+                    t = from_ts(value, UTC)
+                except (OverflowError, OSError, ValueError):
+                    t = None
+            else:
+                t = None
+                for value in row[first_time:]:
+                    if value is not None:  # as iter_items: only NULL falls through
+                        t = parse(value)
+                        break
             attrs = None
             if names:
-                raw = row[2:first_time]
-                if shared is None:
-                    attrs = attrs_of(raw)
+                if one and type(row[2]) is str:
+                    attrs = by_text.get(row[2])
+                    if attrs is None:
+                        attrs = by_text[row[2]] = attrs_of(row[2:3])
+                elif shared is None:
+                    attrs = attrs_of(row[2:first_time])
                 else:
+                    raw = row[2:first_time]
                     # 1 and 1.0 and True are equal keys: the type is part of the key
                     shape = (*raw, *map(type, raw))
                     attrs = shared.get(shape)

@@ -376,3 +376,45 @@ def test_the_measuring_thread_gives_what_measure_gives_and_hands_errors_back(
     assert not measurer._thread.is_alive()
     with _Measurer(store, []) as measurer:
         assert measurer.take(0, rels[0]) == store.measure(rels[0])
+
+
+def test_grouped_runs_are_read_with_their_times_and_groups(tmp_path: Path) -> None:
+    """`read_items` (a policy that needs more than times) reads whole seconds inline and
+    shares one `Attrs` per text group value: every run still has the time
+    `parse_stored_time` gives (offsets kept, for calendar rules) and its own group value,
+    whatever its type (1, 1.0, "1" and True are different groups)."""
+    from retention.catalogs import open_catalog
+    from retention.planner import policy_from_config, read_items
+
+    db = tmp_path / "catalog.db"
+    c = sqlite3.connect(db)
+    c.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at, tenant)")
+    rng = random.Random(7)
+    times: list[object] = [
+        1_600_000_000, -5, 10**11, 1_700_000_000_123, "2026-01-01T10:00:00+05:00", None, "x"
+    ]  # fmt: skip
+    tenants: list[object] = ["a", "b", 1, 1.0, "1", True, None, b"a", "ü"]
+    rows = [(f"r{k}", rng.choice(times), rng.choice(tenants)) for k in range(3000)]
+    c.executemany("INSERT INTO runs VALUES (?, ?, ?)", rows)
+    c.commit()
+    stored = {r[0]: r[1:] for r in c.execute("SELECT run_id, created_at, tenant FROM runs")}
+    c.close()
+    cfg = msgspec.structs.replace(
+        load_config(None, env={}, overrides={"keep_monthly": 2, "group_by": ("tenant",)}),
+        catalog_path=str(db),
+        time_columns=["created_at"],
+        path_template=None,
+        child_tables=[],
+    )
+    spec = policy_from_config(cfg)
+    with open_catalog(cfg) as cat:
+        items = read_items(cat, cfg, spec)
+    assert len(items) == len(rows)
+    for item in items:
+        value, tenant = stored[item.id]
+        want = parse_stored_time(value, "auto", keep_offset=True)
+        assert item.time == want and type(item.time) is type(want)
+        if want is not None:
+            assert item.time.utcoffset() == want.utcoffset()
+        assert item.attrs is not None and item.attrs.group == (tenant,)
+        assert type(item.attrs.group[0]) is type(tenant)
