@@ -300,20 +300,17 @@ class LocalTrashStore(LocalStore):
         """Remove ``.trash/<txid>`` and everything in it; a missing file is fine; never
         follows symlinks; a directory we may not write into is made writable by its owner
         first (as ``rm -rf`` cannot). Not durable until `sync_trash`. Raises `OSError`,
-        or `UnsafeTrash` (nothing removed) when ``.trash/<txid>`` is a symlink. With
-        ``advance``, each run's slot is removed on its own first and ``advance()`` called
-        after it (a progress line)."""
+        or `UnsafeTrash` (nothing removed) when ``.trash/<txid>`` is a symlink. Each run's
+        slot is removed on its own first, a few at a time (`_rmtree_all`), and
+        ``advance()``, if given, called after each (a progress line)."""
         self._tx_ok.clear()  # look again now, right before removing
         self._verify_tx_dir(trash_tx_rel(txid))
         path = self.abspath(trash_tx_rel(txid))
-        if advance is not None:
-            try:
-                slots = [e.name for e in os.scandir(path) if not is_trash_index_name(e.name)]
-            except (FileNotFoundError, NotADirectoryError):
-                slots = []
-            for name in slots:
-                _rmtree(os.path.join(path, name))
-                advance()
+        try:
+            slots = [e.name for e in os.scandir(path) if not is_trash_index_name(e.name)]
+        except OSError:  # absent, not a directory, unreadable: `_rmtree` deals with it
+            slots = []
+        _rmtree_all([path + b"/" + name for name in slots], advance)
         _rmtree(path)
 
     def sync_trash(self) -> None:
@@ -611,6 +608,56 @@ def _rmtree(path: bytes) -> None:
             _retry_in(dirs.fd, functools.partial(os.rmdir, done, dir_fd=dirs.fd))
     finally:
         dirs.close()
+
+
+# Trees `_rmtree_all` removes at once. unlink and rmdir release the GIL and mostly wait
+# for the filesystem's journal: four at a time removed a trash of run directories about
+# twice as fast as one (and than ``rm -rf``) on the project's 2-core machine.
+RM_THREADS = 4
+
+
+def _rmtree_all(paths: list[bytes], advance: Callable[[], None] | None = None) -> None:
+    """`_rmtree` each of ``paths`` (independent trees: none inside another), `RM_THREADS`
+    at a time, each thread taking the next path when done; ``advance()`` after each (under
+    a lock). Every tree is attempted; then the first error (in ``paths`` order) is raised."""
+    if len(paths) < 2 * RM_THREADS:
+        for p in paths:
+            _rmtree(p)
+            if advance is not None:
+                advance()
+        return
+    import threading
+
+    lock = threading.Lock()
+    todo = iter(enumerate(paths))
+    errors: dict[int, Exception] = {}
+
+    def work() -> None:
+        while True:
+            with lock:
+                nxt = next(todo, None)
+            if nxt is None:
+                return
+            k, p = nxt
+            try:
+                _rmtree(p)
+            except Exception as exc:  # an OSError; a bug too, raised in the caller's thread
+                with lock:
+                    errors[k] = exc
+            if advance is not None:
+                with lock:
+                    advance()
+
+    threads = [
+        threading.Thread(target=work, name=f"retention-rm-{n}", daemon=True)
+        for n in range(RM_THREADS)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[min(errors)]
 
 
 def _entries(fd: int) -> list[tuple[str, bool]]:

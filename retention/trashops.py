@@ -504,7 +504,10 @@ def undo_one(
         failpoint("undo.after_commit")
         conflicts.update(refused)
         restored = cat.restored_by(utxid)
-        _, problems = reconcile(store, moves, lambda r: r not in restored)
+        # Moves whose run the catalog did not restore go back to trash (as apply's
+        # finish): the restored ones are home already, no need to look at them again.
+        back = [m for m in moves if m.run_id not in restored]
+        _, problems = reconcile(store, back, lambda r: True)
         if problems:
             raise problems_error(utxid, problems)
         j.commit(utxid)
