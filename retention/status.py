@@ -355,9 +355,9 @@ def status_lines(rep: StatusReport) -> list[str]:
     return lines + catalog_lines(rep)
 
 
-# The catalog file's size and free pages, as status and purge (`retention.views`) say them.
-# Here rather than in the views: those import the catalog's SQL layer and the manifest, which
-# a no-op status does not need (start-up time, issue 13).
+# The catalog file's size and free pages, as status and purge (`retention.views`, which
+# imports these) say them. Here rather than in the views: those import the catalog's SQL
+# layer and the manifest, which a no-op status does not need (start-up time, issue 13).
 
 
 def file_size_text(space: Any) -> str:

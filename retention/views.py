@@ -534,33 +534,13 @@ def purge_lines(rep: Any) -> list[str]:
     return lines + _purge_catalog_lines(rep)
 
 
-def _file_size(space: Any) -> str:
-    wal = f" (+ {format_bytes(space.wal_bytes)} WAL)" if space.wal_bytes else ""
-    return format_bytes(space.file_bytes) + wal
-
-
-def _free_pages(space: Any) -> str:
-    return (
-        f"{format_bytes(space.free_bytes)} of free pages"
-        f" ({space.free_pages:,} x {space.page_size:,} B)"
-    )
-
-
-def _worth_vacuuming(space: Any) -> bool:
-    """Free pages are a tenth of the file or more (fewer are soon reused anyway)."""
-    return bool(space.free_pages) and space.free_bytes * 10 >= space.file_bytes
-
-
-def _vacuum_hint(space: Any) -> str:
-    if space.auto_vacuum == "incremental":
-        how = "PRAGMA incremental_vacuum here, as auto_vacuum is incremental: short"
-    else:
-        how = "a VACUUM: it rewrites the whole file under an exclusive lock"
-    return f"`retention purge --vacuum` gives them back to the filesystem ({how})"
-
-
 def _purge_catalog_lines(rep: Any) -> list[str]:
     """The catalog file before and after the purge (and --vacuum), and its free pages."""
+    from retention.status import file_size_text as _file_size
+    from retention.status import free_pages_text as _free_pages
+    from retention.status import vacuum_hint as _vacuum_hint
+    from retention.status import worth_vacuuming as _worth_vacuuming
+
     before, after, vac = rep.catalog_before, rep.catalog_after, rep.vacuum
     if before is None or after is None:
         return []
@@ -602,25 +582,6 @@ def undo_lines(rep: Any) -> list[str]:
                 f"  Hint: move what took their place aside, then run `retention undo {u.target}`"
                 " again"
             )
-    return lines
-
-
-def _status_catalog_lines(rep: Any) -> list[str]:
-    """How much of the catalog file retention's tables take, and its free pages."""
-    space, use = rep.catalog, rep.catalog_usage
-    if space is None or use is None:
-        return []
-    about = "" if use.exact else "about "
-    lines = [
-        f"Catalog: {_file_size(space)}; {about}{format_bytes(use.tombstone_bytes)} of it"
-        " tombstones (the deleted rows kept for undo, dropped at purge),"
-        f" {about}{format_bytes(use.log_bytes)} the deletion log;"
-        f" {_free_pages(space)}."
-    ]
-    if not use.exact:
-        lines.append("  (estimated: this SQLite has no dbstat table to count pages with)")
-    if _worth_vacuuming(space):
-        lines.append(f"  Hint: SQLite reuses free pages; {_vacuum_hint(space)}")
     return lines
 
 
