@@ -19,7 +19,7 @@ import string
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import msgspec
 
@@ -35,7 +35,10 @@ from retention.errors import (
     CatalogError,
     ConfigError,
 )
-from retention.policy import Item, RunId
+from retention.policy.ids import RunId
+
+if TYPE_CHECKING:
+    from retention.policy import Item
 
 OUR_PREFIX = "_retention_"
 
@@ -379,6 +382,8 @@ class SqlCatalog:
         Read-only. Timestamps follow ``catalog.time_columns`` in order: the first that parses
         counts; a run whose first non-NULL one does not parse has ``time=None`` (kept).
         """
+        from retention.policy import Item  # (the policy engine: not for read-only commands)
+
         cfg = self.cfg
         cols = ", ".join(q(c) for c in cfg.time_columns)
         protect = f"CASE WHEN ({cfg.protect}) THEN 1 ELSE 0 END" if cfg.protect else "0"

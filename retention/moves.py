@@ -19,7 +19,7 @@ from retention import txrecords
 from retention.errors import RecoveryError
 from retention.failpoints import failpoint
 from retention.participants import ArtifactStore
-from retention.policy import RunId
+from retention.policy.ids import RunId
 from retention.reporting import Progress
 from retention.store import OutsideRoot, display
 from retention.txrecords import Begin, Move, Moves

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from retention.policy import RunId
+from retention.policy.ids import RunId
 from retention.store import Measure
 
 

@@ -51,7 +51,8 @@ NOT_FOR_HELP = {
 }
 
 # Never needed by a status with nothing to report: the planner and the views (the manifest,
-# the explain), the mutating commands, directory moves, ctypes (renameat2), the file lock.
+# the explain), the policy engine, the mutating commands, directory moves, ctypes
+# (renameat2), the file lock.
 NOT_FOR_STATUS = {
     "ctypes",
     "filelock",
@@ -67,6 +68,9 @@ NOT_FOR_STATUS = {
     "retention.jobstore",
     "retention.onboarding",
     "retention.metrics",
+    "retention.policy.core",  # (the policy engine: status names run ids only)
+    "retention.policy.rules",
+    "retention.policy.calendar",
 }
 
 

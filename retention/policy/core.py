@@ -29,6 +29,7 @@ import msgspec
 
 from retention.policy import budget as budget_mod
 from retention.policy.budget import BudgetReport
+from retention.policy.ids import RunId
 from retention.policy.marks import (
     CHECKPOINT,
     DEPENDED_ON,
@@ -42,8 +43,6 @@ from retention.policy.marks import (
 )
 from retention.policy.rules import Ctx, active_rules
 from retention.policy.spec import PolicySpec
-
-RunId = str | int
 
 
 @dataclass(frozen=True, slots=True)
