@@ -256,6 +256,8 @@ def log(cfg: Config, *, since: datetime | None = None, limit: int = 0) -> LogRep
     an undo restored all of it, ``applied`` while its tombstone is there (``in_trash``: its
     records still undoable), else ``purged``. A transaction still unfinished in the journal
     is left out (its log record is staged, not yet true)."""
+    from retention.durations import parse_instant
+
     ws = _paths_only(cfg)
     cutoff = format_instant(since) if since is not None else None
     try:
@@ -282,7 +284,7 @@ def log(cfg: Config, *, since: datetime | None = None, limit: int = 0) -> LogRep
                 purged.add(t)
     entries: list[LogEntry] = []
     for r in sorted(records, key=lambda r: (r.at, r.txid), reverse=True):
-        if cutoff is not None and r.at < cutoff:
+        if since is not None and parse_instant(r.at) < since:
             continue
         total = sum(r.records.values())
         state, in_trash = "done", None

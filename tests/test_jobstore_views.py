@@ -9,7 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +213,11 @@ def test_explain_agrees_with_the_plan_for_every_record_and_says_why(tmp_path: Pa
     )
     assert out.returncode == 2
     assert out.stderr.decode().startswith("Error: no record 'no-such-record' in the targets")
+
+
+def test_log_since_keeps_the_transactions_from_that_instant_on(applied: Path) -> None:
+    cfg = _cfg(applied)
+    (entry,) = log(cfg).entries
+    at = datetime.fromisoformat(entry.at.replace("Z", "+00:00"))
+    assert [e.txid for e in log(cfg, since=at).entries] == [entry.txid]
+    assert log(cfg, since=at + timedelta(microseconds=1)).entries == []
