@@ -551,8 +551,8 @@ class DocLogRecord(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     targets: list[str] = []  # undo, purge: the applies acted on
     records: dict[str, int]  # per target (record kind): removed, restored, made final
     bytes: int  # the records as the tombstone stores them (encoded JSON)
-    user: str
-    host: str
+    user: str = ""  # (filled in by `_write_log`)
+    host: str = ""
     manifest_id: str | None = None
     undo_until: str | None = None  # apply: its grace period's end
 
@@ -889,8 +889,6 @@ def apply(cfg: Config, manifest: str, now: datetime | None = None) -> JsondocApp
                         at=format_instant(now),
                         records={n: len(r.records) for n, r in removed.collections.items()},
                         bytes=len(tomb_bytes),
-                        user="",
-                        host="",
                         manifest_id=payload.manifest_id,
                         undo_until=undo_until,
                     ),
@@ -989,17 +987,19 @@ class TombHead(msgspec.Struct, kw_only=True):
         return {name: len(s.records) for name, s in self.removed.collections.items()}
 
 
-def _tombs(ws: DocWorkspace) -> list[TombHead]:
-    """Every undoable apply (a committed tombstone not undone), newest first."""
+def tomb_paths(ws: DocWorkspace) -> list[Path]:
+    """The tombstone files of the state directory (one per undoable apply), by name."""
     try:
         names = sorted(os.listdir(ws.tomb_dir))
     except FileNotFoundError:
         return []
+    return [ws.tomb_dir / n for n in names if n.endswith(".json") and not n.endswith(".rest.json")]
+
+
+def _tombs(ws: DocWorkspace) -> list[TombHead]:
+    """Every undoable apply (a committed tombstone not undone), newest first."""
     out = []
-    for n in names:
-        if not n.endswith(".json") or n.endswith(".rest.json"):
-            continue
-        path = ws.tomb_dir / n
+    for path in tomb_paths(ws):
         try:
             head = msgspec.json.decode(path.read_bytes(), type=TombHead)
         except OSError as exc:
@@ -1116,8 +1116,6 @@ def _undo_one(ws: DocWorkspace, tomb: DocTomb, now: datetime) -> UndoneApply:
                 targets=[tomb.txid],
                 records={n: len(v) for n, v in restored.items() if v},
                 bytes=0,
-                user="",
-                host="",
             ),
         )
         SIGNALS.stop("nothing was restored")
@@ -1160,8 +1158,6 @@ def purge(cfg: Config, *, everything: bool, now: datetime | None = None) -> Json
                     targets=[t.txid for t in chosen],
                     records=dict(per_target),
                     bytes=sum(_size(ws.tomb(t.txid)) for t in chosen),
-                    user="",
-                    host="",
                 ),
             )
         purged: list[str] = []
@@ -1424,6 +1420,7 @@ def status(cfg: Config, now: datetime) -> JsondocStatusReport:
             op = txrecords.decode_begin(tx.begin).op
             interrupted.append(TxLine(txid=txid, op=op, records=swap.records if swap else 0))
     ws = DocWorkspace(cfg, state, None)  # type: ignore[arg-type]  # (paths only)
+    uncommitted = {i.txid for i in interrupted}  # their tombstones are not undoable yet
     undoable = [
         UndoableApply(
             txid=t.txid,
@@ -1433,7 +1430,7 @@ def status(cfg: Config, now: datetime) -> JsondocStatusReport:
             records=t.counts(),
         )
         for t in _tombs(ws)
-        if t.txid not in {i.txid for i in interrupted}  # (not committed yet)
+        if t.txid not in uncommitted
     ]
     try:
         undone = sorted(

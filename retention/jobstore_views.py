@@ -76,14 +76,7 @@ def _tombs(ws: jobstore.DocWorkspace) -> tuple[list[jobstore.DocTomb], list[Find
     """Every undoable tombstone, read whole; the damaged ones as findings."""
     out: list[jobstore.DocTomb] = []
     bad: list[Finding] = []
-    try:
-        names = sorted(os.listdir(ws.tomb_dir))
-    except FileNotFoundError:
-        return out, bad
-    for name in names:
-        if not name.endswith(".json") or name.endswith(".rest.json"):
-            continue
-        path = ws.tomb_dir / name
+    for path in jobstore.tomb_paths(ws):
         try:
             out.append(jobstore.read_tomb(path))
         except (StorageError, RecoveryError, UndoRefused) as exc:
@@ -200,10 +193,10 @@ def trash(cfg: Config, now: datetime, *, limit: int = 0) -> TrashReport:
     seen = observe(StateLayout(Path(cfg.state_dir)))
     txids = [t for t, _, _ in seen.unfinished]
     with without_cyclic_gc():
-        for head in jobstore._tombs(ws):
-            if head.txid in txids:
+        tombs = [jobstore.read_tomb(path) for path in jobstore.tomb_paths(ws)]  # read once
+        for tomb in sorted(tombs, key=lambda t: (t.created_at, t.txid), reverse=True):
+            if tomb.txid in txids:
                 continue  # an apply still unfinished: not in trash until it commits
-            tomb = jobstore.read_tomb(ws.tomb(head.txid))
             sizes = [
                 (rset.name, r.id, len(msgspec.json.encode(r.record)))
                 for rset in tomb.removed.collections.values()

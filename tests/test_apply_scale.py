@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
@@ -19,25 +18,7 @@ import pytest
 
 from retention import store, tombstones
 
-from .conftest import invoke
-from .test_undo_scale import _build, _plan_and_apply, _sqlite_hooks
-
-
-def _undo_instructions_in_ranges(root: Path, runs: int, monkeypatch: pytest.MonkeyPatch) -> int:
-    _build(root, runs=runs)
-    monkeypatch.chdir(root)
-    txid = _plan_and_apply(keep=2)
-    ticks = [0]
-
-    def count() -> int:
-        ticks[0] += 1
-        return 0
-
-    with _sqlite_hooks(lambda c: c.set_progress_handler(count, 1000)):
-        undo = invoke("undo", txid)
-    assert undo.exit_code == 0, undo.stderr
-    assert len(json.loads(undo.stdout)["undone"][0]["restored"]) == runs - 2
-    return ticks[0] * 1000
+from .test_undo_scale import _undo_instructions
 
 
 def test_undo_reads_by_range_grow_linearly(
@@ -47,8 +28,8 @@ def test_undo_reads_by_range_grow_linearly(
     undo at most double (within a margin). A range statement that walked every tombstone
     of the transaction would make them grow fourfold."""
     monkeypatch.setattr(tombstones, "READ_BATCH", 10)
-    small = _undo_instructions_in_ranges(workspace / "small", 150, monkeypatch)
-    large = _undo_instructions_in_ranges(workspace / "large", 300, monkeypatch)
+    small = _undo_instructions(workspace / "small", 150, monkeypatch)
+    large = _undo_instructions(workspace / "large", 300, monkeypatch)
     assert large / small < 2.6, (small, large)
 
 
