@@ -14,10 +14,8 @@ to the config file's directory if there is one, else to the current directory.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import re
-import string
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +35,14 @@ DEFAULT_TERMINAL_STATES = ("completed", "failed", "canceled")
 # A manifest of a million runs is about 400-500 MiB; refuse anything larger than this unread.
 DEFAULT_MANIFEST_MAX_SIZE = 1 << 30
 TIME_FORMATS = ("auto", "iso", "epoch_s", "epoch_ms")
+
+
+def close_matches(word: str, choices: Iterable[str]) -> list[str]:
+    """The one choice closest to ``word``, if any is close (for "did you mean"). difflib is
+    imported here, on the error path, not at every command's start-up."""
+    import difflib
+
+    return difflib.get_close_matches(word, list(choices), n=1)
 
 
 class ChildTable(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -519,6 +525,8 @@ def template_problem(template: str) -> str | None:
     every candidate would look as if it had none and apply would orphan them all.
     """
     try:
+        import string  # here, not at import: a few ms of every command's start-up
+
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
         return f"{template!r} is not a valid template: {exc}"
@@ -695,7 +703,7 @@ def _tiers(value: Any, where: str) -> dict[str, dict[str, Any]] | None:
         parsed: dict[str, Any] = {}
         for key, raw in body.items():
             if key not in TIER_KEYS:
-                close = difflib.get_close_matches(key, TIER_KEYS, n=1)
+                close = close_matches(key, TIER_KEYS)
                 hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(TIER_KEYS)
                 raise ConfigError(f"{at}: unknown setting {key!r}", hint=hint)
             parse = _days if key == "days" else _BY_FIELD[key].parse
@@ -827,7 +835,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         for name, value in body.items():
             key = f"{section}.{name}"
             if key not in _BY_KEY:
-                close = difflib.get_close_matches(key, list(_BY_KEY), n=1)
+                close = close_matches(key, _BY_KEY)
                 hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(_BY_KEY)
                 raise ConfigError(f"config file {path}: unknown setting {key!r}", hint=hint)
             flat[key] = value
@@ -876,7 +884,7 @@ def _target(body: Any, n: int, where: str) -> Target:
         at = f"targets.{name}"
     for key in body:
         if key not in TARGET_KEYS:
-            close = difflib.get_close_matches(key, TARGET_KEYS, n=1)
+            close = close_matches(key, TARGET_KEYS)
             hint = f"did you mean {close[0]}?" if close else "known: " + ", ".join(TARGET_KEYS)
             raise ConfigError(f"{at} ({where}): unknown setting {key!r}", hint=hint)
     for key in ("name", "collection", "id", "timestamp"):
@@ -1009,7 +1017,7 @@ def unknown_env(env: Mapping[str, str], also: Iterable[str] = ()) -> ConfigError
             continue
         # Compared without the common prefix, which would make every name look close.
         names = {k.removeprefix(ENV_PREFIX): k for k in known}
-        close = [names[n] for n in difflib.get_close_matches(var[len(ENV_PREFIX) :], names, n=1)]
+        close = [names[n] for n in close_matches(var[len(ENV_PREFIX) :], names)]
         message = f"unknown environment variable {var}"
         if close:
             return ConfigError(

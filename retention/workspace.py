@@ -19,15 +19,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import json
 import os
-import socket
 import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from journal import CorruptJournal, FsyncError, Journal, JournalError, TxStatus, fsio, replay
 from journal.writer import UnsafeJournal
@@ -70,8 +70,8 @@ def read_owner(state: StateLayout) -> LockHolder | None:
             data = os.read(fd, _OWNER_MAX) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
         finally:
             os.close(fd)
-        info = json.loads(data)
-    except (OSError, ValueError):
+        info = msgspec.json.decode(data)
+    except (OSError, msgspec.DecodeError):
         return None
     if not isinstance(info, dict):
         return None
@@ -118,7 +118,7 @@ def probe_lock(state: StateLayout) -> bool | None:
 
 def _pid_alive(holder: LockHolder) -> bool | None:
     """Whether the holder's process exists (None: another host, or no pid to ask about)."""
-    if holder.pid is None or holder.pid <= 0 or holder.host != socket.gethostname():
+    if holder.pid is None or holder.pid <= 0 or holder.host != os.uname().nodename:
         return None
     try:
         os.kill(holder.pid, 0)
@@ -161,7 +161,7 @@ def describe_holder(holder: LockHolder, now: datetime | None = None) -> str:
     not this one); unknown parts are left out."""
     parts = []
     if holder.pid is not None:
-        here = holder.host in (None, socket.gethostname())
+        here = holder.host in (None, os.uname().nodename)
         parts.append(f"pid {holder.pid}" + ("" if here else f" on {holder.host}"))
     if holder.command:
         parts.append(f"`{holder.command}`")
@@ -206,12 +206,12 @@ def _write_owner(state: StateLayout) -> None:
     through. Best effort: the lock itself is what excludes other processes."""
     owner = {
         "pid": os.getpid(),
-        "host": socket.gethostname(),
+        "host": os.uname().nodename,
         "command": " ".join(["retention", *sys.argv[1:]])[:200],
         "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     with contextlib.suppress(OSError, FsyncError):
-        fsio.write_atomic(state.lock_owner, json.dumps(owner).encode(), 0o644)
+        fsio.write_atomic(state.lock_owner, msgspec.json.encode(owner), 0o644)
 
 
 @contextlib.contextmanager

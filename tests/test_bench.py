@@ -34,7 +34,7 @@ def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) 
     assert f["naive"]["sample"] == 40 and f["naive"]["sample_s"] > 0
     assert (f["runs"], f["dirs"], f["child_rows_per_run"]) == (2000, 200, 3)
     assert f["manifest_bytes"] > 0
-    assert f["help_s"] > 0 and f["status_noop_s"] > 0
+    assert f["help_s"] > 0 and f["status_noop_s"] > 0 and f["status_trash_s"] > 0
     assert {"python", "cpus", "loadavg_1m_at_start", "sqlite"} <= set(f["machine"])
 
 
