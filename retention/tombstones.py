@@ -690,16 +690,37 @@ class TrashCatalog(WritableCatalog):
         }
 
     def trash_by_apply(self) -> dict[str, tuple[int, int]]:
-        """Runs and bytes still in trash, per apply (read-only, one query)."""
-        if not self.db.has_table(TOMB_RUNS):
+        """Runs and bytes still in trash, per apply (read-only).
+
+        Read from the applies' own rows, not summed over their tombstones (which costs a
+        `status` 65 ms per 100,000 runs in trash): an apply no undo has touched and no
+        purge has begun still has in trash every run it deleted, which its row counts
+        (written in the same transaction as its tombstones). Only the others (partly
+        undone, or partly purged) are summed, each over its own tombstones (the primary
+        key's range)."""
+        if not self.db.has_table(TOMB_RUNS) or not self.db.has_table(TX_TABLE):
             return {}
-        return {
-            txid: (int(n), int(b))
-            for txid, n, b in self.conn.execute(
-                f"SELECT txid, count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
-                " WHERE state = 'trash' GROUP BY txid"
-            )
-        }
+        out: dict[str, tuple[int, int]] = {}
+        summed = []
+        for txid, state, runs, nbytes, touched in self.conn.execute(
+            f"SELECT t.txid, t.state, t.runs, t.bytes, EXISTS (SELECT 1 FROM {TX_TABLE} AS u"
+            f" WHERE u.op = 'undo' AND u.target = t.txid) FROM {TX_TABLE} AS t"
+            " WHERE t.op = 'apply' AND t.state IN ('applied', 'purging')"
+        ).fetchall():
+            if state == "applied" and not touched:
+                if runs:
+                    out[txid] = (int(runs), int(nbytes))
+            else:
+                summed.append(txid)
+        for txid in summed:
+            n, b = self.conn.execute(
+                f"SELECT count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
+                " WHERE txid = ? AND state = 'trash'",
+                (txid,),
+            ).fetchone()
+            if n:
+                out[txid] = (int(n), int(b))
+        return out
 
     def applies(self) -> list[dict[str, Any]]:
         """Every recorded apply, newest first (read-only)."""

@@ -170,3 +170,48 @@ def test_status_reports_trash_per_transaction_grace_period_and_last_apply(
     assert rep["last_apply"] == {**saved, "state_now": "purged"}
     text = status(ws).stdout.decode()
     assert "Trash is empty; nothing to undo." in text and "(purged since)" in text
+
+
+def _summed(ws: Path) -> dict[str, tuple[int, int]]:
+    """Runs and bytes in trash per apply, summed over the tombstones (what status showed
+    before it read them off the applies' own rows)."""
+    import sqlite3
+
+    c = sqlite3.connect(ws / "data/catalog.db")
+    try:
+        return {
+            t: (n, b)
+            for t, n, b in c.execute(
+                "SELECT txid, count(*), sum(bytes) FROM _retention_runs"
+                " WHERE state = 'trash' GROUP BY txid"
+            )
+        }
+    finally:
+        c.close()
+
+
+def _shown(ws: Path) -> dict[str, tuple[int, int]]:
+    rep = json.loads(status(ws, "--json").stdout)
+    return {t["txid"]: (t["runs"], t["bytes"]) for t in rep["trash"] if t["runs"]}
+
+
+def test_status_trash_counts_equal_the_tombstones_sum_through_partial_undo_and_purge(
+    tmp_path: Path,
+) -> None:
+    """status counts an untouched apply from its own row and sums the others: after two
+    applies, a single run undone, a whole apply undone and a purge interrupted half way,
+    what it shows per apply is what summing the tombstones gives."""
+    ws = ck.build(tmp_path / "ws", runs=12)
+    first = json.loads(ck.run(ws, "apply", str(ck.plan(ws, keep_last=8))).stdout)
+    second = json.loads(ck.run(ws, "apply", str(ck.plan(ws, keep_last=4))).stdout)
+    assert _shown(ws) == _summed(ws) and len(_summed(ws)) == 2
+    assert ck.run(ws, "undo", "--run", first["deleted_run_ids"][0]).returncode == 0
+    assert _shown(ws) == _summed(ws)
+    assert _summed(ws)[first["txid"]][0] == len(first["deleted_run_ids"]) - 1
+    assert ck.run(ws, "undo", second["txid"]).returncode == 0
+    assert _shown(ws) == _summed(ws) and second["txid"] not in _shown(ws)
+    third = json.loads(ck.run(ws, "apply", str(ck.plan(ws, keep_last=6))).stdout)
+    assert ck.crashed(ck.run(ws, "purge", "--all", failpoint="purge.after_mark@1"))
+    assert _shown(ws) == _summed(ws) and third["txid"] in _shown(ws)
+    assert ck.run(ws, "recover").returncode == 0
+    assert _shown(ws) == _summed(ws) == {}
