@@ -22,10 +22,7 @@ transaction, never touching the application's tables' schema):
 from __future__ import annotations
 
 import contextlib
-import getpass
-import json
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -174,6 +171,8 @@ OLD_COL, NEW_COL, COL_COL = "__retention_old", "__retention_new", "__retention_c
 def current_user() -> str:
     """Who runs this process, never failing: the login name (``getpass``, then the password
     database), else ``uid N``."""
+    import getpass  # here, not at import: a few ms of every command's start-up
+
     with contextlib.suppress(Exception):
         return getpass.getuser()
     uid = os.getuid()
@@ -186,7 +185,7 @@ def current_user() -> str:
 
 def current_host() -> str:
     with contextlib.suppress(Exception):
-        return socket.gethostname()
+        return os.uname().nodename  # gethostname(), without importing socket
     return ""
 
 
@@ -318,6 +317,8 @@ class WritableCatalog(SqlCatalog):
 
     def _write_audit(self, a: AuditRow) -> None:
         """Inside the caller's transaction: the audit row of ``a.txid``."""
+        import json  # its text format (spaced) is the audit table's; loaded only to write
+
         self._ensure_audit()
         self.conn.execute(
             f'INSERT INTO {AUDIT_TABLE} (txid, action, at, target, "user", host, manifest_id,'
@@ -383,7 +384,7 @@ class WritableCatalog(SqlCatalog):
                 f" AND txid IN ({', '.join('?' * len(part))})",
                 part,
             ).fetchall():
-                for col, value, n, b in json.loads(groups):
+                for col, value, n, b in msgspec.json.decode(groups):
                     got = acc.setdefault((str(col), value), [0, 0])
                     got[0] += int(n)
                     got[1] += int(b)
@@ -1082,12 +1083,12 @@ class TrashCatalog(WritableCatalog):
                 (apply_txid,),
             ).fetchone()
             if found is not None:
-                left = {str(k): int(v) for k, v in json.loads(found[0]).items()}
+                left = {str(k): int(v) for k, v in msgspec.json.decode(found[0]).items()}
                 for (done,) in conn.execute(
                     f"SELECT tables FROM {AUDIT_TABLE} WHERE action = 'undo' AND target = ?",
                     (apply_txid,),
                 ).fetchall():
-                    for k, v in json.loads(done).items():
+                    for k, v in msgspec.json.decode(done).items():
                         left[k] = left.get(k, 0) - int(v)
                 return {k: v for k, v in left.items() if v > 0}
         out: dict[str, int] = {}
