@@ -172,6 +172,59 @@ db.execute("DELETE FROM runs WHERE run_id IN (SELECT id FROM ids)")
 db.execute("COMMIT")
 """
 
+# The least any plan must do that fingerprints what it would delete (so that apply can
+# refuse what changed since): the scan floor, plus reading the candidates' rows from every
+# table (one join per table on a temp table of ids) and one sha256 per run over them.
+SAFE_SCAN = r"""
+import hashlib, os, sqlite3, sys
+root, n = sys.argv[1], int(sys.argv[2])
+db = sqlite3.connect(f"file:{os.path.join(root, 'data/catalog.db')}?mode=ro", uri=True)
+rows = db.execute("SELECT run_id, created_at FROM runs").fetchall()
+old = [rid for rid, _ in sorted(rows, key=lambda r: r[1])[:n]]
+arts = os.path.join(root, "data/backtests")
+for rid in old:
+    with os.scandir(os.path.join(arts, rid)) as it:
+        for e in it:
+            e.stat(follow_symlinks=False)
+db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
+db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in old))
+by_run = {}
+for t in ("runs", "run_metrics", "run_params"):
+    for row in db.execute(f"SELECT t.* FROM {t} AS t JOIN ids ON ids.id = t.run_id"):
+        by_run.setdefault(row[0] if t == "runs" else row[1], []).append(row)
+fps = {rid: hashlib.sha256(repr(rs).encode()).hexdigest() for rid, rs in by_run.items()}
+"""
+
+# The least any apply must do that re-checks each directory for drift and can undo: the
+# bare floor, plus an lstat walk of each directory before its rename, and a copy of every
+# deleted row into a tombstone table (INSERT ... SELECT on the temp table of ids), in the
+# same transaction as the DELETEs.
+SAFE = r"""
+import os, sqlite3, sys
+root, n = sys.argv[1], int(sys.argv[2])
+ids = [f"r{i:08d}" for i in range(n)]
+arts = os.path.join(root, "data/backtests")
+trash = os.path.join(arts, ".trash")
+os.mkdir(trash)
+for i in ids:
+    with os.scandir(os.path.join(arts, i)) as it:
+        for e in it:
+            e.stat(follow_symlinks=False)
+    os.rename(os.path.join(arts, i), os.path.join(trash, i))
+for d in (arts, trash):
+    fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+db = sqlite3.connect(os.path.join(root, "data/catalog.db"), isolation_level=None)
+db.execute("PRAGMA synchronous=FULL")
+db.execute("BEGIN IMMEDIATE")
+db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
+db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
+for t in ("run_metrics", "run_params", "runs"):
+    db.execute(f"CREATE TABLE tomb_{t} AS SELECT * FROM {t} WHERE 0")
+    db.execute(f"INSERT INTO tomb_{t} SELECT * FROM {t} WHERE run_id IN (SELECT id FROM ids)")
+    db.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT id FROM ids)")
+db.execute("COMMIT")
+"""
+
 NAIVE = r"""
 import os, shutil, sqlite3, sys
 root, n = sys.argv[1], int(sys.argv[2])
@@ -224,11 +277,17 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
     # when it also sums the apply's tombstones and their pages.
     out["status_noop_s"] = startup([EXE, "status"], ws)
     out["scan_floor"] = fig(timed([sys.executable, "-c", SCAN, str(template), str(dirs)], base))
+    out["safe_scan_floor"] = fig(
+        timed([sys.executable, "-c", SAFE_SCAN, str(template), str(dirs)], base)
+    )
     applied = timed([EXE, "apply", "manifest.json"], ws, subprocess.DEVNULL)
     out["apply"] = fig(applied)
     bare = copy(template, base / "bare")
     out["bare_floor"] = fig(timed([sys.executable, "-c", BARE, str(bare), str(dirs)], bare))
     shutil.rmtree(bare)
+    safe = copy(template, base / "safe")
+    out["safe_floor"] = fig(timed([sys.executable, "-c", SAFE, str(safe), str(dirs)], safe))
+    shutil.rmtree(safe)
     sample = min(args.naive_sample, dirs)
     naive = copy(template, base / "naive")
     took, rss = timed([sys.executable, "-c", NAIVE, str(naive), str(sample)], naive)
@@ -296,6 +355,12 @@ def report(r: dict) -> None:
         a["s"] / r["bare_floor"]["s"],
         "<= 1.5x",
         f"{dirs / a['s']:,.0f} dirs/s",
+    )
+    print(
+        f"{'':<7} the safety floors (the least work of a fingerprinting plan and of a"
+        f" drift-checked, undoable apply): plan {p['s'] / r['safe_scan_floor']['s']:.2f}x"
+        f" of {r['safe_scan_floor']['s']:.2f} s, apply {a['s'] / r['safe_floor']['s']:.2f}x"
+        f" of {r['safe_floor']['s']:.2f} s"
     )
     naive = r["naive"]
     print(

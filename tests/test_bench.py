@@ -29,7 +29,18 @@ def _bench(tmp_path: Path, script: str, *args: str) -> dict:
 @pytest.mark.slow
 def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) -> None:
     f = _bench(tmp_path, "bench.py", "--runs", "2000", "--dirs", "200", "--naive-sample", "40")
-    for name in ("plan", "scan_floor", "apply", "bare_floor", "undo", "purge", "rm_rf", "naive"):
+    for name in (
+        "plan",
+        "scan_floor",
+        "safe_scan_floor",
+        "apply",
+        "bare_floor",
+        "safe_floor",
+        "undo",
+        "purge",
+        "rm_rf",
+        "naive",
+    ):
         assert f[name]["s"] > 0 and f[name]["rss_kib"] > 0, name
     assert f["naive"]["sample"] == 40 and f["naive"]["sample_s"] > 0
     assert (f["runs"], f["dirs"], f["child_rows_per_run"]) == (2000, 200, 3)
