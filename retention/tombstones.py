@@ -703,12 +703,14 @@ class TrashCatalog(WritableCatalog):
             return {}
         out: dict[str, tuple[int, int]] = {}
         summed = []
-        for txid, state, runs, nbytes, touched in self.conn.execute(
-            f"SELECT t.txid, t.state, t.runs, t.bytes, EXISTS (SELECT 1 FROM {TX_TABLE} AS u"
-            f" WHERE u.op = 'undo' AND u.target = t.txid) FROM {TX_TABLE} AS t"
-            " WHERE t.op = 'apply' AND t.state IN ('applied', 'purging')"
+        undone = {
+            r[0] for r in self.conn.execute(f"SELECT target FROM {TX_TABLE} WHERE op = 'undo'")
+        }
+        for txid, state, runs, nbytes in self.conn.execute(
+            f"SELECT txid, state, runs, bytes FROM {TX_TABLE}"
+            " WHERE op = 'apply' AND state IN ('applied', 'purging')"
         ).fetchall():
-            if state == "applied" and not touched:
+            if state == "applied" and txid not in undone:
                 if runs:
                     out[txid] = (int(runs), int(nbytes))
             else:
