@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import string
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -44,6 +43,7 @@ from retention.errors import CatalogError, ConfigError, UsageError
 from retention.layout import TRASH_DIRNAME, StateLayout
 from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
 from retention.manifest import with_id as manifest_with_id
+from retention.measuring import ForkedMeasurer
 from retention.policy import (
     UNITS,
     UNLIMITED,
@@ -940,70 +940,6 @@ def measure_sizes(
     return sized, measures
 
 
-class _Measurer:
-    """`LocalStore.measure` of each of ``jobs`` (an index, a path), in order, in a thread of
-    its own, started at once; `take` returns one's result, waiting for it if need be (a
-    path not among the jobs is measured there and then). Leaving the ``with`` block stops
-    the thread at its next directory and waits for it; an exception in it is raised again
-    by `take`. The thread only reads the tree (``lstat``/``scandir``, as `measure` always
-    has); the catalog stays with the caller's thread."""
-
-    def __init__(self, store: LocalStore, jobs: list[tuple[int, bytes]]) -> None:
-        self._store = store
-        self._jobs = jobs
-        self._at = {k: i for i, (k, _) in enumerate(jobs)}
-        self._out: list[Measure | None] = [None] * len(jobs)
-        self._done = 0  # jobs[:done] are measured
-        self._over = False  # the thread has ended (all done, stopped, or failed)
-        self._stop = False
-        self._error: BaseException | None = None
-        self._cv = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="retention-measure", daemon=True)
-
-    def __enter__(self) -> _Measurer:
-        if self._jobs:
-            self._thread.start()
-        else:
-            self._over = True
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop = True
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        measure, cv = self._store.measure, self._cv
-        try:
-            for i, (_, rel) in enumerate(self._jobs):
-                if self._stop:
-                    break
-                m = measure(rel)
-                with cv:
-                    self._out[i] = m
-                    self._done = i + 1
-                    cv.notify()
-        except BaseException as exc:  # handed to the caller's thread by take()
-            with cv:
-                self._error = exc
-        finally:
-            with cv:
-                self._over = True
-                cv.notify()
-
-    def take(self, k: int, rel: bytes) -> Measure:
-        i = self._at.get(k)
-        if i is None:
-            return self._store.measure(rel)
-        with self._cv:
-            while self._done <= i and not self._over:
-                self._cv.wait()
-            if self._done <= i and self._error is not None:
-                raise self._error
-            m, self._out[i] = self._out[i], None
-        return m if m is not None else self._store.measure(rel)
-
-
 def _cycle_error(cfg: Config, exc: DependencyCycle) -> CatalogError:
     """A dependency cycle is the catalog's to fix: exit 4, naming the runs."""
     runs = [str(r) for r in exc.runs]
@@ -1103,10 +1039,10 @@ def _build_plan(
                 skipped.append(SkippedEntry(run_id, f"artifact path refused: {exc}"))
                 continue
             paths.append((run_id, rel))
-        # The directories are measured in a thread while this one reads the catalog: its
-        # system calls, and SQLite's work here, run without the GIL, side by side.
+        # The directories are measured in forked workers while this process reads the
+        # catalog (in a thread, the two took turns on the GIL and cost their sum).
         jobs = [(k, rel) for k, (rid, rel) in enumerate(paths) if rel and rid not in measured]
-        with _Measurer(store, jobs) as measurer:
+        with ForkedMeasurer(store, jobs) as measurer:
             fps = cat.fingerprints()
             blocked = cat.blocked_runs()
             shared = _overlapping(cfg, cat, root, paths)

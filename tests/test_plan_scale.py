@@ -339,14 +339,14 @@ def test_runs_are_read_with_the_times_parse_stored_time_gives(tmp_path: Path, fm
             assert item.time == want and type(item.time) is type(want), value
 
 
-def test_the_measuring_thread_gives_what_measure_gives_and_hands_errors_back(
+def test_the_measuring_workers_give_what_measure_gives_and_errors_come_back(
     tmp_path: Path,
 ) -> None:
-    """plan measures the candidates' directories in a thread (`_Measurer`) while it reads
-    the catalog: each result is `LocalStore.measure`'s, in any order taken; a path that
-    was not a job is measured on the spot; an error in the thread is raised by `take`;
-    leaving the block early stops the thread."""
-    from retention.planner import _Measurer
+    """plan measures the candidates' directories in forked workers (`ForkedMeasurer`) while
+    it reads the catalog: each result is `LocalStore.measure`'s, in any order taken; a path
+    that was not a job is measured on the spot; an error in a worker is raised by `take`
+    (the caller measures what a worker did not deliver); leaving the block reaps them."""
+    from retention.measuring import ForkedMeasurer
     from retention.store import LocalStore
 
     root = tmp_path / "arts"
@@ -356,7 +356,8 @@ def test_the_measuring_thread_gives_what_measure_gives_and_hands_errors_back(
     store = LocalStore(root)
     rels = [f"d{k}".encode() for k in range(40)] + [b"absent"]
     jobs = [(k, rel) for k, rel in enumerate(rels) if k % 3]
-    with _Measurer(store, jobs) as measurer:
+    with ForkedMeasurer(store, jobs, workers=2, min_jobs=0) as measurer:
+        assert measurer.forked == 2
         got = {k: measurer.take(k, rels[k]) for k in reversed(range(len(rels)))}
     assert got == {k: store.measure(rel) for k, rel in enumerate(rels)}
     assert not got[40].exists and got[39].bytes == 39
@@ -367,14 +368,18 @@ def test_the_measuring_thread_gives_what_measure_gives_and_hands_errors_back(
                 raise RuntimeError("boom")
             return super().measure(rel)
 
-    with _Measurer(Broken(root), list(enumerate(rels))) as measurer:
-        assert measurer.take(4, rels[4]) == store.measure(rels[4])
+    with ForkedMeasurer(Broken(root), list(enumerate(rels)), workers=2, min_jobs=0) as m:
+        assert m.take(4, rels[4]) == store.measure(rels[4])
         with pytest.raises(RuntimeError, match="boom"):
-            measurer.take(6, rels[6])
-    with _Measurer(store, list(enumerate(rels))) as measurer:
+            m.take(5, rels[5])
+    with ForkedMeasurer(store, list(enumerate(rels)), workers=2, min_jobs=0) as measurer:
         measurer.take(0, rels[0])
-    assert not measurer._thread.is_alive()
-    with _Measurer(store, []) as measurer:
+        pids = [w.pid for w in measurer._workers]
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reaped already
+    with ForkedMeasurer(store, [], min_jobs=0) as measurer:
+        assert measurer.forked == 0
         assert measurer.take(0, rels[0]) == store.measure(rels[0])
 
 

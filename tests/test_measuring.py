@@ -1,0 +1,138 @@
+"""Directory measures in forked workers (`retention.measuring`): the same answers as the
+caller's own `measure`, whatever becomes of the workers; workers hold none of the caller's
+descriptors and do not outlive it."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from retention.measuring import ForkedMeasurer
+from retention.store import LocalStore
+
+
+def _tree(root: Path, n: int) -> list[tuple[int, bytes]]:
+    """``n`` jobs over run directories of every kind measure meets: plain, nested, empty,
+    missing, a file, a symlink, names that are not UTF-8."""
+    root.mkdir()
+    jobs = []
+    for i in range(n):
+        name = f"run{i:05d}".encode()
+        d = root / os.fsdecode(name)
+        kind = i % 7
+        if kind == 0:
+            (d / "sub" / "deeper").mkdir(parents=True)
+            (d / "sub" / "deeper" / "f").write_bytes(b"x" * i)
+        elif kind == 1:
+            d.mkdir()
+        elif kind == 2:
+            pass  # missing
+        elif kind == 3:
+            d.write_bytes(b"a file, not a directory")
+        elif kind == 4:
+            d.symlink_to("/etc")
+        elif kind == 5:
+            d.mkdir()
+            (d / os.fsdecode(b"caf\xe9")).write_bytes(b"latin-1")
+        else:
+            d.mkdir()
+            for k in range(4):
+                (d / f"f{k}").write_bytes(b"y" * (k + i))
+        jobs.append((i, name))
+    return jobs
+
+
+def test_forked_measures_equal_the_callers_own(tmp_path: Path) -> None:
+    """Two workers, 700 jobs (several messages each): every measure equals `measure`'s."""
+    store = LocalStore(tmp_path / "arts")
+    jobs = _tree(tmp_path / "arts", 700)
+    with ForkedMeasurer(store, jobs, workers=2, min_jobs=0) as fm:
+        assert fm.forked == 2
+        got = [fm.take(k, rel) for k, rel in jobs]
+    assert got == [store.measure(rel) for _, rel in jobs]
+
+
+def test_a_key_not_among_the_jobs_and_few_jobs_are_measured_in_the_caller(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "arts")
+    jobs = _tree(tmp_path / "arts", 14)
+    with ForkedMeasurer(store, jobs[:10]) as fm:  # under MIN_JOBS: no fork
+        assert fm.forked == 0
+        assert [fm.take(k, rel) for k, rel in jobs] == [store.measure(r) for _, r in jobs]
+
+
+def test_killed_workers_cost_time_never_an_answer(tmp_path: Path) -> None:
+    """Workers SIGKILLed at once: whatever they delivered or not, every take is answered,
+    and equals `measure`'s."""
+    store = LocalStore(tmp_path / "arts")
+    jobs = _tree(tmp_path / "arts", 600)
+    with ForkedMeasurer(store, jobs, workers=3, min_jobs=0) as fm:
+        for wk in fm._workers:
+            os.kill(wk.pid, signal.SIGKILL)
+        got = [fm.take(k, rel) for k, rel in jobs]
+    assert got == [store.measure(rel) for _, rel in jobs]
+
+
+def test_workers_hold_no_lock_of_the_callers(tmp_path: Path) -> None:
+    """The caller holds a flock, starts workers (blocked, alive: nobody reads their pipe),
+    then releases its lock: the lock is free at once (a worker holding a copy of the
+    descriptor would keep it taken)."""
+    store = LocalStore(tmp_path / "arts")
+    jobs = _tree(tmp_path / "arts", 70) * 100  # far more than a pipe holds
+    jobs = [(i, rel) for i, (_, rel) in enumerate(jobs)]
+    lock = tmp_path / "lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    with ForkedMeasurer(store, jobs, workers=2, min_jobs=0) as fm:
+        time.sleep(0.2)
+        alive = [wk.pid for wk in fm._workers if os.waitpid(wk.pid, os.WNOHANG) == (0, 0)]
+        assert alive, "the workers should be blocked on their full pipes"
+        os.close(fd)
+        other = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises if a worker holds it
+        finally:
+            os.close(other)
+
+
+_DIES = """
+import os, sys, time
+from pathlib import Path
+from retention.measuring import ForkedMeasurer
+from retention.store import LocalStore
+root = Path(sys.argv[1])
+jobs = [(i, b"run%05d" % (i % 50)) for i in range(20000)]
+fm = ForkedMeasurer(LocalStore(root), jobs, workers=2, min_jobs=0).__enter__()
+print(" ".join(str(w.pid) for w in fm._workers), flush=True)
+time.sleep(0.2)
+os._exit(9)  # dies without leaving the with block: nobody kills the workers
+"""
+
+
+def test_workers_do_not_outlive_a_caller_that_dies(tmp_path: Path) -> None:
+    (tmp_path / "arts").mkdir()
+    for i in range(50):
+        (tmp_path / "arts" / f"run{i:05d}").mkdir()
+    p = subprocess.run(
+        [sys.executable, "-c", _DIES, str(tmp_path / "arts")], capture_output=True, timeout=60
+    )
+    assert p.returncode == 9, p.stderr
+    pids = [int(x) for x in p.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in pids):
+            break
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{pid}").exists() and _state(pid) != "Z" for pid in pids)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
