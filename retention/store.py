@@ -195,12 +195,10 @@ class LocalStore:
                 return Measure(exists=False, error=f"{exc.strerror}")
         else:
             st = os.fstat(fd)
-        h = hashlib.sha256()
-        h.update(
-            b"%o %d %d\0"
-            % (st.st_mode, st.st_size if not stat.S_ISDIR(st.st_mode) else 0, st.st_mtime_ns)
-        )
-        if not stat.S_ISDIR(st.st_mode):
+        mode = st.st_mode
+        is_dir = mode & 0o170000 == stat.S_IFDIR
+        h = hashlib.sha256(b"%o %d %d\0" % (mode, 0 if is_dir else st.st_size, st.st_mtime_ns))
+        if not is_dir:
             return Measure(True, st.st_size, 1, h.hexdigest(), dev=st.st_dev)
         if open_error is not None:
             why = f"cannot read {_shown(top)}: {open_error.strerror}"
@@ -502,19 +500,25 @@ def _hash_entries(fd: int, rel: bytes, top: bytes, h: Any) -> tuple[list[bytes],
     nbytes = nfiles = 0
     error = ""
     prefix = rel + b"/" if rel else b""
+    # The entries' records are hashed in one update: the same bytes in the same order as
+    # one update per entry (so the same digest), in one call.
+    parts = []
     for name in names:
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         except OSError as exc:
             error = error or f"cannot stat {_shown(top + b'/' + prefix + name)}: {exc.strerror}"
             continue
-        if st.st_mode & 0o170000 == stat.S_IFDIR:
-            h.update(b"%s%s\0%o 0 %d\0" % (prefix, name, st.st_mode, st.st_mtime_ns))
+        mode = st.st_mode
+        if mode & 0o170000 == stat.S_IFDIR:
+            parts.append(b"%s%s\0%o 0 %d\0" % (prefix, name, mode, st.st_mtime_ns))
             subdirs.append(name)
         else:
-            h.update(b"%s%s\0%o %d %d\0" % (prefix, name, st.st_mode, st.st_size, st.st_mtime_ns))
+            size = st.st_size
+            parts.append(b"%s%s\0%o %d %d\0" % (prefix, name, mode, size, st.st_mtime_ns))
             nfiles += 1
-            nbytes += st.st_size
+            nbytes += size
+    h.update(b"".join(parts))
     return subdirs, nbytes, nfiles, error
 
 
