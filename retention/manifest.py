@@ -46,6 +46,8 @@ VERSION = 1
 ALG = "HMAC-SHA256"
 
 
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+
 # An alias, because inside `Entry` the name ``bytes`` is the field, not the type.
 RawPath = bytes | None
 
@@ -92,7 +94,8 @@ class Entry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def rel_path(self) -> RawPath:
         if self.path_raw is not None:
             return self.path_raw
-        return None if self.path is None else os.fsencode(self.path)
+        # os.fsencode without its call (apply asks for every entry's path a few times)
+        return None if self.path is None else self.path.encode(_FS_ENCODING, _FS_ERRORS)
 
     def checked_rel_path(self, root: Path) -> RawPath:
         """`rel_path`, refused (`OutsideRoot`) unless it is exactly what plan would have
