@@ -70,6 +70,7 @@ from retention.errors import (
 from retention.failpoints import failpoint
 from retention.layout import trash_slot_rel, trash_tx_rel
 from retention.manifest import Entry, Payload, read_manifest_bytes, verify_for_workspace
+from retention.measuring import ForkedMeasurer
 from retention.moves import (
     begin_with_intents,
     intended_moves,
@@ -369,55 +370,71 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
             seen[r] = seen.get(r, 0) + 1
     overlapping = {r for r in seen if seen[r] > 1 or any(a in seen for a in ancestors(r))}
     overlapping |= {a for r in seen for a in ancestors(r) if a in seen}
+    # The paths' own checks first, so that only what lies inside the root is measured;
+    # the drift check's measures then come from forked workers (`ForkedMeasurer`), which
+    # walk the directories on every core while this loop takes their results in order.
+    refused: dict[int, OutsideRoot] = {}
+    jobs: list[tuple[int, bytes]] = []
     for index, e in enumerate(payload.entries):
-        SIGNALS.stop("stopped before anything changed; nothing was deleted")
-        if rels[index] in overlapping:
-            pf.skipped.append(
-                SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None)
-            )
+        rel = rels[index]
+        if rel is None or rel in overlapping or e.run_id not in existing:
             continue
-        if e.run_id not in existing:
-            pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
+        try:
+            e.checked_rel_path(store.root)  # plan's refusals: '..', NUL, the trash, ...
+            store.check_contained(rel)
+        except OutsideRoot as exc:
+            refused[index] = exc
             continue
-        rel = e.rel_path()
-        trash = None
-        if rel is not None:
-            try:
-                e.checked_rel_path(store.root)  # plan's refusals: '..', NUL, the trash, ...
-                store.check_contained(rel)
-            except OutsideRoot as exc:
-                pf.skipped.append(SkippedEntry(e.run_id, f"artifact path refused: {exc}"))
-                continue
-            m = store.measure(rel)
-            if m.exists != e.exists or (m.exists and m.fingerprint != e.dir_fp):
+        jobs.append((index, rel))
+    with ForkedMeasurer(store, jobs) as measurer:
+        for index, e in enumerate(payload.entries):
+            SIGNALS.stop("stopped before anything changed; nothing was deleted")
+            if rels[index] in overlapping:
                 pf.skipped.append(
-                    SkippedEntry(
-                        e.run_id,
-                        "artifact directory changed since the plan"
-                        + (" (now missing)" if e.exists and not m.exists else ""),
-                        "plan again to include it",
-                    )
+                    SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None)
                 )
                 continue
-            if m.exists:
-                if not store.same_filesystem(rel, m.dev):
-                    # One entry that cannot be renamed into trash (a mount point, another
-                    # filesystem) is that entry's problem: skip it, apply the rest.
+            if e.run_id not in existing:
+                pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
+                continue
+            rel = e.rel_path()
+            trash = None
+            if rel is not None:
+                if index in refused:
+                    pf.skipped.append(
+                        SkippedEntry(e.run_id, f"artifact path refused: {refused[index]}")
+                    )
+                    continue
+                m = measurer.take(index, rel)
+                if m.exists != e.exists or (m.exists and m.fingerprint != e.dir_fp):
                     pf.skipped.append(
                         SkippedEntry(
                             e.run_id,
-                            f"artifact directory {store.describe(rel)} is a mount point or"
-                            " on another filesystem than the trash",
-                            "apply moves a directory with one rename, which cannot cross"
-                            " filesystems: unmount it, or move its contents onto the"
-                            " artifact root's filesystem; its rows were kept",
+                            "artifact directory changed since the plan"
+                            + (" (now missing)" if e.exists and not m.exists else ""),
+                            "plan again to include it",
                         )
                     )
                     continue
-                trash = trash_slot_rel(txid, index, rel)
-                pf.moves.append(Move(e.run_id, rel, trash))
-        pf.runs.append(TombRun(e.run_id, e.rows_fp, rel, trash, e.bytes))
-        pf.bytes_by_run[e.run_id] = e.bytes
+                if m.exists:
+                    if not store.same_filesystem(rel, m.dev):
+                        # One entry that cannot be renamed into trash (a mount point, another
+                        # filesystem) is that entry's problem: skip it, apply the rest.
+                        pf.skipped.append(
+                            SkippedEntry(
+                                e.run_id,
+                                f"artifact directory {store.describe(rel)} is a mount point or"
+                                " on another filesystem than the trash",
+                                "apply moves a directory with one rename, which cannot cross"
+                                " filesystems: unmount it, or move its contents onto the"
+                                " artifact root's filesystem; its rows were kept",
+                            )
+                        )
+                        continue
+                    trash = trash_slot_rel(txid, index, rel)
+                    pf.moves.append(Move(e.run_id, rel, trash))
+            pf.runs.append(TombRun(e.run_id, e.rows_fp, rel, trash, e.bytes))
+            pf.bytes_by_run[e.run_id] = e.bytes
     return pf
 
 

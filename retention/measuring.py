@@ -26,11 +26,11 @@ import os
 import signal
 import struct
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
-from retention.store import LocalStore, Measure
+from retention.store import Measure
 
 # Fewer jobs than this are measured in the caller: a fork costs a few milliseconds.
 MIN_JOBS = 256
@@ -38,6 +38,12 @@ _FRAME = 256  # measures per message
 _LEN = struct.Struct("<I")
 
 _Row = tuple[bool, int, int, str, str | None, int | None]
+
+
+class Measures(Protocol):
+    """What the workers run: `LocalStore.measure` (any artifact store's)."""
+
+    def measure(self, rel: bytes) -> Measure: ...
 
 
 def default_workers() -> int:
@@ -65,7 +71,7 @@ class ForkedMeasurer:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: Measures,
         jobs: Sequence[tuple[Any, bytes]],
         *,
         workers: int | None = None,
@@ -164,7 +170,7 @@ class ForkedMeasurer:
         del buf[:at]
 
 
-def _work(store: LocalStore, jobs: Sequence[tuple[Any, bytes]], fd: int, parent: int) -> None:
+def _work(store: Measures, jobs: Sequence[tuple[Any, bytes]], fd: int, parent: int) -> None:
     """A worker's whole life: measure ``jobs`` in order, write them to ``fd``, exit."""
     code = 0
     try:

@@ -136,3 +136,37 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return "Z"
+
+
+def test_apply_with_forked_measures_skips_exactly_what_changed_since_the_plan(
+    tmp_path: Path,
+) -> None:
+    """An apply of 300 directories (over `MIN_JOBS`: its drift check runs in workers): one
+    directory changed after the plan and one removed are skipped with their reasons, every
+    other run is deleted and its directory is in trash."""
+    import json
+
+    from retention.measuring import MIN_JOBS
+
+    from . import crashkit as ck
+
+    ws = ck.build(tmp_path / "ws", runs=310)
+    manifest = ck.plan(ws, keep_last=10)
+    entries = json.loads(manifest.read_bytes())["payload"]["entries"]
+    assert len(entries) == 300 >= MIN_JOBS
+    arts = ws / "data/backtests"
+    changed, gone = entries[7]["run_id"], entries[150]["run_id"]
+    (arts / changed / "new-file").write_bytes(b"written after the plan")
+    for p in sorted((arts / gone).rglob("*"), reverse=True):
+        p.unlink() if not p.is_dir() or p.is_symlink() else p.rmdir()
+    (arts / gone).rmdir()
+    p = ck.run(ws, "apply", str(manifest))
+    assert p.returncode == 3, p.stderr  # some entries skipped
+    rep = json.loads(p.stdout)
+    skipped = {s["run_id"]: s["reason"] for s in rep["skipped"]}
+    assert skipped == {
+        changed: "artifact directory changed since the plan",
+        gone: "artifact directory changed since the plan (now missing)",
+    }
+    assert len(rep["deleted_run_ids"]) == 298
+    assert (arts / changed).is_dir() and not (arts / entries[0]["run_id"]).exists()
