@@ -11,9 +11,7 @@ errors) is a small set of hooks that each backend in `retention.catalogs` fills 
 
 from __future__ import annotations
 
-import difflib
 import functools
-import hashlib
 import re
 import string
 from collections.abc import Callable, Iterable, Iterator
@@ -27,6 +25,7 @@ from retention.config import (
     EXPRESSION_HINT,
     TEMPLATE_HINT,
     Config,
+    close_matches,
     expression_problem,
     template_problem,
 )
@@ -491,6 +490,8 @@ class SqlCatalog:
         Rows are streamed in (run, rowid) order, so the digest is deterministic and memory
         stays one hasher per run.
         """
+        import hashlib  # here, not at import: loading OpenSSL is a few ms of every start-up
+
         cfg = self.cfg
         hashers: dict[RunId, Any] = {}
         enc = msgspec.msgpack.Encoder()
@@ -673,7 +674,7 @@ def _ours(table: str) -> bool:
 
 
 def _did_you_mean(name: str, names: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(names), n=1)
+    close = close_matches(name, names)
     if not close:
         close = [n for n in names if n.lower() == name.lower()][:1]
     return f"did you mean {close[0]!r}? " if close else ""
