@@ -49,7 +49,11 @@ class Measures(Protocol):
 def default_workers() -> int:
     """One worker per core, at most four (the tree walk is system calls: more would only
     queue on the same disk)."""
-    return max(1, min(len(os.sched_getaffinity(0)), 4))
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (Linux)
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
 
 
 class _Worker:
