@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import os
 import re
 import stat
@@ -178,6 +177,8 @@ class LocalStore:
         relative to its parent (`_DirPath`), so a tree deeper than PATH_MAX is measured like
         any other (one rename moves it, so plan must not refuse it).
         """
+        import hashlib  # here, not at import: OpenSSL's load is a few ms of every start-up
+
         top = self.abspath(rel)
         open_error: OSError | None = None
         try:
