@@ -397,7 +397,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
             if e.run_id not in existing:
                 pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
                 continue
-            rel = e.rel_path()
+            rel = rels[index]
             trash = None
             if rel is not None:
                 if index in refused:

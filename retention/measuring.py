@@ -10,12 +10,13 @@ measures jobs ``w, w + W, ...`` in order and streams the results back through a 
 What a worker does is exactly `measure` (read-only: ``open``/``lstat``/``listdir``, never
 following a symlink), so its results are the ones the caller would have computed. Anything
 a worker did not deliver (it died, was killed, or was never started) the caller measures
-itself, so a lost worker costs time, never a wrong or missing answer. Workers ignore
-nothing: SIGINT and SIGTERM kill them at once (a Ctrl-C reaches the whole process group;
-the caller's own handler decides what the command does), they die with the caller
-(``PR_SET_PDEATHSIG`` on Linux, else at their next write into the closed pipe), hold no
-descriptor of the caller's but their pipe (the workspace lock, the catalog), and leave
-through ``os._exit`` (no atexit handler, no flush of the caller's buffers). Leaving the
+itself, so a lost worker costs time, never a wrong or missing answer. Workers keep no
+signal handler of the caller's: SIGINT and SIGTERM kill them at once (a Ctrl-C reaches the
+whole process group; the caller's own handler decides what the command does), they die
+with the caller (``PR_SET_PDEATHSIG`` on Linux, else at their next write into the closed
+pipe), hold no descriptor of the caller's but their pipe (the workspace lock, the
+catalog), and leave through ``os._exit`` (no atexit handler, no flush of the caller's
+buffers). Leaving the
 ``with`` block kills and reaps them.
 """
 
@@ -91,7 +92,7 @@ class ForkedMeasurer:
 
     def __enter__(self) -> ForkedMeasurer:
         n = min(self._n, len(self._jobs))
-        if len(self._jobs) >= max(self._min, 1) and n >= 1 and hasattr(os, "fork"):
+        if len(self._jobs) >= max(self._min, 1) and hasattr(os, "fork"):
             try:
                 for w in range(n):
                     self._fork(w, n)
@@ -149,9 +150,7 @@ class ForkedMeasurer:
 
     def _read(self, wk: _Worker) -> None:
         try:
-            data = os.read(wk.fd, 1 << 20)
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; a handler may raise
-            return
+            data = os.read(wk.fd, 1 << 20)  # EINTR is retried (PEP 475)
         except OSError:
             data = b""
         if not data:

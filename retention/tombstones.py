@@ -715,13 +715,13 @@ class TrashCatalog(WritableCatalog):
                     out[txid] = (int(runs), int(nbytes))
             else:
                 summed.append(txid)
-        for txid in summed:
-            n, b = self.conn.execute(
-                f"SELECT count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
-                " WHERE txid = ? AND state = 'trash'",
-                (txid,),
-            ).fetchone()
-            if n:
+        if summed:
+            for txid, n, b in self.conn.execute(
+                f"SELECT txid, count(*), coalesce(sum(bytes), 0) FROM {TOMB_RUNS}"
+                f" WHERE state = 'trash' AND txid IN ({', '.join('?' * len(summed))})"
+                " GROUP BY txid",
+                summed,
+            ):
                 out[txid] = (int(n), int(b))
         return out
 

@@ -536,15 +536,12 @@ def purge_lines(rep: Any) -> list[str]:
 
 def _purge_catalog_lines(rep: Any) -> list[str]:
     """The catalog file before and after the purge (and --vacuum), and its free pages."""
-    from retention.status import file_size_text as _file_size
-    from retention.status import free_pages_text as _free_pages
-    from retention.status import vacuum_hint as _vacuum_hint
-    from retention.status import worth_vacuuming as _worth_vacuuming
+    from retention.status import file_size_text, free_pages_text, vacuum_hint, worth_vacuuming
 
     before, after, vac = rep.catalog_before, rep.catalog_after, rep.vacuum
     if before is None or after is None:
         return []
-    sizes = f"Catalog: {_file_size(before)} before the purge, {_file_size(after)}"
+    sizes = f"Catalog: {file_size_text(before)} before the purge, {file_size_text(after)}"
     if vac is not None and vac.error:
         out = [
             f"{sizes} after it.",
@@ -553,12 +550,12 @@ def _purge_catalog_lines(rep: Any) -> list[str]:
         return out + ([f"  Hint: {vac.hint}"] if vac.hint else [])
     if vac is not None and vac.how != "nothing to reclaim":
         what = "VACUUM" if vac.how == "vacuum" else "PRAGMA incremental_vacuum"
-        left = f"; {_free_pages(after)} left" if after.free_pages else ""
+        left = f"; {free_pages_text(after)} left" if after.free_pages else ""
         return [f"{sizes} after it and a {what}{left}."]
     if not after.free_pages:
         return [f"{sizes} after it; no free pages" + (": nothing to vacuum." if vac else ".")]
-    line = f"{sizes} after it, {_free_pages(after)}: SQLite reuses them for new rows."
-    return [line, f"  Hint: {_vacuum_hint(after)}"] if _worth_vacuuming(after) else [line]
+    line = f"{sizes} after it, {free_pages_text(after)}: SQLite reuses them for new rows."
+    return [line, f"  Hint: {vacuum_hint(after)}"] if worth_vacuuming(after) else [line]
 
 
 def undo_lines(rep: Any) -> list[str]:

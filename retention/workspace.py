@@ -41,6 +41,7 @@ from retention.participants import ArtifactStore, Catalog
 from retention.reports import LockHolder
 from retention.signals import SIGNALS
 from retention.store import LocalTrashStore, OutsideRoot, require_artifact_root
+from retention.tombstones import current_host
 
 
 @dataclass
@@ -118,7 +119,7 @@ def probe_lock(state: StateLayout) -> bool | None:
 
 def _pid_alive(holder: LockHolder) -> bool | None:
     """Whether the holder's process exists (None: another host, or no pid to ask about)."""
-    if holder.pid is None or holder.pid <= 0 or holder.host != os.uname().nodename:
+    if holder.pid is None or holder.pid <= 0 or holder.host != current_host():
         return None
     try:
         os.kill(holder.pid, 0)
@@ -161,7 +162,7 @@ def describe_holder(holder: LockHolder, now: datetime | None = None) -> str:
     not this one); unknown parts are left out."""
     parts = []
     if holder.pid is not None:
-        here = holder.host in (None, os.uname().nodename)
+        here = holder.host in (None, current_host())
         parts.append(f"pid {holder.pid}" + ("" if here else f" on {holder.host}"))
     if holder.command:
         parts.append(f"`{holder.command}`")
@@ -206,7 +207,7 @@ def _write_owner(state: StateLayout) -> None:
     through. Best effort: the lock itself is what excludes other processes."""
     owner = {
         "pid": os.getpid(),
-        "host": os.uname().nodename,
+        "host": current_host(),
         "command": " ".join(["retention", *sys.argv[1:]])[:200],
         "since": datetime.now(UTC).isoformat(timespec="seconds"),
     }
