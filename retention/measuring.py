@@ -4,8 +4,10 @@ Plan and apply measure every candidate directory: at a million runs, 100,000 dir
 and about half of each command's CPU. In a thread, that work takes turns with the catalog's
 on the GIL (each SQLite row step releases it and must win it back), so the two cost their
 sum. Forked workers run beside the caller for real, on every core: worker ``w`` of ``W``
-measures jobs ``w, w + W, ...`` in order and streams the results back through a pipe;
-`take` returns one, waiting for it if need be.
+measures jobs ``w, w + W, ...`` in order and streams the results back through a pipe,
+which a thread of the caller's drains as it fills (a pipe holds a few hundred measures:
+undrained, workers would wait for the caller, which reads the catalog meanwhile); `take`
+returns one, waiting for it if need be.
 
 What a worker does is exactly `measure` (read-only: ``open``/``lstat``/``listdir``, never
 following a symlink), so its results are the ones the caller would have computed. Anything
@@ -24,8 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import struct
+import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -36,6 +40,7 @@ from retention.store import Measure
 # Fewer jobs than this are measured in the caller: a fork costs a few milliseconds.
 MIN_JOBS = 256
 _FRAME = 256  # measures per message
+_PIPE_SIZE = 1 << 20  # Linux's default most an unprivileged process may ask for
 _LEN = struct.Struct("<I")
 
 _Row = tuple[bool, int, int, str, str | None, int | None]
@@ -58,21 +63,24 @@ def default_workers() -> int:
 
 
 class _Worker:
-    __slots__ = ("buf", "fd", "got", "over", "pid")
+    __slots__ = ("buf", "chunks", "eof", "fd", "got", "over", "pid")
 
     def __init__(self, pid: int, fd: int) -> None:
         self.pid = pid
         self.fd = fd
+        self.chunks: list[bytes] = []  # read by the drain thread, not yet decoded
+        self.eof = False  # the drain thread saw EOF (set under the lock, after the chunks)
         self.buf = bytearray()
         self.got: list[_Row | None] = []
-        self.over = False  # EOF seen: nothing more will come
+        self.over = False  # every chunk up to EOF decoded: nothing more will come
 
 
 class ForkedMeasurer:
     """`LocalStore.measure` of each of ``jobs`` (a key, a path relative to the root) in
     ``workers`` forked processes; `take` returns the measure of a job by its key (a key not
-    among the jobs, or one no worker delivered, is measured in the caller). Take jobs in
-    about their order: a worker runs ahead of the caller by its pipe's capacity only."""
+    among the jobs, or one no worker delivered, is measured in the caller). Workers run
+    ahead of `take` as far as they can: what they deliver waits in memory (under 100 bytes
+    a measure) until taken."""
 
     def __init__(
         self,
@@ -89,6 +97,8 @@ class ForkedMeasurer:
         self._min = min_jobs
         self._workers: list[_Worker] = []
         self._decoder = msgspec.msgpack.Decoder(list[_Row])
+        self._cond = threading.Condition()
+        self._drainer: threading.Thread | None = None
 
     def __enter__(self) -> ForkedMeasurer:
         n = min(self._n, len(self._jobs))
@@ -96,7 +106,12 @@ class ForkedMeasurer:
             try:
                 for w in range(n):
                     self._fork(w, n)
-            except OSError:  # no process or descriptor to spare: the caller measures all
+                # Forks first: a thread must not be running while this process forks.
+                self._drainer = threading.Thread(
+                    target=self._drain, name="retention-measures", daemon=True
+                )
+                self._drainer.start()
+            except (OSError, RuntimeError):  # no process, descriptor or thread to spare
                 self.close()
         return self
 
@@ -108,6 +123,12 @@ class ForkedMeasurer:
         for wk in self._workers:
             with contextlib.suppress(OSError):
                 os.kill(wk.pid, signal.SIGKILL)
+        # A killed worker's pipe ends at once (it held the only write end): the drain
+        # thread sees EOF on every pipe and returns; only then are the pipes closed.
+        if self._drainer is not None:
+            self._drainer.join()
+            self._drainer = None
+        for wk in self._workers:
             with contextlib.suppress(OSError):
                 os.close(wk.fd)
             with contextlib.suppress(ChildProcessError, OSError):
@@ -121,6 +142,10 @@ class ForkedMeasurer:
 
     def _fork(self, w: int, n: int) -> None:
         r, wfd = os.pipe()
+        with contextlib.suppress(AttributeError, OSError):  # Linux: more room, fewer wakeups
+            import fcntl
+
+            fcntl.fcntl(wfd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         parent = os.getpid()
         try:
             pid = os.fork()
@@ -140,7 +165,7 @@ class ForkedMeasurer:
         nw = len(self._workers)
         wk, pos = self._workers[i % nw], i // nw
         while len(wk.got) <= pos and not wk.over:
-            self._read(wk)
+            self._decode(wk)
         row = wk.got[pos] if pos < len(wk.got) else None
         if row is None:  # not delivered (the worker died), or taken already
             return self._store.measure(rel)
@@ -148,16 +173,43 @@ class ForkedMeasurer:
         exists, nbytes, files, fp, error, dev = row
         return Measure(exists, nbytes, files, fp, error, dev)
 
-    def _read(self, wk: _Worker) -> None:
-        try:
-            data = os.read(wk.fd, 1 << 20)  # EINTR is retried (PEP 475)
-        except OSError:
-            data = b""
-        if not data:
-            wk.over = True
-            return
+    def _drain(self) -> None:
+        """The drain thread: read every worker's pipe as it fills, so that workers keep
+        measuring while this process is busy elsewhere (a pipe holds a few hundred measures:
+        without it, workers would stop and wait for `take`). Only reads and appends; the
+        decoding is `take`'s. Returns once every pipe has ended."""
+        poll = select.poll()
+        by_fd = {wk.fd: wk for wk in self._workers}
+        for fd in by_fd:
+            poll.register(fd, select.POLLIN)
+        while by_fd:
+            for fd, _ in poll.poll():
+                wk = by_fd[fd]
+                try:
+                    data = os.read(fd, 1 << 20)  # EINTR is retried (PEP 475)
+                except OSError:
+                    data = b""
+                with self._cond:
+                    if data:
+                        wk.chunks.append(data)
+                    else:
+                        wk.eof = True
+                        poll.unregister(fd)
+                        del by_fd[fd]
+                    self._cond.notify_all()
+
+    def _decode(self, wk: _Worker) -> None:
+        """Wait for more of ``wk``'s pipe and decode every whole message in it."""
+        with self._cond:
+            while not wk.chunks and not wk.eof:
+                self._cond.wait()
+            chunks, wk.chunks = wk.chunks, []
+            if not chunks:  # EOF, every chunk before it decoded already
+                wk.over = True
+                return
         buf = wk.buf
-        buf += data
+        for data in chunks:
+            buf += data
         at = 0
         while len(buf) - at >= _LEN.size:
             (n,) = _LEN.unpack_from(buf, at)

@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from retention import measuring
 from retention.measuring import ForkedMeasurer
 from retention.store import LocalStore
 
@@ -65,6 +68,29 @@ def test_a_key_not_among_the_jobs_and_few_jobs_are_measured_in_the_caller(tmp_pa
         assert [fm.take(k, rel) for k, rel in jobs] == [store.measure(r) for _, r in jobs]
 
 
+def test_workers_finish_while_the_caller_is_busy_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers do not wait for `take`: with a pipe far smaller than their results, a worker
+    still measures every job and exits while the caller takes nothing (as plan reads the
+    catalog meanwhile), and its results are all there afterwards."""
+    monkeypatch.setattr(measuring, "_PIPE_SIZE", 4096)
+    store = LocalStore(tmp_path / "arts")
+    (tmp_path / "arts" / "d").mkdir(parents=True)
+    for k in range(4):
+        (tmp_path / "arts" / "d" / f"f{k}").write_bytes(b"z" * k)
+    jobs = [(i, b"d") for i in range(3000)]  # about 250 KB of results
+    with ForkedMeasurer(store, jobs, workers=1, min_jobs=0) as fm:
+        (wk,) = fm._workers
+        deadline = time.monotonic() + 30
+        while os.waitpid(wk.pid, os.WNOHANG) == (0, 0):
+            assert time.monotonic() < deadline, "the worker waits for the caller"
+            time.sleep(0.02)
+        got = [fm.take(k, rel) for k, rel in jobs]
+        assert len(wk.got) == len(jobs)  # delivered by the worker, not measured here
+    assert got == [store.measure(b"d")] * len(jobs)
+
+
 def test_killed_workers_cost_time_never_an_answer(tmp_path: Path) -> None:
     """Workers SIGKILLed at once: whatever they delivered or not, every take is answered,
     and equals `measure`'s."""
@@ -78,11 +104,11 @@ def test_killed_workers_cost_time_never_an_answer(tmp_path: Path) -> None:
 
 
 def test_workers_hold_no_lock_of_the_callers(tmp_path: Path) -> None:
-    """The caller holds a flock, starts workers (blocked, alive: nobody reads their pipe),
-    then releases its lock: the lock is free at once (a worker holding a copy of the
-    descriptor would keep it taken)."""
+    """The caller holds a flock, starts workers (alive: far more jobs than they measure in
+    the time taken), then releases its lock: the lock is free at once (a worker holding a
+    copy of the descriptor would keep it taken)."""
     store = LocalStore(tmp_path / "arts")
-    jobs = _tree(tmp_path / "arts", 70) * 100  # far more than a pipe holds
+    jobs = _tree(tmp_path / "arts", 70) * 2000  # seconds of work for each worker
     jobs = [(i, rel) for i, (_, rel) in enumerate(jobs)]
     lock = tmp_path / "lock"
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
@@ -90,7 +116,7 @@ def test_workers_hold_no_lock_of_the_callers(tmp_path: Path) -> None:
     with ForkedMeasurer(store, jobs, workers=2, min_jobs=0) as fm:
         time.sleep(0.2)
         alive = [wk.pid for wk in fm._workers if os.waitpid(wk.pid, os.WNOHANG) == (0, 0)]
-        assert alive, "the workers should be blocked on their full pipes"
+        assert alive, "the workers should still be measuring"
         os.close(fd)
         other = os.open(lock, os.O_RDWR)
         try:
