@@ -49,7 +49,7 @@ class UnsafeTrash(StorageError):
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Measure:
     """What a directory looked like: ``exists`` False means nothing at that path."""
 
@@ -59,6 +59,26 @@ class Measure:
     fingerprint: str = ""
     error: str | None = None  # set when the tree could not be read completely
     dev: int | None = None  # device of the top entry (a mount point has its own)
+
+    def __init__(
+        self,
+        exists: bool,
+        bytes: int = 0,
+        files: int = 0,
+        fingerprint: str = "",
+        error: str | None = None,
+        dev: int | None = None,
+    ) -> None:
+        # The generated __init__ of a frozen dataclass, written out: the fields go into the
+        # instance's __dict__ directly, not through one object.__setattr__ call each (half
+        # the cost of a measure's result; one per candidate directory). Still frozen.
+        d = self.__dict__
+        d["exists"] = exists
+        d["bytes"] = bytes
+        d["files"] = files
+        d["fingerprint"] = fingerprint
+        d["error"] = error
+        d["dev"] = dev
 
 
 def display(path: bytes | str) -> str:
@@ -177,35 +197,62 @@ class LocalStore:
         relative to its parent (`_DirPath`), so a tree deeper than PATH_MAX is measured like
         any other (one rename moves it, so plan must not refuse it).
         """
-        import hashlib  # here, not at import: OpenSSL's load is a few ms of every start-up
-
-        top = self.abspath(rel)
-        open_error: OSError | None = None
+        top = self._root_b + b"/" + rel
         try:
             fd = os.open(top, _O_DIR)
         except FileNotFoundError:
-            return Measure(exists=False)
+            return Measure(False)
         except OSError as exc:  # not a directory (a file, a symlink), or unreadable
-            fd, open_error = -1, exc
-        if open_error is not None:
-            try:
-                st = os.lstat(top)
-            except FileNotFoundError:
-                return Measure(exists=False)
-            except OSError as exc:
-                return Measure(exists=False, error=f"{exc.strerror}")
-        else:
-            st = os.fstat(fd)
-        mode = st.st_mode
-        is_dir = mode & 0o170000 == stat.S_IFDIR
-        h = hashlib.sha256(b"%o %d %d\0" % (mode, 0 if is_dir else st.st_size, st.st_mtime_ns))
-        if not is_dir:
-            return Measure(True, st.st_size, 1, h.hexdigest(), dev=st.st_dev)
-        if open_error is not None:
-            why = f"cannot read {_shown(top)}: {open_error.strerror}"
-            return Measure(True, 0, 0, h.hexdigest(), why, dev=st.st_dev)
-        total, files, error = _measure_tree(fd, top, h)
-        return Measure(True, total, files, h.hexdigest(), error, dev=st.st_dev)
+            return _measure_unopened(top, exc)
+        st = os.fstat(fd)  # a directory (O_DIRECTORY): its record has size 0
+        sha256 = _SHA256 or _load_sha256()
+        parts = [b"%o 0 %d\0" % (st.st_mode, st.st_mtime_ns)]
+        try:
+            subdirs, total, files, error = _hash_entries(fd, b"", top, parts)
+        except OSError as exc:
+            os.close(fd)
+            why = f"cannot read {_shown(top)}: {exc.strerror}"
+            return Measure(True, 0, 0, sha256(parts[0]).hexdigest(), why, st.st_dev)
+        if not subdirs:  # most run directories: the whole tree hashed in one call
+            os.close(fd)
+            fingerprint = sha256(b"".join(parts)).hexdigest()
+            return Measure(True, total, files, fingerprint, error or None, st.st_dev)
+        h = sha256(b"".join(parts))
+        total, files, problem = _measure_tree(fd, top, h, subdirs, total, files, error)
+        return Measure(True, total, files, h.hexdigest(), problem, st.st_dev)
+
+
+# hashlib.sha256 once the first measure has loaded it (`_load_sha256`): not at import, as
+# OpenSSL's load is a few ms of every start-up (status and --help never measure).
+_SHA256: Callable[[bytes], Any] | None = None
+
+
+def _load_sha256() -> Callable[[bytes], Any]:
+    global _SHA256
+    import hashlib
+
+    _SHA256 = hashlib.sha256
+    return _SHA256
+
+
+def _measure_unopened(top: bytes, open_error: OSError) -> Measure:
+    """`LocalStore.measure` of ``top`` when it could not be opened as a directory: a file
+    or a symlink (measured as one entry, never followed), or an unreadable directory."""
+    try:
+        st = os.lstat(top)
+    except FileNotFoundError:
+        return Measure(False)
+    except OSError as exc:
+        return Measure(False, error=f"{exc.strerror}")
+    mode = st.st_mode
+    is_dir = mode & 0o170000 == stat.S_IFDIR
+    h = (_SHA256 or _load_sha256())(
+        b"%o %d %d\0" % (mode, 0 if is_dir else st.st_size, st.st_mtime_ns)
+    )
+    if not is_dir:
+        return Measure(True, st.st_size, 1, h.hexdigest(), dev=st.st_dev)
+    why = f"cannot read {_shown(top)}: {open_error.strerror}"
+    return Measure(True, 0, 0, h.hexdigest(), why, dev=st.st_dev)
 
 
 class LocalTrashStore(LocalStore):
@@ -488,22 +535,27 @@ def _shown(path: bytes) -> str:
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
-def _hash_entries(fd: int, rel: bytes, top: bytes, h: Any) -> tuple[list[bytes], int, int, str]:
-    """Hash the entries of the directory open at ``fd`` (``rel`` under the measured top),
-    sorted by name bytes. Returns (its subdirectories' names, bytes, files, first error or
-    ""). Raises `OSError` when the directory cannot be listed (nothing hashed then)."""
-    # A descriptor lists names as str (surrogate-escaped): back to the exact bytes (as
-    # os.fsencode, without its call), sorted as bytes (not as text: a name that is not
-    # UTF-8 sorts elsewhere as text, and the fingerprint would change).
-    names = [n.encode(_FS_ENCODING, _FS_ERRORS) for n in os.listdir(fd)]
+def _hash_entries(
+    fd: int, rel: bytes, top: bytes, parts: list[bytes]
+) -> tuple[list[bytes], int, int, str]:
+    """Append the records of the entries of the directory open at ``fd`` (``rel`` under the
+    measured top), sorted by name bytes, to ``parts`` (the bytes to hash, in order). Returns
+    (its subdirectories' names, bytes, files, first error or ""). Raises `OSError` when the
+    directory cannot be listed (nothing appended then)."""
+    listed = os.listdir(fd)
+    if not listed:
+        return [], 0, 0, ""
+    # A descriptor lists names as str (surrogate-escaped): back to the exact bytes, all in
+    # one encode (a name holds neither NUL nor "/", so splitting at NUL gives each name's
+    # bytes, as os.fsencode of each would), sorted as bytes (not as text: a name that is
+    # not UTF-8 sorts elsewhere as text, and the fingerprint would change).
+    names = "\0".join(listed).encode(_FS_ENCODING, _FS_ERRORS).split(b"\0")
     names.sort()
     subdirs = []
     nbytes = nfiles = 0
     error = ""
     prefix = rel + b"/" if rel else b""
-    # The entries' records are hashed in one update: the same bytes in the same order as
-    # one update per entry (so the same digest), in one call.
-    parts = []
+    append = parts.append
     for name in names:
         try:
             st = os.stat(name, dir_fd=fd, follow_symlinks=False)
@@ -511,34 +563,29 @@ def _hash_entries(fd: int, rel: bytes, top: bytes, h: Any) -> tuple[list[bytes],
             error = error or f"cannot stat {_shown(top + b'/' + prefix + name)}: {exc.strerror}"
             continue
         mode = st.st_mode
-        if mode & 0o170000 == stat.S_IFDIR:
-            parts.append(b"%s%s\0%o 0 %d\0" % (prefix, name, mode, st.st_mtime_ns))
+        if mode & 0o170000 == 0o040000:  # S_IFDIR
+            append(b"%s%s\0%o 0 %d\0" % (prefix, name, mode, st.st_mtime_ns))
             subdirs.append(name)
         else:
             size = st.st_size
-            parts.append(b"%s%s\0%o %d %d\0" % (prefix, name, mode, size, st.st_mtime_ns))
+            append(b"%s%s\0%o %d %d\0" % (prefix, name, mode, size, st.st_mtime_ns))
             nfiles += 1
             nbytes += size
-    h.update(b"".join(parts))
     return subdirs, nbytes, nfiles, error
 
 
-def _measure_tree(fd: int, top: bytes, h: Any) -> tuple[int, int, str | None]:
-    """Hash every entry under the directory open at ``fd`` (``top``) into ``h``; closes
-    ``fd``. The walk and the bytes hashed are exactly those of the path-based walk that
-    made the manifests already signed (pre-order; a directory's entries sorted by name
-    bytes; subdirectories visited last name first), so their fingerprints stay valid.
-    Returns (bytes, files, first error or None)."""
-    try:
-        subdirs, total, files, error = _hash_entries(fd, b"", top, h)
-    except OSError as exc:
-        os.close(fd)
-        return 0, 0, f"cannot read {_shown(top)}: {exc.strerror}"
-    if not subdirs:  # most run directories: no walk to set up
-        os.close(fd)
-        return total, files, error or None
+def _measure_tree(
+    fd: int, top: bytes, h: Any, subdirs: list[bytes], total: int, files: int, error: str
+) -> tuple[int, int, str | None]:
+    """Hash every entry under the subdirectories ``subdirs`` of the directory open at
+    ``fd`` (``top``, whose own entries are hashed already: ``total`` bytes, ``files``
+    files, ``error``) into ``h``; closes ``fd``. The walk and the bytes hashed are exactly
+    those of the path-based walk that made the manifests already signed (pre-order; a
+    directory's entries sorted by name bytes; subdirectories visited last name first), so
+    their fingerprints stay valid. Returns (bytes, files, first error or None)."""
     dirs = _DirPath(fd)
     pending, rels = [subdirs], [b""]
+    parts: list[bytes] = []
     try:
         while pending:
             if not pending[-1]:
@@ -555,7 +602,7 @@ def _measure_tree(fd: int, top: bytes, h: Any) -> tuple[int, int, str | None]:
                 error = error or f"cannot read {_shown(top + b'/' + rel)}: {exc.strerror}"
                 continue
             try:
-                sub, nbytes, nfiles, why = _hash_entries(dirs.fd, rel, top, h)
+                sub, nbytes, nfiles, why = _hash_entries(dirs.fd, rel, top, parts)
             except OSError as exc:
                 why, sub, nbytes, nfiles = (
                     f"cannot read {_shown(top + b'/' + rel)}: {exc.strerror}",
@@ -563,6 +610,10 @@ def _measure_tree(fd: int, top: bytes, h: Any) -> tuple[int, int, str | None]:
                     0,
                     0,
                 )
+            # One update per directory: the same bytes in the same order as one per entry
+            # (so the same digest), without holding a huge tree's records at once.
+            h.update(b"".join(parts))
+            parts.clear()
             total, files, error = total + nbytes, files + nfiles, error or why
             pending.append(sub)
             rels.append(rel)
