@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import string
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, Self
@@ -446,19 +446,35 @@ class SqlCatalog:
         for row in rows:
             yield dict(zip(cols, row, strict=True))
 
-    def path_tuples(self) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    def path_tuples(
+        self, skip_plain: tuple[str, Collection[str]] | None = None
+    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         """`iter_path_rows` as plain tuples, with their column names (the id column first):
-        the same SELECT, without a dict per run (a million runs). Read-only, streamed."""
+        the same SELECT, without a dict per run (a million runs). Read-only, streamed.
+
+        ``skip_plain`` (a column among those returned, and a set of values) lets a backend
+        leave out, in the database, rows whose value in that column is a plain name outside
+        the set (text; not empty, ``.`` or ``..``; no ``/``, ``:`` or NUL). Only a hint: a
+        backend may return any of those rows, and this one returns them all."""
+        cols = self.path_columns()
+        if not (self.cfg.path_column or self.cfg.path_template):
+            return cols, iter(())
+        cur = self.conn.execute(
+            f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
+        )
+        return cols, iter(cur)
+
+    def path_columns(self) -> list[str]:
+        """The columns `path_tuples` returns: the id column, then those the artifact path
+        is made of (but the id column, if among them)."""
         cfg = self.cfg
         if cfg.path_column:
             needed: tuple[str, ...] = (cfg.path_column,)
         elif cfg.path_template:
             needed = template_fields(cfg.path_template)
         else:
-            return [cfg.id_column], iter(())
-        cols = list(dict.fromkeys([cfg.id_column, *needed]))
-        cur = self.conn.execute(f"SELECT {', '.join(q(c) for c in cols)} FROM {q(cfg.runs_table)}")
-        return cols, iter(cur)
+            needed = ()
+        return list(dict.fromkeys([cfg.id_column, *needed]))
 
     def child_select(self, inv: Involved, what: str) -> str:
         """SELECT ``__run, __rowid, <what>`` for rows of ``inv`` belonging to loaded runs.

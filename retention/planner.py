@@ -599,9 +599,11 @@ def _overlapping(
     if not by_path:
         return bad  # no candidate directory: nothing any other run's could overlap
     candidates = {rid for rid, _ in paths}
-    cols, rows = cat.path_tuples()
+    cols = cat.path_columns()
     keys = _PathKeys(cfg, root, by_path, cols)
     key_of, wanted, one = keys.key_of, keys.wanted, keys.one
+    # The catalog may leave out, in SQL, the rows the loop's first test skips.
+    cols, rows = cat.path_tuples((cols[one], wanted) if one is not None else None)
     for row in rows:
         if one is not None:
             # `_PathKeys._field_key` inline (``{run_id}``: a million runs, most skipped).

@@ -27,6 +27,7 @@ import msgspec
 import pytest
 
 from retention.catalog import time_reader
+from retention.catalogs import open_catalog
 from retention.config import load_config
 from retention.durations import parse_stored_time
 from retention.planner import _overlapping, artifact_rel_path, build_plan
@@ -45,8 +46,11 @@ class _Catalog:
     def __init__(self, cols: list[str], rows: list[tuple[Any, ...]]) -> None:
         self.cols, self.rows = cols, rows
 
-    def path_tuples(self) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
-        return self.cols, iter(self.rows)
+    def path_columns(self) -> list[str]:
+        return self.cols
+
+    def path_tuples(self, skip_plain: Any = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+        return self.cols, iter(self.rows)  # every row: the hint is only a hint
 
     def iter_path_rows(self) -> Iterator[dict[str, Any]]:
         for row in self.rows:
@@ -166,6 +170,73 @@ def test_overlaps_found_with_the_shortcut_are_those_of_the_full_computation(sett
         found += len(got)
     # The cases do hold overlaps (none can where every path is refused).
     assert found or setting in ("/elsewhere/{x}", ".trash/{x}", "a:{x}/{y}")
+
+
+@pytest.mark.parametrize("field", ["x", "run_id"])
+def test_sqlite_leaves_out_in_sql_only_rows_the_overlap_check_would_skip(
+    tmp_path: Path, field: str
+) -> None:
+    """With a one-field template, SQLite leaves out in SQL the runs whose value is a plain
+    name no candidate's path begins with: on a real catalog full of awkward values (ints,
+    reals, blobs, NULL, ``/``, ``:``, NUL, ``.``, ``..``, non-ASCII, names differing only
+    in case), exactly the rows the loop would not skip come back, and the overlaps found
+    are those of the full computation."""
+    rng = random.Random(field)
+    db = tmp_path / "catalog.db"
+    c = sqlite3.connect(db)
+    c.execute("CREATE TABLE runs (run_id, created_at INTEGER, x)")
+    # What SQLite stores as it reads it back: no lone surrogate, no bool (stored as 1).
+    pieces = [
+        p
+        for p in _PIECES
+        if type(p) is not bool and not (isinstance(p, str) and "\ud800" <= p[:1] <= "\udfff")
+    ]
+    pieces += ["A", "Ab", "r1", "R1", "ü/x", "é", "a\0"]
+    rows = []
+    for i in range(3000):
+        rid: Any = i if rng.random() < 0.2 else f"r{i}"
+        x = rng.choice(pieces) if rng.random() < 0.3 else f"e{i % 700}"
+        rows.append((rid, i, x))
+    c.executemany("INSERT INTO runs VALUES (?, ?, ?)", rows)
+    c.commit()
+    c.close()
+    cfg = msgspec.structs.replace(
+        _config("{" + field + "}", None),
+        id_column="run_id",
+        catalog_path=str(db),
+        artifact_root=str(ROOT),
+        child_tables=[],
+    )
+    cols = ["run_id", "x"] if field == "x" else ["run_id"]
+    fake = _Catalog(cols, [r[:1] + r[2:] if field == "x" else r[:1] for r in rows])
+    for _ in range(40):
+        paths = []
+        for row in rng.sample(fake.rows, k=rng.randint(1, 400)):
+            try:
+                rel = artifact_rel_path(cfg, dict(zip(cols, row, strict=True)), ROOT)
+            except (OutsideRoot, ValueError):
+                continue
+            paths.append((row[0], rel))
+        wanted = {os.fsdecode(rel) for _, rel in paths if rel is not None}
+        with open_catalog(cfg) as cat:
+            got_cols, got = cat.path_tuples((field, wanted))
+            returned = list(got)
+            assert _overlapping(cfg, cat, ROOT, paths) == _reference(cfg, fake, ROOT, paths)
+        assert got_cols == cols
+        at = cols.index(field)
+        must = [
+            r
+            for r in fake.rows
+            if not (
+                type(r[at]) is str
+                and r[at] not in wanted
+                and r[at] not in ("", ".", "..")
+                and not any(ch in r[at] for ch in "/:\0")
+            )
+        ]
+        # Exactly those (the column compares as bytes): none the loop needs is left out,
+        # every other is.
+        assert {r[0] for r in returned} == {r[0] for r in must}
 
 
 def test_the_shortcut_skips_runs_that_cannot_nest_and_keeps_those_that_may(
