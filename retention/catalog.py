@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import re
-import string
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,18 +65,16 @@ class Hop:
     action: str = field(default="CONFIGURED", compare=False)
 
 
-@dataclass
-class Involved:
+class Involved(msgspec.Struct):
     """A table whose rows belong to runs, with every chain of hops that leads to the runs table."""
 
     table: str
     depth: int
-    paths: list[tuple[Hop, ...]] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
+    paths: list[tuple[Hop, ...]] = msgspec.field(default_factory=list)
+    columns: list[str] = msgspec.field(default_factory=list)
 
 
-@dataclass
-class Schema:
+class Schema(msgspec.Struct):
     runs_table: str
     id_column: str
     runs_columns: list[str]
@@ -86,8 +83,8 @@ class Schema:
     # referencing row stays, its columns are set) and blocking ones (RESTRICT, and NO
     # ACTION when catalog.no_action = "blocks": a run referenced by a row that stays is
     # kept).
-    setters: list[Hop] = field(default_factory=list)
-    blockers: list[Hop] = field(default_factory=list)
+    setters: list[Hop] = msgspec.field(default_factory=list)
+    blockers: list[Hop] = msgspec.field(default_factory=list)
 
     def involved_tables(self) -> list[str]:
         return [self.runs_table, *(c.table for c in self.children)]
@@ -102,6 +99,8 @@ def template_fields(template: str) -> tuple[str, ...]:
     problem = template_problem(template)
     if problem:
         raise ConfigError(f"artifacts.path_template: {problem}", hint=TEMPLATE_HINT)
+    import string  # here: status and --help never parse a template
+
     return tuple(f for _, f, _, _ in string.Formatter().parse(template) if f is not None)
 
 
@@ -710,8 +709,7 @@ def columns_hint(name: str, columns: Iterable[str]) -> str:
     return _did_you_mean(name, cols) + "columns: " + ", ".join(cols)
 
 
-@dataclass(frozen=True)
-class ForeignKey:
+class ForeignKey(msgspec.Struct, frozen=True):
     """One declared foreign key (compound ones whole): ``columns`` of the table reference
     ``other_columns`` of ``other_table`` (empty names: its primary key, as declared)."""
 

@@ -6,8 +6,9 @@ Pure functions: no I/O, no clock.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+
+import msgspec
 
 from retention.errors import UsageError
 
@@ -58,8 +59,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=total)
 
 
-@dataclass(frozen=True, slots=True)
-class Span:
+class Span(msgspec.Struct, frozen=True):
     """A calendar span in restic's form (``1y2m3d4h``): years, months, days and hours.
 
     Subtracted calendar-wise (see `retention.policy.calendar.cutoff`), not as a fixed

@@ -25,7 +25,6 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -119,8 +118,7 @@ class NothingDeleted(Exception):
         self.dropped = dropped
 
 
-@dataclass(frozen=True)
-class TombRun:
+class TombRun(msgspec.Struct, frozen=True):
     """A run about to be deleted: its expected row fingerprint and where its directory goes."""
 
     run_id: RunId
@@ -130,8 +128,7 @@ class TombRun:
     bytes: int
 
 
-@dataclass(frozen=True)
-class TxInfo:
+class TxInfo(msgspec.Struct, frozen=True):
     txid: str
     op: str
     manifest_id: str | None
@@ -147,8 +144,7 @@ class TxInfo:
     group_by: str | None = None
 
 
-@dataclass(frozen=True)
-class Writeback:
+class Writeback(msgspec.Struct, frozen=True):
     """An apply's cleanup written back to the policy rows (``[policy.rows]``), in its
     commit transaction: for each enabled group (the ``key`` of ``table``, as text), when it
     ran (``at``) and how many of its runs it deleted (``count``, 0 included)."""
@@ -189,8 +185,7 @@ def current_host() -> str:
     return ""
 
 
-@dataclass(frozen=True)
-class AuditRow:
+class AuditRow(msgspec.Struct, frozen=True):
     txid: str
     action: str
     at: str

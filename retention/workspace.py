@@ -23,7 +23,6 @@ import os
 import stat
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,8 +43,7 @@ from retention.store import LocalTrashStore, OutsideRoot, require_artifact_root
 from retention.tombstones import current_host
 
 
-@dataclass
-class Workspace:
+class Workspace(msgspec.Struct):
     cfg: Config
     state: StateLayout
     journal: Journal
