@@ -421,16 +421,15 @@ class SqlCatalog:
         self._create_ids_table()
         self._insert_ids(list(dict.fromkeys(ids)))
 
-    def iter_run_rows(self) -> Iterator[dict[str, Any]]:
-        """Full rows of the runs table for the loaded ids, ordered by id (read-only)."""
+    def loaded_path_tuples(self) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+        """`path_tuples` of the loaded ids only, ordered by id (read-only, streamed)."""
         cfg = self.cfg
+        cols = self.path_columns()
         cur = self.conn.execute(
-            f"SELECT r.* FROM {q(cfg.runs_table)} AS r JOIN {self.IDS_TABLE} AS ids"
-            f" ON r.{q(cfg.id_column)} = ids.id ORDER BY ids.id"
+            f"SELECT {', '.join(f'r.{q(c)}' for c in cols)} FROM {q(cfg.runs_table)} AS r"
+            f" JOIN {self.IDS_TABLE} AS ids ON r.{q(cfg.id_column)} = ids.id ORDER BY ids.id"
         )
-        names = [d[0] for d in cur.description]
-        for row in cur:
-            yield dict(zip(names, row, strict=True))
+        return cols, iter(cur)
 
     def count_runs(self) -> int:
         """How many runs the runs table holds (read-only)."""

@@ -30,7 +30,8 @@ from retention.catalog import time_reader
 from retention.catalogs import open_catalog
 from retention.config import load_config
 from retention.durations import parse_stored_time
-from retention.planner import _overlapping, artifact_rel_path, build_plan
+from retention.errors import ConfigError
+from retention.planner import _overlapping, artifact_rel_path, build_plan, candidate_rel_path
 from retention.policy import Item, Verdict
 from retention.store import OutsideRoot, ancestors, display
 
@@ -155,6 +156,32 @@ def _case(rng: random.Random, cfg: Any, n: int) -> tuple[_Catalog, list[tuple[An
             continue
         paths.append((row[0], rel))
     return _Catalog(cols, rows), paths
+
+
+def _outcome(f: Any, *args: Any) -> Any:
+    try:
+        return f(*args)
+    except (OutsideRoot, ValueError, ConfigError) as exc:
+        return type(exc), str(exc)
+
+
+@pytest.mark.parametrize(
+    "setting", [*_TEMPLATES, "{id}", "{x!r}", "{x:>3}", "{x.real}", "{0}", "path_column"]
+)
+def test_candidate_paths_are_exactly_artifact_rel_path(setting: str) -> None:
+    """plan's candidate paths (`candidate_rel_path`, a shortcut for a one-field template's
+    plain names) are `artifact_rel_path`'s, for every awkward value: the same path, or the
+    same refusal with the same message."""
+    column = setting == "path_column"
+    cfg = _config(None if column else setting, "p" if column else None)
+    cols = ["id", "p"] if column else ["id", *(f for f in ("x", "y") if "{" + f in setting)]
+    rel_of = candidate_rel_path(cfg, cols, ROOT)
+    values = [*_PIECES, ".trash", ".trash2", "r-1", "exp 1"]
+    for a in values:
+        for b in values if len(cols) == 3 else [None]:
+            row: tuple[Any, ...] = {1: (a,), 2: ("r", a), 3: ("r", a, b)}[len(cols)]
+            want = _outcome(artifact_rel_path, cfg, dict(zip(cols, row, strict=True)), ROOT)
+            assert _outcome(rel_of, row) == want, (setting, row)
 
 
 @pytest.mark.parametrize("setting", [*_TEMPLATES, "path_column"])
