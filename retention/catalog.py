@@ -463,8 +463,8 @@ class SqlCatalog:
         return cols, iter(cur)
 
     def path_columns(self) -> list[str]:
-        """The columns `path_tuples` returns: the id column, then those the artifact path
-        is made of (but the id column, if among them)."""
+        """The columns `path_tuples` returns: the id column first, then the other columns
+        the artifact path is made of (each column once)."""
         cfg = self.cfg
         if cfg.path_column:
             needed: tuple[str, ...] = (cfg.path_column,)
