@@ -36,7 +36,14 @@ from retention.durations import format_bytes, format_instant, parse_instant
 from retention.errors import ManifestRejected, StorageError, UsageError
 from retention.layout import STATE_DIR_HINT, StateLayout, file_kind, require_state_dir
 from retention.policy import PolicySpec
-from retention.store import OutsideRoot, display, relative_artifact_path, text_and_raw
+from retention.store import (
+    FS_ENCODING,
+    FS_ERRORS,
+    OutsideRoot,
+    display,
+    relative_artifact_path,
+    text_and_raw,
+)
 
 if TYPE_CHECKING:
     from retention.participants import CatalogIdentity
@@ -45,8 +52,6 @@ FORMAT = "retention.manifest"
 VERSION = 1
 ALG = "HMAC-SHA256"
 
-
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 # An alias, because inside `Entry` the name ``bytes`` is the field, not the type.
 RawPath = bytes | None
@@ -95,7 +100,7 @@ class Entry(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.path_raw is not None:
             return self.path_raw
         # os.fsencode without its call (apply asks for every entry's path a few times)
-        return None if self.path is None else self.path.encode(_FS_ENCODING, _FS_ERRORS)
+        return None if self.path is None else self.path.encode(FS_ENCODING, FS_ERRORS)
 
     def checked_rel_path(self, root: Path) -> RawPath:
         """`rel_path`, refused (`OutsideRoot`) unless it is exactly what plan would have

@@ -178,25 +178,33 @@ class ForkedMeasurer:
         measuring while this process is busy elsewhere (a pipe holds a few hundred measures:
         without it, workers would stop and wait for `take`). Only reads and appends; the
         decoding is `take`'s. Returns once every pipe has ended."""
-        poll = select.poll()
         by_fd = {wk.fd: wk for wk in self._workers}
-        for fd in by_fd:
-            poll.register(fd, select.POLLIN)
-        while by_fd:
-            for fd, _ in poll.poll():
-                wk = by_fd[fd]
-                try:
-                    data = os.read(fd, 1 << 20)  # EINTR is retried (PEP 475)
-                except OSError:
-                    data = b""
-                with self._cond:
-                    if data:
-                        wk.chunks.append(data)
-                    else:
-                        wk.eof = True
-                        poll.unregister(fd)
-                        del by_fd[fd]
-                    self._cond.notify_all()
+        try:
+            poll = select.poll()
+            for fd in by_fd:
+                poll.register(fd, select.POLLIN)
+            while by_fd:
+                for fd, _ in poll.poll():
+                    wk = by_fd[fd]
+                    try:
+                        data = os.read(fd, 1 << 20)  # EINTR is retried (PEP 475)
+                    except OSError:
+                        data = b""
+                    with self._cond:
+                        if data:
+                            wk.chunks.append(data)
+                        else:
+                            wk.eof = True
+                            poll.unregister(fd)
+                            del by_fd[fd]
+                        self._cond.notify_all()
+        finally:
+            # Whatever stops this thread (even an error of its own), `take` must never wait
+            # for it: the pipes it no longer reads end here, and the caller measures the rest.
+            with self._cond:
+                for wk in by_fd.values():
+                    wk.eof = True
+                self._cond.notify_all()
 
     def _decode(self, wk: _Worker) -> None:
         """Wait for more of ``wk``'s pipe and decode every whole message in it."""

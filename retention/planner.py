@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import string
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -63,6 +62,8 @@ from retention.reporting import Progress, without_cyclic_gc
 from retention.reports import SkippedEntry
 from retention.status import journal_warnings
 from retention.store import (
+    FS_ENCODING,
+    FS_ERRORS,
     LocalStore,
     Measure,
     OutsideRoot,
@@ -587,13 +588,11 @@ def candidate_rel_path(
     def one(row: tuple[Any, ...]) -> bytes | None:
         v = row[at]
         if type(v) is str and v != TRASH_DIRNAME and _plain(v):
-            return v.encode(_FS_ENCODING, _FS_ERRORS)
+            return v.encode(FS_ENCODING, FS_ERRORS)
         return full(row)
 
     return one
 
-
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 OVERLAP_HINT = "give every run its own artifact directory; retention never moves a shared one"
 

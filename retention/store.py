@@ -532,7 +532,9 @@ def _shown(path: bytes) -> str:
     return display(path)
 
 
-_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+# os.fsencode's encoding and error handler, for callers that encode a name per run without
+# its call (``name.encode(FS_ENCODING, FS_ERRORS)`` is ``os.fsencode(name)`` for a str).
+FS_ENCODING, FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def _hash_entries(
@@ -549,7 +551,7 @@ def _hash_entries(
     # one encode (a name holds neither NUL nor "/", so splitting at NUL gives each name's
     # bytes, as os.fsencode of each would), sorted as bytes (not as text: a name that is
     # not UTF-8 sorts elsewhere as text, and the fingerprint would change).
-    names = "\0".join(listed).encode(_FS_ENCODING, _FS_ERRORS).split(b"\0")
+    names = "\0".join(listed).encode(FS_ENCODING, FS_ERRORS).split(b"\0")
     names.sort()
     subdirs = []
     nbytes = nfiles = 0
