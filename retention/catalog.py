@@ -462,6 +462,12 @@ class SqlCatalog:
         )
         return cols, iter(cur)
 
+    def unique_column(self, column: str) -> bool:
+        """Whether the runs table holds each value of ``column`` at most once, as the
+        database guarantees it (a unique index on that column alone, for every row).
+        Read-only. This one does not look: False (always safe)."""
+        return False
+
     def path_columns(self) -> list[str]:
         """The columns `path_tuples` returns: the id column first, then the other columns
         the artifact path is made of (each column once)."""

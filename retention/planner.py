@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -611,11 +611,16 @@ def _overlapping(
     by_path: dict[bytes, list[Any]] = {}
     for run_id, rel in paths:
         if rel is not None:
-            by_path.setdefault(rel, []).append(run_id)
+            ids = by_path.get(rel)
+            if ids is None:
+                by_path[rel] = [run_id]
+            else:
+                ids.append(run_id)
     under: dict[bytes, list[bytes]] = {}  # a proper ancestor -> candidate paths below it
     for rel in by_path:
-        for a in ancestors(rel):
-            under.setdefault(a, []).append(rel)
+        if b"/" in rel:  # (a single component has no ancestor: most paths)
+            for a in ancestors(rel):
+                under.setdefault(a, []).append(rel)
     bad: dict[Any, str] = {}
 
     def mark(rel: bytes, why: str) -> None:
@@ -625,18 +630,29 @@ def _overlapping(
     for rel, ids in by_path.items():
         if len(ids) > 1:
             mark(rel, f"is shared by {len(ids)} runs of the plan")
-        for a in ancestors(rel):
-            if a in by_path:
-                mark(rel, f"lies inside run {by_path[a][0]}'s directory")
-                mark(a, f"contains run {ids[0]}'s directory")
+        if b"/" in rel:
+            for a in ancestors(rel):
+                if a in by_path:
+                    mark(rel, f"lies inside run {by_path[a][0]}'s directory")
+                    mark(a, f"contains run {ids[0]}'s directory")
     if not by_path:
         return bad  # no candidate directory: nothing any other run's could overlap
     candidates = {rid for rid, _ in paths}
     cols = cat.path_columns()
     keys = _PathKeys(cfg, root, by_path, cols)
     key_of, wanted, one = keys.key_of, keys.wanted, keys.one
-    # The catalog may leave out, in SQL, the rows the loop's first test skips.
-    cols, rows = cat.path_tuples((cols[one], wanted) if one is not None else None)
+    # The catalog may leave out, in SQL, the rows the loop's first test skips, and the
+    # candidates' own rows (the loop's second test skips them too). When the template is
+    # the id column alone and the database keeps that column unique, the one row holding
+    # a candidate's id as text is the candidate's: only the other wanted names need to be
+    # looked for (at a million runs usually none, and the SQL test is a bare scan).
+    hint = None
+    if one is not None:
+        sql_wanted: Collection[str] = wanted
+        if cols[one] == cfg.id_column and cat.unique_column(cols[one]):
+            sql_wanted = wanted - {rid for rid in candidates if type(rid) is str}
+        hint = (cols[one], sql_wanted)
+    cols, rows = cat.path_tuples(hint)
     for row in rows:
         if one is not None:
             # `_PathKeys._field_key` inline (``{run_id}``: a million runs, most skipped).
@@ -714,7 +730,10 @@ class _PathKeys:
         if depth is None:
             self.key_of = _unknown
             return
-        for rel in by_path:
+        if depth == 1:  # (every path has a first component; os.fsdecode's decode, inline)
+            firsts = {rel.split(b"/", 1)[0] for rel in by_path}
+            self.wanted = {first.decode(FS_ENCODING, FS_ERRORS) for first in firsts}
+        for rel in by_path if depth > 1 else ():
             parts = rel.split(b"/")
             if len(parts) < depth:
                 self.key_of = _unknown  # a short candidate path could hold any run's

@@ -63,7 +63,9 @@ def plan_summary(
     if n:
         dated = [e.time for e in p.entries if e.time]
         if dated:
-            at = list(map(parse_instant, dated))  # by instant: "…00.5Z" < "…00Z" as text
+            # By instant: "…00.5Z" < "…00Z" as text. (Each is a manifest's `Instant`, which
+            # `Entry` checked `fromisoformat` reads: no need of `parse_instant`'s checks.)
+            at = list(map(datetime.fromisoformat, dated))
             oldest = dated[min(range(len(at)), key=at.__getitem__)]
             newest = dated[max(range(len(at)), key=at.__getitem__)]
             lines.append(

@@ -266,6 +266,118 @@ def test_sqlite_leaves_out_in_sql_only_rows_the_overlap_check_would_skip(
         assert {r[0] for r in returned} == {r[0] for r in must}
 
 
+@pytest.mark.parametrize(
+    "declare",
+    [
+        "CREATE TABLE runs (run_id PRIMARY KEY, created_at INTEGER)",
+        "CREATE TABLE runs (run_id, created_at INTEGER); CREATE UNIQUE INDEX u ON runs(run_id)",
+        "CREATE TABLE runs (run_id UNIQUE COLLATE NOCASE, created_at INTEGER)",
+    ],
+)
+def test_a_unique_id_column_lets_sqlite_leave_out_the_candidates_own_rows(
+    tmp_path: Path, declare: str
+) -> None:
+    """With the template ``{run_id}`` and a unique index on the id column, a candidate's
+    id as text is held by its own row alone: SQLite then returns only the rows whose id is
+    not a plain name and those naming what some candidate's path is other than as its own
+    text id (an int 42 beside the text "42", "./a" beside "a"), and the overlaps found are
+    still those of the full computation (untyped column: ints, reals, blobs and their
+    text side by side; under NOCASE, names that differ only in case cannot both be)."""
+    rng = random.Random(declare)
+    db = tmp_path / "catalog.db"
+    c = sqlite3.connect(db)
+    c.executescript(declare)
+    pieces = [
+        p
+        for p in _PIECES
+        if p is not None
+        and type(p) is not bool
+        and not (isinstance(p, str) and "\ud800" <= p[:1] <= "\udfff")
+    ]
+    ids: list[Any] = [*pieces, "A", "Ab", "r1", "R1", "ü/x", "é", "a\0", "r7/sub", 8, "8"]
+    ids += [i if rng.random() < 0.2 else f"r{i}" for i in range(10, 3000)]
+    rows = []
+    for rid in ids:
+        try:
+            c.execute("INSERT INTO runs VALUES (?, 0)", (rid,))
+            rows.append((rid,))
+        except sqlite3.IntegrityError:
+            pass  # equal under the column's collation to one already there
+    c.commit()
+    c.close()
+    cfg = msgspec.structs.replace(
+        _config("{run_id}", None),
+        id_column="run_id",
+        catalog_path=str(db),
+        artifact_root=str(ROOT),
+        child_tables=[],
+    )
+    fake = _Catalog(["run_id"], rows)
+    with open_catalog(cfg) as cat:
+        assert cat.unique_column("run_id")
+    for _ in range(40):
+        paths = []
+        for (rid,) in rng.sample(rows, k=rng.randint(1, 400)):
+            try:
+                rel = artifact_rel_path(cfg, {"run_id": rid}, ROOT)
+            except (OutsideRoot, ValueError):
+                continue
+            paths.append((rid, rel))
+        with open_catalog(cfg) as cat:
+            # The same candidates refused. Of several reasons, or several other runs, the
+            # one a candidate's names follows the order the rows come in (here the
+            # index's, not the insertion order the reference reads).
+            got_bad = _overlapping(cfg, cat, ROOT, paths)
+            assert got_bad.keys() == _reference(cfg, fake, ROOT, paths).keys()
+            wanted = {os.fsdecode(rel) for _, rel in paths if rel is not None}
+            own = {rid for rid, _ in paths if type(rid) is str}
+            _, got = cat.path_tuples(("run_id", wanted - own))
+            returned = {r[0] for r in got}
+        must = {
+            r[0]
+            for r in rows
+            if not (
+                type(r[0]) is str
+                and r[0] not in wanted - own
+                and r[0] not in ("", ".", "..")
+                and not any(ch in r[0] for ch in "/:\0")
+            )
+        }
+        assert returned == must
+        # What is left out is a plain text id no other run holds: a candidate's own row,
+        # or one no candidate's path begins with.
+        left_out = {r[0] for r in rows} - returned
+        assert all(type(r) is str and (r in own or r not in wanted) for r in left_out)
+
+
+def test_unique_column_is_a_unique_index_on_that_column_alone(tmp_path: Path) -> None:
+    """Only an index that makes every row's value unique counts: not a partial one, not
+    one on two columns, not a plain index, not a column without an index."""
+    db = tmp_path / "catalog.db"
+    c = sqlite3.connect(db)
+    c.executescript(
+        """
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, a, b, p, i, n, created_at INTEGER);
+        CREATE UNIQUE INDEX ab ON runs(a, b);
+        CREATE UNIQUE INDEX part ON runs(p) WHERE p IS NOT NULL;
+        CREATE INDEX plain ON runs(i);
+        CREATE UNIQUE INDEX lower_b ON runs(lower(b));
+        """
+    )
+    c.close()
+    cfg = msgspec.structs.replace(
+        _config("{run_id}", None),
+        id_column="run_id",
+        catalog_path=str(db),
+        artifact_root=str(ROOT),
+        child_tables=[],
+    )
+    with open_catalog(cfg) as cat:
+        assert cat.unique_column("run_id")
+        for col in ("a", "b", "p", "i", "n"):
+            assert not cat.unique_column(col), col
+
+
 def test_the_shortcut_skips_runs_that_cannot_nest_and_keeps_those_that_may(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

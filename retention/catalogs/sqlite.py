@@ -169,26 +169,42 @@ class SqliteCatalog(TrashCatalog):
         if skip_plain is None or no_path or skip_plain[0] not in cols:
             return super().path_tuples()
         column, wanted = skip_plain
-        self.conn.execute(f"DROP TABLE IF EXISTS {self.PLAIN_TABLE}")
-        self.conn.execute("CREATE TEMP TABLE _retention_plain (v TEXT PRIMARY KEY)")
-        with self._temp_transaction():
-            # A value that is not UTF-8 (a lone surrogate: a name that is not) equals no
-            # text SQLite hands over, and cannot be bound: it need not be there.
-            self.conn.executemany(
-                f"INSERT OR IGNORE INTO {self.PLAIN_TABLE} (v) VALUES (?)",
-                ((v,) for v in wanted if _utf8(v)),
-            )
         v, raw = q(column), f"CAST({q(column)} AS BLOB)"
         plain = (
             f"typeof({v}) = 'text' AND {v} NOT IN ('', '.', '..')"
             f" AND instr({raw}, x'2f') = 0 AND instr({raw}, x'3a') = 0"
-            f" AND instr({raw}, x'00') = 0 AND {v} NOT IN (SELECT v FROM {self.PLAIN_TABLE})"
+            f" AND instr({raw}, x'00') = 0"
         )
+        # A value that is not UTF-8 (a lone surrogate: a name that is not) equals no text
+        # SQLite hands over, and cannot be bound: it need not be there.
+        values = [(w,) for w in wanted if _utf8(w)]
+        if values:  # (none: no temp table, and no probe per row)
+            self.conn.execute(f"DROP TABLE IF EXISTS {self.PLAIN_TABLE}")
+            self.conn.execute("CREATE TEMP TABLE _retention_plain (v TEXT PRIMARY KEY)")
+            with self._temp_transaction():
+                self.conn.executemany(
+                    f"INSERT OR IGNORE INTO {self.PLAIN_TABLE} (v) VALUES (?)", values
+                )
+            plain += f" AND {v} NOT IN (SELECT v FROM {self.PLAIN_TABLE})"
         cur = self.conn.execute(
             f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
             f" WHERE NOT ({plain})"
         )
         return cols, iter(cur)
+
+    def unique_column(self, column: str) -> bool:
+        """A unique index of that column alone, not partial (a text primary key's among
+        them). Under any collation it holds no two byte-equal texts."""
+        conn, table = self.conn, self.cfg.runs_table
+        try:
+            for _, name, unique, _, partial in conn.execute(f"PRAGMA index_list({q(table)})"):
+                if unique and not partial:
+                    cols = [r[2] for r in conn.execute(f"PRAGMA index_info({q(name)})")]
+                    if cols == [column]:
+                        return True
+        except sqlite3.Error:
+            return False
+        return False
 
     @contextlib.contextmanager
     def _temp_transaction(self) -> Iterator[None]:
