@@ -254,10 +254,31 @@ def sign(payload: Payload, key: bytes) -> bytes:
     return sign_struct(payload, payload.key_id, key)
 
 
+def sign_with_id(payload: Payload, key: bytes) -> bytes:
+    """`with_id`, then `sign`, the canonical bytes computed once (at a hundred thousand
+    entries each time is a tenth of a second or more). The id is the digest of the bytes
+    with an empty ``manifest_id``; the signed bytes are those with the id in its place. A
+    top-level key is the one line of the indented JSON that begins with a newline and a
+    single space (deeper keys have more; no string holds a raw newline)."""
+    payload.manifest_id = ""
+    blank = canonical(payload)
+    payload.manifest_id = ident = "m-" + hashlib.sha256(blank).hexdigest()[:24]
+    body = blank.replace(_EMPTY_ID, b'\n "manifest_id": "%s"' % ident.encode(), 1)
+    assert len(body) == len(blank) + len(ident), "canonical JSON without its manifest_id"
+    del blank  # (a copy of the whole manifest: never three at once)
+    return _envelope(body, payload.key_id, key)
+
+
+_EMPTY_ID = b'\n "manifest_id": ""'
+
+
 def sign_struct(payload: msgspec.Struct, key_id: str, key: bytes) -> bytes:
     """The envelope around any payload's canonical bytes (`sign` for `Payload`; the
     JSON-document catalog's manifest, `retention.jobstore`, is signed the same way)."""
-    body = canonical(payload)
+    return _envelope(canonical(payload), key_id, key)
+
+
+def _envelope(body: bytes, key_id: str, key: bytes) -> bytes:
     sig = hmac.new(key, body, hashlib.sha256).hexdigest()
     env = Envelope(alg=ALG, key_id=key_id, payload=msgspec.Raw(body), sig=sig)
     return msgspec.json.encode(env) + b"\n"

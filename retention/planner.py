@@ -41,8 +41,15 @@ from retention.durations import (
 )
 from retention.errors import CatalogError, ConfigError, UsageError
 from retention.layout import TRASH_DIRNAME, StateLayout
-from retention.manifest import FORMAT, VERSION, Entry, Payload, load_key, policy_digest, sign
-from retention.manifest import with_id as manifest_with_id
+from retention.manifest import (
+    FORMAT,
+    VERSION,
+    Entry,
+    Payload,
+    load_key,
+    policy_digest,
+    sign_with_id,
+)
 from retention.measuring import ForkedMeasurer
 from retention.policy import (
     UNITS,
@@ -1181,7 +1188,7 @@ def _build_plan(
         total_bytes=sum(e.bytes for e in entries),
         entries=entries,
     )
-    manifest_with_id(payload)
+    signed = sign_with_id(payload, key)
     warnings = journal_warnings(state)
     short = budget.shortfall() if budget is not None else None
     if short:
@@ -1195,7 +1202,7 @@ def _build_plan(
         )
     return PlanResult(
         payload,
-        sign(payload, key),
+        signed,
         skipped,
         no_time,
         warnings,

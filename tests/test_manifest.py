@@ -67,6 +67,25 @@ def test_untouched_manifest_verifies_and_round_trips(small: bytes) -> None:
     assert canonical(payload) == small[start:end]
 
 
+def test_sign_with_id_gives_the_bytes_of_with_id_then_sign(small: bytes) -> None:
+    """The canonical bytes computed once give what `with_id` then `sign` give: the same id,
+    the same file, byte for byte, even when the filter's and entries' texts hold what the
+    top-level key looks like (quoted, with newlines)."""
+    key, key_id = _key()
+    payload = verify(small, key, key_id, now=NOW)
+    for tricky in ('\n "manifest_id": ""', '"manifest_id": ""', "\n", ""):
+        p = msgspec.structs.replace(
+            payload,
+            filter=tricky or None,
+            entries=[msgspec.structs.replace(e, reason=e.reason + tricky) for e in payload.entries],
+        )
+        twin = msgspec.structs.replace(p)
+        signed = manifest.sign_with_id(p, key)
+        assert signed == manifest.sign(manifest.with_id(twin), key)
+        assert p.manifest_id == twin.manifest_id and p.manifest_id.startswith("m-")
+        assert verify(signed, key, key_id, now=NOW) == p
+
+
 def test_flipping_any_single_byte_of_the_payload_is_refused(small: bytes) -> None:
     key, key_id = _key()
     start, end = _payload_span(small)
