@@ -107,8 +107,16 @@ def template_fields(template: str) -> tuple[str, ...]:
 _EXACT = 2**53  # an int below this in size is exactly a float: the same instant either way
 
 
-# The ints each format reads as whole seconds since the epoch: (low, high), exclusive.
-WHOLE_SECONDS = {"auto": (-_MS_THRESHOLD, _MS_THRESHOLD), "epoch_s": (-_EXACT, _EXACT)}
+# A datetime's range in whole seconds since the epoch: 0001-01-01 to 9999-12-31T23:59:59.
+_FIRST, _LAST = -62_135_596_800, 253_402_300_799
+
+# The ints each format reads as whole seconds since the epoch that a datetime can hold:
+# (low, high), exclusive. Read inline as `Item.at` (seconds times a million: what
+# `time_reader` gives, without a datetime); any other value goes through `time_reader`.
+WHOLE_SECONDS = {
+    "auto": (max(-_MS_THRESHOLD, _FIRST - 1), min(_MS_THRESHOLD, _LAST + 1)),
+    "epoch_s": (_FIRST - 1, _LAST + 1),
+}
 
 
 def time_reader(fmt: str, *, keep_offset: bool = False) -> Callable[[object], datetime | None]:
@@ -393,16 +401,12 @@ class SqlCatalog:
             if len(cfg.time_columns) == 1:  # the common case, without the inner loop
                 # Whole seconds since the epoch read inline (as `time_reader` reads them).
                 lo, hi = WHOLE_SECONDS.get(cfg.time_format, (0, 0))
-                from_ts = datetime.fromtimestamp
+                make = Item.make
                 for rid, protected, value in self.conn.execute(sql):
                     if type(value) is int and lo < value < hi:
-                        try:
-                            t = from_ts(value, UTC)
-                        except (OverflowError, OSError, ValueError):
-                            t = None
+                        yield Item(rid, value * 1_000_000, bool(protected))
                     else:
-                        t = None if value is None else parse(value)
-                    yield Item(rid, t, bool(protected))
+                        yield make(rid, None if value is None else parse(value), bool(protected))
                 return
             for row in self.conn.execute(sql):
                 # Fall back to the next column only when one is NULL: a value that is there
@@ -412,7 +416,7 @@ class SqlCatalog:
                     if value is not None:
                         t = parse(value)
                         break
-                yield Item(row[0], t, bool(row[1]))
+                yield Item.make(row[0], t, bool(row[1]))
         except self.Error as exc:
             raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
 

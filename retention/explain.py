@@ -57,7 +57,7 @@ from retention.policy import (
     group_label,
 )
 from retention.policy import sort_key as newest_key
-from retention.policy.calendar import KEY, cutoff, label, local
+from retention.policy.calendar import KEY, cutoff, instant_us, label, local
 from retention.policy.rules import Ctx, RuleDef, active_rules
 from retention.policy.spec import NOUN, UNITS, UNLIMITED, age_text, tags_text
 from retention.store import LocalStore, require_artifact_root
@@ -354,15 +354,16 @@ class _Seen:
 
 def _seen(ev: Evaluation, spec: PolicySpec, item: Item) -> _Seen:
     if ev.spec.group_by is None and ev.spec.tiers is None:
-        runs = [it for it in ev.items if it.time is not None]  # one group: every run
+        runs = [it for it in ev.items if it.at is not None]  # one group: every run
     else:
         key = _group_of(item, ev.spec)
-        runs = [it for it in ev.items if it.time is not None and _group_of(it, ev.spec) == key]
+        runs = [it for it in ev.items if it.at is not None and _group_of(it, ev.spec) == key]
     if spec.terminal_states is not None:
         terminal = frozenset(spec.terminal_states)
         runs = [it for it in runs if getattr(it.attrs, "state", None) in terminal]
     runs.sort(key=newest_key, reverse=True)
-    latest = next((it.time for it in runs if it.time is not None and it.time < ev.now), None)
+    now_at = instant_us(ev.now)
+    latest = next((it.time for it in runs if it.at is not None and it.at < now_at), None)
     return _Seen(runs, Ctx(spec, ev.now, ev.zone, latest))
 
 
@@ -805,8 +806,8 @@ def _newest_first(verdicts: Iterable[Verdict]) -> list[Verdict]:
     """Runs with a timestamp newest first, then those without (by id), as `evaluate`
     orders them within each."""
     verdicts = list(verdicts)
-    dated = [v for v in verdicts if v.item.time is not None]
-    return dated + [v for v in verdicts if v.item.time is None]
+    dated = [v for v in verdicts if v.item.at is not None]
+    return dated + [v for v in verdicts if v.item.at is None]
 
 
 def kept_report(cfg: Config, payload: Payload) -> KeptReport:

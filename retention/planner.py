@@ -508,18 +508,16 @@ def read_items(cat: SqlCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
     # `SqlCatalog.iter_items` read them); one text value (a tenant) finds its shared Attrs
     # by itself: text equals no other type, so no type is needed in its key.
     lo, hi = WHOLE_SECONDS.get(cfg.time_format, (0, 0))
-    from_ts = datetime.fromtimestamp
+    make = Item.make
     by_text: dict[str, Attrs] = {}
     one = shared is not None and len(names) == 1
     items: list[Item] = []
     try:
         for row in cat.conn.execute(sql):
             value = row[first_time]
+            at: int | None = None
             if type(value) is int and lo < value < hi:
-                try:
-                    t = from_ts(value, UTC)
-                except (OverflowError, OSError, ValueError):
-                    t = None
+                at = value * 1_000_000
             else:
                 t = None
                 for value in row[first_time:]:
@@ -541,7 +539,10 @@ def read_items(cat: SqlCatalog, cfg: Config, spec: PolicySpec) -> list[Item]:
                     attrs = shared.get(shape)
                     if attrs is None:
                         attrs = shared[shape] = attrs_of(raw)
-            items.append(Item(row[0], t, bool(row[1]), attrs))
+            if at is not None:
+                items.append(Item(row[0], at, bool(row[1]), attrs))
+            else:
+                items.append(make(row[0], t, bool(row[1]), attrs))
     except cat.Error as exc:
         raise CatalogError(f"reading {cfg.runs_table!r} failed: {exc}") from None
     return items
@@ -1071,7 +1072,7 @@ def _build_plan(
         # million runs) are dropped before the candidates' entries and the manifest are
         # built, so the two never take memory at the same time.
         kept_runs = len(decision.keep)
-        no_time = sum(1 for v in decision.keep if v.item.time is None)
+        no_time = sum(1 for v in decision.keep if v.item.at is None)
         held = 0
         if spec.erase is not None:
             held = sum(1 for v in decision.keep if v.item.attrs and v.item.attrs.erase)

@@ -554,7 +554,7 @@ def test_reasons_that_name_a_period_or_a_run_count_under_one_rule() -> None:
 def test_the_position_and_rules_are_those_of_the_runs_group() -> None:
     now = datetime(2026, 4, 1, tzinfo=UTC)
     items = [
-        Item(
+        Item.make(
             f"{org}{n}",
             datetime(2026, 3, 10 + n, tzinfo=UTC),
             attrs=Attrs(group=(org,), tier=None),
@@ -574,7 +574,7 @@ def test_the_position_and_rules_are_those_of_the_runs_group() -> None:
 def test_a_run_is_explained_with_its_tiers_policy_or_as_kept_by_a_tier_without_one() -> None:
     now = datetime(2026, 4, 1, tzinfo=UTC)
     items = [
-        Item(
+        Item.make(
             f"{org}{n}",
             datetime(2026, 3, 10 + n, tzinfo=UTC),
             attrs=Attrs(group=(org,), tier=tier),

@@ -19,9 +19,10 @@ import os
 import random
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import msgspec
 import pytest
@@ -481,10 +482,43 @@ def test_time_reader_reads_every_value_as_parse_stored_time(fmt: str, keep_offse
 
 
 def test_a_run_costs_the_garbage_collector_nothing() -> None:
-    item = Item("r1", datetime(2026, 1, 1, tzinfo=UTC), False, None)
+    item = Item.make("r1", datetime(2026, 1, 1, tzinfo=UTC), False, None)
     verdict = Verdict(item, True, ("kept: among the newest 1",))
     assert not gc.is_tracked(item) and not gc.is_tracked(verdict)
-    assert item == Item("r1", datetime(2026, 1, 1, tzinfo=UTC)) and hash(item)
+    assert item == Item.make("r1", datetime(2026, 1, 1, tzinfo=UTC)) and hash(item)
+
+
+@pytest.mark.parametrize(
+    "t",
+    [
+        datetime(2026, 1, 1, tzinfo=UTC),
+        datetime(2026, 3, 29, 1, 30, 0, 999_999, tzinfo=UTC),
+        datetime(1, 1, 1, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(1969, 12, 31, 23, 59, 59, 1, tzinfo=UTC),
+        datetime.fromisoformat("2026-03-01T10:00:00+05:30"),
+        datetime.fromisoformat("2026-03-01T10:00:00.25-00:00:30"),
+        datetime.fromisoformat("2026-03-01T10:00:00+00:00"),
+        datetime(2026, 3, 29, 3, 30, tzinfo=ZoneInfo("Europe/Paris")),
+        datetime(2026, 10, 25, 2, 30, fold=1, tzinfo=ZoneInfo("Europe/Paris")),
+        None,
+    ],
+)
+def test_an_item_gives_back_the_time_it_was_made_with(t: datetime | None) -> None:
+    """`Item` holds an instant as whole microseconds and the offset apart: its `time` is
+    the datetime it was made from, the same instant in the same offset, at the edges of
+    a datetime's range, before the epoch, with sub-minute offsets and a zone's; and the
+    policy's order is the instants' (`at` compares as the datetimes do)."""
+    item = Item.make("r", t)
+    assert item.time == t
+    if t is not None:
+        assert item.time is not None and item.time.utcoffset() == t.utcoffset()
+        assert item.time.replace(tzinfo=None) == t.replace(tzinfo=None)
+        before = t.astimezone(UTC) - timedelta(microseconds=1) if t.year > 1 else None
+        earlier = Item.make("r", before) if before is not None else None
+        assert earlier is None or (earlier.at is not None and earlier.at + 1 == item.at)
+    else:
+        assert item.at is None
 
 
 def test_measure_unchanged_walk(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ times = st.one_of(
     ),
 )
 item_lists = st.lists(
-    st.builds(Item, id=st.integers(0, 10_000), time=times, protected=st.booleans()),
+    st.builds(Item.make, id=st.integers(0, 10_000), time=times, protected=st.booleans()),
     max_size=60,
     unique_by=lambda i: i.id,
 )
@@ -87,9 +87,11 @@ def test_describe_is_one_sentence() -> None:
 
 # -- golden cases -------------------------------------------------------------------------
 
-FIXED = [Item(f"r{i:02d}", NOW - timedelta(days=10 * i), protected=(i == 7)) for i in range(20)] + [
-    Item("bad-ts", None),
-    Item("bad-ts-2", None, protected=True),
+FIXED = [
+    Item.make(f"r{i:02d}", NOW - timedelta(days=10 * i), protected=(i == 7)) for i in range(20)
+] + [
+    Item.make("bad-ts", None),
+    Item.make("bad-ts-2", None, protected=True),
 ]
 
 CASES = {

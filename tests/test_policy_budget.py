@@ -16,7 +16,7 @@ NOW = datetime(2026, 11, 1, tzinfo=UTC)
 
 
 def run(rid: str, days_ago: float, size: int | None = 10, **attrs) -> Item:
-    return Item(rid, NOW - timedelta(days=days_ago), attrs=Attrs(size=size, **attrs))
+    return Item.make(rid, NOW - timedelta(days=days_ago), attrs=Attrs(size=size, **attrs))
 
 
 def decide(items: list[Item], **spec):
@@ -52,12 +52,12 @@ def test_other_runs_go_before_calendar_checkpoints() -> None:
     # r0..r5 on the 1st of six months; plus weekly runs this month. keep-last 6 and
     # keep-monthly 6: the months' runs are checkpoints, the recent extra runs are not
     items = [
-        Item("m0", datetime(2026, 10, 1, tzinfo=UTC), attrs=Attrs(size=10)),
-        Item("m1", datetime(2026, 9, 1, tzinfo=UTC), attrs=Attrs(size=10)),
-        Item("m2", datetime(2026, 8, 1, tzinfo=UTC), attrs=Attrs(size=10)),
-        Item("w1", datetime(2026, 10, 8, tzinfo=UTC), attrs=Attrs(size=10)),
-        Item("w2", datetime(2026, 10, 15, tzinfo=UTC), attrs=Attrs(size=10)),
-        Item("w3", datetime(2026, 10, 22, tzinfo=UTC), attrs=Attrs(size=10)),
+        Item.make("m0", datetime(2026, 10, 1, tzinfo=UTC), attrs=Attrs(size=10)),
+        Item.make("m1", datetime(2026, 9, 1, tzinfo=UTC), attrs=Attrs(size=10)),
+        Item.make("m2", datetime(2026, 8, 1, tzinfo=UTC), attrs=Attrs(size=10)),
+        Item.make("w1", datetime(2026, 10, 8, tzinfo=UTC), attrs=Attrs(size=10)),
+        Item.make("w2", datetime(2026, 10, 15, tzinfo=UTC), attrs=Attrs(size=10)),
+        Item.make("w3", datetime(2026, 10, 22, tzinfo=UTC), attrs=Attrs(size=10)),
     ]
     # monthly 3 keeps w3 (October's newest), m1, m2; keep-last 6 keeps everything.
     # Non-checkpoints, oldest first: m0, w1, w2 go before any checkpoint.
@@ -104,7 +104,7 @@ def test_a_budget_that_cannot_be_met_says_by_how_much_and_what_holds_it() -> Non
     items = [
         run("pinned", 9, 500, pinned=True),
         run("newest-full", 8, 300, kind="full"),
-        Item("no-time", None, attrs=Attrs(size=50)),
+        Item.make("no-time", None, attrs=Attrs(size=50)),
         run("a", 1, 40),
         run("b", 2, 40),
         run("running", 3, 20, state="running"),
@@ -161,7 +161,7 @@ def test_a_run_a_protected_run_depends_on_is_held_for_it() -> None:
 
 
 def test_unknown_sizes_count_as_zero_are_reported_and_never_go_for_the_budget() -> None:
-    items = [run("a", 1, None), run("b", 2, 30), Item("bare", NOW - timedelta(days=3))]
+    items = [run("a", 1, None), run("b", 2, 30), Item.make("bare", NOW - timedelta(days=3))]
     keep, remove, report = decide(items, keep_last=-1, max_total_bytes=5)
     # bare is the oldest, but removing it frees nothing: b goes, and that is enough
     assert set(keep) == {"a", "bare"} and set(remove) == {"b"}

@@ -31,7 +31,7 @@ def t(text: str) -> datetime:
 
 
 def runs(*rows: tuple[str, str]) -> list[Item]:
-    return [Item(rid, t(when)) for rid, when in rows]
+    return [Item.make(rid, t(when)) for rid, when in rows]
 
 
 def kept(items: list[Item], now: datetime = NOW, zone=None, **spec) -> dict[str, tuple]:
@@ -87,7 +87,7 @@ def test_the_oldest_run_is_kept_by_a_rule_with_slots_left() -> None:
 
 def test_rules_count_independently_and_reasons_list_every_rule() -> None:
     # One run a day at noon, Sunday 2026-03-01 to Sunday 2026-03-29.
-    items = [Item(f"{d:02d}", datetime(2026, 3, d, 12, tzinfo=UTC)) for d in range(1, 30)]
+    items = [Item.make(f"{d:02d}", datetime(2026, 3, d, 12, tzinfo=UTC)) for d in range(1, 30)]
     # daily 3: 29, 28, 27. weekly 4 (ISO weeks end on Sunday): 29 (W13), 22 (W12),
     # 15 (W11), 08 (W10). The 29th takes a slot of both: 6 runs, not 7, not 4.
     got = kept(items, keep_daily=3, keep_weekly=4)
@@ -245,7 +245,7 @@ def test_a_run_exactly_at_now_is_not_the_reference() -> None:
 
 def test_keep_within_daily_keeps_one_run_per_day_within_the_span() -> None:
     items = [
-        Item(f"{d}-{h:02d}", datetime(2026, 3, d, h, tzinfo=UTC))
+        Item.make(f"{d}-{h:02d}", datetime(2026, 3, d, h, tzinfo=UTC))
         for d in (10, 11, 12)
         for h in (0, 6, 12, 18)
     ]
@@ -361,7 +361,7 @@ def test_equal_timestamps_are_ordered_by_id_whatever_the_row_order() -> None:
 
 
 def tagged(rid: str, when: str, tags: frozenset[str] | None) -> Item:
-    return Item(rid, t(when), attrs=Attrs(tags=tags))
+    return Item.make(rid, t(when), attrs=Attrs(tags=tags))
 
 
 TAGGED = [
@@ -388,7 +388,7 @@ def test_keep_tag_keeps_runs_with_every_tag_of_one_list() -> None:
 
 
 def test_runs_without_attrs_have_no_tags() -> None:
-    items = [Item("plain", t("2026-03-10T00:00"))]
+    items = [Item.make("plain", t("2026-03-10T00:00"))]
     assert set(kept(items, keep_tags=(("",),))) == {"plain"}
 
 
@@ -450,7 +450,7 @@ def test_describe_names_every_rule() -> None:
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
 utc_times = st.integers(0, 800 * 86400).map(lambda s: BASE + timedelta(seconds=s))
 utc_runs = st.lists(
-    st.builds(Item, id=st.integers(0, 10_000), time=utc_times),
+    st.builds(Item.make, id=st.integers(0, 10_000), time=utc_times),
     max_size=50,
     unique_by=lambda i: i.id,
 )

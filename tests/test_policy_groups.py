@@ -21,7 +21,7 @@ def day(n: float) -> datetime:
 
 
 def run(rid: str, age: float, group: str | None, tier: str | None = None, **attrs) -> Item:
-    return Item(rid, day(age), attrs=Attrs(group=(group,), tier=tier, **attrs))
+    return Item.make(rid, day(age), attrs=Attrs(group=(group,), tier=tier, **attrs))
 
 
 def split(d) -> tuple[dict[str, tuple[str, ...]], dict[str, tuple[str, ...]]]:
@@ -67,11 +67,11 @@ def test_keep_within_counts_back_from_each_groups_newest_run() -> None:
 
 def test_group_values_of_mixed_types_and_null_are_separate_groups() -> None:
     items = [
-        Item("n1", day(1), attrs=Attrs(group=(None,))),
-        Item("n2", day(2), attrs=Attrs(group=(None,))),
-        Item("i1", day(1), attrs=Attrs(group=(7,))),
-        Item("i2", day(2), attrs=Attrs(group=(7,))),
-        Item("s1", day(1), attrs=Attrs(group=("7",))),
+        Item.make("n1", day(1), attrs=Attrs(group=(None,))),
+        Item.make("n2", day(2), attrs=Attrs(group=(None,))),
+        Item.make("i1", day(1), attrs=Attrs(group=(7,))),
+        Item.make("i2", day(2), attrs=Attrs(group=(7,))),
+        Item.make("s1", day(1), attrs=Attrs(group=("7",))),
     ]
     d = evaluate(items, PolicySpec(keep_last=1, group_by=("g",)), NOW)
     keep, remove = split(d)
@@ -193,7 +193,7 @@ spec_st = st.fixed_dictionaries(
 
 def _items(rows) -> list[Item]:
     return [
-        Item(f"r{k}", day(a / 3), attrs=Attrs(group=(g,), size=s, pinned=p))
+        Item.make(f"r{k}", day(a / 3), attrs=Attrs(group=(g,), size=s, pinned=p))
         for k, (a, g, s, p) in enumerate(rows)
     ]
 
@@ -241,10 +241,10 @@ def test_grouped_floors_and_pins_hold_and_order_does_not_matter(rows, fields, rn
 
 def test_an_erasure_takes_every_matching_run_whatever_the_rules_and_pins() -> None:
     items = [
-        Item("mine-new", day(1), attrs=Attrs(erase=True, pinned=True)),
-        Item("mine-undated", None, attrs=Attrs(erase=True)),
-        Item("mine-guarded", day(3), protected=True, attrs=Attrs(erase=True)),
-        Item("other", day(900), attrs=Attrs()),
+        Item.make("mine-new", day(1), attrs=Attrs(erase=True, pinned=True)),
+        Item.make("mine-undated", None, attrs=Attrs(erase=True)),
+        Item.make("mine-guarded", day(3), protected=True, attrs=Attrs(erase=True)),
+        Item.make("other", day(900), attrs=Attrs()),
     ]
     keep, remove = split(evaluate(items, PolicySpec(erase=("org_id", "o1"), pins=True), NOW))
     assert set(remove) == {"mine-new", "mine-undated"}
@@ -255,10 +255,10 @@ def test_an_erasure_takes_every_matching_run_whatever_the_rules_and_pins() -> No
 
 def test_dependants_of_an_erased_run_go_with_it_transitively() -> None:
     items = [
-        Item("full", day(10), attrs=Attrs(erase=True)),
-        Item("inc1", day(9), attrs=Attrs(parent="full")),
-        Item("inc2", None, attrs=Attrs(parent="inc1")),
-        Item("unrelated", day(1), attrs=Attrs(parent=None)),
+        Item.make("full", day(10), attrs=Attrs(erase=True)),
+        Item.make("inc1", day(9), attrs=Attrs(parent="full")),
+        Item.make("inc2", None, attrs=Attrs(parent="inc1")),
+        Item.make("unrelated", day(1), attrs=Attrs(parent=None)),
     ]
     spec = PolicySpec(erase=("kind", "x"), dependencies=True)
     keep, remove = split(evaluate(items, spec, NOW))

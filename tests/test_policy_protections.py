@@ -29,7 +29,7 @@ def decide(items: list[Item], **spec) -> tuple[dict[str, tuple], dict[str, tuple
 
 # -- min-keep ---------------------------------------------------------------------------------
 
-AGED = [Item(f"r{n}", day(10 * n)) for n in range(6)]  # r0 (today) .. r5 (50 days ago)
+AGED = [Item.make(f"r{n}", day(10 * n)) for n in range(6)]  # r0 (today) .. r5 (50 days ago)
 
 
 def test_min_keep_tops_up_with_the_newest_runs() -> None:
@@ -53,7 +53,7 @@ def test_min_keep_above_the_number_of_runs_keeps_them_all() -> None:
 
 
 def test_min_keep_counts_runs_kept_for_any_reason() -> None:
-    items = [*AGED, Item("no-time", None), Item("guarded", day(70), protected=True)]
+    items = [*AGED, Item.make("no-time", None), Item.make("guarded", day(70), protected=True)]
     # keep-last 1 keeps r0; no-time and guarded are kept anyway: 3 of 4, the floor adds r1
     keep, _ = decide(items, keep_last=1, min_keep=4)
     assert set(keep) == {"r0", "no-time", "guarded", "r1"}
@@ -63,7 +63,7 @@ def test_min_keep_counts_runs_kept_for_any_reason() -> None:
 
 
 def state(rid: str, when: datetime, st_: str | None) -> Item:
-    return Item(rid, when, attrs=Attrs(state=st_))
+    return Item.make(rid, when, attrs=Attrs(state=st_))
 
 
 JOBS = [
@@ -73,7 +73,7 @@ JOBS = [
     state("queued", day(30), "queued"),
     state("null", day(31), None),
     state("done2", day(40), "completed"),
-    Item("no-attrs", day(50)),  # no state read at all: not terminal either
+    Item.make("no-attrs", day(50)),  # no state read at all: not terminal either
 ]
 TERMINAL = ("completed", "failed", "canceled")
 
@@ -96,7 +96,7 @@ def test_a_ttl_on_terminal_runs_scenario_2() -> None:
 
 
 def test_runs_without_a_timestamp_are_never_deleted_whatever_else() -> None:
-    items = [Item("bad", None, attrs=Attrs(state="completed", size=10**12)), *AGED]
+    items = [Item.make("bad", None, attrs=Attrs(state="completed", size=10**12)), *AGED]
     keep, remove = decide(items, keep_last=1, terminal_states=TERMINAL, min_keep=0)
     assert keep["bad"] == ("kept: timestamp missing or unparseable",)
     assert "bad" not in remove
@@ -106,7 +106,7 @@ def test_runs_without_a_timestamp_are_never_deleted_whatever_else() -> None:
 
 
 def backup(rid: str, n: int, kind: str = "inc", parent: str | None = None, **attrs) -> Item:
-    return Item(rid, day(n), attrs=Attrs(kind=kind, parent=parent, **attrs))
+    return Item.make(rid, day(n), attrs=Attrs(kind=kind, parent=parent, **attrs))
 
 
 def test_pinned_runs_are_never_deleted_and_count_like_protected_ones() -> None:
@@ -185,7 +185,7 @@ def test_without_dependencies_the_chain_is_cut() -> None:
 def test_runs_without_a_timestamp_or_not_terminal_keep_their_parents() -> None:
     items = [
         backup("p1", 40, state="completed"),
-        Item("no-time", None, attrs=Attrs(parent="p1")),
+        Item.make("no-time", None, attrs=Attrs(parent="p1")),
         backup("p2", 40, state="completed"),
         backup("queued", 39, parent="p2", state="queued"),
         backup("p3", 40, state="completed"),
@@ -199,7 +199,7 @@ def test_runs_without_a_timestamp_or_not_terminal_keep_their_parents() -> None:
 
 
 def test_a_parent_id_of_another_type_still_matches() -> None:
-    items = [Item(42, day(30)), Item(43, day(0), attrs=Attrs(parent="42"))]
+    items = [Item.make(42, day(30)), Item.make(43, day(0), attrs=Attrs(parent="42"))]
     keep, _ = decide(items, keep_last=1, dependencies=True)
     assert keep[str(42)] == ("kept: run 43 depends on it",)
 
@@ -213,8 +213,10 @@ def test_a_parent_id_of_another_type_still_matches() -> None:
     ],
 )
 def test_a_dependency_cycle_is_an_error_naming_the_runs(parents, cycle) -> None:
-    items = [Item(r, day(i), attrs=Attrs(parent=p)) for i, (r, p) in enumerate(parents.items())]
-    items.append(Item("free", day(0)))
+    items = [
+        Item.make(r, day(i), attrs=Attrs(parent=p)) for i, (r, p) in enumerate(parents.items())
+    ]
+    items.append(Item.make("free", day(0)))
     with pytest.raises(DependencyCycle) as info:
         evaluate(items, PolicySpec(keep_last=1, dependencies=True), NOW)
     assert sorted(map(str, info.value.runs)) == cycle
@@ -235,7 +237,7 @@ def job_lists(draw: st.DrawFn) -> list[Item]:
     for i in range(n):
         when = draw(st.one_of(st.none(), st.integers(0, 400).map(day)))
         s = draw(st.sampled_from([None, "completed", "failed", "running", "queued"]))
-        items.append(Item(IDS[i], when, protected=draw(st.booleans()), attrs=Attrs(state=s)))
+        items.append(Item.make(IDS[i], when, protected=draw(st.booleans()), attrs=Attrs(state=s)))
     return items
 
 
@@ -289,7 +291,7 @@ def backup_lists(draw: st.DrawFn) -> list[Item]:
             parent=(IDS[parent] if i else None) if isinstance(parent, int) else parent,
             size=draw(st.one_of(st.none(), st.integers(0, 1000))),
         )
-        items.append(Item(IDS[i], when, protected=draw(st.booleans()), attrs=attrs))
+        items.append(Item.make(IDS[i], when, protected=draw(st.booleans()), attrs=attrs))
     return items
 
 

@@ -18,6 +18,15 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 
 from retention.durations import Span
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US = timedelta(microseconds=1)
+
+
+def instant_us(t: datetime) -> int:
+    """An aware datetime's instant as whole microseconds since the epoch (exact: a
+    datetime has no finer unit). `Item.at` holds it."""
+    return (t - EPOCH) // US
+
 
 def _hourly(t: datetime) -> int:
     return ((t.year * 100 + t.month) * 100 + t.day) * 100 + t.hour
