@@ -355,6 +355,22 @@ class SqlCatalog:
                 out.setdefault(rid, f"referenced by {ref} of a kept row (ON DELETE {hop.action})")
         return out
 
+    def ambiguous_ids(self) -> dict[RunId, str]:
+        """Loaded ids that name more than one row of the runs table as the database
+        compares them (an id repeated, or ids equal under the column's collation, NOCASE
+        or RTRIM: "A" and "a"), with the reason (read-only). Every statement that deletes
+        a run by its id would delete them all, kept runs among them."""
+        cfg = self.cfg
+        found = self.conn.execute(
+            f"SELECT ids.id, count(*) FROM {self.IDS_TABLE} AS ids JOIN {q(cfg.runs_table)}"
+            f" AS r ON r.{q(cfg.id_column)} = ids.id GROUP BY ids.id HAVING count(*) > 1"
+        )
+        return {
+            rid: f"its id names {n} rows of {cfg.runs_table!r} (repeated, or equal under the"
+            " column's collation): deleting it would delete them all"
+            for rid, n in found
+        }
+
     def referencing_select(self, hop: Hop, what: str) -> str:
         """SELECT ``__run, __rowid, <what>`` (``c`` is ``hop.child``) for rows of
         ``hop.child`` that reference a row of a loaded run in ``hop.parent`` (the runs

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import string
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
@@ -603,6 +603,10 @@ def candidate_rel_path(
 
 
 OVERLAP_HINT = "give every run its own artifact directory; retention never moves a shared one"
+AMBIGUOUS_HINT = (
+    "give every run an id of its own (a UNIQUE index on the id column, with its collation),"
+    " or leave these runs out with catalog.filter"
+)
 
 
 def _overlapping(
@@ -1086,15 +1090,30 @@ def _build_plan(
         devices = _Devices(store)
         found = missing = 0  # candidates whose directory exists / is absent
         verdicts: dict[Any, Verdict] = {v.item.id: v for v in remove}
-        cat.load_ids(verdicts)
         entries: list[Entry] = []
         order: list[tuple[datetime, str]] = []  # each entry's sort key, in step with entries
         skipped: list[SkippedEntry] = []
         paths: list[tuple[Any, bytes | None]] = []
-        cols, rows = cat.loaded_path_tuples()
+        placed: set[Any] = set()
+        cols = cat.path_columns()
+        rows: Iterable[tuple[Any, ...]]
+        if cols == [cfg.id_column] and all(type(k) is str for k in verdicts):
+            # A path made of the id alone (``{run_id}``): the candidates' paths need nothing
+            # from the catalog, so the workers start measuring before the ids are loaded.
+            # In the order the catalog gives text ids (UTF-8 bytes: code points).
+            rows, loaded = ((k,) for k in sorted(verdicts)), False
+        else:
+            cat.load_ids(verdicts)
+            cols, rows = cat.loaded_path_tuples()
+            loaded = True
         rel_of = candidate_rel_path(cfg, cols, root)
         for row in rows:
             run_id = row[0]
+            if run_id not in verdicts or run_id in placed:
+                # another row the catalog finds by a candidate's id ("a" for "A" under a
+                # NOCASE column, or the id repeated): the candidate is skipped below
+                continue
+            placed.add(run_id)
             try:
                 rel = rel_of(row)
                 if rel is not None:
@@ -1107,8 +1126,11 @@ def _build_plan(
         # catalog (in a thread, the two took turns on the GIL and cost their sum).
         jobs = [(k, rel) for k, (rid, rel) in enumerate(paths) if rel and rid not in measured]
         with ForkedMeasurer(store, jobs) as measurer:
+            if not loaded:
+                cat.load_ids(verdicts)
             fps = cat.fingerprints()
             blocked = cat.blocked_runs()
+            ambiguous = cat.ambiguous_ids()
             shared = _overlapping(cfg, cat, root, paths)
             bar = (progress or (lambda label, total: Progress(label, total)))(
                 "measuring", len(verdicts)
@@ -1121,6 +1143,9 @@ def _build_plan(
                     continue
                 if run_id in blocked:
                     skipped.append(SkippedEntry(run_id, blocked[run_id], hint=BLOCKED_HINT))
+                    continue
+                if run_id in ambiguous:
+                    skipped.append(SkippedEntry(run_id, ambiguous[run_id], hint=AMBIGUOUS_HINT))
                     continue
                 m = None
                 if rel is not None:

@@ -482,6 +482,10 @@ class WritableCatalog(SqlCatalog):
             # A run referenced (RESTRICT, or NO ACTION declared blocking) by a row that stays.
             for rid, why in self.blocked_runs().items():
                 dropped.setdefault(rid, why)
+            # An id that names other rows too (kept runs' among them): plan skips such runs;
+            # a manifest planned before that, or rows added since, must not delete them all.
+            for rid, why in self.ambiguous_ids().items():
+                dropped.setdefault(rid, why)
             if len(dropped) == len(expected):
                 raise NothingDeleted(dropped)
             if dropped:

@@ -356,3 +356,116 @@ def test_remove_all_can_be_allowed_in_config_for_scheduled_jobs(
     line = error_line(invoke("plan", "--max-age", "1d", "--now", NOW_TEXT), 2)
     assert line.startswith("Error: policy.allow_remove_all (from file ")
     assert "expected true or false" in line
+
+
+# -- ids that name more than one row ---------------------------------------------------
+
+
+def _twin_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_column: bool) -> Path:
+    """A catalog whose id column is neither unique nor case-sensitive: "A" (old) and "a"
+    (new) are one id to SQLite's NOCASE, "B" is there twice (old and new), "c" is alone
+    (old). Each old run has its own directory, and so does each new one."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
+    arts = tmp_path / "data" / "backtests"
+    arts.mkdir(parents=True)
+    c = sqlite3.connect(tmp_path / "data" / "catalog.db")
+    c.execute("CREATE TABLE runs (run_id TEXT COLLATE NOCASE, created_at INTEGER, dir TEXT)")
+    rows = [("A", 1, "A-old"), ("a", 9, "a-new"), ("B", 2, "B-old"), ("B", 8, "B-new")]
+    rows.append(("c", 3, "c-old"))
+    c.executemany(
+        "INSERT INTO runs VALUES (?, ?, ?)", [(r, 1_600_000_000 + t, d) for r, t, d in rows]
+    )
+    c.commit()
+    c.close()
+    for _, _, d in rows:
+        (arts / d).mkdir()
+        (arts / d / "f").write_text(d)
+    (tmp_path / "retention.toml").write_text(
+        '[artifacts]\npath_column = "dir"\n'
+        if by_column
+        else '[artifacts]\npath_template = "{dir}"\n'
+    )
+    return tmp_path
+
+
+def _runs(ws: Path) -> list[tuple]:
+    c = sqlite3.connect(ws / "data" / "catalog.db")
+    try:
+        return sorted(c.execute("SELECT run_id, dir FROM runs").fetchall())
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("by_column", [False, True])
+def test_a_candidate_whose_id_names_a_kept_run_too_is_skipped_and_nothing_of_it_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_column: bool
+) -> None:
+    """Deleting run "A" by its id would delete the kept run "a" too (NOCASE), and deleting
+    the old "B" the new one: plan skips both candidates with the reason (no traceback,
+    whichever way the paths are read), and apply deletes only "c"."""
+    ws = _twin_ids(tmp_path, monkeypatch, by_column)
+    before = _runs(ws)
+    result = invoke("plan", "--keep-last", "2", "--now", NOW_TEXT, "-o", "m.json")
+    assert result.exit_code == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    said = [line for line in result.stderr.splitlines() if line.startswith("Skipped ")]
+    assert sorted(said) == [
+        f"Skipped {rid}: its id names 2 rows of 'runs' (repeated, or equal under the column's"
+        " collation): deleting it would delete them all"
+        for rid in ("A", "B")
+    ]
+    assert [e["run_id"] for e in json.loads(Path("m.json").read_text())["payload"]["entries"]] == [
+        "c"
+    ]
+    applied = invoke("apply", "m.json")
+    assert applied.exit_code == 0, applied.stderr
+    assert _runs(ws) == [r for r in before if r[0] != "c"]
+    left = sorted(p.name for p in (ws / "data" / "backtests").iterdir() if p.name != ".trash")
+    assert left == ["A-old", "B-new", "B-old", "a-new"]
+
+
+def test_apply_skips_a_manifest_entry_whose_id_names_a_kept_run_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A manifest from before plan skipped such ids (its row fingerprint taken over both
+    rows, so nothing looks changed) still deletes neither: apply's commit drops the run."""
+    import hashlib
+    import hmac
+
+    import msgspec
+
+    from retention.catalogs import open_catalog
+    from retention.layout import StateLayout
+    from retention.manifest import load_key
+
+    ws = _twin_ids(tmp_path, monkeypatch, False)
+    before = _runs(ws)
+    assert invoke("plan", "--keep-last", "2", "--now", NOW_TEXT, "-o", "m.json").exit_code == 3
+    doc = json.loads(Path("m.json").read_text())
+    payload = doc["payload"]
+    entry = dict(payload["entries"][0], run_id="A", path="A-old", reason="removed: forged")
+    cfg = load_config(None)
+    with open_catalog(cfg) as cat:
+        cat.load_ids(["A"])
+        entry["rows_fp"] = cat.fingerprints()["A"]
+    from retention.store import LocalStore as _Store
+
+    m = _Store(ws / "data" / "backtests").measure(b"A-old")
+    entry.update(exists=m.exists, dir_fp=m.fingerprint, bytes=m.bytes, files=m.files)
+    payload["entries"] = [entry, *payload["entries"]]
+    key, key_id = load_key(StateLayout(Path(".retention")), create=False)
+    body = json.dumps(payload, sort_keys=True, indent=1).encode()
+    sig = hmac.new(key, body, hashlib.sha256).hexdigest()
+    Path("forged.json").write_bytes(
+        msgspec.json.encode({"alg": "HMAC-SHA256", "key_id": key_id, "sig": sig})[:-1]
+        + b',"payload":'
+        + body
+        + b"}\n"
+    )
+    result = invoke("apply", "forged.json", "--json")
+    assert result.exit_code == 3, result.stderr
+    skipped = {s["run_id"]: s["reason"] for s in json.loads(result.stdout)["skipped"]}
+    assert "names 2 rows of 'runs'" in skipped["A"]
+    assert _runs(ws) == [r for r in before if r[0] != "c"]
+    assert (ws / "data" / "backtests" / "A-old" / "f").read_text() == "A-old"
