@@ -371,6 +371,11 @@ class SqlCatalog:
             for rid, n in found
         }
 
+    def references(self, child: str, parent: str) -> str:
+        """SQL that is true when the child column's value references the parent key's, as
+        the database's foreign keys compare them (every join from a row to its run)."""
+        return f"{child} = {parent}"
+
     def referencing_select(self, hop: Hop, what: str) -> str:
         """SELECT ``__run, __rowid, <what>`` (``c`` is ``hop.child``) for rows of
         ``hop.child`` that reference a row of a loaded run in ``hop.parent`` (the runs
@@ -387,7 +392,9 @@ class SqlCatalog:
         else:
             inv = next(i for i in self.schema.children if i.table == hop.parent)
             parent = self.child_select(inv, keys("t0"))
-        on = " AND ".join(f"c.{q(c)} = par.__k{i}" for i, c in enumerate(hop.child_cols))
+        on = " AND ".join(
+            self.references(f"c.{q(c)}", f"par.__k{i}") for i, c in enumerate(hop.child_cols)
+        )
         return (
             f"SELECT par.__run AS __run, c.{self.ROWID} AS __rowid, {what}"
             f" FROM {q(hop.child)} AS c JOIN ({parent}) AS par ON {on}"
@@ -511,7 +518,7 @@ class SqlCatalog:
             joins = []
             for n, hop in enumerate(path):
                 on = " AND ".join(
-                    f"t{n}.{q(c)} = t{n + 1}.{q(p)}"
+                    self.references(f"t{n}.{q(c)}", f"t{n + 1}.{q(p)}")
                     for c, p in zip(hop.child_cols, hop.parent_cols, strict=True)
                 )
                 joins.append(f"JOIN {q(hop.parent)} AS t{n + 1} ON {on}")

@@ -471,14 +471,18 @@ class WritableCatalog(SqlCatalog):
                 f"SELECT {q(cfg.id_column)} FROM {q(cfg.runs_table)}"
                 f" WHERE {q(cfg.id_column)} IN (SELECT id FROM {self.IDS_TABLE})"
             )
+            # (A row these find that is not one of the manifest's runs has an id that names
+            # one of them too: that run is dropped below, as ambiguous.)
             if cfg.protect:
                 for (rid,) in conn.execute(f"{base} AND ({cfg.protect})"):
-                    dropped.setdefault(rid, "now protected")
+                    if rid in expected:
+                        dropped.setdefault(rid, "now protected")
             if cfg.filter:
                 for (rid,) in conn.execute(
                     f"{base} AND NOT (CASE WHEN ({cfg.filter}) THEN 1 ELSE 0 END)"
                 ):
-                    dropped.setdefault(rid, "no longer selected by catalog.filter")
+                    if rid in expected:
+                        dropped.setdefault(rid, "no longer selected by catalog.filter")
             # A run referenced (RESTRICT, or NO ACTION declared blocking) by a row that stays.
             for rid, why in self.blocked_runs().items():
                 dropped.setdefault(rid, why)

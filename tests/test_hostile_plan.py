@@ -469,3 +469,127 @@ def test_apply_skips_a_manifest_entry_whose_id_names_a_kept_run_too(
     assert "names 2 rows of 'runs'" in skipped["A"]
     assert _runs(ws) == [r for r in before if r[0] != "c"]
     assert (ws / "data" / "backtests" / "A-old" / "f").read_text() == "A-old"
+
+
+@pytest.mark.parametrize(
+    ("schema", "ids"),
+    [
+        # a child column compared case-blind, under a case-sensitive key: "a" is not "A"'s
+        (
+            "CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at INTEGER, dir TEXT);"
+            " CREATE TABLE metrics (run_id TEXT COLLATE NOCASE REFERENCES runs(run_id), v);"
+            " CREATE TABLE notes (id INTEGER PRIMARY KEY,"
+            " run_ref TEXT COLLATE NOCASE REFERENCES runs(run_id) ON DELETE SET NULL, body)",
+            ["A", "a", "B"],
+        ),
+        # an INTEGER child column under a TEXT key: 42 is '42', not '042' (whose own rows
+        # the INTEGER column stored as 42 too: by the foreign key they are '42''s)
+        (
+            "CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at INTEGER, dir TEXT);"
+            " CREATE TABLE metrics (run_id INTEGER REFERENCES runs(run_id), v);"
+            " CREATE TABLE notes (id INTEGER PRIMARY KEY,"
+            " run_ref INTEGER REFERENCES runs(run_id) ON DELETE SET NULL, body)",
+            ["042", "42", "B"],
+        ),
+    ],
+)
+def test_child_rows_go_with_the_run_their_foreign_key_names_not_a_look_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, schema: str, ids: list
+) -> None:
+    """A child column declared with another collation or type than the run id it
+    references compares "a" equal to "A", or 42 to '042'; SQLite's foreign keys do not
+    (the parent key's collation and affinity). Deleting the oldest run deletes exactly the
+    child rows SQLite's own foreign key check says reference it, sets exactly those
+    references to NULL, and undo gives all back: a kept look-alike's rows are never
+    touched (they used to be deleted with it)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
+    arts = tmp_path / "data" / "backtests"
+    arts.mkdir(parents=True)
+    db = tmp_path / "data" / "catalog.db"
+    c = sqlite3.connect(db)
+    c.executescript(schema)
+    for k, rid in enumerate(ids):
+        c.execute("INSERT INTO runs VALUES (?, ?, ?)", (rid, 1_600_000_000 + k, f"d{k}"))
+        c.executemany("INSERT INTO metrics VALUES (?, ?)", [(rid, f"{k}-1"), (rid, f"{k}-2")])
+        c.execute("INSERT INTO notes (run_ref, body) VALUES (?, ?)", (rid, f"note {k}"))
+        (arts / f"d{k}").mkdir()
+    c.commit()
+    c.close()
+    # The oracle: the rows whose foreign key SQLite finds broken once the oldest run is gone
+    # (in a copy of the catalog).
+    shutil.copy(db, tmp_path / "oracle.db")
+    o = sqlite3.connect(tmp_path / "oracle.db", isolation_level=None)
+    o.execute("DELETE FROM runs WHERE run_id = ?", (ids[0],))
+    orphans = {(t, rowid) for t, rowid, _, _ in o.execute("PRAGMA foreign_key_check")}
+    o.close()
+    # ("A" has rows of its own; '042' has none: the INTEGER column stored its 42s, which
+    # the foreign key reads as '42''s.)
+    assert len(orphans) == (3 if ids[0] == "A" else 0)
+    (tmp_path / "retention.toml").write_text(
+        '[catalog]\nchild_tables = [{ table = "metrics", column = "run_id" }]\n'
+        '[artifacts]\npath_template = "{dir}"\n'
+    )
+
+    def dump() -> dict[str, list[tuple]]:
+        con = sqlite3.connect(db)
+        try:
+            return {
+                t: con.execute(f"SELECT rowid, * FROM {t} ORDER BY rowid").fetchall()
+                for t in ("runs", "metrics", "notes")
+            }
+        finally:
+            con.close()
+
+    before = dump()
+    assert invoke("plan", "--keep-last", "2", "--now", NOW_TEXT, "-o", "m.json").exit_code == 0
+    applied = invoke("apply", "m.json")
+    assert applied.exit_code == 0, applied.stderr
+    after = dump()
+    assert after["runs"] == before["runs"][1:]
+    assert after["metrics"] == [m for m in before["metrics"] if ("metrics", m[0]) not in orphans]
+    assert after["notes"] == [
+        (n[0], n[1], None, n[3]) if ("notes", n[0]) in orphans else n for n in before["notes"]
+    ]
+    txid = json.loads(applied.stdout)["txid"]
+    undone = invoke("undo", txid)
+    assert undone.exit_code == 0, undone.stderr
+    assert dump() == before
+
+
+def test_a_look_alike_added_after_the_plan_costs_only_its_twin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A protected run "a" added after the plan, under a NOCASE id column, is found by the
+    commit's protect re-check for the manifest's "A": only "A" is left (its id now names
+    two rows), "B" is still deleted, and no report names a run the manifest does not list."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
+    arts = tmp_path / "data" / "backtests"
+    arts.mkdir(parents=True)
+    db = tmp_path / "data" / "catalog.db"
+    c = sqlite3.connect(db)
+    c.execute(
+        "CREATE TABLE runs (run_id TEXT COLLATE NOCASE, created_at INTEGER, dir TEXT,"
+        " keep INTEGER DEFAULT 0)"
+    )
+    for k, rid in enumerate("ABCD"):
+        c.execute(
+            "INSERT INTO runs (run_id, created_at, dir) VALUES (?, ?, ?)",
+            (rid, 1_600_000_000 + k, f"d{k}"),
+        )
+        (arts / f"d{k}").mkdir()
+    c.commit()
+    (tmp_path / "retention.toml").write_text(
+        '[catalog]\nprotect = "keep = 1"\n[artifacts]\npath_template = "{dir}"\n'
+    )
+    assert invoke("plan", "--keep-last", "2", "--now", NOW_TEXT, "-o", "m.json").exit_code == 0
+    c.execute("INSERT INTO runs VALUES ('a', 1600000009, 'd9', 1)")
+    c.commit()
+    result = invoke("apply", "m.json", "--json")
+    assert result.exit_code == 3, result.stderr
+    report = json.loads(result.stdout)
+    assert report["deleted_run_ids"] == ["B"]
+    assert {s["run_id"] for s in report["skipped"]} == {"A"}
+    assert sorted(r for (r,) in c.execute("SELECT run_id FROM runs")) == ["A", "C", "D", "a"]
+    c.close()
