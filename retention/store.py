@@ -168,6 +168,8 @@ class LocalStore:
         self._root_b = os.fsencode(self.root)
         self._real_root = os.fsencode(os.path.realpath(self.root))
         self._parent_ok: dict[bytes, bool] = {}
+        # `os.path.dirname` of the root joined with any one name
+        self._root_parent = os.path.dirname(self._root_b + b"/x")
 
     def abspath(self, rel: bytes) -> bytes:
         return self._root_b + b"/" + rel
@@ -177,7 +179,8 @@ class LocalStore:
 
         The final component may itself be a symlink: it is moved as a link, never followed.
         """
-        parent = os.path.dirname(self.abspath(rel))
+        # (Most paths are one name, whose parent is the same: computed once.)
+        parent = os.path.dirname(self.abspath(rel)) if b"/" in rel else self._root_parent
         ok = self._parent_ok.get(parent)
         if ok is None:
             real = os.path.realpath(parent)

@@ -717,3 +717,39 @@ def test_row_fingerprints_are_the_digest_of_each_row_fed_in_turn(tmp_path: Path)
     with open_catalog(cfg) as cat:
         cat.load_ids(counts)
         assert cat.fingerprints() == want
+
+
+def test_loading_ids_as_one_json_array_stores_exactly_the_ids_given(tmp_path: Path) -> None:
+    """The temp table of ids is filled from one JSON array when SQLite reads it back
+    exactly, else row by row: either way it holds the same values, types and order (NUL
+    inside text, which json_each cuts, and integers past 64 bits take the row-by-row way)."""
+    from retention.catalogs.sqlite import _json_ids
+
+    db = tmp_path / "catalog.db"
+    sqlite3.connect(db).execute(
+        "CREATE TABLE runs (run_id PRIMARY KEY, created_at)"
+    ).connection.close()
+    cfg = msgspec.structs.replace(
+        _config("{run_id}", None),
+        id_column="run_id",
+        catalog_path=str(db),
+        artifact_root=str(ROOT),
+        child_tables=[],
+    )
+    plain: list[Any] = ["é", "\n", "\x01", "\u2028", '"', "\\", "😀", "", " ", 0, -1, 42, "42"]
+    plain += [2**63 - 1, -(2**63), "x" * 5000, *(f"r{i}" for i in range(1000))]
+    cases = [plain, [*plain, "a\0b"], [*plain, 2**64]]
+    assert _json_ids(cases[0]) is not None
+    assert _json_ids(cases[1]) is None and _json_ids(cases[2]) is None
+    for ids in cases:
+        with open_catalog(cfg) as cat:
+            if ids[-1] == 2**64:
+                with pytest.raises(OverflowError):
+                    cat.load_ids(ids)  # as before: no 64-bit integer, no run id
+                continue
+            cat.load_ids(ids)
+            got = cat.conn.execute(
+                f"SELECT id, typeof(id) FROM {cat.IDS_TABLE} ORDER BY n"
+            ).fetchall()
+        assert [v for v, _ in got] == ids
+        assert [t for _, t in got] == ["integer" if type(i) is int else "text" for i in ids]
