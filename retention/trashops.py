@@ -369,6 +369,14 @@ def run_targets(ws: Workspace, run_ids: list[str]) -> dict[str, list[RunId]]:
                 hint="`retention trash` lists the runs that can be brought back",
             )
         live = [p for p in places if p["run_state"] == "trash"]
+        twins = sorted({repr(p["run_id"]) for p in live})
+        if len(twins) > 1:  # an untyped id column held 42 and '42': which one is meant?
+            raise UndoRefused(
+                f"run {text!r} names {len(twins)} runs in trash ({', '.join(twins)}),"
+                " deleted as different runs",
+                hint="bring back the whole apply with `retention undo TXID`"
+                " (`retention trash` lists them)",
+            )
         p = live[0] if live else places[0]
         txid = p["txid"]
         if is_erasure(p):

@@ -196,3 +196,33 @@ def test_undo_run_with_a_txid_or_within_is_a_usage_error(workspace: Path) -> Non
         assert r.exit_code == 2, r.output
         assert "--run RUN_ID" in r.stderr
     assert _trash(workspace)["runs"] == 30
+
+
+def test_undo_run_refuses_an_id_that_names_two_runs_in_trash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An untyped id column holds the integer 42 and the text '42', two runs; both deleted,
+    `undo --run 42` cannot tell which is meant: exit 9, the two named, nothing restored
+    (it used to bring back one of them, whichever came first)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
+    arts = tmp_path / "data" / "backtests"
+    arts.mkdir(parents=True)
+    c = sqlite3.connect(tmp_path / "data" / "catalog.db")
+    c.execute("CREATE TABLE runs (run_id PRIMARY KEY, created_at INTEGER, dir TEXT)")
+    for k, rid in enumerate([42, "42", "C", "D"]):
+        c.execute("INSERT INTO runs VALUES (?, ?, ?)", (rid, 1_600_000_000 + k, f"d{k}"))
+        (arts / f"d{k}").mkdir()
+    c.commit()
+    c.close()
+    (tmp_path / "retention.toml").write_text('[artifacts]\npath_template = "{dir}"\n')
+    assert invoke("plan", "--keep-last", "2", "--now", NOW_TEXT, "-o", "m.json").exit_code == 0
+    assert invoke("apply", "m.json").exit_code == 0
+    r = invoke("undo", "--run", "42")
+    assert r.exit_code == 9, r.output
+    assert "run '42' names 2 runs in trash ('42', 42)" in r.stderr
+    assert "Traceback" not in r.stderr
+    c = sqlite3.connect(tmp_path / "data" / "catalog.db")
+    assert sorted(map(str, (v for (v,) in c.execute("SELECT run_id FROM runs")))) == ["C", "D"]
+    c.close()
+    assert sorted(p.name for p in arts.iterdir() if p.name != ".trash") == ["d2", "d3"]
