@@ -361,15 +361,22 @@ def test_remove_all_can_be_allowed_in_config_for_scheduled_jobs(
 # -- ids that name more than one row ---------------------------------------------------
 
 
-def _twin_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_column: bool) -> Path:
-    """A catalog whose id column is neither unique nor case-sensitive: "A" (old) and "a"
-    (new) are one id to SQLite's NOCASE, "B" is there twice (old and new), "c" is alone
-    (old). Each old run has its own directory, and so does each new one."""
+def bare_workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """``tmp_path`` as the current directory, with an empty artifact root and the path of
+    a catalog still to create: (artifact root, catalog file). Manifests get a long TTL."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
     arts = tmp_path / "data" / "backtests"
     arts.mkdir(parents=True)
-    c = sqlite3.connect(tmp_path / "data" / "catalog.db")
+    return arts, tmp_path / "data" / "catalog.db"
+
+
+def _twin_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, by_column: bool) -> Path:
+    """A catalog whose id column is neither unique nor case-sensitive: "A" (old) and "a"
+    (new) are one id to SQLite's NOCASE, "B" is there twice (old and new), "c" is alone
+    (old). Each old run has its own directory, and so does each new one."""
+    arts, db = bare_workspace(tmp_path, monkeypatch)
+    c = sqlite3.connect(db)
     c.execute("CREATE TABLE runs (run_id TEXT COLLATE NOCASE, created_at INTEGER, dir TEXT)")
     rows = [("A", 1, "A-old"), ("a", 9, "a-new"), ("B", 2, "B-old"), ("B", 8, "B-new")]
     rows.append(("c", 3, "c-old"))
@@ -502,11 +509,7 @@ def test_child_rows_go_with_the_run_their_foreign_key_names_not_a_look_alike(
     child rows SQLite's own foreign key check says reference it, sets exactly those
     references to NULL, and undo gives all back: a kept look-alike's rows are never
     touched (they used to be deleted with it)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
-    arts = tmp_path / "data" / "backtests"
-    arts.mkdir(parents=True)
-    db = tmp_path / "data" / "catalog.db"
+    arts, db = bare_workspace(tmp_path, monkeypatch)
     c = sqlite3.connect(db)
     c.executescript(schema)
     for k, rid in enumerate(ids):
@@ -563,11 +566,7 @@ def test_a_look_alike_added_after_the_plan_costs_only_its_twin(
     """A protected run "a" added after the plan, under a NOCASE id column, is found by the
     commit's protect re-check for the manifest's "A": only "A" is left (its id now names
     two rows), "B" is still deleted, and no report names a run the manifest does not list."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
-    arts = tmp_path / "data" / "backtests"
-    arts.mkdir(parents=True)
-    db = tmp_path / "data" / "catalog.db"
+    arts, db = bare_workspace(tmp_path, monkeypatch)
     c = sqlite3.connect(db)
     c.execute(
         "CREATE TABLE runs (run_id TEXT COLLATE NOCASE, created_at INTEGER, dir TEXT,"

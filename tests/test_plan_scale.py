@@ -137,6 +137,17 @@ def _config(template: str | None, column: str | None) -> Any:
     return msgspec.structs.replace(cfg, id_column="id", path_template=template, path_column=column)
 
 
+def _sqlite_config(db: Path, template: str) -> Any:
+    """`_config` for a real SQLite catalog at ``db`` whose id column is ``run_id``."""
+    return msgspec.structs.replace(
+        _config(template, None),
+        id_column="run_id",
+        catalog_path=str(db),
+        artifact_root=str(ROOT),
+        child_tables=[],
+    )
+
+
 def _case(rng: random.Random, cfg: Any, n: int) -> tuple[_Catalog, list[tuple[Any, bytes | None]]]:
     cols = ["id", "x", "y", "p"]
     rows = []
@@ -228,13 +239,7 @@ def test_sqlite_leaves_out_in_sql_only_rows_the_overlap_check_would_skip(
     c.executemany("INSERT INTO runs VALUES (?, ?, ?)", rows)
     c.commit()
     c.close()
-    cfg = msgspec.structs.replace(
-        _config("{" + field + "}", None),
-        id_column="run_id",
-        catalog_path=str(db),
-        artifact_root=str(ROOT),
-        child_tables=[],
-    )
+    cfg = _sqlite_config(db, "{" + field + "}")
     cols = ["run_id", "x"] if field == "x" else ["run_id"]
     fake = _Catalog(cols, [r[:1] + r[2:] if field == "x" else r[:1] for r in rows])
     for _ in range(40):
@@ -306,13 +311,7 @@ def test_a_unique_id_column_lets_sqlite_leave_out_the_candidates_own_rows(
             pass  # equal under the column's collation to one already there
     c.commit()
     c.close()
-    cfg = msgspec.structs.replace(
-        _config("{run_id}", None),
-        id_column="run_id",
-        catalog_path=str(db),
-        artifact_root=str(ROOT),
-        child_tables=[],
-    )
+    cfg = _sqlite_config(db, "{run_id}")
     fake = _Catalog(["run_id"], rows)
     with open_catalog(cfg) as cat:
         assert cat.unique_column("run_id")
@@ -366,13 +365,7 @@ def test_unique_column_is_a_unique_index_on_that_column_alone(tmp_path: Path) ->
         """
     )
     c.close()
-    cfg = msgspec.structs.replace(
-        _config("{run_id}", None),
-        id_column="run_id",
-        catalog_path=str(db),
-        artifact_root=str(ROOT),
-        child_tables=[],
-    )
+    cfg = _sqlite_config(db, "{run_id}")
     with open_catalog(cfg) as cat:
         assert cat.unique_column("run_id")
         for col in ("a", "b", "p", "i", "n"):
@@ -707,13 +700,7 @@ def test_row_fingerprints_are_the_digest_of_each_row_fed_in_turn(tmp_path: Path)
                 h.update(enc.encode([table, list(row)]))
         want[rid] = h.hexdigest()
     c.close()
-    cfg = msgspec.structs.replace(
-        _config("{run_id}", None),
-        id_column="run_id",
-        catalog_path=str(db),
-        artifact_root=str(ROOT),
-        child_tables=[],
-    )
+    cfg = _sqlite_config(db, "{run_id}")
     with open_catalog(cfg) as cat:
         cat.load_ids(counts)
         assert cat.fingerprints() == want
@@ -729,13 +716,7 @@ def test_loading_ids_as_one_json_array_stores_exactly_the_ids_given(tmp_path: Pa
     sqlite3.connect(db).execute(
         "CREATE TABLE runs (run_id PRIMARY KEY, created_at)"
     ).connection.close()
-    cfg = msgspec.structs.replace(
-        _config("{run_id}", None),
-        id_column="run_id",
-        catalog_path=str(db),
-        artifact_root=str(ROOT),
-        child_tables=[],
-    )
+    cfg = _sqlite_config(db, "{run_id}")
     plain: list[Any] = ["é", "\n", "\x01", "\u2028", '"', "\\", "😀", "", " ", 0, -1, 42, "42"]
     plain += [2**63 - 1, -(2**63), "x" * 5000, *(f"r{i}" for i in range(1000))]
     cases = [plain, [*plain, "a\0b"], [*plain, 2**64]]

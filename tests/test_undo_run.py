@@ -13,6 +13,7 @@ import pytest
 
 from . import crashkit as ck
 from .conftest import NOW_TEXT, invoke
+from .test_hostile_plan import bare_workspace
 
 
 def _sql(ws: Path, *statements: str) -> list:
@@ -204,11 +205,8 @@ def test_undo_run_refuses_an_id_that_names_two_runs_in_trash(
     """An untyped id column holds the integer 42 and the text '42', two runs; both deleted,
     `undo --run 42` cannot tell which is meant: exit 9, the two named, nothing restored
     (it used to bring back one of them, whichever came first)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("RETENTION_MANIFEST_TTL", "3650d")
-    arts = tmp_path / "data" / "backtests"
-    arts.mkdir(parents=True)
-    c = sqlite3.connect(tmp_path / "data" / "catalog.db")
+    arts, db = bare_workspace(tmp_path, monkeypatch)
+    c = sqlite3.connect(db)
     c.execute("CREATE TABLE runs (run_id PRIMARY KEY, created_at INTEGER, dir TEXT)")
     for k, rid in enumerate([42, "42", "C", "D"]):
         c.execute("INSERT INTO runs VALUES (?, ?, ?)", (rid, 1_600_000_000 + k, f"d{k}"))
@@ -222,7 +220,7 @@ def test_undo_run_refuses_an_id_that_names_two_runs_in_trash(
     assert r.exit_code == 9, r.output
     assert "run '42' names 2 runs in trash ('42', 42)" in r.stderr
     assert "Traceback" not in r.stderr
-    c = sqlite3.connect(tmp_path / "data" / "catalog.db")
+    c = sqlite3.connect(db)
     assert sorted(map(str, (v for (v,) in c.execute("SELECT run_id FROM runs")))) == ["C", "D"]
     c.close()
     assert sorted(p.name for p in arts.iterdir() if p.name != ".trash") == ["d2", "d3"]
