@@ -1151,6 +1151,9 @@ def _build_plan(
                 if run_id in ambiguous:
                     skipped.append(SkippedEntry(run_id, ambiguous[run_id], hint=AMBIGUOUS_HINT))
                     continue
+                if run_id not in fps:  # deleted by someone else since it was read
+                    skipped.append(SkippedEntry(run_id, "no longer in the catalog"))
+                    continue
                 m = None
                 if rel is not None:
                     m = measured.pop(run_id, None) or measurer.take(k, rel)
@@ -1185,7 +1188,7 @@ def _build_plan(
                         exists=bool(m and m.exists),
                         bytes=m.bytes if m else 0,
                         files=m.files if m else 0,
-                        rows_fp=fps.get(run_id, ""),
+                        rows_fp=fps[run_id],
                         dir_fp=m.fingerprint if m else "",
                         reason=v.reasons[0],
                     )
