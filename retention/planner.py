@@ -1067,7 +1067,7 @@ def _build_plan(
         if _has_budget(spec) and not cfg.size_column:
             items, measured = measure_sizes(cfg, cat, store, items, progress)
         try:
-            decision = evaluate(items, spec, now, policy_zone(spec))
+            decision = evaluate(items, spec, now, policy_zone(spec), kept=spec.erase is not None)
         except DependencyCycle as exc:
             raise _cycle_error(cfg, exc) from None
         del items
@@ -1079,7 +1079,7 @@ def _build_plan(
         # What the summary needs of the kept runs, counted now: their verdicts (most of a
         # million runs) are dropped before the candidates' entries and the manifest are
         # built, so the two never take memory at the same time.
-        kept_runs = len(decision.keep)
+        kept_runs = len(decision.keep) + decision.unlisted  # (unlisted: all dated)
         no_time = sum(1 for v in decision.keep if v.item.at is None)
         held = 0
         if spec.erase is not None:

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -42,6 +43,48 @@ def test_keep_and_remove_partition_the_input_and_every_item_has_a_reason(items, 
     assert all(v.reasons for v in d.keep + d.remove)
     assert all(v.keep for v in d.keep) and not any(v.keep for v in d.remove)
     assert all(v.item.time is not None and not v.item.protected for v in d.remove)
+
+
+@given(item_lists, specs, st.one_of(st.none(), st.integers(1, 80)))
+@settings(max_examples=150, deadline=None)
+def test_without_kept_verdicts_the_decision_is_the_same_counted(items, spec, floor) -> None:
+    """`evaluate(..., kept=False)` (plan, which only counts what it keeps) removes the same
+    runs for the same reasons, lists the same runs without a timestamp, and counts the
+    dated kept runs it does not list (or lists them all, where it is not the common
+    case)."""
+    spec = msgspec.structs.replace(spec, min_keep=floor)
+    full = evaluate(items, spec, NOW)
+    lean = evaluate(items, spec, NOW, kept=False)
+    assert lean.remove == full.remove and lean.budget == full.budget
+    assert len(lean.keep) + lean.unlisted == len(full.keep)
+    assert lean.keep == full.keep[: len(lean.keep)]
+    if lean.unlisted:  # the common case: only the runs without a timestamp are listed
+        assert all(v.item.at is None for v in lean.keep)
+    else:  # nothing left out (protections, a floor that added runs, or nothing dated kept)
+        assert lean == full
+
+
+@given(
+    st.lists(
+        st.builds(
+            Item.make,
+            id=st.text(min_size=1, max_size=3),
+            time=st.sampled_from([NOW, NOW - timedelta(days=1), NOW - timedelta(days=2)]),
+        ),
+        max_size=60,
+        unique_by=lambda i: i.id,
+    ),
+    st.integers(0, 70),
+)
+@settings(max_examples=150, deadline=None)
+def test_text_ids_with_equal_times_are_ordered_by_id_as_sort_key_orders(items, n) -> None:
+    """Text ids are sorted without a key tuple per run (two stable sorts): the order is
+    still descending `sort_key` (instant, then id), ties by id included."""
+    from retention.policy import sort_key
+
+    d = evaluate(items, PolicySpec(keep_last=n), NOW)
+    want = sorted(items, key=sort_key, reverse=True)
+    assert [v.item for v in d.keep + d.remove] == want
 
 
 @given(item_lists, st.integers(0, 70))
