@@ -159,8 +159,13 @@ def policy_digest(spec: PolicySpec, filter_sql: str | None) -> str:
 def with_id(payload: Payload) -> Payload:
     """Set ``manifest_id`` to the digest of everything else (same input, same id)."""
     payload.manifest_id = ""
-    payload.manifest_id = "m-" + hashlib.sha256(canonical(payload)).hexdigest()[:24]
+    payload.manifest_id = _manifest_id(canonical(payload))
     return payload
+
+
+def _manifest_id(blank: bytes) -> str:
+    """The id of the manifest whose canonical bytes, ``manifest_id`` empty, are ``blank``."""
+    return "m-" + hashlib.sha256(blank).hexdigest()[:24]
 
 
 # -- key ---------------------------------------------------------------------------------
@@ -262,7 +267,7 @@ def sign_with_id(payload: Payload, key: bytes) -> bytes:
     single space (deeper keys have more; no string holds a raw newline)."""
     payload.manifest_id = ""
     blank = canonical(payload)
-    payload.manifest_id = ident = "m-" + hashlib.sha256(blank).hexdigest()[:24]
+    payload.manifest_id = ident = _manifest_id(blank)
     body = blank.replace(_EMPTY_ID, b'\n "manifest_id": "%s"' % ident.encode(), 1)
     assert len(body) == len(blank) + len(ident), "canonical JSON without its manifest_id"
     del blank  # (a copy of the whole manifest: never three at once)

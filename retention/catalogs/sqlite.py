@@ -154,16 +154,16 @@ class SqliteCatalog(TrashCatalog):
             # (json_each cuts a string at one) and 64-bit integers. Otherwise, or without
             # JSON support, one bound row each.
             packed = _json_ids(ids)
-            try:
-                if packed is None:
-                    raise sqlite3.OperationalError("not as JSON")
-                self.conn.execute(
-                    f"INSERT INTO {self.IDS_TABLE} (id) SELECT value FROM json_each(?)"
-                    " ORDER BY key",
-                    (packed,),
-                )
-            except sqlite3.OperationalError:
-                self.conn.execute(f"DELETE FROM {self.IDS_TABLE}")
+            if packed is not None:
+                try:
+                    self.conn.execute(
+                        f"INSERT INTO {self.IDS_TABLE} (id) SELECT value FROM json_each(?)"
+                        " ORDER BY key",
+                        (packed,),
+                    )
+                except sqlite3.OperationalError:  # no JSON support: the statement did nothing
+                    packed = None
+            if packed is None:
                 self.conn.executemany(
                     f"INSERT INTO {self.IDS_TABLE} (id) VALUES (?)", ((i,) for i in ids)
                 )

@@ -412,12 +412,12 @@ def _rules_and_guards(
     fresh = True  # no rule has kept a run yet: every run's reasons are ()
     for rd in active_rules(spec):
         if plain and seen is valid:
-            kept = rd.rule(seen, ctx)
-            if fresh and isinstance(kept, Prefix):  # one shared tuple for the newest runs
-                combo: tuple[str, ...] = (kept.reason,)
-                rule_reasons[: kept.count] = [share(combo, combo)] * kept.count
+            found = rd.rule(seen, ctx)
+            if fresh and isinstance(found, Prefix):  # one shared tuple for the newest runs
+                combo: tuple[str, ...] = (found.reason,)
+                rule_reasons[: found.count] = [share(combo, combo)] * found.count
             else:
-                for i, reason in kept:
+                for i, reason in found:
                     combo = (*rule_reasons[i], reason)
                     rule_reasons[i] = share(combo, combo)
             fresh = False
