@@ -1,7 +1,9 @@
 """The coordinator: apply and recover as a small state machine over the journal.
 
-Apply, in order: journal BEGIN + every intended move (durable) -> renames into trash
-(directory fsyncs per batch) -> ONE catalog transaction (tombstones, deletes, txid row: the
+Apply, in order: journal BEGIN + every intended move (durable) -> renames into trash, each
+directory checked for drift against the plan right before its rename (measured by workers
+running ahead; a changed one is skipped, its intent never acted on), with directory fsyncs
+per batch -> ONE catalog transaction (tombstones, deletes, txid row: the
 commit point) -> runs the catalog refused at commit go home -> journal COMMITTED -> DONE.
 Purging expired trash comes after DONE, as a transaction of its own (`retention.trashops`).
 
@@ -29,7 +31,7 @@ Every step is idempotent: recovery checks where each directory is before moving 
 may itself be killed at any point and run again.
 
 SIGINT and SIGTERM (`retention.workspace.SIGNALS`) stop an apply at its next safe point:
-while preflight measures (nothing changed), after each rename, before the catalog
+while preflight checks the entries (nothing changed), after each rename, before the catalog
 transaction and just before its COMMIT, the apply is rolled back in this process, as the
 table's roll-back row says (`Interrupted`: "rolled back N directories, nothing was
 deleted", exit 130 / 143). From the commit on nothing stops: the apply is finished, the
@@ -45,7 +47,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,6 +80,7 @@ from retention.moves import (
     problems_error,
     reconcile,
 )
+from retention.participants import ArtifactStore
 from retention.policy import RunId
 from retention.reports import Interruption, SkippedEntry
 from retention.store import OutsideRoot, ancestors, text_and_raw
@@ -334,12 +337,27 @@ def recover(cfg: Config, now: datetime | None = None) -> RecoverReport:
 # -- apply -------------------------------------------------------------------------------
 
 
+@dataclass(slots=True)
+class _Check:
+    """An entry that passed preflight's checks of paths and ids: its directory is checked
+    for drift right before its rename (`_checked_moves`)."""
+
+    index: int
+    entry: Entry
+    rel: bytes | None
+    move: Move | None  # the journaled intent, when the plan found a directory
+
+
 @dataclass
 class _Preflight:
-    runs: list[TombRun] = field(default_factory=list)
-    moves: list[Move] = field(default_factory=list)
-    bytes_by_run: dict[str | int, int] = field(default_factory=dict)
+    checks: list[_Check] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)  # the intents, journaled before any move
+    jobs: list[tuple[int, bytes]] = field(default_factory=list)  # what the workers measure
     skipped: list[SkippedEntry] = field(default_factory=list)
+    # Filled while moving (`_checked_moves`): the runs to delete and what actually moved.
+    runs: list[TombRun] = field(default_factory=list)
+    moved: list[Move] = field(default_factory=list)
+    bytes_by_run: dict[str | int, int] = field(default_factory=dict)
 
 
 MOVE_HINT = (
@@ -349,8 +367,10 @@ MOVE_HINT = (
 
 
 def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
-    """Re-check every entry against disk and catalog (read-only). Never more than the
-    manifest: anything that changed since the plan is skipped and reported."""
+    """Check every entry's id and path against the catalog and the root (read-only), and
+    list the intended moves. Never more than the manifest: anything refused here is skipped
+    and reported. The directories themselves are checked for drift later, each right
+    before its rename (`_checked_moves`), so that measuring them overlaps the renames."""
     pf = _Preflight()
     store = ws.store
     ws.catalog.load_ids(e.run_id for e in payload.entries)
@@ -368,74 +388,83 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
     for r in rels:
         if r is not None:
             seen[r] = seen.get(r, 0) + 1
-    overlapping = {r for r in seen if seen[r] > 1 or any(a in seen for a in ancestors(r))}
-    overlapping |= {a for r in seen for a in ancestors(r) if a in seen}
-    # The paths' own checks first, so that only what lies inside the root is measured;
-    # the drift check's measures then come from forked workers (`ForkedMeasurer`), which
-    # walk the directories on every core while this loop takes their results in order.
-    refused: dict[int, OutsideRoot] = {}
-    jobs: list[tuple[int, bytes]] = []
+    nested = [r for r in seen if b"/" in r]  # (one-name paths have no ancestors)
+    overlapping = {r for r in seen if seen[r] > 1}
+    overlapping |= {r for r in nested if any(a in seen for a in ancestors(r))}
+    overlapping |= {a for r in nested for a in ancestors(r) if a in seen}
+    tx_rel = trash_tx_rel(txid)
     for index, e in enumerate(payload.entries):
+        SIGNALS.stop("stopped before anything changed; nothing was deleted")
         rel = rels[index]
-        if rel is None or rel in overlapping or e.run_id not in existing:
+        if rel in overlapping:
+            pf.skipped.append(
+                SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None)
+            )
             continue
-        try:
-            e.checked_rel_path(store.root)  # plan's refusals: '..', NUL, the trash, ...
-            store.check_contained(rel)
-        except OutsideRoot as exc:
-            refused[index] = exc
+        if e.run_id not in existing:
+            pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
             continue
-        jobs.append((index, rel))
-    with ForkedMeasurer(store, jobs) as measurer:
-        for index, e in enumerate(payload.entries):
-            SIGNALS.stop("stopped before anything changed; nothing was deleted")
-            if rels[index] in overlapping:
+        move = None
+        if rel is not None:
+            try:
+                e.checked_rel_path(store.root)  # plan's refusals: '..', NUL, the trash, ...
+                store.check_contained(rel)
+            except OutsideRoot as exc:
+                pf.skipped.append(SkippedEntry(e.run_id, f"artifact path refused: {exc}"))
+                continue
+            # Only what lies inside the root is measured; the drift check's measures come
+            # from forked workers (`ForkedMeasurer`) that walk the directories on every core
+            # while the renames go on.
+            pf.jobs.append((index, rel))
+            if e.exists:
+                move = Move(e.run_id, rel, trash_slot_rel(txid, index, rel, tx_rel))
+                pf.moves.append(move)
+        pf.checks.append(_Check(index, e, rel, move))
+    return pf
+
+
+def _checked_moves(
+    store: ArtifactStore, pf: _Preflight, measurer: ForkedMeasurer
+) -> Iterator[tuple[RunId, bytes, bytes]]:
+    """Each checked entry in manifest order: its directory measured again (the workers run
+    ahead) and compared with the plan's; what changed since, or is a mount point or on
+    another filesystem, is skipped and reported (its rows stay); the rest is yielded to be
+    moved (`move_all`) and its run listed in ``pf.runs``. Only journaled intents are
+    yielded, so that a crash at any point leaves nothing recovery does not know of."""
+    for c in pf.checks:
+        e, rel = c.entry, c.rel
+        if rel is not None:
+            m = measurer.take(c.index, rel)
+            if m.exists != e.exists or (m.exists and m.fingerprint != e.dir_fp):
                 pf.skipped.append(
-                    SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None)
+                    SkippedEntry(
+                        e.run_id,
+                        "artifact directory changed since the plan"
+                        + (" (now missing)" if e.exists and not m.exists else ""),
+                        "plan again to include it",
+                    )
                 )
                 continue
-            if e.run_id not in existing:
-                pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
+            if m.exists and not store.same_filesystem(rel, m.dev):
+                # One entry that cannot be renamed into trash (a mount point, another
+                # filesystem) is that entry's problem: skip it, apply the rest.
+                pf.skipped.append(
+                    SkippedEntry(
+                        e.run_id,
+                        f"artifact directory {store.describe(rel)} is a mount point or"
+                        " on another filesystem than the trash",
+                        "apply moves a directory with one rename, which cannot cross"
+                        " filesystems: unmount it, or move its contents onto the"
+                        " artifact root's filesystem; its rows were kept",
+                    )
+                )
                 continue
-            rel = rels[index]
-            trash = None
-            if rel is not None:
-                if index in refused:
-                    pf.skipped.append(
-                        SkippedEntry(e.run_id, f"artifact path refused: {refused[index]}")
-                    )
-                    continue
-                m = measurer.take(index, rel)
-                if m.exists != e.exists or (m.exists and m.fingerprint != e.dir_fp):
-                    pf.skipped.append(
-                        SkippedEntry(
-                            e.run_id,
-                            "artifact directory changed since the plan"
-                            + (" (now missing)" if e.exists and not m.exists else ""),
-                            "plan again to include it",
-                        )
-                    )
-                    continue
-                if m.exists:
-                    if not store.same_filesystem(rel, m.dev):
-                        # One entry that cannot be renamed into trash (a mount point, another
-                        # filesystem) is that entry's problem: skip it, apply the rest.
-                        pf.skipped.append(
-                            SkippedEntry(
-                                e.run_id,
-                                f"artifact directory {store.describe(rel)} is a mount point or"
-                                " on another filesystem than the trash",
-                                "apply moves a directory with one rename, which cannot cross"
-                                " filesystems: unmount it, or move its contents onto the"
-                                " artifact root's filesystem; its rows were kept",
-                            )
-                        )
-                        continue
-                    trash = trash_slot_rel(txid, index, rel)
-                    pf.moves.append(Move(e.run_id, rel, trash))
-            pf.runs.append(TombRun(e.run_id, e.rows_fp, rel, trash, e.bytes))
-            pf.bytes_by_run[e.run_id] = e.bytes
-    return pf
+        move = c.move if rel is not None and e.exists else None
+        pf.runs.append(TombRun(e.run_id, e.rows_fp, rel, move.trash if move else None, e.bytes))
+        pf.bytes_by_run[e.run_id] = e.bytes
+        if move is not None:
+            pf.moved.append(move)
+            yield move.run_id, move.home, move.trash
 
 
 class TrashIndexEntry(msgspec.Struct):
@@ -688,7 +717,7 @@ def _apply_one(
         payload if entries is payload.entries else msgspec.structs.replace(payload, entries=entries)
     )
     pf = _preflight(ws, sub, txid)
-    if not pf.runs:
+    if not pf.checks:
         return [], 0, pf.skipped
     begin = Begin(
         op="apply",
@@ -728,7 +757,6 @@ def _apply_phase(
     batch: str | None = None,
 ) -> tuple[list[RunId], int, list[SkippedEntry]]:
     store, j = ws.store, ws.journal
-    skipped = list(pf.skipped)
     SIGNALS.stop("nothing was deleted")
     if pf.moves:
         _write_trash_index(ws, txid, now, payload.manifest_id, pf.moves)
@@ -738,14 +766,18 @@ def _apply_phase(
         failpoint("apply.after_rename")
         SIGNALS.stop("nothing was deleted")
 
-    failed = move_all(
-        store,
-        [(m.run_id, m.home, m.trash) for m in pf.moves],
-        label="moving to trash",
-        after_rename=after_rename,
-        after_batch=lambda: failpoint("apply.after_move_batch"),
-    )
-    for m in pf.moves:
+    with ForkedMeasurer(store, pf.jobs) as measurer:
+        failed = move_all(
+            store,
+            _checked_moves(store, pf, measurer),
+            label="moving to trash",
+            after_rename=after_rename,
+            after_batch=lambda: failpoint("apply.after_move_batch"),
+            total=len(pf.moves),
+        )
+    moved = [m for m in pf.moved if m.run_id not in failed]
+    skipped = list(pf.skipped)  # preflight's, then the drift check's, then failed renames
+    for m in pf.moved:
         if m.run_id in failed:
             exc = failed[m.run_id]
             skipped.append(
@@ -755,6 +787,10 @@ def _apply_phase(
                     MOVE_HINT,
                 )
             )
+    if len(moved) != len(pf.moves):
+        # TRASH.json lists what is in trash: rewritten when the drift check or a failed
+        # rename left some intents unmoved (before the commit: it is the hand-recovery list).
+        _write_trash_index(ws, txid, now, payload.manifest_id, moved)
     runs = [r for r in pf.runs if r.run_id not in failed]
     info = TxInfo(
         txid=txid,
@@ -783,7 +819,7 @@ def _apply_phase(
         # Not an apply: the catalog committed nothing, so every directory goes home and the
         # transaction is closed as rolled back (no txid row, no TRASH.json, nothing to undo).
         j.abort(txid)
-        _, problems = reconcile(store, pf.moves, lambda r: False)
+        _, problems = reconcile(store, moved, lambda r: False)
         if problems:
             raise problems_error(txid, problems) from None
         store.drop_tx_dir(txid)
@@ -795,7 +831,7 @@ def _apply_phase(
     failpoint("apply.after_commit")
     # Moves whose run the catalog did not delete (changed since the plan) go back home. The
     # rest are in trash already: no need to look at 100k directories again.
-    back = [m for m in pf.moves if m.run_id in dropped]
+    back = [m for m in moved if m.run_id in dropped]
     _, problems = reconcile(store, back, lambda r: False)
     if problems:
         raise problems_error(txid, problems)

@@ -126,11 +126,12 @@ def trash_index_rel(txid: str) -> bytes:
     return trash_tx_rel(txid) + b"/" + TRASH_INDEX_NAME
 
 
-def trash_slot_rel(txid: str, index: int, rel_path: bytes) -> bytes:
+def trash_slot_rel(txid: str, index: int, rel_path: bytes, tx_rel: bytes | None = None) -> bytes:
     """Where entry ``index`` of ``txid`` lies in trash, relative to the artifact root.
 
     Flat (one directory per transaction, so one fsync covers a batch of moves); the
-    original name is kept after the index so an operator can recognise it.
+    original name is kept after the index so an operator can recognise it. ``tx_rel``:
+    `trash_tx_rel` of ``txid``, when the caller has it already (apply, once per entry).
     """
-    name = os.path.basename(rel_path.rstrip(b"/")) or b"run"
-    return trash_tx_rel(txid) + b"/%06d-" % index + name[:200]
+    name = rel_path.rstrip(b"/").rpartition(b"/")[2] or b"run"  # os.path.basename
+    return (tx_rel or trash_tx_rel(txid)) + b"/%06d-" % index + name[:200]

@@ -11,7 +11,7 @@ cheaply. Never set them in production.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import dataclass
 
 from journal import Journal, TxState
@@ -116,21 +116,27 @@ def begin_with_intents(journal: Journal, txid: str, begin: Begin, moves: list[Mo
 
 def move_all(
     store: ArtifactStore,
-    pairs: list[tuple[RunId, bytes, bytes]],
+    pairs: Iterable[tuple[RunId, bytes, bytes]],
     *,
     label: str,
     after_rename: Callable[[], None],
     after_batch: Callable[[], None],
+    total: int | None = None,
 ) -> dict[RunId, OSError]:
     """Rename each ``(run, src, dst)``; returns the runs that could not move, with why.
 
-    One directory fsync per touched directory per batch of `MOVE_BATCH`, and after the
-    last; ``after_batch`` runs after each of those syncs. Never replaces a destination.
-    An exception from ``after_rename`` stops the loop (the renames made so far are in the
-    journaled intents, and the caller's roll-back or recovery places them).
+    ``pairs`` may be a generator that decides, pair by pair, what moves (apply checks each
+    directory for drift just before its rename); ``total``, if given, is for the progress
+    line. One directory fsync per touched directory per batch of `MOVE_BATCH`, and after
+    the last; ``after_batch`` runs after each of those syncs. Never replaces a destination.
+    An exception from ``after_rename`` (or from ``pairs``) stops the loop (the renames made
+    so far are in the journaled intents, and the caller's roll-back or recovery places
+    them).
     """
     failed: dict[RunId, OSError] = {}
-    bar = Progress(label, len(pairs))
+    if total is None and isinstance(pairs, Sized):
+        total = len(pairs)
+    bar = Progress(label, total)
     pending = 0
     try:
         for run_id, src, dst in pairs:

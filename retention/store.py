@@ -309,13 +309,14 @@ class LocalTrashStore(LocalStore):
         if self._trash_dev is None:
             trash = self.abspath(os.fsencode(TRASH_DIRNAME))
             self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
-        parent = os.path.dirname(self.abspath(rel))
+        path = self.abspath(rel)
+        parent = path[: path.rindex(b"/")] or b"/"  # os.path.dirname, as in `move`
         dev = self._parent_dev.get(parent)
         if dev is None:
             dev = self._parent_dev[parent] = os.lstat(parent).st_dev
         # A directory that is itself a mount point has its own device: check it too.
         if dev_of_rel is None:
-            dev_of_rel = os.lstat(self.abspath(rel)).st_dev
+            dev_of_rel = os.lstat(path).st_dev
         return dev == self._trash_dev and dev_of_rel == dev
 
     def ensure_dir(self, rel: bytes) -> None:
@@ -332,8 +333,10 @@ class LocalTrashStore(LocalStore):
         self._verify_tx_dir(dst)
         a, b = self.abspath(src), self.abspath(dst)
         fsio.rename_noreplace(a, b)
-        self._dirty.add(os.path.dirname(a))
-        self._dirty.add(os.path.dirname(b))
+        # Their parents, to fsync (`os.path.dirname`: the root is absolute, both are under it
+        # and in normal form, so the parent is everything before the last slash).
+        self._dirty.add(a[: a.rindex(b"/")] or b"/")
+        self._dirty.add(b[: b.rindex(b"/")] or b"/")
 
     def describe(self, rel: bytes) -> str:
         """Where ``rel`` is, for messages (readable even when not UTF-8)."""

@@ -77,6 +77,15 @@ def test_run_changed_after_planning_is_skipped_and_reported(workspace: Path) -> 
     c = sqlite3.connect(workspace / "data/catalog.db")
     assert c.execute("SELECT count(*) FROM runs WHERE run_id = ?", (rows_changed,)).fetchone()[0]
     c.close()
+    # The drift check runs right before each rename: the changed directory was never moved,
+    # and TRASH.json (the hand-recovery list) names what went into trash, not the intents.
+    # The run whose rows changed was moved, then sent home when the commit left it out.
+    index = json.loads(
+        (workspace / "data/backtests/.trash" / report["txid"] / "TRASH.json").read_text()
+    )
+    listed = {e["original"] for e in index["entries"]}
+    assert dir_changed not in listed and gone not in listed
+    assert listed == {str(r) for r in report["deleted_run_ids"]} | {rows_changed}
     del before
 
 
