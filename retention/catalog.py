@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -140,6 +141,38 @@ def time_reader(fmt: str, *, keep_offset: bool = False) -> Callable[[object], da
             return None
 
     return parse
+
+
+class OddRows:
+    """Rows a catalog fetches in a thread of their own (`SqlCatalog.prefetch_odd`): ``fetch``
+    opens its own connection, reads, closes. `rows` waits for them; an error of the kinds
+    ``errors`` names leaves None (the caller then reads them itself)."""
+
+    def __init__(
+        self,
+        column: str,
+        cols: list[str],
+        fetch: Callable[[], list[tuple[Any, ...]]],
+        errors: type[Exception] | tuple[type[Exception], ...],
+    ) -> None:
+        self.column, self.cols = column, cols
+        self._fetch, self._errors = fetch, errors
+        self._rows: list[tuple[Any, ...]] | None = None
+        self._thread = threading.Thread(target=self._run, name="retention-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._rows = self._fetch()
+        except self._errors:
+            self._rows = None
+
+    def rows(self, column: str, cols: list[str]) -> list[tuple[Any, ...]] | None:
+        """The rows, once fetched, if they are ``column``'s as ``cols``; else None."""
+        self._thread.join()
+        if column != self.column or cols != self.cols:
+            return None
+        return self._rows
 
 
 class SqlCatalog:
@@ -472,7 +505,9 @@ class SqlCatalog:
             yield dict(zip(cols, row, strict=True))
 
     def path_tuples(
-        self, skip_plain: tuple[str, Collection[str]] | None = None
+        self,
+        skip_plain: tuple[str, Collection[str]] | None = None,
+        odd: OddRows | None = None,
     ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         """`iter_path_rows` as plain tuples, with their column names (the id column first):
         the same SELECT, without a dict per run (a million runs). Read-only, streamed.
@@ -480,7 +515,8 @@ class SqlCatalog:
         ``skip_plain`` (a column among those returned, and a set of values) lets a backend
         leave out, in the database, rows whose value in that column is a plain name outside
         the set (text; not empty, ``.`` or ``..``; no ``/``, ``:`` or NUL). Only a hint: a
-        backend may return any of those rows, and this one returns them all."""
+        backend may return any of those rows, and this one returns them all. ``odd``: what
+        `prefetch_odd` started, for a backend that uses it (this one does not)."""
         cols = self.path_columns()
         if not (self.cfg.path_column or self.cfg.path_template):
             return cols, iter(())
@@ -488,6 +524,12 @@ class SqlCatalog:
             f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
         )
         return cols, iter(cur)
+
+    def prefetch_odd(self, column: str) -> OddRows | None:
+        """Start fetching, in the background, the rows ``path_tuples((column, wanted))``
+        returns whatever ``wanted`` is (those whose ``column`` is not a plain name), for
+        `path_tuples` to take as ``odd``; None where a backend does not (this one)."""
+        return None
 
     def unique_column(self, column: str) -> bool:
         """Whether the runs table holds each value of ``column`` at most once, as the

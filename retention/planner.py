@@ -30,7 +30,14 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from retention import identity
-from retention.catalog import WHOLE_SECONDS, SqlCatalog, q, template_fields, time_reader
+from retention.catalog import (
+    WHOLE_SECONDS,
+    OddRows,
+    SqlCatalog,
+    q,
+    template_fields,
+    time_reader,
+)
 from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import (
@@ -610,8 +617,28 @@ AMBIGUOUS_HINT = (
 )
 
 
+def _prefetch_odd(cfg: Config, cat: SqlCatalog) -> OddRows | None:
+    """For a template of one field (``{run_id}``), the rows `_overlapping` reads whatever
+    the candidates are (those whose field is not a plain name), fetched in the background
+    from the start (`SqlCatalog.prefetch_odd`); None otherwise."""
+    template = cfg.path_template
+    if cfg.path_column or not template:
+        return None
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        return None
+    if len(names) != 1 or template != "{" + names[0] + "}":
+        return None
+    return cat.prefetch_odd(names[0])
+
+
 def _overlapping(
-    cfg: Config, cat: SqlCatalog, root: Path, paths: list[tuple[Any, bytes | None]]
+    cfg: Config,
+    cat: SqlCatalog,
+    root: Path,
+    paths: list[tuple[Any, bytes | None]],
+    odd: OddRows | None = None,
 ) -> dict[Any, str]:
     """Candidates whose directory is shared with, contains, or lies inside another run's
     (candidate or not): moving it would take another run's artifacts along. Read-only; one
@@ -665,7 +692,7 @@ def _overlapping(
         if cols[one] == cfg.id_column and cat.unique_column(cols[one]):
             sql_wanted = wanted - {rid for rid in candidates if type(rid) is str}
         hint = (cols[one], sql_wanted)
-    cols, rows = cat.path_tuples(hint)
+    cols, rows = cat.path_tuples(hint, odd)
     for row in rows:
         if one is not None:
             # `_PathKeys._field_key` inline (``{run_id}``: a million runs, most skipped).
@@ -1061,6 +1088,7 @@ def _build_plan(
     with open_catalog(cfg) as cat:
         require_artifact_root(cfg)
         spec = policy_with_rows(cat, cfg, spec)
+        odd = _prefetch_odd(cfg, cat)  # on another core, while the runs are read
         items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
         measured: dict[Any, Measure] = {}
@@ -1135,7 +1163,7 @@ def _build_plan(
             fps = cat.fingerprints()
             blocked = cat.blocked_runs()
             ambiguous = cat.ambiguous_ids()
-            shared = _overlapping(cfg, cat, root, paths)
+            shared = _overlapping(cfg, cat, root, paths, odd)
             bar = (progress or (lambda label, total: Progress(label, total)))(
                 "measuring", len(verdicts)
             )

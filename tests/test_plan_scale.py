@@ -27,12 +27,18 @@ from zoneinfo import ZoneInfo
 import msgspec
 import pytest
 
-from retention.catalog import time_reader
+from retention.catalog import OddRows, time_reader
 from retention.catalogs import open_catalog
 from retention.config import load_config
 from retention.durations import parse_stored_time
 from retention.errors import ConfigError
-from retention.planner import _overlapping, artifact_rel_path, build_plan, candidate_rel_path
+from retention.planner import (
+    _overlapping,
+    _prefetch_odd,
+    artifact_rel_path,
+    build_plan,
+    candidate_rel_path,
+)
 from retention.policy import Item, Verdict
 from retention.store import OutsideRoot, ancestors, display
 
@@ -51,7 +57,9 @@ class _Catalog:
     def path_columns(self) -> list[str]:
         return self.cols
 
-    def path_tuples(self, skip_plain: Any = None) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
+    def path_tuples(
+        self, skip_plain: Any = None, odd: Any = None
+    ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         return self.cols, iter(self.rows)  # every row: the hint is only a hint
 
     def iter_path_rows(self) -> Iterator[dict[str, Any]]:
@@ -255,6 +263,14 @@ def test_sqlite_leaves_out_in_sql_only_rows_the_overlap_check_would_skip(
             got_cols, got = cat.path_tuples((field, wanted))
             returned = list(got)
             assert _overlapping(cfg, cat, ROOT, paths) == _reference(cfg, fake, ROOT, paths)
+            # The same rows, and candidates refused, with the odd rows fetched beforehand in
+            # a thread (the rows come in another order: of several other runs, a reason may
+            # name another).
+            _, got = cat.path_tuples((field, wanted), cat.prefetch_odd(field))
+            assert sorted(map(repr, got)) == sorted(map(repr, returned))
+            odd = cat.prefetch_odd(field)
+            got_bad = _overlapping(cfg, cat, ROOT, paths, odd)
+            assert got_bad.keys() == _reference(cfg, fake, ROOT, paths).keys()
         assert got_cols == cols
         at = cols.index(field)
         must = [
@@ -333,6 +349,10 @@ def test_a_unique_id_column_lets_sqlite_leave_out_the_candidates_own_rows(
             own = {rid for rid, _ in paths if type(rid) is str}
             _, got = cat.path_tuples(("run_id", wanted - own))
             returned = {r[0] for r in got}
+            got_bad = _overlapping(cfg, cat, ROOT, paths, cat.prefetch_odd("run_id"))
+            assert got_bad.keys() == _reference(cfg, fake, ROOT, paths).keys()
+            _, got = cat.path_tuples(("run_id", wanted - own), cat.prefetch_odd("run_id"))
+            assert {r[0] for r in got} == returned
         must = {
             r[0]
             for r in rows
@@ -734,3 +754,39 @@ def test_loading_ids_as_one_json_array_stores_exactly_the_ids_given(tmp_path: Pa
             ).fetchall()
         assert [v for v, _ in got] == ids
         assert [t for _, t in got] == ["integer" if type(i) is int else "text" for i in ids]
+
+
+def test_prefetched_odd_rows_are_used_only_for_their_own_column_and_when_read(
+    tmp_path: Path,
+) -> None:
+    """`OddRows` handed to `path_tuples` for another column, or whose read failed, change
+    nothing: the catalog reads the rows itself. A plan with a one-field template starts the
+    prefetch (`_prefetch_odd`); other path settings do not."""
+    db = tmp_path / "catalog.db"
+    c = sqlite3.connect(db)
+    c.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at INTEGER, x TEXT)")
+    c.executemany(
+        "INSERT INTO runs VALUES (?, 0, ?)",
+        [("a", "p"), ("b/c", "q"), ("d", "e/f"), ("", "g"), ("h", "")],
+    )
+    c.commit()
+    c.close()
+    cfg = _sqlite_config(db, "{run_id}")
+    with open_catalog(cfg) as cat:
+        _, rows = cat.path_tuples(("run_id", {"a"}))
+        expected = sorted(rows)
+        assert expected == [("",), ("a",), ("b/c",)]
+
+        def broken() -> list[tuple[Any, ...]]:
+            raise sqlite3.OperationalError("database is locked")
+
+        failed = OddRows("run_id", ["run_id"], broken, sqlite3.Error)
+        assert failed.rows("run_id", ["run_id"]) is None
+        other = OddRows("x", ["run_id"], lambda: [("only this",)], sqlite3.Error)
+        for odd in (failed, other, cat.prefetch_odd("run_id")):
+            _, rows = cat.path_tuples(("run_id", {"a"}), odd)
+            assert sorted(rows) == expected
+        assert cat.prefetch_odd("created_at") is None  # not a path column
+        assert _prefetch_odd(cfg, cat) is not None
+        for template in ("exp/{run_id}", "{run_id}-x", "{run_id:>4}"):
+            assert _prefetch_odd(_sqlite_config(db, template), cat) is None

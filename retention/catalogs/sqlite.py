@@ -11,6 +11,7 @@ columns (every value keeps its storage class), and the file's own pages (`Catalo
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import shutil
@@ -25,7 +26,7 @@ import msgspec
 
 from journal import FsyncError
 from journal.fsio import fsync_dir
-from retention.catalog import ForeignKey, Involved, q
+from retention.catalog import ForeignKey, Involved, OddRows, q
 from retention.config import Config, catalog_url_problem
 from retention.durations import format_bytes, format_duration
 from retention.errors import (
@@ -175,23 +176,25 @@ class SqliteCatalog(TrashCatalog):
             self.conn.execute(f"ANALYZE {self.IDS_TABLE}")
 
     def path_tuples(
-        self, skip_plain: tuple[str, Collection[str]] | None = None
+        self,
+        skip_plain: tuple[str, Collection[str]] | None = None,
+        odd: OddRows | None = None,
     ) -> tuple[list[str], Iterator[tuple[Any, ...]]]:
         """`SqlCatalog.path_tuples`, leaving out in SQL the rows ``skip_plain`` allows
         (at a million runs, nearly all of them: a C loop instead of a Python one). The test
         errs on the side of returning a row: compared as bytes, and under the column's own
-        collation, which may only find more values equal (never fewer) than Python does."""
+        collation, which may only find more values equal (never fewer) than Python does.
+
+        ``odd``: the rows whose value in that column is not a plain name, fetched earlier
+        (`prefetch_odd`, on another connection while the caller was busy): then only the
+        plain values among the wanted ones are looked for here."""
         cols = self.path_columns()
         no_path = not (self.cfg.path_column or self.cfg.path_template)
         if skip_plain is None or no_path or skip_plain[0] not in cols:
             return super().path_tuples()
         column, wanted = skip_plain
-        v, raw = q(column), f"CAST({q(column)} AS BLOB)"
-        plain = (
-            f"typeof({v}) = 'text' AND {v} NOT IN ('', '.', '..')"
-            f" AND instr({raw}, x'2f') = 0 AND instr({raw}, x'3a') = 0"
-            f" AND instr({raw}, x'00') = 0"
-        )
+        odd_rows = odd.rows(column, cols) if odd is not None else None
+        v, plain = q(column), self._plain_sql(column)
         # A value that is not UTF-8 (a lone surrogate: a name that is not) equals no text
         # SQLite hands over, and cannot be bound: it need not be there.
         values = [(w,) for w in wanted if _utf8(w)]
@@ -202,12 +205,53 @@ class SqliteCatalog(TrashCatalog):
                 self.conn.executemany(
                     f"INSERT OR IGNORE INTO {self.PLAIN_TABLE} (v) VALUES (?)", values
                 )
-            plain += f" AND {v} NOT IN (SELECT v FROM {self.PLAIN_TABLE})"
-        cur = self.conn.execute(
-            f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
-            f" WHERE NOT ({plain})"
+        select = f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
+        if odd_rows is None:
+            if values:
+                plain += f" AND {v} NOT IN (SELECT v FROM {self.PLAIN_TABLE})"
+            return cols, iter(self.conn.execute(f"{select} WHERE NOT ({plain})"))
+        # The same rows in two parts: the odd ones already fetched, then the plain ones
+        # among the wanted values.
+        if not values:
+            return cols, iter(odd_rows)
+        found = self.conn.execute(
+            f"{select} WHERE ({plain}) AND {v} IN (SELECT v FROM {self.PLAIN_TABLE})"
         )
-        return cols, iter(cur)
+        return cols, itertools.chain(odd_rows, found)
+
+    def _plain_sql(self, column: str) -> str:
+        """The SQL test that ``column`` holds a plain name (`planner._plain`), as bytes."""
+        v, raw = q(column), f"CAST({q(column)} AS BLOB)"
+        return (
+            f"typeof({v}) = 'text' AND {v} NOT IN ('', '.', '..')"
+            f" AND instr({raw}, x'2f') = 0 AND instr({raw}, x'3a') = 0"
+            f" AND instr({raw}, x'00') = 0"
+        )
+
+    def prefetch_odd(self, column: str) -> OddRows | None:
+        """Start fetching, on a connection of its own in a thread, the rows `path_tuples`
+        returns for ``column`` whatever the wanted values: those whose value there is not a
+        plain name. The scan of every run is SQLite's C loop, which releases the GIL: it
+        runs on another core while this process reads and evaluates the runs. Read-only."""
+        cols = self.path_columns()
+        if column not in cols:
+            return None
+        sql = (
+            f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
+            f" WHERE NOT ({self._plain_sql(column)})"
+        )
+        uri = "file:" + quote(str(self.path.absolute())) + "?mode=ro"
+        timeout_ms = int(self.cfg.busy_timeout_ms)
+
+        def fetch() -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout_ms / 1000)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
+                return conn.execute(sql).fetchall()
+            finally:
+                conn.close()
+
+        return OddRows(column, cols, fetch, sqlite3.Error)
 
     def references(self, child: str, parent: str) -> str:
         # The first comparison finds the rows through the child column's index; the second
