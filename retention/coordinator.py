@@ -31,7 +31,8 @@ Every step is idempotent: recovery checks where each directory is before moving 
 may itself be killed at any point and run again.
 
 SIGINT and SIGTERM (`retention.workspace.SIGNALS`) stop an apply at its next safe point:
-while preflight checks the entries (nothing changed), after each rename, before the catalog
+while preflight checks the entries (nothing changed), before each directory is measured
+again or renamed, before the catalog
 transaction and just before its COMMIT, the apply is rolled back in this process, as the
 table's roll-back row says (`Interrupted`: "rolled back N directories, nothing was
 deleted", exit 130 / 143). From the commit on nothing stops: the apply is finished, the
@@ -80,7 +81,6 @@ from retention.moves import (
     problems_error,
     reconcile,
 )
-from retention.participants import ArtifactStore
 from retention.policy import RunId
 from retention.reports import Interruption, SkippedEntry
 from retention.store import OutsideRoot, ancestors, text_and_raw
@@ -339,13 +339,13 @@ def recover(cfg: Config, now: datetime | None = None) -> RecoverReport:
 
 @dataclass(slots=True)
 class _Check:
-    """An entry that passed preflight's checks of paths and ids: its directory is checked
-    for drift right before its rename (`_checked_moves`)."""
+    """An entry that passed preflight: its directory, if it has one, is measured again and
+    compared with the plan's right before its rename (`_checked_moves`)."""
 
     index: int
     entry: Entry
     rel: bytes | None
-    move: Move | None  # the journaled intent, when the plan found a directory
+    move: Move | None  # the journaled intent: the plan found a directory, and it is there
 
 
 @dataclass
@@ -353,24 +353,34 @@ class _Preflight:
     checks: list[_Check] = field(default_factory=list)
     moves: list[Move] = field(default_factory=list)  # the intents, journaled before any move
     jobs: list[tuple[int, bytes]] = field(default_factory=list)  # what the workers measure
-    skipped: list[SkippedEntry] = field(default_factory=list)
+    refused: list[tuple[int, SkippedEntry]] = field(default_factory=list)  # (entry index, why)
     # Filled while moving (`_checked_moves`): the runs to delete and what actually moved.
     runs: list[TombRun] = field(default_factory=list)
     moved: list[Move] = field(default_factory=list)
     bytes_by_run: dict[str | int, int] = field(default_factory=dict)
+
+    def skipped(self) -> list[SkippedEntry]:
+        """Every entry refused so far, in manifest order."""
+        return [why for _, why in sorted(self.refused, key=lambda r: r[0])]
 
 
 MOVE_HINT = (
     "check that you may rename it (write permission on its parent directory, nothing"
     " holding it busy), then plan and apply again"
 )
+CHANGED = "artifact directory changed since the plan"
+CHANGED_HINT = "plan again to include it"
 
 
 def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
-    """Check every entry's id and path against the catalog and the root (read-only), and
-    list the intended moves. Never more than the manifest: anything refused here is skipped
-    and reported. The directories themselves are checked for drift later, each right
-    before its rename (`_checked_moves`), so that measuring them overlaps the renames."""
+    """Check every entry against the catalog and the disk (read-only) and list the intended
+    moves. Never more than the manifest: anything refused here is skipped and reported.
+
+    Here each entry's id and path, and whether its directory is there (one ``lstat``): an
+    intent is journaled only for a directory that is, so that recovery never looks for one
+    that was gone before the apply began. Whether a directory's contents changed is checked
+    later, right before its rename (`_checked_moves`), so that measuring overlaps renaming.
+    """
     pf = _Preflight()
     store = ws.store
     ws.catalog.load_ids(e.run_id for e in payload.entries)
@@ -393,16 +403,17 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
     overlapping |= {r for r in nested if any(a in seen for a in ancestors(r))}
     overlapping |= {a for r in nested for a in ancestors(r) if a in seen}
     tx_rel = trash_tx_rel(txid)
+    refuse = pf.refused.append
     for index, e in enumerate(payload.entries):
         SIGNALS.stop("stopped before anything changed; nothing was deleted")
         rel = rels[index]
         if rel in overlapping:
-            pf.skipped.append(
-                SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None)
+            refuse(
+                (index, SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None))
             )
             continue
         if e.run_id not in existing:
-            pf.skipped.append(SkippedEntry(e.run_id, "no longer in the catalog"))
+            refuse((index, SkippedEntry(e.run_id, "no longer in the catalog")))
             continue
         move = None
         if rel is not None:
@@ -410,13 +421,42 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
                 e.checked_rel_path(store.root)  # plan's refusals: '..', NUL, the trash, ...
                 store.check_contained(rel)
             except OutsideRoot as exc:
-                pf.skipped.append(SkippedEntry(e.run_id, f"artifact path refused: {exc}"))
+                refuse((index, SkippedEntry(e.run_id, f"artifact path refused: {exc}")))
                 continue
-            # Only what lies inside the root is measured; the drift check's measures come
-            # from forked workers (`ForkedMeasurer`) that walk the directories on every core
-            # while the renames go on.
-            pf.jobs.append((index, rel))
-            if e.exists:
+            try:
+                dev = store.device(rel)
+            except OSError as exc:  # cannot even look (a parent we may not search)
+                why = f"{CHANGED} (cannot look at it: {exc.strerror})"
+                refuse((index, SkippedEntry(e.run_id, why, CHANGED_HINT)))
+                continue
+            if (dev is not None) != e.exists:
+                why = CHANGED + (" (now missing)" if e.exists else "")
+                refuse((index, SkippedEntry(e.run_id, why, CHANGED_HINT)))
+                continue
+            if dev is not None:
+                if not store.same_filesystem(rel, dev):
+                    # One entry that cannot be renamed into trash (a mount point, another
+                    # filesystem) is that entry's problem: skip it, apply the rest.
+                    why = (
+                        f"artifact directory {store.describe(rel)} is a mount point or on"
+                        " another filesystem than the trash"
+                    )
+                    refuse(
+                        (
+                            index,
+                            SkippedEntry(
+                                e.run_id,
+                                why,
+                                "apply moves a directory with one rename, which cannot cross"
+                                " filesystems: unmount it, or move its contents onto the"
+                                " artifact root's filesystem; its rows were kept",
+                            ),
+                        )
+                    )
+                    continue
+                # Measured by forked workers (`ForkedMeasurer`) that walk the directories on
+                # every core while the renames go on.
+                pf.jobs.append((index, rel))
                 move = Move(e.run_id, rel, trash_slot_rel(txid, index, rel, tx_rel))
                 pf.moves.append(move)
         pf.checks.append(_Check(index, e, rel, move))
@@ -424,43 +464,23 @@ def _preflight(ws: Workspace, payload: Payload, txid: str) -> _Preflight:
 
 
 def _checked_moves(
-    store: ArtifactStore, pf: _Preflight, measurer: ForkedMeasurer
+    pf: _Preflight, measurer: ForkedMeasurer
 ) -> Iterator[tuple[RunId, bytes, bytes]]:
-    """Each checked entry in manifest order: its directory measured again (the workers run
-    ahead) and compared with the plan's; what changed since, or is a mount point or on
-    another filesystem, is skipped and reported (its rows stay); the rest is yielded to be
-    moved (`move_all`) and its run listed in ``pf.runs``. Only journaled intents are
-    yielded, so that a crash at any point leaves nothing recovery does not know of."""
+    """Each entry that passed preflight, in manifest order: its directory measured again
+    (the workers run ahead of this loop) and compared with the plan's; one that changed
+    since is skipped and reported (its rows stay, its intent is never acted on: it stays
+    at home, where recovery looks first). The others are yielded to be moved (`move_all`)
+    and their runs listed in ``pf.runs``. Only journaled intents are yielded."""
     for c in pf.checks:
-        e, rel = c.entry, c.rel
-        if rel is not None:
-            m = measurer.take(c.index, rel)
-            if m.exists != e.exists or (m.exists and m.fingerprint != e.dir_fp):
-                pf.skipped.append(
-                    SkippedEntry(
-                        e.run_id,
-                        "artifact directory changed since the plan"
-                        + (" (now missing)" if e.exists and not m.exists else ""),
-                        "plan again to include it",
-                    )
-                )
+        SIGNALS.stop("nothing was deleted")
+        e, move = c.entry, c.move
+        if move is not None:
+            m = measurer.take(c.index, move.home)
+            if not m.exists or m.fingerprint != e.dir_fp:
+                why = CHANGED + ("" if m.exists else " (now missing)")
+                pf.refused.append((c.index, SkippedEntry(e.run_id, why, CHANGED_HINT)))
                 continue
-            if m.exists and not store.same_filesystem(rel, m.dev):
-                # One entry that cannot be renamed into trash (a mount point, another
-                # filesystem) is that entry's problem: skip it, apply the rest.
-                pf.skipped.append(
-                    SkippedEntry(
-                        e.run_id,
-                        f"artifact directory {store.describe(rel)} is a mount point or"
-                        " on another filesystem than the trash",
-                        "apply moves a directory with one rename, which cannot cross"
-                        " filesystems: unmount it, or move its contents onto the"
-                        " artifact root's filesystem; its rows were kept",
-                    )
-                )
-                continue
-        move = c.move if rel is not None and e.exists else None
-        pf.runs.append(TombRun(e.run_id, e.rows_fp, rel, move.trash if move else None, e.bytes))
+        pf.runs.append(TombRun(e.run_id, e.rows_fp, c.rel, move.trash if move else None, e.bytes))
         pf.bytes_by_run[e.run_id] = e.bytes
         if move is not None:
             pf.moved.append(move)
@@ -718,7 +738,7 @@ def _apply_one(
     )
     pf = _preflight(ws, sub, txid)
     if not pf.checks:
-        return [], 0, pf.skipped
+        return [], 0, pf.skipped()
     begin = Begin(
         op="apply",
         manifest_id=payload.manifest_id,
@@ -769,14 +789,14 @@ def _apply_phase(
     with ForkedMeasurer(store, pf.jobs) as measurer:
         failed = move_all(
             store,
-            _checked_moves(store, pf, measurer),
+            _checked_moves(pf, measurer),
             label="moving to trash",
             after_rename=after_rename,
             after_batch=lambda: failpoint("apply.after_move_batch"),
             total=len(pf.moves),
         )
     moved = [m for m in pf.moved if m.run_id not in failed]
-    skipped = list(pf.skipped)  # preflight's, then the drift check's, then failed renames
+    skipped = pf.skipped()  # preflight's and the drift check's, then failed renames
     for m in pf.moved:
         if m.run_id in failed:
             exc = failed[m.run_id]
@@ -788,8 +808,9 @@ def _apply_phase(
                 )
             )
     if len(moved) != len(pf.moves):
-        # TRASH.json lists what is in trash: rewritten when the drift check or a failed
-        # rename left some intents unmoved (before the commit: it is the hand-recovery list).
+        # TRASH.json lists what was moved into trash: rewritten when the drift check or a
+        # failed rename left some intents unmoved (before the commit: it is the list to put
+        # directories back by hand; runs the commit leaves go home and stay listed).
         _write_trash_index(ws, txid, now, payload.manifest_id, moved)
     runs = [r for r in pf.runs if r.run_id not in failed]
     info = TxInfo(

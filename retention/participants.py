@@ -60,6 +60,12 @@ class ArtifactStore(Protocol):
         """Whether anything exists at ``rel`` (a symlink counts; never followed). Read-only."""
         ...
 
+    def device(self, rel: bytes) -> int | None:
+        """The device of what is at ``rel`` (a symlink is not followed), or None when
+        nothing is. Raises `OSError` when it cannot look (a parent it may not search).
+        Read-only."""
+        ...
+
     def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
         """Whether ``rel`` can move into trash with one atomic rename. Called in preflight,
         before anything changes, so that a cross-device entry refuses the whole apply."""

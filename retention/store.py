@@ -303,6 +303,12 @@ class LocalTrashStore(LocalStore):
         self._verify_tx_dir(rel)
         return os.path.lexists(self.abspath(rel))
 
+    def device(self, rel: bytes) -> int | None:
+        try:
+            return os.lstat(self.abspath(rel)).st_dev
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
         """Whether ``rel`` can be renamed into trash (same device as the trash).
         ``dev_of_rel``: its device if already known (from `measure`)."""

@@ -5,6 +5,7 @@ itself."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
@@ -191,3 +192,25 @@ def test_crash_anywhere_in_an_apply_that_also_purges_expired_trash(tmp_path: Pat
         gone = sorted(v for v in states.values() if v != "home")
         assert len(gone) == 6, (point, states)
         shutil.rmtree(ws)
+
+
+@pytest.mark.parametrize(
+    "point", ["apply.after_begin@1", "apply.after_rename@1", "apply.after_commit@1"]
+)
+def test_a_directory_removed_since_the_plan_never_blocks_recovery(
+    template: Path, tmp_path: Path, point: str
+) -> None:
+    """A candidate whose directory was removed after the plan gets no journaled intent
+    (preflight looks for each directory before BEGIN): a crash anywhere in the apply is
+    then recovered, rolled back or forward, with that run left alone, instead of stopping
+    (exit 7) on a directory that is neither at home nor in trash."""
+    ws = fresh(template, tmp_path / "ws")
+    m = ck.plan(ws)
+    gone = json.loads(m.read_text())["payload"]["entries"][0]["run_id"]
+    shutil.rmtree(ws / "data/backtests" / gone)
+    assert ck.crashed(ck.run(ws, "apply", str(m), failpoint=point))
+    r = ck.run(ws, "recover")
+    assert r.returncode == 0, r.stderr
+    st, _ = ck.status_and_check(ws)
+    assert b'"interrupted":[]' in st, st
+    assert gone in ck.dump(ws)  # its rows stay: its directory changed since the plan
