@@ -146,13 +146,14 @@ def time_reader(fmt: str, *, keep_offset: bool = False) -> Callable[[object], da
 class OddRows:
     """Rows a catalog fetches in a thread of their own (`SqlCatalog.prefetch_odd`): ``fetch``
     opens its own connection, reads, closes. `rows` waits for them; an error of the kinds
-    ``errors`` names leaves None (the caller then reads them itself)."""
+    ``errors`` names, or None from ``fetch``, leaves None (the caller then reads them
+    itself)."""
 
     def __init__(
         self,
         column: str,
         cols: list[str],
-        fetch: Callable[[], list[tuple[Any, ...]]],
+        fetch: Callable[[], list[tuple[Any, ...]] | None],
         errors: type[Exception] | tuple[type[Exception], ...],
     ) -> None:
         self.column, self.cols = column, cols
@@ -166,6 +167,10 @@ class OddRows:
             self._rows = self._fetch()
         except self._errors:
             self._rows = None
+
+    def wait(self) -> None:
+        """Until the thread is done (before a fork: no thread may run then)."""
+        self._thread.join()
 
     def rows(self, column: str, cols: list[str]) -> list[tuple[Any, ...]] | None:
         """The rows, once fetched, if they are ``column``'s as ``cols``; else None."""

@@ -15,6 +15,7 @@ than the trash, is left out with a reason: apply moves with one rename.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -1085,10 +1086,12 @@ def _build_plan(
     state = StateLayout(Path(cfg.state_dir))
     root = Path(cfg.artifact_root)
     store = LocalStore(root)
-    with open_catalog(cfg) as cat:
+    with open_catalog(cfg) as cat, contextlib.ExitStack() as finally_:
         require_artifact_root(cfg)
         spec = policy_with_rows(cat, cfg, spec)
         odd = _prefetch_odd(cfg, cat)  # on another core, while the runs are read
+        if odd is not None:
+            finally_.callback(odd.wait)  # a plan refused on the way leaves no thread behind
         items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
         measured: dict[Any, Measure] = {}
@@ -1157,6 +1160,8 @@ def _build_plan(
         # The directories are measured in forked workers while this process reads the
         # catalog (in a thread, the two took turns on the GIL and cost their sum).
         jobs = [(k, rel) for k, (rid, rel) in enumerate(paths) if rel and rid not in measured]
+        if odd is not None and jobs:
+            odd.wait()  # (done long since, at scale): no thread may run while forking
         with ForkedMeasurer(store, jobs) as measurer:
             if not loaded:
                 cat.load_ids(verdicts)

@@ -29,6 +29,7 @@ import pytest
 
 from retention.catalog import OddRows, time_reader
 from retention.catalogs import open_catalog
+from retention.catalogs.sqlite import ODD_ROWS_MAX
 from retention.config import load_config
 from retention.durations import parse_stored_time
 from retention.errors import ConfigError
@@ -787,6 +788,19 @@ def test_prefetched_odd_rows_are_used_only_for_their_own_column_and_when_read(
             _, rows = cat.path_tuples(("run_id", {"a"}), odd)
             assert sorted(rows) == expected
         assert cat.prefetch_odd("created_at") is None  # not a path column
+        # Beyond ODD_ROWS_MAX odd rows (integer ids are never plain names to this test, nor
+        # are these) the thread keeps none: they would all be in memory at once; the
+        # catalog streams them later instead.
+        c = sqlite3.connect(db)
+        c.executemany(
+            "INSERT INTO runs VALUES (?, 0, 'p')", ((f"n/{i}",) for i in range(ODD_ROWS_MAX))
+        )
+        c.commit()
+        c.close()
+        many = cat.prefetch_odd("run_id")
+        assert many is not None and many.rows("run_id", ["run_id"]) is None
+        _, rows = cat.path_tuples(("run_id", {"a"}), many)
+        assert len(list(rows)) == ODD_ROWS_MAX + 3
         assert _prefetch_odd(cfg, cat) is not None
         for template in ("exp/{run_id}", "{run_id}-x", "{run_id:>4}"):
             assert _prefetch_odd(_sqlite_config(db, template), cat) is None

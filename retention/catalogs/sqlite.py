@@ -50,6 +50,8 @@ from retention.tombstones import (
     TrashCatalog,
 )
 
+ODD_ROWS_MAX = 10_000  # `SqliteCatalog.prefetch_odd` gives up beyond this many rows
+
 
 class SqliteCatalog(TrashCatalog):
     """A catalog stored in one SQLite file."""
@@ -243,11 +245,15 @@ class SqliteCatalog(TrashCatalog):
         uri = "file:" + quote(str(self.path.absolute())) + "?mode=ro"
         timeout_ms = int(self.cfg.busy_timeout_ms)
 
-        def fetch() -> list[tuple[Any, ...]]:
+        def fetch() -> list[tuple[Any, ...]] | None:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=timeout_ms / 1000)
             try:
                 conn.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-                return conn.execute(sql).fetchall()
+                cur = conn.execute(sql)
+                rows = cur.fetchmany(ODD_ROWS_MAX + 1)
+                # Nearly every row odd (integer ids: not text, so not plain by this test):
+                # held here they would all be in memory at once; streamed later instead.
+                return rows if len(rows) <= ODD_ROWS_MAX else None
             finally:
                 conn.close()
 
