@@ -174,7 +174,7 @@ class OddRows:
 
     def rows(self, column: str, cols: list[str]) -> list[tuple[Any, ...]] | None:
         """The rows, once fetched, if they are ``column``'s as ``cols``; else None."""
-        self._thread.join()
+        self.wait()
         if column != self.column or cols != self.cols:
             return None
         return self._rows

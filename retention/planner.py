@@ -626,8 +626,8 @@ def _prefetch_odd(cfg: Config, cat: SqlCatalog) -> OddRows | None:
     if cfg.path_column or not template:
         return None
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError:
+        names = template_fields(template)
+    except ConfigError:  # refused where the paths are made, with the reason: not here
         return None
     if len(names) != 1 or template != "{" + names[0] + "}":
         return None

@@ -160,6 +160,12 @@ def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
     return rel
 
 
+def _parent(path: bytes) -> bytes:
+    """`os.path.dirname` of an absolute path under the root, in normal form (the root is
+    absolute and a relative path is normal: the parent is all before the last slash)."""
+    return path[: path.rindex(b"/")] or b"/"
+
+
 class LocalStore:
     """Artifact directories on a local filesystem under one root."""
 
@@ -316,7 +322,7 @@ class LocalTrashStore(LocalStore):
             trash = self.abspath(os.fsencode(TRASH_DIRNAME))
             self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
         path = self.abspath(rel)
-        parent = path[: path.rindex(b"/")] or b"/"  # os.path.dirname, as in `move`
+        parent = _parent(path)
         dev = self._parent_dev.get(parent)
         if dev is None:
             dev = self._parent_dev[parent] = os.lstat(parent).st_dev
@@ -339,10 +345,8 @@ class LocalTrashStore(LocalStore):
         self._verify_tx_dir(dst)
         a, b = self.abspath(src), self.abspath(dst)
         fsio.rename_noreplace(a, b)
-        # Their parents, to fsync (`os.path.dirname`: the root is absolute, both are under it
-        # and in normal form, so the parent is everything before the last slash).
-        self._dirty.add(a[: a.rindex(b"/")] or b"/")
-        self._dirty.add(b[: b.rindex(b"/")] or b"/")
+        self._dirty.add(_parent(a))  # to fsync
+        self._dirty.add(_parent(b))
 
     def describe(self, rel: bytes) -> str:
         """Where ``rel`` is, for messages (readable even when not UTF-8)."""

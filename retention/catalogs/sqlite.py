@@ -82,7 +82,7 @@ class SqliteCatalog(TrashCatalog):
             )
         if self.path.is_dir():
             raise CatalogError(f"catalog {self.path} is a directory, not an SQLite file")
-        uri = "file:" + quote(str(self.path.absolute())) + ("?mode=ro" if readonly else "?mode=rw")
+        uri = _uri(self.path, readonly)
         try:
             self.conn = sqlite3.connect(
                 uri, uri=True, isolation_level=None, timeout=cfg.busy_timeout_ms / 1000
@@ -207,7 +207,7 @@ class SqliteCatalog(TrashCatalog):
                 self.conn.executemany(
                     f"INSERT OR IGNORE INTO {self.PLAIN_TABLE} (v) VALUES (?)", values
                 )
-        select = f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
+        select = self._select(cols)
         if odd_rows is None:
             if values:
                 plain += f" AND {v} NOT IN (SELECT v FROM {self.PLAIN_TABLE})"
@@ -220,6 +220,10 @@ class SqliteCatalog(TrashCatalog):
             f"{select} WHERE ({plain}) AND {v} IN (SELECT v FROM {self.PLAIN_TABLE})"
         )
         return cols, itertools.chain(odd_rows, found)
+
+    def _select(self, cols: list[str]) -> str:
+        """SELECT of ``cols`` from the runs table (`path_tuples`'s rows)."""
+        return f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
 
     def _plain_sql(self, column: str) -> str:
         """The SQL test that ``column`` holds a plain name (`planner._plain`), as bytes."""
@@ -238,11 +242,8 @@ class SqliteCatalog(TrashCatalog):
         cols = self.path_columns()
         if column not in cols:
             return None
-        sql = (
-            f"SELECT {', '.join(q(c) for c in cols)} FROM {q(self.cfg.runs_table)}"
-            f" WHERE NOT ({self._plain_sql(column)})"
-        )
-        uri = "file:" + quote(str(self.path.absolute())) + "?mode=ro"
+        sql = f"{self._select(cols)} WHERE NOT ({self._plain_sql(column)})"
+        uri = _uri(self.path, readonly=True)
         timeout_ms = int(self.cfg.busy_timeout_ms)
 
         def fetch() -> list[tuple[Any, ...]] | None:
@@ -678,6 +679,11 @@ class CatalogFile:
                     hint=f"{VACUUM_COST}; free space (or set SQLITE_TMPDIR to a roomier"
                     " filesystem for the copy)",
                 )
+
+
+def _uri(path: Path, readonly: bool) -> str:
+    """The URI we open the catalog file by: read-only, or read-write (never created)."""
+    return "file:" + quote(str(path.absolute())) + ("?mode=ro" if readonly else "?mode=rw")
 
 
 def _json_ids(ids: list[Any]) -> bytes | None:
