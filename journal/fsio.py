@@ -38,12 +38,9 @@ import errno
 import os
 from collections import Counter
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING
+from typing import IO
 
 from journal.errors import FsyncError
-
-if TYPE_CHECKING:
-    import ctypes
 
 StrPath = str | os.PathLike[str] | bytes | os.PathLike[bytes]
 
@@ -234,7 +231,10 @@ _RENAME_NOREPLACE = 1
 _SYS_RENAMEAT2 = {"x86_64": 316, "amd64": 316, "aarch64": 276, "arm64": 276}
 
 
-def _load_renameat2() -> tuple[ctypes.CDLL | None, str | None]:
+def _load_renameat2() -> tuple[str | None, Callable[[bytes, bytes], int] | None]:
+    """How to call renameat2 here (``"renameat2"``, ``"syscall"`` or None) and a function
+    of (src, dst) that calls it and returns 0 or the errno. The ctypes function is set up
+    once: redoing its argument types at every call was a tenth of a rename's cost."""
     import ctypes
     import platform
 
@@ -242,48 +242,46 @@ def _load_renameat2() -> tuple[ctypes.CDLL | None, str | None]:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None, None
+    get_errno = ctypes.get_errno
     if hasattr(libc, "renameat2"):
-        return libc, "renameat2"
-    if hasattr(libc, "syscall") and platform.machine().lower() in _SYS_RENAMEAT2:
-        return libc, "syscall"
-    return libc, None
+        fn = libc.renameat2
+        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        fn.restype = ctypes.c_int
+
+        def call(src: bytes, dst: bytes) -> int:
+            return 0 if fn(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE) == 0 else get_errno()
+
+        return "renameat2", call
+    machine = platform.machine().lower()
+    if hasattr(libc, "syscall") and machine in _SYS_RENAMEAT2:
+        sys_fn = libc.syscall
+        sys_fn.restype = ctypes.c_long
+        nr = ctypes.c_long(_SYS_RENAMEAT2[machine])
+        at, flags = ctypes.c_int(_AT_FDCWD), ctypes.c_uint(_RENAME_NOREPLACE)
+
+        def call_syscall(src: bytes, dst: bytes) -> int:
+            rc = sys_fn(nr, at, ctypes.c_char_p(src), at, ctypes.c_char_p(dst), flags)
+            return 0 if rc == 0 else get_errno()
+
+        return "syscall", call_syscall
+    return None, None
 
 
-# libc and how to call renameat2 through it, looked up on the first rename: ctypes is not
-# imported by a process that renames nothing (`retention status`, `--help`).
+# How to call renameat2, looked up on the first rename: ctypes is not imported by a process
+# that renames nothing (`retention status`, `--help`).
 _UNKNOWN = "not looked up yet"
-_libc: ctypes.CDLL | None = None
 _rename_impl: str | None = _UNKNOWN
+_rename_call: Callable[[bytes, bytes], int] | None = None
 
 
 def _renameat2(src: bytes, dst: bytes) -> int:
     """Return 0 on success, else the errno. Raise `NotImplementedError` if unavailable."""
-    global _libc, _rename_impl
+    global _rename_impl, _rename_call
     if _rename_impl == _UNKNOWN:
-        _libc, _rename_impl = _load_renameat2()
-    if _libc is None or _rename_impl is None:
+        _rename_impl, _rename_call = _load_renameat2()
+    if _rename_impl is None or _rename_call is None:
         raise NotImplementedError
-    import ctypes
-    import platform
-
-    if _rename_impl == "renameat2":
-        fn = _libc.renameat2
-        fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-        fn.restype = ctypes.c_int
-        rc = fn(_AT_FDCWD, src, _AT_FDCWD, dst, _RENAME_NOREPLACE)
-    else:
-        fn = _libc.syscall
-        fn.restype = ctypes.c_long
-        nr = _SYS_RENAMEAT2[platform.machine().lower()]
-        rc = fn(
-            ctypes.c_long(nr),
-            ctypes.c_int(_AT_FDCWD),
-            ctypes.c_char_p(src),
-            ctypes.c_int(_AT_FDCWD),
-            ctypes.c_char_p(dst),
-            ctypes.c_uint(_RENAME_NOREPLACE),
-        )
-    return 0 if rc == 0 else ctypes.get_errno()
+    return _rename_call(src, dst)
 
 
 def rename_noreplace(src: StrPath, dst: StrPath) -> None:

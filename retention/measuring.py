@@ -52,14 +52,14 @@ class Measures(Protocol):
     def measure(self, rel: bytes) -> Measure: ...
 
 
-def default_workers() -> int:
+def default_workers(reserve: int = 0) -> int:
     """One worker per core, at most four (the tree walk is system calls: more would only
-    queue on the same disk)."""
+    queue on the same disk); ``reserve``: cores left to the caller (at least one worker)."""
     try:
         cores = len(os.sched_getaffinity(0))  # the cores this process may run on (Linux)
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 4))
+    return max(1, min(cores - reserve, 4))
 
 
 class _Worker:

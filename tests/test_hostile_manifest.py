@@ -145,6 +145,38 @@ def test_apply_refuses_a_signed_dotdot_path_naming_the_dotdot_not_a_symlink(
     assert ck.tree(outside) == before
 
 
+def test_apply_gives_its_drift_workers_only_paths_that_pass_plans_refusals(
+    workspace: Path,
+) -> None:
+    """Apply's measuring workers start before the catalog checks (`_Paths.jobs`, forked on
+    at once): a path with a '..' component, one inside the trash, one under a parent
+    symlinked out of the root and two overlapping ones are never handed to them, so no
+    process of apply ever walks outside the root; every other planned directory is."""
+    from retention.coordinator import _Paths
+    from retention.manifest import Payload
+    from retention.store import LocalTrashStore
+
+    payload = plan_payload(keep_last=10)
+    outside = Path("outside-victim")
+    (outside / "keep").mkdir(parents=True)
+    (ROOT / ".trash" / "planted").mkdir(parents=True)
+    os.symlink(outside.absolute(), ROOT / "escape")
+    entries = payload["entries"]
+    aim_at(entries[0], b"../../outside-victim")
+    aim_at(entries[1], b".trash/planted")
+    aim_at(entries[2], b"escape/keep")
+    aim_at(entries[4], entries[3]["path"].encode())  # two entries, one directory
+    decoded = msgspec.json.decode(msgspec.json.encode(payload), type=Payload)
+    paths = _Paths(LocalTrashStore(Path(payload["artifact_root"])), decoded)
+    assert paths.refused.keys() == {0, 1, 2}
+    assert "'..' component" in paths.refused[0] and "inside the trash" in paths.refused[1]
+    assert "symlink leading out of the root" in paths.refused[2]
+    assert paths.overlaps == {3, 4}
+    planned = {i for i, e in enumerate(entries) if e["exists"]}
+    assert {i for i, _ in paths.jobs} == planned - {0, 1, 2, 3, 4}
+    assert len(paths.jobs) >= 20  # the rest of the plan: every directory it found
+
+
 def test_apply_skips_a_signed_entry_whose_path_and_path_raw_disagree(workspace: Path) -> None:
     # path_raw wins in Entry.rel_path(); it must not name another directory than `path`
     # says (here a kept run's, measured correctly), whatever a review of `path` showed.

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -128,6 +129,7 @@ def test_workers_hold_no_lock_of_the_callers(tmp_path: Path) -> None:
 _DIES = """
 import os, sys, time
 from pathlib import Path
+from typing import Any
 from retention.measuring import ForkedMeasurer
 from retention.store import LocalStore
 root = Path(sys.argv[1])
@@ -196,3 +198,22 @@ def test_apply_with_forked_measures_skips_exactly_what_changed_since_the_plan(
     }
     assert len(rep["deleted_run_ids"]) == 298
     assert (arts / changed).is_dir() and not (arts / entries[0]["run_id"]).exists()
+
+
+def test_apply_leaves_the_main_process_a_core_for_small_directories_only() -> None:
+    """Apply's rule for its measuring workers: with directories of a few files (renaming
+    them is then the longer part) one core stays with the main process; with large ones
+    (walking them is) every core measures. At least one worker either way."""
+    from types import SimpleNamespace
+
+    from retention.coordinator import SMALL_DIR_FILES, _apply_workers
+    from retention.measuring import default_workers
+
+    def entries(files: int) -> list[Any]:
+        return [SimpleNamespace(files=files) for _ in range(300)]
+
+    jobs = [(i, b"r%d" % i) for i in range(300)]
+    small, large = entries(4), entries(SMALL_DIR_FILES + 1)
+    assert _apply_workers(small, jobs) == default_workers(reserve=1)
+    assert _apply_workers(large, jobs) == default_workers()
+    assert default_workers(reserve=99) == 1
