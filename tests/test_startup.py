@@ -52,9 +52,10 @@ NOT_FOR_HELP = {
 
 # Never needed by a status with nothing to report: the planner and the views (the manifest,
 # the explain), the policy engine, the mutating commands, directory moves, ctypes
-# (renameat2), the file lock.
+# (renameat2), the file lock, shutil (with it bz2 and lzma; only the vacuum needs it).
 NOT_FOR_STATUS = {
     "ctypes",
+    "shutil",
     "filelock",
     "click.shell_completion",
     "retention.planner",

@@ -14,7 +14,6 @@ import contextlib
 import itertools
 import math
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import Collection, Iterator
@@ -669,6 +668,8 @@ class CatalogFile:
             dev = os.stat(where).st_dev
             have = wants.get(dev, (where, 0))
             wants[dev] = (have[0], have[1] + need)
+        import shutil  # here, not at import: it loads bz2 and lzma (ms of every start-up)
+
         for where, bytes_needed in wants.values():
             free = shutil.disk_usage(where).free
             if free < bytes_needed:
