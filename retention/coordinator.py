@@ -84,7 +84,7 @@ from retention.moves import (
 from retention.participants import ArtifactStore
 from retention.policy import RunId
 from retention.reports import Interruption, SkippedEntry
-from retention.store import OutsideRoot, ancestors, text_and_raw
+from retention.store import Measure, OutsideRoot, ancestors, text_and_raw
 from retention.tombstones import CommitRefused, NothingDeleted, TombRun, TxInfo, Writeback
 from retention.txrecords import Begin, Move
 from retention.workspace import SIGNALS, Workspace, open_workspace
@@ -766,14 +766,30 @@ def _apply_one(
         payload if entries is payload.entries else msgspec.structs.replace(payload, entries=entries)
     )
     paths = _Paths(ws.store, sub)
-    # The workers measure the directories (the drift check) from now on, on every core,
-    # while this process checks the entries against the catalog and the disk and journals
-    # the intents; `_apply_phase` closes them once every directory is moved.
+    # The workers measure the directories (the drift check) from now on (`_apply_workers`:
+    # how many), while this process checks the entries against the catalog and the disk and
+    # journals the intents; `_apply_phase` closes them once every directory is moved. They
+    # walk the trash's filesystem only: a directory that became a mount point since the plan
+    # (preflight refuses it) is not walked, so it cannot hold up the renames behind it.
     workers = _apply_workers(sub.entries, paths.jobs)
-    with ForkedMeasurer(ws.store, paths.jobs, workers=workers) as measurer:
+    with ForkedMeasurer(_OnTrashFilesystem(ws.store), paths.jobs, workers=workers) as measurer:
         return _apply_checked(
             ws, txid, payload, sub, paths, measurer, data, lineage, now, grace_until, batch
         )
+
+
+class _OnTrashFilesystem:
+    """What apply's workers measure: `ArtifactStore.measure` bounded to the trash's device
+    (a directory on another, which apply refuses anyway, is not walked)."""
+
+    __slots__ = ("_device", "_store")
+
+    def __init__(self, store: ArtifactStore) -> None:
+        self._store = store
+        self._device = store.trash_device()
+
+    def measure(self, rel: bytes) -> Measure:
+        return self._store.measure(rel, device=self._device)
 
 
 # Directories with at most this many files on average (the manifest's count): apply leaves

@@ -38,8 +38,9 @@ class ArtifactStore(Protocol):
         Called before any move, in either direction."""
         ...
 
-    def measure(self, rel: bytes) -> Measure:
-        """Size, count and a fingerprint of what is at ``rel`` (read-only; drift check)."""
+    def measure(self, rel: bytes, *, device: int | None = None) -> Measure:
+        """Size, count and a fingerprint of what is at ``rel`` (read-only; drift check).
+        ``device``: a directory on another device is not walked (see `LocalStore.measure`)."""
         ...
 
     def write_index(self, txid: str, data: bytes) -> None:
@@ -64,6 +65,10 @@ class ArtifactStore(Protocol):
         """The device of what is at ``rel`` (a symlink is not followed), or None when
         nothing is. Raises `OSError` when it cannot look (a parent it may not search).
         Read-only."""
+        ...
+
+    def trash_device(self) -> int:
+        """The device the trash is on (where every directory must be, to move into it)."""
         ...
 
     def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:

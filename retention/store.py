@@ -135,7 +135,10 @@ def relative_artifact_path(root: Path, value: str | bytes) -> bytes:
                 f"{display(raw)}: unsupported URI scheme {display(scheme.group(1))!r} (only file:)"
             )
         if raw.startswith(b"file:"):
-            u = urlparse(os.fsdecode(raw))
+            try:
+                u = urlparse(os.fsdecode(raw))
+            except ValueError as exc:  # "file://[ab/x": an unclosed IPv6 host
+                raise OutsideRoot(f"{display(raw)} is not a valid file: URI ({exc})") from None
             if u.netloc not in ("", "localhost"):
                 raise OutsideRoot(f"{display(raw)} names another host ({u.netloc})")
             raw = os.fsencode(unquote(u.path))
@@ -197,10 +200,12 @@ class LocalStore:
                 f"{display(rel)}: a parent directory is a symlink leading out of the root"
             )
 
-    def measure(self, rel: bytes) -> Measure:
+    def measure(self, rel: bytes, *, device: int | None = None) -> Measure:
         """Size, file count and a metadata fingerprint of the tree at ``rel`` (read-only).
 
-        Never follows symlinks. The fingerprint covers every entry's relative name, type,
+        With ``device``, a directory on another device (a mount point) is not walked: its
+        measure has an empty fingerprint (never a plan's) and says why in ``error``. Never
+        follows symlinks. The fingerprint covers every entry's relative name, type,
         mode, size and mtime (not contents: reading every byte would cost more than the
         delete). Unreadable parts are reported in ``error``. Each directory is opened
         relative to its parent (`_DirPath`), so a tree deeper than PATH_MAX is measured like
@@ -214,6 +219,10 @@ class LocalStore:
         except OSError as exc:  # not a directory (a file, a symlink), or unreadable
             return _measure_unopened(top, exc)
         st = os.fstat(fd)  # a directory (O_DIRECTORY): its record has size 0
+        if device is not None and st.st_dev != device:
+            os.close(fd)
+            why = f"{_shown(top)} is on another filesystem (a mount point): not walked"
+            return Measure(True, 0, 0, "", why, st.st_dev)
         sha256 = _SHA256 or _load_sha256()
         parts = [b"%o 0 %d\0" % (st.st_mode, st.st_mtime_ns)]
         try:
@@ -315,12 +324,16 @@ class LocalTrashStore(LocalStore):
         except (FileNotFoundError, NotADirectoryError):
             return None
 
-    def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
-        """Whether ``rel`` can be renamed into trash (same device as the trash).
-        ``dev_of_rel``: its device if already known (from `measure`)."""
+    def trash_device(self) -> int:
         if self._trash_dev is None:
             trash = self.abspath(os.fsencode(TRASH_DIRNAME))
             self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
+        return self._trash_dev
+
+    def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
+        """Whether ``rel`` can be renamed into trash (same device as the trash).
+        ``dev_of_rel``: its device if already known (from `measure`)."""
+        trash_dev = self.trash_device()
         path = self.abspath(rel)
         parent = _parent(path)
         dev = self._parent_dev.get(parent)
@@ -329,7 +342,7 @@ class LocalTrashStore(LocalStore):
         # A directory that is itself a mount point has its own device: check it too.
         if dev_of_rel is None:
             dev_of_rel = os.lstat(path).st_dev
-        return dev == self._trash_dev and dev_of_rel == dev
+        return dev == trash_dev and dev_of_rel == dev
 
     def ensure_dir(self, rel: bytes) -> None:
         fsio.ensure_dir(self.abspath(rel), 0o755)

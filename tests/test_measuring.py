@@ -129,7 +129,6 @@ def test_workers_hold_no_lock_of_the_callers(tmp_path: Path) -> None:
 _DIES = """
 import os, sys, time
 from pathlib import Path
-from typing import Any
 from retention.measuring import ForkedMeasurer
 from retention.store import LocalStore
 root = Path(sys.argv[1])
@@ -200,20 +199,44 @@ def test_apply_with_forked_measures_skips_exactly_what_changed_since_the_plan(
     assert (arts / changed).is_dir() and not (arts / entries[0]["run_id"]).exists()
 
 
-def test_apply_leaves_the_main_process_a_core_for_small_directories_only() -> None:
-    """Apply's rule for its measuring workers: with directories of a few files (renaming
-    them is then the longer part) one core stays with the main process; with large ones
-    (walking them is) every core measures. At least one worker either way."""
+@pytest.mark.parametrize(
+    ("cores", "files", "workers"),
+    [(2, 4, 1), (2, 10, 1), (2, 11, 2), (2, 40, 2), (1, 4, 1), (1, 40, 1), (4, 4, 3), (8, 40, 4)],
+)
+def test_apply_leaves_the_main_process_a_core_for_small_directories_only(
+    monkeypatch: pytest.MonkeyPatch, cores: int, files: int, workers: int
+) -> None:
+    """Apply's rule for its measuring workers: with directories of `SMALL_DIR_FILES` (10)
+    files or fewer on average (renaming them is then the longer part) one core stays with
+    the main process; with larger ones (walking them is) every core measures, at most four
+    workers, at least one."""
     from types import SimpleNamespace
 
     from retention.coordinator import SMALL_DIR_FILES, _apply_workers
-    from retention.measuring import default_workers
 
-    def entries(files: int) -> list[Any]:
-        return [SimpleNamespace(files=files) for _ in range(300)]
-
+    assert SMALL_DIR_FILES == 10
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    entries: list[Any] = [SimpleNamespace(files=files) for _ in range(300)]
     jobs = [(i, b"r%d" % i) for i in range(300)]
-    small, large = entries(4), entries(SMALL_DIR_FILES + 1)
-    assert _apply_workers(small, jobs) == default_workers(reserve=1)
-    assert _apply_workers(large, jobs) == default_workers()
-    assert default_workers(reserve=99) == 1
+    assert _apply_workers(entries, jobs) == workers
+
+
+def test_a_measure_bounded_to_a_device_does_not_walk_a_directory_on_another(
+    tmp_path: Path,
+) -> None:
+    """Apply's workers measure on the trash's device only (a directory that became a mount
+    point since the plan is refused by preflight; walking a whole mounted filesystem would
+    hold up every rename behind it): on the same device the measure is the plain one; on
+    another, nothing is walked and the fingerprint can never match a plan's."""
+    from retention.coordinator import _OnTrashFilesystem
+    from retention.store import LocalTrashStore
+
+    _tree(tmp_path / "arts", 1)
+    store = LocalTrashStore(tmp_path / "arts")
+    plain = store.measure(b"run00000")
+    assert plain.files > 0 and plain.fingerprint
+    assert _OnTrashFilesystem(store).measure(b"run00000") == plain
+    assert store.measure(b"run00000", device=plain.dev) == plain
+    other = store.measure(b"run00000", device=(plain.dev or 0) + 1)
+    assert other.exists and other.files == 0 and other.bytes == 0
+    assert other.fingerprint == "" and "another filesystem" in (other.error or "")

@@ -223,6 +223,21 @@ def test_a_path_column_with_another_uri_scheme_is_refused_not_taken_as_missing(
     assert json.loads((ws / "m.json").read_text())["payload"]["entries"] == []
 
 
+def test_a_path_column_with_a_malformed_file_uri_is_refused_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    """``file://[...`` (an unclosed IPv6 host) made the URL parser raise: plan stopped with
+    a traceback (and apply did, for a signed manifest naming such a path). Now the run is
+    refused with the reason, like any path that names no directory under the root."""
+    ws = _path_column_workspace(tmp_path)
+    _sql(ws, "UPDATE runs SET art = 'file://[' || run_id || '/artifacts'")
+    p = ck.run(ws, "plan", "--keep-last", "2", "-o", "m.json")
+    assert p.returncode == 3, p.stderr
+    assert b"Traceback" not in p.stderr
+    assert b"is not a valid file: URI" in p.stderr
+    assert json.loads((ws / "m.json").read_text())["payload"]["entries"] == []
+
+
 def test_an_artifact_root_written_with_dotdot_plans_and_applies(tmp_path: Path) -> None:
     ws = ck.build(tmp_path / "ws", runs=6)
     cfgdir = ws / "cfg"
