@@ -773,9 +773,35 @@ def _apply_one(
     # (preflight refuses it) is not walked, so it cannot hold up the renames behind it.
     workers = _apply_workers(sub.entries, paths.jobs)
     with ForkedMeasurer(_OnTrashFilesystem(ws.store), paths.jobs, workers=workers) as measurer:
-        return _apply_checked(
-            ws, txid, payload, sub, paths, measurer, data, lineage, now, grace_until, batch
+        pf = _preflight(ws, sub, txid, paths)
+        if not pf.checks:
+            return [], 0, pf.skipped()
+        begin = Begin(
+            op="apply",
+            manifest_id=payload.manifest_id,
+            manifest_digest=hashlib.sha256(data).hexdigest(),
+            catalog_id=lineage,
+            artifact_root=str(ws.store.root),
+            created_at=format_instant(now),
+            grace_until=format_instant(grace_until),
+            moves=len(pf.moves),
         )
+        j = ws.journal
+        begin_with_intents(j, txid, begin, pf.moves)
+        failpoint("apply.after_begin")
+        try:
+            result = _apply_phase(ws, txid, sub, pf, measurer, begin, lineage, now, batch)
+        except BaseException as exc:
+            measurer.close()  # nothing more to measure: the roll-back has the cores
+            instead = roll_back_now(ws, txid, now, exc, "nothing was deleted")
+            if instead is None:
+                raise
+            raise instead from None
+    deleted, nbytes, skipped = result
+    if deleted:  # else nothing committed: rolled back and closed by _apply_phase
+        failpoint("apply.before_done")
+        j.done(txid)
+    return deleted, nbytes, skipped
 
 
 class _OnTrashFilesystem:
@@ -806,50 +832,6 @@ def _apply_workers(entries: list[Entry], jobs: list[tuple[int, bytes]]) -> int:
     walking the directories is (`SMALL_DIR_FILES`)."""
     files = sum(entries[i].files for i, _ in jobs)
     return default_workers(reserve=1 if files <= SMALL_DIR_FILES * len(jobs) else 0)
-
-
-def _apply_checked(
-    ws: Workspace,
-    txid: str,
-    payload: Payload,
-    sub: Payload,
-    paths: _Paths,
-    measurer: ForkedMeasurer,
-    data: bytes | bytearray,
-    lineage: str,
-    now: datetime,
-    grace_until: datetime,
-    batch: str | None,
-) -> tuple[list[RunId], int, list[SkippedEntry]]:
-    pf = _preflight(ws, sub, txid, paths)
-    if not pf.checks:
-        return [], 0, pf.skipped()
-    begin = Begin(
-        op="apply",
-        manifest_id=payload.manifest_id,
-        manifest_digest=hashlib.sha256(data).hexdigest(),
-        catalog_id=lineage,
-        artifact_root=str(ws.store.root),
-        created_at=format_instant(now),
-        grace_until=format_instant(grace_until),
-        moves=len(pf.moves),
-    )
-    j = ws.journal
-    begin_with_intents(j, txid, begin, pf.moves)
-    failpoint("apply.after_begin")
-    try:
-        result = _apply_phase(ws, txid, sub, pf, measurer, begin, lineage, now, batch)
-    except BaseException as exc:
-        measurer.close()  # nothing more to measure: the roll-back has the cores
-        instead = roll_back_now(ws, txid, now, exc, "nothing was deleted")
-        if instead is None:
-            raise
-        raise instead from None
-    deleted, nbytes, skipped = result
-    if deleted:  # else nothing committed: rolled back and closed by _apply_phase
-        failpoint("apply.before_done")
-        j.done(txid)
-    return deleted, nbytes, skipped
 
 
 def _apply_phase(
