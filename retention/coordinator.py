@@ -52,7 +52,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -88,6 +88,9 @@ from retention.store import Measure, OutsideRoot, ancestors, text_and_raw
 from retention.tombstones import CommitRefused, NothingDeleted, TombRun, TxInfo, Writeback
 from retention.txrecords import Begin, Move
 from retention.workspace import SIGNALS, Workspace, open_workspace
+
+if TYPE_CHECKING:
+    from retention.catalogs.beside import Beside, NotBeside
 
 REPORT_VERSION = 1
 
@@ -772,7 +775,14 @@ def _apply_one(
     # walk the trash's filesystem only: a directory that became a mount point since the plan
     # (preflight refuses it) is not walked, so it cannot hold up the renames behind it.
     workers = _apply_workers(sub.entries, paths.jobs)
-    with ForkedMeasurer(_OnTrashFilesystem(ws.store), paths.jobs, workers=workers) as measurer:
+    # And the runs' rows are compared with the plan's fingerprints beside all this, where
+    # the catalog allows it (`retention.catalogs.beside`), so that the commit need not.
+    with (
+        ForkedMeasurer(_OnTrashFilesystem(ws.store), paths.jobs, workers=workers) as measurer,
+        ws.catalog.fingerprints_beside(
+            [e.run_id for e in sub.entries], [e.rows_fp for e in sub.entries]
+        ) as beside,
+    ):
         pf = _preflight(ws, sub, txid, paths)
         if not pf.checks:
             return [], 0, pf.skipped()
@@ -790,9 +800,10 @@ def _apply_one(
         begin_with_intents(j, txid, begin, pf.moves)
         failpoint("apply.after_begin")
         try:
-            result = _apply_phase(ws, txid, sub, pf, measurer, begin, lineage, now, batch)
+            result = _apply_phase(ws, txid, sub, pf, measurer, beside, begin, lineage, now, batch)
         except BaseException as exc:
             measurer.close()  # nothing more to measure: the roll-back has the cores
+            beside.close()
             instead = roll_back_now(ws, txid, now, exc, "nothing was deleted")
             if instead is None:
                 raise
@@ -840,6 +851,7 @@ def _apply_phase(
     payload: Payload,
     pf: _Preflight,
     measurer: ForkedMeasurer,
+    beside: Beside | NotBeside,
     begin: Begin,
     lineage: str,
     now: datetime,
@@ -906,7 +918,12 @@ def _apply_phase(
     try:
         if not runs:  # every move failed
             raise NothingDeleted({})
-        dropped = ws.catalog.commit_delete(info, lineage, runs, before_commit=before_commit)
+        # Waits for the helper, if it is not done yet: before the write lock, not under it.
+        known = beside.result()
+        failpoint("apply.before_catalog_commit")
+        dropped = ws.catalog.commit_delete(
+            info, lineage, runs, before_commit=before_commit, known=known
+        )
     except NothingDeleted as nothing:
         # Not an apply: the catalog committed nothing, so every directory goes home and the
         # transaction is closed as rolled back (no txid row, no TRASH.json, nothing to undo).

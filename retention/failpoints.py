@@ -14,6 +14,7 @@ APPLY = (
     "apply.after_trash_index",  # TRASH.json written
     "apply.after_rename",  # one directory renamed into trash (per move)
     "apply.after_move_batch",  # a batch of renames made durable (dir fsyncs)
+    "apply.before_catalog_commit",  # every directory moved, the catalog transaction next
     "apply.before_commit",  # inside the SQLite transaction, just before COMMIT
     "apply.after_commit",  # catalog committed, journal not yet
     "apply.after_journal_commit",  # journal COMMITTED, DONE pending
@@ -54,7 +55,10 @@ JOBSTORE = (  # apply and undo on a JSON-document catalog (retention.jobstore)
     "jobstore.undo.after_replace",  # records put back (committed), journal not yet
     "jobstore.undo.before_done",  # journal COMMITTED, the apply's tombstone not yet marked
 )
-ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE + JSONDOC + JOBSTORE
+BESIDE = (  # the helper comparing an apply's rows beside its renames (catalogs.beside)
+    "beside.before_answer",  # compared, answer not written: the apply compares itself
+)
+ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE + JSONDOC + JOBSTORE + BESIDE
 declare(*ALL)
 
 __all__ = ["ALL", "failpoint"]

@@ -173,11 +173,21 @@ class Catalog(CatalogIdentity, Protocol):
         request: the rows and, at the purge, their tombstones)."""
         ...
 
-    def commit_delete(self, info: Any, lineage: str, runs: list[Any], *, before_commit: Any) -> Any:
+    def fingerprints_beside(self, runs: list[Any], rows_fps: list[str]) -> Any:
+        """Start comparing these runs' rows with their plan-time digests in a helper beside
+        the renames, where the backend can (`retention.catalogs.beside`); its ``result()``
+        is what `commit_delete` takes as ``known``."""
+        ...
+
+    def commit_delete(
+        self, info: Any, lineage: str, runs: list[Any], *, before_commit: Any, known: Any = None
+    ) -> Any:
         """Apply's commit point. In ONE transaction: re-check each run (rows, filter,
         protect), tombstone its rows of every involved table, delete them, record the txid.
         Returns the runs it left out and why. Durable when it returns (``synchronous=EXTRA``).
-        On any failure it rolls back explicitly and raises; the catalog is then unchanged."""
+        On any failure it rolls back explicitly and raises; the catalog is then unchanged.
+        ``known`` (the helper's answer) stands in for the re-check of the rows only if no
+        other connection has committed since the helper began."""
         ...
 
     def commit_restore(

@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -40,6 +40,9 @@ from retention.durations import (
 from retention.errors import CatalogError, catalog_error
 from retention.policy import RunId
 from retention.reporting import Progress
+
+if TYPE_CHECKING:
+    from retention.catalogs.beside import Beside, Known, NotBeside
 
 TX_TABLE = "_retention_tx"
 TOMB_RUNS = "_retention_runs"
@@ -258,6 +261,18 @@ class WritableCatalog(SqlCatalog):
         text = _DDL.replace("{ID_TYPE}", self._id_type()).replace("{BLOB}", self.BLOB)
         return [stmt.strip() for stmt in text.split(";") if stmt.strip()]
 
+    def data_version(self) -> int | None:
+        """A number that changes whenever another connection commits to the catalog, or
+        None where the backend has none (then `commit_delete` never trusts a ``known``)."""
+        return None
+
+    def fingerprints_beside(self, runs: list[RunId], rows_fps: list[str]) -> Beside | NotBeside:
+        """Start comparing these runs' rows with ``rows_fps`` beside the renames, where the
+        backend can (`retention.catalogs.beside`): here it cannot."""
+        from retention.catalogs.beside import NotBeside
+
+        return NotBeside()
+
     def _commit_tx(self, body: Any, before_commit: Any) -> Any:
         """Run ``body()`` inside the backend's write transaction; roll back explicitly on
         any error.
@@ -431,6 +446,7 @@ class WritableCatalog(SqlCatalog):
         runs: list[TombRun],
         *,
         before_commit: Any = None,
+        known: Known | None = None,
     ) -> dict[RunId, str]:
         """THE commit point of an apply: in one transaction, re-check each run, copy its rows
         of every involved table into tombstones, delete them, and record the txid.
@@ -440,6 +456,10 @@ class WritableCatalog(SqlCatalog):
         `CatalogError` (after an explicit ROLLBACK) if the transaction cannot commit, and
         `NothingDeleted` (after a ROLLBACK) when no run is left to delete; then the catalog is
         unchanged.
+
+        ``known``: which runs are gone or changed, as a helper found them beside the renames
+        (`retention.catalogs.beside`); used only if no other connection has committed since
+        it began (`data_version`), else the rows are fingerprinted here.
         """
         conn = self.conn
         cfg = self.cfg
@@ -457,13 +477,19 @@ class WritableCatalog(SqlCatalog):
             self.load_ids(expected)
             bar.advance()
             dropped: dict[RunId, str] = {}
-            current = self.fingerprints()
+            if known is not None and known.data_version == self.data_version():
+                gone, changed = known.gone, known.changed
+            else:
+                from retention.catalogs.beside import compare
+
+                ids = list(expected)
+                found = compare(self.fingerprints(), ids, [expected[i].rows_fp for i in ids])
+                gone, changed = frozenset(found.gone), frozenset(found.changed)
             bar.advance()
-            for rid, r in expected.items():
-                fp = current.get(rid)
-                if fp is None:
+            for rid in expected:
+                if rid in gone:
                     dropped[rid] = "no longer in the catalog"
-                elif fp != r.rows_fp:
+                elif rid in changed:
                     dropped[rid] = "catalog rows changed since the plan"
             # The runs table unaliased, as plan evaluated these expressions, with SQLite's own
             # truth (as in WHERE; NULL is false) on both sides.

@@ -18,7 +18,7 @@ import sqlite3
 import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import msgspec
@@ -48,6 +48,9 @@ from retention.tombstones import (
     RetentionUsage,
     TrashCatalog,
 )
+
+if TYPE_CHECKING:
+    from retention.catalogs.beside import Beside, NotBeside
 
 ODD_ROWS_MAX = 10_000  # `SqliteCatalog.prefetch_odd` gives up beyond this many rows
 
@@ -139,6 +142,23 @@ class SqliteCatalog(TrashCatalog):
         """Where this catalog is: the real path and inode of the file (for the binding)."""
         st = self.path.stat()
         return f"sqlite:{os.path.realpath(self.path)}#dev={st.st_dev},ino={st.st_ino}"
+
+    def data_version(self) -> int:
+        # Changes when another connection (of any process) commits; our own commits leave
+        # it as it is (our own connection writes nothing the fingerprints read).
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def fingerprints_beside(self, runs: list[Any], rows_fps: list[str]) -> Beside | NotBeside:
+        from retention.catalogs.beside import MIN_RUNS, Beside, NotBeside
+
+        # WAL only: there a reader never holds the application's writers up; in rollback-
+        # journal mode the helper's read lock would (the commit reads the rows then, as
+        # it always did).
+        if self.readonly or len(runs) < MIN_RUNS:
+            return NotBeside()
+        if str(self.conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            return NotBeside()
+        return Beside(self.cfg, self.data_version(), runs, rows_fps)
 
     # -- read-side hooks ---------------------------------------------------------------
 

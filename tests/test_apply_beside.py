@@ -1,0 +1,190 @@
+"""An apply's row fingerprints compared beside its renames (issue 13): a helper process
+compares a large apply's runs with the plan's fingerprints while the directories move, and
+the commit uses that answer only if no other connection committed since the helper began.
+
+Every test runs the real executable on a real catalog large enough for the helper
+(`beside.MIN_RUNS` runs to delete; rows only, a few directories) and checks the outcome on
+disk and in the catalog."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from retention.catalogs import beside
+
+from . import crashkit as ck
+
+KEEP = 50
+RUNS = beside.MIN_RUNS + 400 + KEEP
+DIRS = 20  # the oldest runs have a directory, and the kept ones
+
+
+def _build(root: Path, *, wal: bool = True) -> list[str]:
+    """The default layout: RUNS runs with two metric rows each, the DIRS oldest and the
+    KEEP newest with a directory. Returns the run ids, oldest first."""
+    arts = root / "data/backtests"
+    arts.mkdir(parents=True)
+    db = sqlite3.connect(root / "data/catalog.db")
+    if wal:
+        assert db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    db.executescript(
+        """
+        CREATE TABLE runs (run_id TEXT PRIMARY KEY, created_at TEXT);
+        CREATE TABLE run_metrics (id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL REFERENCES runs(run_id), name TEXT, value REAL);
+        CREATE INDEX run_metrics_run ON run_metrics(run_id);
+        """
+    )
+    ids = [f"run-{i:06d}" for i in range(RUNS)]
+    db.executemany(
+        "INSERT INTO runs VALUES (?, ?)",
+        (
+            (rid, f"2025-01-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}")
+            for i, rid in enumerate(ids)
+        ),
+    )
+    db.executemany(
+        "INSERT INTO run_metrics (run_id, name, value) VALUES (?, ?, ?)",
+        ((rid, name, i / 7) for i, rid in enumerate(ids) for name in ("pnl", "sharpe")),
+    )
+    db.commit()
+    db.close()
+    for rid in ids[:DIRS] + ids[-KEEP:]:
+        (arts / rid).mkdir()
+        (arts / rid / "result.csv").write_bytes(b"x" * 64)
+    return ids
+
+
+def _rows(ws: Path) -> tuple[set[str], int]:
+    db = sqlite3.connect(ws / "data/catalog.db")
+    runs = {r for (r,) in db.execute("SELECT run_id FROM runs")}
+    metrics = db.execute("SELECT count(*) FROM run_metrics").fetchone()[0]
+    db.close()
+    return runs, metrics
+
+
+def _report(p: subprocess.CompletedProcess, code: int) -> dict:
+    assert p.returncode == code, p.stderr.decode()
+    assert b"Traceback" not in p.stderr
+    return json.loads(p.stdout)
+
+
+def _skipped(rep: dict) -> dict[str, str]:
+    return {s["run_id"]: s["reason"] for s in rep["skipped"]}
+
+
+def test_a_large_apply_on_a_wal_catalog_has_its_rows_compared_by_the_helper(
+    tmp_path: Path,
+) -> None:
+    """The helper runs and answers (its failpoint is logged, before the catalog commit),
+    and the apply deletes exactly what an apply without it deletes: every planned run, its
+    rows and its directory; the kept runs whole; `check` clean."""
+    ws = tmp_path / "ws"
+    ids = _build(ws)
+    manifest = ck.plan(ws, keep_last=KEEP)
+    log = tmp_path / "fp.log"
+    rep = _report(ck.run(ws, "apply", str(manifest), log=log), 0)
+    hits = log.read_text().split()
+    assert "beside.before_answer" in hits
+    assert hits.index("beside.before_answer") < hits.index("apply.before_catalog_commit")
+    assert rep["deleted_runs"] == RUNS - KEEP
+    assert _rows(ws) == (set(ids[-KEEP:]), 2 * KEEP)
+    assert not any((ws / "data/backtests" / rid).exists() for rid in ids[:DIRS])
+    assert ck.run(ws, "check").returncode == 0
+
+
+def test_rows_changed_after_the_helper_answered_are_still_caught_by_the_commit(
+    tmp_path: Path,
+) -> None:
+    """Paused after the helper's answer and before the catalog transaction, another
+    connection changes one run's metric row and deletes another run: the commit sees that
+    something was committed since the helper began, compares the rows itself, and leaves
+    both runs alone (the changed one's directory back at home, its rows as they are now);
+    the rest is deleted."""
+    ws = tmp_path / "ws"
+    ids = _build(ws)
+    manifest = ck.plan(ws, keep_last=KEEP)
+    changed, gone = ids[0], ids[DIRS + 1]
+    sync = tmp_path / "sync"
+    sync.mkdir()
+    env = {
+        **ck.BASE_ENV,
+        "FAILPOINT_PAUSE": "apply.before_catalog_commit",
+        "FAILPOINT_PAUSE_DIR": str(sync),
+        "FAILPOINT_LOG": str(tmp_path / "fp.log"),
+    }
+    proc = subprocess.Popen(
+        [ck.EXE, "apply", str(manifest)],
+        cwd=ws,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not (sync / "paused").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    assert "beside.before_answer" in (tmp_path / "fp.log").read_text().split()
+    db = sqlite3.connect(ws / "data/catalog.db", isolation_level=None)
+    db.execute("UPDATE run_metrics SET value = 99.5 WHERE run_id = ? AND name = 'pnl'", (changed,))
+    db.execute("DELETE FROM run_metrics WHERE run_id = ?", (gone,))
+    db.execute("DELETE FROM runs WHERE run_id = ?", (gone,))
+    db.close()
+    (sync / "resume").touch()
+    out, err = proc.communicate(timeout=120)
+    rep = _report(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 3)
+    assert _skipped(rep) == {
+        changed: "catalog rows changed since the plan",
+        gone: "no longer in the catalog",
+    }
+    assert rep["deleted_runs"] == RUNS - KEEP - 2
+    runs, metrics = _rows(ws)
+    assert runs == {changed, *ids[-KEEP:]} and metrics == 2 * (KEEP + 1)
+    assert (ws / "data/backtests" / changed / "result.csv").read_bytes() == b"x" * 64
+    assert ck.run(ws, "check").returncode == 0
+
+
+def test_a_helper_that_dies_before_answering_leaves_the_comparison_to_the_commit(
+    tmp_path: Path,
+) -> None:
+    """A run's rows change between the plan and the apply, and the helper dies before it
+    answers (crashed at its failpoint): the commit compares the rows itself, so the changed
+    run is still left alone and the apply finishes."""
+    ws = tmp_path / "ws"
+    ids = _build(ws)
+    manifest = ck.plan(ws, keep_last=KEEP)
+    db = sqlite3.connect(ws / "data/catalog.db")
+    db.execute("UPDATE run_metrics SET value = -1 WHERE run_id = ?", (ids[1],))
+    db.commit()
+    db.close()
+    p = ck.run(ws, "apply", str(manifest), failpoint="beside.before_answer")
+    rep = _report(p, 3)
+    assert _skipped(rep) == {ids[1]: "catalog rows changed since the plan"}
+    assert rep["deleted_runs"] == RUNS - KEEP - 1
+    assert _rows(ws)[0] == {ids[1], *ids[-KEEP:]}
+    assert (ws / "data/backtests" / ids[1]).is_dir()
+    assert ck.run(ws, "check").returncode == 0
+
+
+def test_a_rollback_journal_catalog_gets_no_helper(tmp_path: Path) -> None:
+    """In rollback-journal mode a reader's lock holds the application's writers up, so the
+    rows are compared inside the commit, as before: no helper runs; the same deletions."""
+    ws = tmp_path / "ws"
+    ids = _build(ws, wal=False)
+    manifest = ck.plan(ws, keep_last=KEEP)
+    log = tmp_path / "fp.log"
+    rep = _report(ck.run(ws, "apply", str(manifest), log=log), 0)
+    assert "beside.before_answer" not in log.read_text().split()
+    assert rep["deleted_runs"] == RUNS - KEEP
+    assert _rows(ws) == (set(ids[-KEEP:]), 2 * KEEP)
+
+
+def test_compare_names_the_runs_gone_and_the_runs_changed() -> None:
+    """The one comparison the helper and the commit both make: a run without a current
+    fingerprint is gone, one whose fingerprint differs changed, the rest are unchanged."""
+    found = beside.compare({"a": "1", "b": "2", 7: "x"}, ["a", "b", "c", 7], ["1", "3", "4", "x"])
+    assert (found.gone, found.changed) == (["c"], ["b"])
