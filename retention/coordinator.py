@@ -919,7 +919,8 @@ def _apply_phase(
         if not runs:  # every move failed
             raise NothingDeleted({})
         # Waits for the helper, if it is not done yet: before the write lock, not under it.
-        known = beside.result()
+        known = beside.result(stop=lambda: SIGNALS.signum is not None)
+        SIGNALS.stop("nothing was deleted")
         failpoint("apply.before_catalog_commit")
         dropped = ws.catalog.commit_delete(
             info, lineage, runs, before_commit=before_commit, known=known

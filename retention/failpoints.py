@@ -55,9 +55,10 @@ JOBSTORE = (  # apply and undo on a JSON-document catalog (retention.jobstore)
     "jobstore.undo.after_replace",  # records put back (committed), journal not yet
     "jobstore.undo.before_done",  # journal COMMITTED, the apply's tombstone not yet marked
 )
-BESIDE = (  # the helper comparing an apply's rows beside its renames (catalogs.beside)
-    "beside.before_answer",  # compared, answer not written: the apply compares itself
-)
+# Hit in the helper that compares an apply's rows beside its renames (catalogs.beside), a
+# process of its own: crashing there ends the helper, never the apply (which then compares
+# the rows itself). Crash sweeps of the apply leave these out.
+BESIDE = ("beside.before_answer",)  # compared, answer not written
 ALL = APPLY + RECONCILE + RECOVER + UNDO + PURGE + JSONDOC + JOBSTORE + BESIDE
 declare(*ALL)
 

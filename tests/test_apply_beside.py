@@ -11,10 +11,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from retention.catalogs import beside
+from retention.catalogs.sqlite import SqliteCatalog
+from retention.config import load_config
+from retention.tombstones import TombRun, TxInfo
 
 from . import crashkit as ck
 
@@ -161,7 +167,9 @@ def test_a_helper_that_dies_before_answering_leaves_the_comparison_to_the_commit
     db.execute("UPDATE run_metrics SET value = -1 WHERE run_id = ?", (ids[1],))
     db.commit()
     db.close()
-    p = ck.run(ws, "apply", str(manifest), failpoint="beside.before_answer")
+    log = tmp_path / "fp.log"
+    p = ck.run(ws, "apply", str(manifest), failpoint="beside.before_answer", log=log)
+    assert "beside.before_answer" in log.read_text().split()  # the helper got there, and died
     rep = _report(p, 3)
     assert _skipped(rep) == {ids[1]: "catalog rows changed since the plan"}
     assert rep["deleted_runs"] == RUNS - KEEP - 1
@@ -188,3 +196,90 @@ def test_compare_names_the_runs_gone_and_the_runs_changed() -> None:
     fingerprint is gone, one whose fingerprint differs changed, the rest are unchanged."""
     found = beside.compare({"a": "1", "b": "2", 7: "x"}, ["a", "b", "c", 7], ["1", "3", "4", "x"])
     assert (found.gone, found.changed) == (["c"], ["b"])
+
+
+def _commit_with(ws: Path, forged: bool, *, other_commit: bool) -> dict:
+    """``commit_delete`` of the three oldest runs (their real fingerprints) given an answer
+    that says the oldest changed (it did not), taken at the catalog's current
+    ``data_version``; with ``other_commit``, another connection commits before the commit.
+    Returns what the commit left out."""
+    cfg = load_config(None, env={}, overrides={"catalog_path": str(ws / "data/catalog.db")})
+    with SqliteCatalog(cfg, readonly=False) as cat:
+        ids = sorted(r for (r,) in cat.conn.execute("SELECT run_id FROM runs"))[:3]
+        cat.load_ids(ids)
+        fps = cat.fingerprints()
+        known = beside.Known(
+            cat.data_version(), frozenset(), frozenset({ids[0]}) if forged else frozenset()
+        )
+        if other_commit:
+            other = sqlite3.connect(ws / "data/catalog.db")
+            other.execute("CREATE TABLE app_log (x)")  # touches no row of any run
+            other.commit()
+            other.close()
+        info = TxInfo("a-test", "apply", "m-test", "2026-11-30T00:00:00Z", None, None)
+        runs = [TombRun(rid, fps[rid], None, None, 0) for rid in ids]
+        return cat.commit_delete(info, "cat-test", runs, known=known)
+
+
+def test_the_commit_obeys_the_helpers_answer_while_nothing_else_committed(
+    tmp_path: Path,
+) -> None:
+    """The answer is what the commit goes by when ``data_version`` has not moved: a run the
+    answer names as changed is left out without the rows being read again (they did not
+    change: only the answer says so)."""
+    ws = tmp_path / "ws"
+    ids = _build(ws)
+    assert _commit_with(ws, True, other_commit=False) == {
+        ids[0]: "catalog rows changed since the plan"
+    }
+    assert _rows(ws)[0] == set(ids) - set(ids[1:3])
+
+
+def test_the_commit_ignores_the_answer_once_another_connection_committed(
+    tmp_path: Path,
+) -> None:
+    """The same answer after another connection's commit (one touching no run): the commit
+    compares the rows itself, finds all three unchanged and deletes them."""
+    ws = tmp_path / "ws"
+    ids = _build(ws)
+    assert _commit_with(ws, True, other_commit=True) == {}
+    assert _rows(ws)[0] == set(ids) - set(ids[:3])
+
+
+def test_a_helper_that_cannot_start_leaves_the_comparison_to_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No interpreter to run (the path does not exist, or a frozen executable): no helper,
+    no error; `NotBeside` answers nothing."""
+    cfg = load_config(None, env={}, overrides={"catalog_path": str(tmp_path / "none.db")})
+    real = sys.executable
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    helper = beside.start(cfg, 1, ["a"], ["x"])
+    assert isinstance(helper, beside.NotBeside) and helper.result() is None
+    monkeypatch.setattr(sys, "executable", real)
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    assert isinstance(beside.start(cfg, 1, ["a"], ["x"]), beside.NotBeside)
+
+
+def test_the_helper_answers_in_process_and_a_stop_abandons_it(tmp_path: Path) -> None:
+    """The helper on its own: it answers which runs are gone or changed (one deleted, one
+    digest that is not the plan's), and a ``stop()`` that says stop (a signal arrived) ends
+    the wait at once, with no answer and the helper reaped."""
+    ws = tmp_path / "ws"
+    ids = _build(ws)[:100]
+    cfg = load_config(None, env={}, overrides={"catalog_path": str(ws / "data/catalog.db")})
+    with SqliteCatalog(cfg, readonly=True) as cat:
+        cat.load_ids(ids)
+        fps = cat.fingerprints()
+    db = sqlite3.connect(ws / "data/catalog.db")
+    db.execute("DELETE FROM runs WHERE run_id = ?", (ids[5],))
+    db.commit()
+    db.close()
+    wrong = [fps[r] if r != ids[7] else "0" * 64 for r in ids]
+    with beside.start(cfg, 42, ids, wrong) as helper:
+        known = helper.result()
+    assert known == beside.Known(42, frozenset({ids[5]}), frozenset({ids[7]}))
+    helper = beside.start(cfg, 42, ids, wrong)
+    assert isinstance(helper, beside.Beside)
+    assert helper.result(stop=lambda: True) is None
+    assert helper._proc is None  # killed and reaped

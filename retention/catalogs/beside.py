@@ -19,10 +19,14 @@ inherited from a process that has the catalog open.
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import signal
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -80,12 +84,33 @@ def compare(fingerprints: dict[RunId, str], runs: list[RunId], rows_fps: list[st
     return Answer(gone=gone, changed=changed)
 
 
+# How long `Beside.result` waits for an answer: a helper stuck on anything (it never waits
+# on a lock in WAL mode) costs the apply this much, then the commit compares itself.
+WAIT_S = 30.0
+WAIT_PER_RUN_S = 0.001
+
+
+def start(
+    cfg: Config, data_version: int, runs: list[RunId], rows_fps: list[str]
+) -> Beside | NotBeside:
+    """A helper for these runs, or `NotBeside` where none can start (no interpreter to
+    run, no process or pipe to spare, a request that cannot be encoded): the commit then
+    compares the rows itself. ``data_version`` must be read before this is called."""
+    if getattr(sys, "frozen", False) or not sys.executable:
+        return NotBeside()
+    try:
+        return Beside(cfg, data_version, runs, rows_fps)
+    except Exception:  # never a reason to fail the apply: the shortcut is only that
+        return NotBeside()
+
+
 class Beside:
-    """The helper of one apply transaction. ``result()`` waits for its answer (None when
-    there is none to use); ``close()`` ends it, whatever state it is in."""
+    """The helper of one apply transaction (`start`). ``result()`` waits for its answer
+    (None when there is none to use); ``close()`` ends it, whatever state it is in."""
 
     def __init__(self, cfg: Config, data_version: int, runs: list[RunId], rows_fps: list[str]):
         self._data_version = data_version
+        self._wait = WAIT_S + WAIT_PER_RUN_S * len(runs)
         request = msgspec.msgpack.encode(Request(config=cfg, runs=runs, rows_fps=rows_fps))
         self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
             # -P: not the working directory (the user's) first on sys.path, where a
@@ -104,44 +129,49 @@ class Beside:
         proc = self._proc
         if proc is None or proc.stdin is None:
             return
-        with contextlib.suppress(OSError):  # the helper is gone: result() finds it failed
+        # OSError: the helper is gone (result() finds it failed); ValueError: its pipe was
+        # closed meanwhile.
+        with contextlib.suppress(OSError, ValueError):
             proc.stdin.write(request)
             proc.stdin.close()
 
-    def result(self) -> Known | None:
-        """The helper's answer (waits for it), or None if it failed. Once only."""
+    def result(self, stop: Callable[[], bool] | None = None) -> Known | None:
+        """The helper's answer, or None if it failed, took longer than its wait, or
+        ``stop()`` said to stop waiting (checked four times a second). Once only."""
         proc = self._proc
         if proc is None or proc.stdout is None:
             return None
         try:
-            out = proc.stdout.read()
-            code = proc.wait()
-            self._feeder.join()
+            out = _read_all(proc.stdout.fileno(), time.monotonic() + self._wait, stop)
+            code = None if out is None else proc.wait()
         except OSError:
-            return None
+            out = code = None
         finally:
             self.close()
-        if code != 0:
+        if out is None or code != 0:
             return None
         try:
             answer = msgspec.msgpack.decode(out, type=Answer)
-        except msgspec.ValidationError:
+        except msgspec.DecodeError:
             return None
         if answer.format != FORMAT or answer.version != 1:
             return None
         return Known(self._data_version, frozenset(answer.gone), frozenset(answer.changed))
 
     def close(self) -> None:
+        """Kill the helper if it still runs and reap it; no thread of ours is left
+        (measuring workers are forked later, for the next batch: no thread may run then)."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
         if proc.poll() is None:
             proc.kill()
+        proc.wait()
+        self._feeder.join()  # its write fails at once once the helper is gone
         for pipe in (proc.stdout, proc.stdin):
             if pipe is not None:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(OSError, ValueError):
                     pipe.close()
-        proc.wait()
 
     def __enter__(self) -> Beside:
         return self
@@ -150,10 +180,25 @@ class Beside:
         self.close()
 
 
+def _read_all(fd: int, deadline: float, stop: Callable[[], bool] | None) -> bytes | None:
+    """Everything until end of file on ``fd``, or None past ``deadline`` or on ``stop()``."""
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or (stop is not None and stop()):
+            return None
+        ready, _, _ = select.select([fd], [], [], min(left, 0.25))
+        if ready:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
 class NotBeside:
     """No helper (another backend, a rollback-journal catalog, a small apply)."""
 
-    def result(self) -> Known | None:
+    def result(self, stop: Callable[[], bool] | None = None) -> Known | None:
         return None
 
     def close(self) -> None:

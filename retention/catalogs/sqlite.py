@@ -149,7 +149,7 @@ class SqliteCatalog(TrashCatalog):
         return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
 
     def fingerprints_beside(self, runs: list[Any], rows_fps: list[str]) -> Beside | NotBeside:
-        from retention.catalogs.beside import MIN_RUNS, Beside, NotBeside
+        from retention.catalogs.beside import MIN_RUNS, NotBeside, start
 
         # WAL only: there a reader never holds the application's writers up; in rollback-
         # journal mode the helper's read lock would (the commit reads the rows then, as
@@ -158,7 +158,7 @@ class SqliteCatalog(TrashCatalog):
             return NotBeside()
         if str(self.conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
             return NotBeside()
-        return Beside(self.cfg, self.data_version(), runs, rows_fps)
+        return start(self.cfg, self.data_version(), runs, rows_fps)
 
     # -- read-side hooks ---------------------------------------------------------------
 
