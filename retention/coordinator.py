@@ -73,7 +73,7 @@ from retention.errors import (
 from retention.failpoints import failpoint
 from retention.layout import trash_slot_rel, trash_tx_rel
 from retention.manifest import Entry, Payload, read_manifest_bytes, verify_for_workspace
-from retention.measuring import ForkedMeasurer, default_workers
+from retention.measuring import ForkedMeasurer, OnDevice, default_workers
 from retention.moves import (
     begin_with_intents,
     intended_moves,
@@ -84,7 +84,7 @@ from retention.moves import (
 from retention.participants import ArtifactStore
 from retention.policy import RunId
 from retention.reports import Interruption, SkippedEntry
-from retention.store import Measure, OutsideRoot, ancestors, text_and_raw
+from retention.store import OutsideRoot, ancestors, text_and_raw
 from retention.tombstones import CommitRefused, NothingDeleted, TombRun, TxInfo, Writeback
 from retention.txrecords import Begin, Move
 from retention.workspace import SIGNALS, Workspace, open_workspace
@@ -778,7 +778,9 @@ def _apply_one(
     # And the runs' rows are compared with the plan's fingerprints beside all this, where
     # the catalog allows it (`retention.catalogs.beside`), so that the commit need not.
     with (
-        ForkedMeasurer(_OnTrashFilesystem(ws.store), paths.jobs, workers=workers) as measurer,
+        ForkedMeasurer(
+            OnDevice(ws.store, ws.store.trash_device()), paths.jobs, workers=workers
+        ) as measurer,
         ws.catalog.fingerprints_beside(
             [e.run_id for e in sub.entries], [e.rows_fp for e in sub.entries]
         ) as beside,
@@ -813,20 +815,6 @@ def _apply_one(
         failpoint("apply.before_done")
         j.done(txid)
     return deleted, nbytes, skipped
-
-
-class _OnTrashFilesystem:
-    """What apply's workers measure: `ArtifactStore.measure` bounded to the trash's device
-    (a directory on another, which apply refuses anyway, is not walked)."""
-
-    __slots__ = ("_device", "_store")
-
-    def __init__(self, store: ArtifactStore) -> None:
-        self._store = store
-        self._device = store.trash_device()
-
-    def measure(self, rel: bytes) -> Measure:
-        return self._store.measure(rel, device=self._device)
 
 
 # Directories with at most this many files on average (the manifest's count): apply leaves

@@ -52,6 +52,27 @@ class Measures(Protocol):
     def measure(self, rel: bytes) -> Measure: ...
 
 
+class BoundMeasures(Protocol):
+    """A store whose `measure` can be kept to one device (`LocalStore.measure`)."""
+
+    def measure(self, rel: bytes, *, device: int | None = None) -> Measure: ...
+
+
+class OnDevice:
+    """What plan's and apply's workers measure: `LocalStore.measure` kept to the trash's
+    device. A directory on another (a mount point, which neither plan nor apply will rename
+    into trash) is not walked: its measure says why, and its fingerprint is empty."""
+
+    __slots__ = ("_device", "_store")
+
+    def __init__(self, store: BoundMeasures, device: int) -> None:
+        self._store = store
+        self._device = device
+
+    def measure(self, rel: bytes) -> Measure:
+        return self._store.measure(rel, device=self._device)
+
+
 def default_workers(reserve: int = 0) -> int:
     """One worker per core, at most four (the tree walk is system calls: more would only
     queue on the same disk); ``reserve``: cores left to the caller (at least one worker)."""

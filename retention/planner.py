@@ -59,7 +59,7 @@ from retention.manifest import (
     policy_digest,
     sign_with_id,
 )
-from retention.measuring import ForkedMeasurer
+from retention.measuring import ForkedMeasurer, OnDevice
 from retention.policy import (
     UNITS,
     UNLIMITED,
@@ -1002,12 +1002,15 @@ def measure_sizes(
     store: LocalStore,
     items: list[Item],
     progress: Callable[[str, int], Progress] | None = None,
+    *,
+    device: int | None = None,
 ) -> tuple[list[Item], dict[Any, Measure]]:
     """Sizes for the budget when no ``policy.size_column`` names them: every considered
     run's directory measured on disk (read-only: ``lstat``/``scandir``), before the policy
     runs. Returns the items with ``Attrs.size`` set (None where the path is refused or the
     tree unreadable: counted as 0 and reported) and the measures, which the candidates'
-    entries reuse instead of walking their trees twice."""
+    entries reuse instead of walking their trees twice. With ``device`` (the trash's), a
+    directory on another device is not walked (`LocalStore.measure`): its size is unknown."""
     wanted = {it.id for it in items}
     root = store.root
     measures: dict[Any, Measure] = {}
@@ -1024,7 +1027,7 @@ def measure_sizes(
         except (OutsideRoot, ValueError):
             continue
         if rel is not None:
-            measures[run_id] = store.measure(rel)
+            measures[run_id] = store.measure(rel, device=device)
     bar.close()
     sized = []
     for it in items:
@@ -1094,9 +1097,13 @@ def _build_plan(
             finally_.callback(odd.wait)  # a plan refused on the way leaves no thread behind
         items = read_items(cat, cfg, spec)
         _refuse_unusable_ids(cfg, items)
+        # Directories are walked on the trash's filesystem only: a candidate that is a mount
+        # point is refused below (apply moves with one rename), so its whole mounted
+        # filesystem is never walked.
+        devices = _Devices(store)
         measured: dict[Any, Measure] = {}
         if _has_budget(spec) and not cfg.size_column:
-            items, measured = measure_sizes(cfg, cat, store, items, progress)
+            items, measured = measure_sizes(cfg, cat, store, items, progress, device=devices.trash)
         try:
             decision = evaluate(items, spec, now, policy_zone(spec), kept=spec.erase is not None)
         except DependencyCycle as exc:
@@ -1122,7 +1129,6 @@ def _build_plan(
         key, key_id = load_key(state, create=True)
         catalog_id = identity.resolve(cat, state, create=True)
         assert catalog_id is not None
-        devices = _Devices(store)
         found = missing = 0  # candidates whose directory exists / is absent
         verdicts: dict[Any, Verdict] = {v.item.id: v for v in remove}
         entries: list[Entry] = []
@@ -1162,7 +1168,7 @@ def _build_plan(
         jobs = [(k, rel) for k, (rid, rel) in enumerate(paths) if rel and rid not in measured]
         if odd is not None and jobs:
             odd.wait()  # (done long since, at scale): no thread may run while forking
-        with ForkedMeasurer(store, jobs) as measurer:
+        with ForkedMeasurer(OnDevice(store, devices.trash), jobs) as measurer:
             if not loaded:
                 cat.load_ids(verdicts)
             fps = cat.fingerprints()
@@ -1193,6 +1199,13 @@ def _build_plan(
                 if m is not None:
                     found += m.exists
                     missing += not m.exists and not m.error
+                if rel is not None and m is not None and m.exists:
+                    # Before the error: a mount point's measure is "not walked".
+                    why = devices.refusal(rel, m)
+                    if why is not None:
+                        reason = f"artifact directory {display(rel)} {why}"
+                        skipped.append(SkippedEntry(run_id, reason, hint=MOVE_HINT))
+                        continue
                 if m is not None and m.error:
                     path = display(store.abspath(rel)) if rel is not None else ""
                     skipped.append(
@@ -1203,12 +1216,6 @@ def _build_plan(
                         )
                     )
                     continue
-                if rel is not None and m is not None and m.exists:
-                    why = devices.refusal(rel, m)
-                    if why is not None:
-                        reason = f"artifact directory {display(rel)} {why}"
-                        skipped.append(SkippedEntry(run_id, reason, hint=MOVE_HINT))
-                        continue
                 text, raw = text_and_raw(rel) if rel is not None else (None, None)
                 t = v.item.time
                 order.append((_instant_key(t), str(run_id)))

@@ -290,6 +290,26 @@ def test_a_candidate_directory_that_is_a_mount_point_is_left_out_of_the_plan(
     assert len(ids) == 29 and OLDEST not in ids
 
 
+def test_a_kept_run_whose_directory_is_a_mount_point_is_not_walked_for_the_budget(
+    workspace: Path,
+) -> None:
+    """Plan walks directories on the trash's filesystem only: the newest run's directory,
+    a mount point holding 8 MiB, is not walked to size it for the budget (its size is
+    unknown, counted as 0), so the other runs fit the budget and nothing is removed. The
+    same 8 MiB on the root's own filesystem put the kept runs over it."""
+    arts = workspace / ARTS
+    newest = sorted(d.name for d in arts.iterdir())[-1]
+    others = sum(f.stat().st_size for d in arts.iterdir() for f in d.rglob("*") if f.is_file())
+    (arts / newest / "big.bin").write_bytes(b"x" * (8 << 20))
+    budget = ("plan", "--max-total-size", str(others + (1 << 20)), "--now", NOW_TEXT)
+    p = _with_mount(workspace, arts / newest, *budget, "-o", "mounted.json")
+    assert p.returncode == 0, p.stderr.decode()
+    assert _entries(Path("mounted.json").read_bytes()) == []
+    result = invoke(*budget, "-o", "plain.json")  # no mount: the 8 MiB are counted
+    assert result.exit_code == 0, result.stderr
+    assert len(_entries(Path("plain.json").read_bytes())) > 0
+
+
 def test_apply_skips_only_the_entry_whose_directory_became_a_mount_point(
     workspace: Path,
 ) -> None:

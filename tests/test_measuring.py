@@ -228,14 +228,14 @@ def test_a_measure_bounded_to_a_device_does_not_walk_a_directory_on_another(
     point since the plan is refused by preflight; walking a whole mounted filesystem would
     hold up every rename behind it): on the same device the measure is the plain one; on
     another, nothing is walked and the fingerprint can never match a plan's."""
-    from retention.coordinator import _OnTrashFilesystem
+    from retention.measuring import OnDevice
     from retention.store import LocalTrashStore
 
     _tree(tmp_path / "arts", 1)
     store = LocalTrashStore(tmp_path / "arts")
     plain = store.measure(b"run00000")
     assert plain.files > 0 and plain.fingerprint
-    assert _OnTrashFilesystem(store).measure(b"run00000") == plain
+    assert OnDevice(store, store.trash_device()).measure(b"run00000") == plain
     assert store.measure(b"run00000", device=plain.dev) == plain
     other = store.measure(b"run00000", device=(plain.dev or 0) + 1)
     assert other.exists and other.files == 0 and other.bytes == 0
