@@ -301,7 +301,8 @@ def test_a_kept_run_whose_directory_is_a_mount_point_is_not_walked_for_the_budge
     newest = sorted(d.name for d in arts.iterdir())[-1]
     others = sum(f.stat().st_size for d in arts.iterdir() for f in d.rglob("*") if f.is_file())
     (arts / newest / "big.bin").write_bytes(b"x" * (8 << 20))
-    budget = ("plan", "--max-total-size", str(others + (1 << 20)), "--now", NOW_TEXT)
+    size = str(others + (1 << 20))
+    budget = ("plan", "--max-total-size", size, "--allow-remove-all", "--now", NOW_TEXT)
     p = _with_mount(workspace, arts / newest, *budget, "-o", "mounted.json")
     assert p.returncode == 0, p.stderr.decode()
     assert _entries(Path("mounted.json").read_bytes()) == []
