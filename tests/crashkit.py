@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -82,6 +83,37 @@ def run(root: Path, *args: str, failpoint: str | None = None, log: Path | None =
     if log:
         env["FAILPOINT_LOG"] = str(log)
     return subprocess.run([EXE, *args], cwd=root, env=env, capture_output=True, timeout=60)
+
+
+def start_paused(
+    ws: Path, point: str, *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``retention ARGS`` in ``ws`` (``env`` added to the base environment) and wait
+    until it is paused at failpoint ``point``; returns the process and its pause directory
+    (`resume` lets it go on)."""
+    sync = ws.parent / f"sync-{time.monotonic_ns()}"
+    sync.mkdir()
+    proc = subprocess.Popen(
+        [EXE, *args],
+        cwd=ws,
+        env={**BASE_ENV, **(env or {}), "FAILPOINT_PAUSE": point, "FAILPOINT_PAUSE_DIR": str(sync)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + timeout
+    while not (sync / "paused").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _, err = proc.communicate()
+            raise AssertionError(f"never paused at {point}: {proc.returncode} {err.decode()}")
+        time.sleep(0.01)
+    return proc, sync
+
+
+def resume(proc: subprocess.Popen[bytes], sync: Path) -> subprocess.CompletedProcess[bytes]:
+    """Let a process `start_paused` paused go on; wait for it to end."""
+    (sync / "resume").touch()
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def hits(log: Path) -> list[str]:

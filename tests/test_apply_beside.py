@@ -12,7 +12,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -115,34 +114,17 @@ def test_rows_changed_after_the_helper_answered_are_still_caught_by_the_commit(
     ids = _build(ws)
     manifest = ck.plan(ws, keep_last=KEEP)
     changed, gone = ids[0], ids[DIRS + 1]
-    sync = tmp_path / "sync"
-    sync.mkdir()
-    env = {
-        **ck.BASE_ENV,
-        "FAILPOINT_PAUSE": "apply.before_catalog_commit",
-        "FAILPOINT_PAUSE_DIR": str(sync),
-        "FAILPOINT_LOG": str(tmp_path / "fp.log"),
-    }
-    proc = subprocess.Popen(
-        [ck.EXE, "apply", str(manifest)],
-        cwd=ws,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    log = tmp_path / "fp.log"
+    proc, sync = ck.start_paused(
+        ws, "apply.before_catalog_commit", "apply", str(manifest), env={"FAILPOINT_LOG": str(log)}
     )
-    deadline = time.monotonic() + 120
-    while not (sync / "paused").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.01)
-    assert "beside.before_answer" in (tmp_path / "fp.log").read_text().split()
+    assert "beside.before_answer" in log.read_text().split()
     db = sqlite3.connect(ws / "data/catalog.db", isolation_level=None)
     db.execute("UPDATE run_metrics SET value = 99.5 WHERE run_id = ? AND name = 'pnl'", (changed,))
     db.execute("DELETE FROM run_metrics WHERE run_id = ?", (gone,))
     db.execute("DELETE FROM runs WHERE run_id = ?", (gone,))
     db.close()
-    (sync / "resume").touch()
-    out, err = proc.communicate(timeout=120)
-    rep = _report(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 3)
+    rep = _report(ck.resume(proc, sync), 3)
     assert _skipped(rep) == {
         changed: "catalog rows changed since the plan",
         gone: "no longer in the catalog",

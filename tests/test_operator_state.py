@@ -24,6 +24,7 @@ from retention.workspace import describe_holder, live_holder, probe_lock, stale_
 
 from . import crashkit as ck
 from .conftest import invoke
+from .crashkit import resume, start_paused
 
 
 @pytest.fixture(scope="module")
@@ -34,32 +35,6 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fresh(template: Path, dst: Path) -> Path:
     shutil.copytree(template, dst, symlinks=True)
     return dst
-
-
-def start_paused(ws: Path, point: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
-    """Start ``retention ARGS`` and wait until it is paused at failpoint ``point``."""
-    sync = ws.parent / f"sync-{time.monotonic_ns()}"
-    sync.mkdir()
-    proc = subprocess.Popen(
-        [ck.EXE, *args],
-        cwd=ws,
-        env={**ck.BASE_ENV, "FAILPOINT_PAUSE": point, "FAILPOINT_PAUSE_DIR": str(sync)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while not (sync / "paused").exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _, err = proc.communicate()
-            raise AssertionError(f"never paused at {point}: {proc.returncode} {err.decode()}")
-        time.sleep(0.01)
-    return proc, sync
-
-
-def resume(proc: subprocess.Popen[bytes], sync: Path) -> subprocess.CompletedProcess[bytes]:
-    (sync / "resume").touch()
-    out, err = proc.communicate(timeout=60)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
