@@ -892,8 +892,7 @@ class _Devices:
 
     def __init__(self, store: LocalStore) -> None:
         self.store = store
-        trash = store.abspath(os.fsencode(TRASH_DIRNAME))
-        self.trash = os.lstat(trash if os.path.isdir(trash) else store.root).st_dev
+        self.trash = store.trash_device()
         self._parents: dict[bytes, int] = {}
 
     def refusal(self, rel: bytes, m: Measure) -> str | None:

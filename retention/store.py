@@ -179,9 +179,18 @@ class LocalStore:
         self._parent_ok: dict[bytes, bool] = {}
         # `os.path.dirname` of the root joined with any one name
         self._root_parent = os.path.dirname(self._root_b + b"/x")
+        self._trash_dev: int | None = None
 
     def abspath(self, rel: bytes) -> bytes:
         return self._root_b + b"/" + rel
+
+    def trash_device(self) -> int:
+        """The device of ``.trash`` (of the root before the first apply creates it): where
+        a directory must be for one rename to move it into trash. Looked up once."""
+        if self._trash_dev is None:
+            trash = self.abspath(os.fsencode(TRASH_DIRNAME))
+            self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
+        return self._trash_dev
 
     def check_contained(self, rel: bytes) -> None:
         """Raise `OutsideRoot` if a symlinked parent of ``rel`` leads out of the root.
@@ -280,7 +289,6 @@ class LocalTrashStore(LocalStore):
         super().__init__(root)
         self._dirty: set[bytes] = set()
         self._tx_ok: set[bytes] = set()  # transaction directories checked by _verify_tx_dir
-        self._trash_dev: int | None = None
         self._parent_dev: dict[bytes, int] = {}
 
     def verify_trash(self) -> None:
@@ -323,12 +331,6 @@ class LocalTrashStore(LocalStore):
             return os.lstat(self.abspath(rel)).st_dev
         except (FileNotFoundError, NotADirectoryError):
             return None
-
-    def trash_device(self) -> int:
-        if self._trash_dev is None:
-            trash = self.abspath(os.fsencode(TRASH_DIRNAME))
-            self._trash_dev = os.lstat(trash if os.path.isdir(trash) else self.root).st_dev
-        return self._trash_dev
 
     def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
         """Whether ``rel`` can be renamed into trash (same device as the trash).
