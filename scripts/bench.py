@@ -13,6 +13,8 @@ floor and the ratio to it:
   into a staging directory, one set-based DELETE per table in one transaction, fsyncs of
   the two directories) and against the *naive way* (per run: ``shutil.rmtree``, DELETE
   from each table, COMMIT), timed on ``--naive-sample`` runs and scaled to all of them;
+  apply, its floors and the naive way are each the fastest of ``--rounds`` samples (each
+  on a fresh copy, taken in turn; default 3), as one sample swings with the machine;
 * ``retention undo`` of that apply against the apply; ``retention purge --all`` of it
   against ``rm -rf`` of the same trees;
 * the start-up of ``retention --help`` and of a no-op ``retention status`` (best of five),
@@ -236,11 +238,11 @@ db.execute("COMMIT")
 
 NAIVE = r"""
 import os, shutil, sqlite3, sys
-root, n = sys.argv[1], int(sys.argv[2])
+root, n, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 arts = os.path.join(root, "data/backtests")
 db = sqlite3.connect(os.path.join(root, "data/catalog.db"))
 db.execute("PRAGMA synchronous=FULL")
-for i in range(n):
+for i in range(start, start + n):
     rid = f"r{i:08d}"
     shutil.rmtree(os.path.join(arts, rid))
     for t in ("run_metrics", "run_params", "runs"):
@@ -292,18 +294,50 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
         out[name] = fig(
             min(timed([sys.executable, "-c", script, str(ws), str(dirs)], base) for _ in range(2))
         )
-    applied = timed([EXE, "apply", "manifest.json"], ws, subprocess.DEVNULL)
-    out["apply"] = fig(applied)
-    bare = copy(template, base / "bare")
-    out["bare_floor"] = fig(timed([sys.executable, "-c", BARE, str(bare), str(dirs)], bare))
-    shutil.rmtree(bare)
-    safe = copy(template, base / "safe")
-    out["safe_floor"] = fig(timed([sys.executable, "-c", SAFE, str(safe), str(dirs)], safe))
-    shutil.rmtree(safe)
-    sample = min(args.naive_sample, dirs)
+    # apply and its floors: the fastest of --rounds samples, each on a fresh copy, taken in
+    # turn (bare, safe, apply in each round), so that one slow spell of the machine does not
+    # decide a ratio; every sample is kept in the JSON.
+    samples: dict[str, list[tuple[float, int]]] = {"bare_floor": [], "safe_floor": [], "apply": []}
+    for k in range(args.rounds):
+        for name, script in (("bare_floor", BARE), ("safe_floor", SAFE)):
+            floor = copy(template, base / name)
+            samples[name].append(
+                timed([sys.executable, "-c", script, str(floor), str(dirs)], floor)
+            )
+            shutil.rmtree(floor)
+        if k == 0:  # the copy plan was timed on: undo and purge start from its apply
+            samples["apply"].append(timed([EXE, "apply", "manifest.json"], ws, subprocess.DEVNULL))
+            continue
+        # A copy of a catalog is another catalog: it gets its own plan (untimed).
+        again = copy(template, base / "apply-again")
+        with open(again / "manifest.json", "wb") as f:
+            subprocess.run(
+                [EXE, "plan", "--keep-last", keep],
+                cwd=again,
+                stdout=f,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            )
+        samples["apply"].append(timed([EXE, "apply", "manifest.json"], again, subprocess.DEVNULL))
+        shutil.rmtree(again)
+    for name, got in samples.items():
+        out[name] = {**fig(min(got)), "samples_s": [round(s, 3) for s, _ in got]}
+    # The naive way: --rounds samples of --naive-sample runs each (different runs of one
+    # copy), the fastest scaled to all the directories.
+    sample = min(args.naive_sample, dirs // args.rounds)
     naive = copy(template, base / "naive")
-    took, rss = timed([sys.executable, "-c", NAIVE, str(naive), str(sample)], naive)
-    out["naive"] = {"s": took * dirs / sample, "rss_kib": rss, "sample": sample, "sample_s": took}
+    naive_s = [
+        timed([sys.executable, "-c", NAIVE, str(naive), str(sample), str(k * sample)], naive)
+        for k in range(args.rounds)
+    ]
+    took, rss = min(naive_s)
+    out["naive"] = {
+        "s": took * dirs / sample,
+        "rss_kib": rss,
+        "sample": sample,
+        "sample_s": took,
+        "samples_s": [round(s, 3) for s, _ in naive_s],
+    }
     shutil.rmtree(naive)
     undone = copy(ws, base / "ours-undo")
     out["undo"] = fig(timed([EXE, "undo", "--within", "3650d"], undone, subprocess.DEVNULL))
@@ -349,6 +383,10 @@ def report(r: dict) -> None:
     print(
         f"{runs:,} runs x 3 child rows, {dirs:,} directories of 4 files;"
         f" manifest {r['manifest_bytes'] / 2**20:.1f} MiB"
+    )
+    print(
+        f"apply, its floors and the naive way: the fastest of {len(r['apply']['samples_s'])}"
+        " samples, each on a fresh copy"
     )
     print("command     time      peak RSS   against                 ratio   goal       rate")
     p, a, u = r["plan"], r["apply"], r["undo"]
@@ -491,6 +529,13 @@ def main() -> None:
     ap.add_argument(
         "--journal", choices=("wal", "delete"), default="wal", help="the catalog's journal mode"
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="samples of apply, its floors and the naive way, each on a fresh copy: the"
+        " fastest counts (default 3)",
+    )
     ap.add_argument("--fsyncs", action="store_true", help="also count fsyncs (strace)")
     ap.add_argument(
         "--sizes",
@@ -506,6 +551,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--dir", type=Path, default=None, help="work here (default: a temp dir)")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     base = args.dir or Path(tempfile.mkdtemp(prefix="retention-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     template = base / "template"

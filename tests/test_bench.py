@@ -28,7 +28,18 @@ def _bench(tmp_path: Path, script: str, *args: str) -> dict:
 
 @pytest.mark.slow
 def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) -> None:
-    f = _bench(tmp_path, "bench.py", "--runs", "2000", "--dirs", "200", "--naive-sample", "40")
+    f = _bench(
+        tmp_path,
+        "bench.py",
+        "--runs",
+        "2000",
+        "--dirs",
+        "200",
+        "--naive-sample",
+        "40",
+        "--rounds",
+        "2",
+    )
     for name in (
         "plan",
         "scan_floor",
@@ -43,6 +54,11 @@ def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) 
     ):
         assert f[name]["s"] > 0 and f[name]["rss_kib"] > 0, name
     assert f["naive"]["sample"] == 40 and f["naive"]["sample_s"] > 0
+    for name in ("apply", "bare_floor", "safe_floor", "naive"):
+        got = f[name]["samples_s"]
+        assert len(got) == 2 and all(s > 0 for s in got), name
+        fastest = f[name]["sample_s" if name == "naive" else "s"]
+        assert fastest == pytest.approx(min(got), abs=0.001), name  # the fastest counts
     assert (f["runs"], f["dirs"], f["child_rows_per_run"]) == (2000, 200, 3)
     assert f["manifest_bytes"] > 0
     assert f["help_s"] > 0 and f["status_noop_s"] > 0 and f["status_trash_s"] > 0
