@@ -437,7 +437,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str, paths: _Paths) -> _Pr
     pf = _Preflight()
     store = ws.store
     ws.catalog.load_ids(e.run_id for e in payload.entries)
-    existing = ws.catalog.existing_ids()
+    missing = ws.catalog.missing_ids()
     tx_rel = trash_tx_rel(txid)
     refuse = pf.refused.append
     rels, overlaps, path_refused = paths.rels, paths.overlaps, paths.refused
@@ -449,7 +449,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str, paths: _Paths) -> _Pr
                 (index, SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None))
             )
             continue
-        if e.run_id not in existing:
+        if e.run_id in missing:
             refuse((index, SkippedEntry(e.run_id, "no longer in the catalog")))
             continue
         move = None
@@ -550,13 +550,9 @@ def _write_trash_index(
         catalog_path=ws.catalog.describe(),
         manifest_id=manifest_id,
         entries=[
-            TrashIndexEntry(
-                m.run_id,
-                text_and_raw(m.home)[0],
-                text_and_raw(m.trash)[0],
-                text_and_raw(m.home)[1],
-            )
+            TrashIndexEntry(m.run_id, home, text_and_raw(m.trash)[0], home_raw)
             for m in moves
+            for home, home_raw in (text_and_raw(m.home),)
         ],
     )
     data = msgspec.json.format(msgspec.json.encode(index), indent=1)

@@ -106,6 +106,7 @@ def ancestors(rel: bytes) -> list[bytes]:
 
 _SCHEME = re.compile(rb"([A-Za-z][A-Za-z0-9+.-]*):")
 _TRASH_B = os.fsencode(TRASH_DIRNAME)
+_TRASH_SLASH = _TRASH_B + b"/"
 
 
 @functools.lru_cache(maxsize=8)
@@ -311,9 +312,9 @@ class LocalTrashStore(LocalStore):
         directory elsewhere would carry directories from outside into the root, or remove
         them). Absent is fine. Checked with ``lstat`` once per transaction directory and
         again after every `sync` (so a batch never runs on a stale answer)."""
-        parts = rel.split(b"/", 2)
-        if len(parts) < 2 or parts[0] != _TRASH_B:
+        if not rel.startswith(_TRASH_SLASH):  # (most calls: a run's home, checked at once)
             return
+        parts = rel.split(b"/", 2)
         txdir = parts[0] + b"/" + parts[1]
         if txdir in self._tx_ok:
             return
