@@ -55,7 +55,7 @@ def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) 
     ):
         assert f[name]["s"] > 0 and f[name]["rss_kib"] > 0, name
     assert f["naive"]["sample"] == 40 and f["naive"]["sample_s"] > 0
-    for name in ("apply", "bare_floor", "safe_floor", "safe_floor_2cores", "naive"):
+    for name in ("plan", "apply", "bare_floor", "safe_floor", "safe_floor_2cores", "naive"):
         got = f[name]["samples_s"]
         assert len(got) == 2 and all(s > 0 for s in got), name
         fastest = f[name]["sample_s" if name == "naive" else "s"]
