@@ -165,15 +165,18 @@ for rid, _ in sorted(rows, key=lambda r: r[1])[:n]:
             e.stat(follow_symlinks=False)
 """
 
-BARE = r"""
+# apply's floors share their start (the 100,000 oldest runs' ids, a staging directory) and
+# the transaction's start (the directories' fsyncs, a temp table of the ids).
+_FLOOR_START = r"""
 import os, sqlite3, sys
 root, n = sys.argv[1], int(sys.argv[2])
 ids = [f"r{i:08d}" for i in range(n)]
 arts = os.path.join(root, "data/backtests")
 trash = os.path.join(arts, ".trash")
 os.mkdir(trash)
-for i in ids:
-    os.rename(os.path.join(arts, i), os.path.join(trash, i))
+"""
+
+_FLOOR_BEGIN = r"""
 for d in (arts, trash):
     fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
 db = sqlite3.connect(os.path.join(root, "data/catalog.db"), isolation_level=None)
@@ -181,11 +184,21 @@ db.execute("PRAGMA synchronous=FULL")
 db.execute("BEGIN IMMEDIATE")
 db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
 db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
-for t in ("run_metrics", "run_params"):
+"""
+
+BARE = (
+    _FLOOR_START
+    + r"""
+for i in ids:
+    os.rename(os.path.join(arts, i), os.path.join(trash, i))
+"""
+    + _FLOOR_BEGIN
+    + r"""
+for t in ("run_metrics", "run_params", "runs"):
     db.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT id FROM ids)")
-db.execute("DELETE FROM runs WHERE run_id IN (SELECT id FROM ids)")
 db.execute("COMMIT")
 """
+)
 
 # The least any plan must do that fingerprints what it would delete (so that apply can
 # refuse what changed since): the scan floor, plus reading the candidates' rows from every
@@ -214,25 +227,7 @@ fps = {rid: hashlib.sha256(repr(rs).encode()).hexdigest() for rid, rs in by_run.
 # bare floor, plus an lstat walk of each directory before its rename, and a copy of every
 # deleted row into a tombstone table (INSERT ... SELECT on the temp table of ids), in the
 # same transaction as the DELETEs.
-SAFE = r"""
-import os, sqlite3, sys
-root, n = sys.argv[1], int(sys.argv[2])
-ids = [f"r{i:08d}" for i in range(n)]
-arts = os.path.join(root, "data/backtests")
-trash = os.path.join(arts, ".trash")
-os.mkdir(trash)
-for i in ids:
-    with os.scandir(os.path.join(arts, i)) as it:
-        for e in it:
-            e.stat(follow_symlinks=False)
-    os.rename(os.path.join(arts, i), os.path.join(trash, i))
-for d in (arts, trash):
-    fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
-db = sqlite3.connect(os.path.join(root, "data/catalog.db"), isolation_level=None)
-db.execute("PRAGMA synchronous=FULL")
-db.execute("BEGIN IMMEDIATE")
-db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
-db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
+_TOMBS_AND_DELETES = r"""
 for t in ("run_metrics", "run_params", "runs"):
     db.execute(f"CREATE TABLE tomb_{t} AS SELECT * FROM {t} WHERE 0")
     db.execute(f"INSERT INTO tomb_{t} SELECT * FROM {t} WHERE run_id IN (SELECT id FROM ids)")
@@ -240,16 +235,25 @@ for t in ("run_metrics", "run_params", "runs"):
 db.execute("COMMIT")
 """
 
+SAFE = (
+    _FLOOR_START
+    + r"""
+for i in ids:
+    with os.scandir(os.path.join(arts, i)) as it:
+        for e in it:
+            e.stat(follow_symlinks=False)
+    os.rename(os.path.join(arts, i), os.path.join(trash, i))
+"""
+    + _FLOOR_BEGIN
+    + _TOMBS_AND_DELETES
+)
+
 # The safe floor on two cores: the same work, with the walk in a second process running
 # ahead of the renames (each directory is renamed once the walker has been through it), as
 # apply's measuring worker does. The least a drift-checked, undoable apply can take here.
-SAFE_2CORES = r"""
-import os, sqlite3, sys
-root, n = sys.argv[1], int(sys.argv[2])
-ids = [f"r{i:08d}" for i in range(n)]
-arts = os.path.join(root, "data/backtests")
-trash = os.path.join(arts, ".trash")
-os.mkdir(trash)
+SAFE_2CORES = (
+    _FLOOR_START
+    + r"""
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -268,19 +272,10 @@ for i in ids:
     walked.read(1)
     os.rename(os.path.join(arts, i), os.path.join(trash, i))
 os.waitpid(pid, 0)
-for d in (arts, trash):
-    fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
-db = sqlite3.connect(os.path.join(root, "data/catalog.db"), isolation_level=None)
-db.execute("PRAGMA synchronous=FULL")
-db.execute("BEGIN IMMEDIATE")
-db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
-db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
-for t in ("run_metrics", "run_params", "runs"):
-    db.execute(f"CREATE TABLE tomb_{t} AS SELECT * FROM {t} WHERE 0")
-    db.execute(f"INSERT INTO tomb_{t} SELECT * FROM {t} WHERE run_id IN (SELECT id FROM ids)")
-    db.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT id FROM ids)")
-db.execute("COMMIT")
 """
+    + _FLOOR_BEGIN
+    + _TOMBS_AND_DELETES
+)
 
 NAIVE = r"""
 import os, shutil, sqlite3, sys
