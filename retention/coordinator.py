@@ -437,7 +437,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str, paths: _Paths) -> _Pr
     pf = _Preflight()
     store = ws.store
     ws.catalog.load_ids(e.run_id for e in payload.entries)
-    missing = ws.catalog.missing_ids()
+    existing = ws.catalog.existing_ids()
     tx_rel = trash_tx_rel(txid)
     refuse = pf.refused.append
     rels, overlaps, path_refused = paths.rels, paths.overlaps, paths.refused
@@ -449,7 +449,7 @@ def _preflight(ws: Workspace, payload: Payload, txid: str, paths: _Paths) -> _Pr
                 (index, SkippedEntry(e.run_id, "artifact directory overlaps another entry's", None))
             )
             continue
-        if e.run_id in missing:
+        if e.run_id not in existing:
             refuse((index, SkippedEntry(e.run_id, "no longer in the catalog")))
             continue
         move = None

@@ -131,8 +131,8 @@ class Catalog(CatalogIdentity, Protocol):
         """Stage run ids for the set-based calls that follow (no effect on the data)."""
         ...
 
-    def missing_ids(self) -> set[RunId]:
-        """Which staged ids the catalog no longer has. Read-only."""
+    def existing_ids(self) -> set[RunId]:
+        """Which staged ids still exist. Read-only."""
         ...
 
     def applied_by_manifest(self, manifest_id: str) -> list[str]:

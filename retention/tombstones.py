@@ -669,15 +669,14 @@ class WritableCatalog(SqlCatalog):
             )
         ]
 
-    def missing_ids(self) -> set[RunId]:
-        """Which loaded ids the runs table no longer has (read-only). The few that are gone,
-        not the many that exist: a set of 100,000 ids built in Python cost apply 0.2 s."""
+    def existing_ids(self) -> set[RunId]:
+        """Which loaded ids still exist in the runs table (read-only)."""
         cfg = self.cfg
         return {
             r[0]
             for r in self.conn.execute(
-                f"SELECT ids.id FROM {self.IDS_TABLE} AS ids WHERE NOT EXISTS"
-                f" (SELECT 1 FROM {q(cfg.runs_table)} AS r WHERE r.{q(cfg.id_column)} = ids.id)"
+                f"SELECT ids.id FROM {self.IDS_TABLE} AS ids JOIN {q(cfg.runs_table)} AS r"
+                f" ON r.{q(cfg.id_column)} = ids.id"
             )
         }
 

@@ -334,7 +334,7 @@ def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
     with open_catalog(cfg) as cat:
         payload = verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
         cat.load_ids(e.run_id for e in payload.entries)
-        gone = len(cat.missing_ids())
+        gone = len(payload.entries) - len(cat.existing_ids())
         n = len(payload.entries)
         tables = tables_report(cat, f"this manifest's {plural(n, 'run')}", n)
         return Verified(payload, cat.applied_by_manifest(payload.manifest_id), gone, tables)
