@@ -14,8 +14,8 @@ floor and the ratio to it:
   the two directories) and against the *naive way* (per run: ``shutil.rmtree``, DELETE
   from each table, COMMIT), timed on ``--naive-sample`` runs and scaled to all of them;
   plan, apply, apply's floors and the naive way are each the fastest of ``--rounds``
-  samples (each on a fresh copy, taken in turn; default 3), as one sample swings with the
-  machine;
+  samples (default 3; plan, apply and the floors each on a fresh copy, the naive way on
+  different runs of one copy), as one sample swings with the machine;
   beside them, the *safe floors*: the bare floor plus an ``lstat`` walk of each directory
   before its rename and a tombstone copy of every deleted row, in one process and with the
   walk in a second process ahead of the renames (``safe_floor_2cores``);
@@ -223,10 +223,8 @@ for t in ("runs", "run_metrics", "run_params"):
 fps = {rid: hashlib.sha256(repr(rs).encode()).hexdigest() for rid, rs in by_run.items()}
 """
 
-# The least any apply must do that re-checks each directory for drift and can undo: the
-# bare floor, plus an lstat walk of each directory before its rename, and a copy of every
-# deleted row into a tombstone table (INSERT ... SELECT on the temp table of ids), in the
-# same transaction as the DELETEs.
+# The safe floors' commit: a copy of every deleted row into a tombstone table (INSERT ...
+# SELECT on the temp table of ids), in the same transaction as the DELETEs.
 _TOMBS_AND_DELETES = r"""
 for t in ("run_metrics", "run_params", "runs"):
     db.execute(f"CREATE TABLE tomb_{t} AS SELECT * FROM {t} WHERE 0")
@@ -235,6 +233,8 @@ for t in ("run_metrics", "run_params", "runs"):
 db.execute("COMMIT")
 """
 
+# The least any apply must do that re-checks each directory for drift and can undo: the
+# bare floor, plus an lstat walk of each directory before its rename, and the tombstones.
 SAFE = (
     _FLOOR_START
     + r"""
@@ -259,19 +259,23 @@ pid = os.fork()
 if pid == 0:
     os.close(r)
     out = os.fdopen(w, "wb", buffering=1 << 16)
-    for i in ids:
+    for k, i in enumerate(ids, 1):
         with os.scandir(os.path.join(arts, i)) as it:
             for e in it:
                 e.stat(follow_symlinks=False)
         out.write(b".")
+        if k % 256 == 0:  # in frames of 256 walks, as apply's worker sends its measures
+            out.flush()
     out.close()
     os._exit(0)
 os.close(w)
 walked = os.fdopen(r, "rb", buffering=1 << 16)
 for i in ids:
-    walked.read(1)
+    if walked.read(1) != b".":
+        sys.exit("the walker died")
     os.rename(os.path.join(arts, i), os.path.join(trash, i))
-os.waitpid(pid, 0)
+if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+    sys.exit("the walker failed")
 """
     + _FLOOR_BEGIN
     + _TOMBS_AND_DELETES
@@ -429,7 +433,7 @@ def report(r: dict) -> None:
     )
     print(
         f"plan, apply, its floors and the naive way: the fastest of"
-        f" {len(r['apply']['samples_s'])} samples, each on a fresh copy"
+        f" {len(r['apply']['samples_s'])} samples"
     )
     print("command     time      peak RSS   against                 ratio   goal       rate")
     p, a, u = r["plan"], r["apply"], r["undo"]
@@ -578,8 +582,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=3,
-        help="samples of apply, its floors and the naive way, each on a fresh copy: the"
-        " fastest counts (default 3)",
+        help="samples of plan, apply, apply's floors (each on a fresh copy) and the naive"
+        " way (on one copy): the fastest counts (default 3)",
     )
     ap.add_argument("--fsyncs", action="store_true", help="also count fsyncs (strace)")
     ap.add_argument(
@@ -596,8 +600,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the figures here")
     ap.add_argument("--dir", type=Path, default=None, help="work here (default: a temp dir)")
     args = ap.parse_args()
-    if args.rounds < 1:
-        ap.error("--rounds must be at least 1")
+    if not 1 <= args.rounds <= args.dirs:
+        ap.error("--rounds must be at least 1 and at most --dirs")
     base = args.dir or Path(tempfile.mkdtemp(prefix="retention-bench-"))
     base.mkdir(parents=True, exist_ok=True)
     template = base / "template"
