@@ -888,24 +888,18 @@ def device_refusal(m: Measure, parent_dev: int, trash_dev: int) -> str | None:
 
 
 class _Devices:
-    """The devices `device_refusal` compares, each looked up once (read-only: ``lstat``)."""
+    """The devices `device_refusal` compares, each looked up once by the store (read-only:
+    ``lstat``)."""
 
     def __init__(self, store: LocalStore) -> None:
         self.store = store
         self.trash = store.trash_device()
-        self._parents: dict[bytes, int] = {}
 
     def refusal(self, rel: bytes, m: Measure) -> str | None:
-        # Keyed by the part of ``rel`` before its last "/" (the same parent directory),
-        # so that most candidates cost a dict lookup, not a dirname of their full path.
-        head = rel.rpartition(b"/")[0]
-        dev = self._parents.get(head)
-        if dev is None:
-            try:
-                parent = os.path.dirname(self.store.abspath(rel))
-                dev = self._parents[head] = os.lstat(parent).st_dev
-            except OSError as exc:  # removed since measure: nothing to decide on
-                return f"its parent directory cannot be read: {exc.strerror}"
+        try:
+            dev = self.store.parent_device(rel)
+        except OSError as exc:  # removed since measure: nothing to decide on
+            return f"its parent directory cannot be read: {exc.strerror}"
         return device_refusal(m, dev, self.trash)
 
 

@@ -181,9 +181,20 @@ class LocalStore:
         # `os.path.dirname` of the root joined with any one name
         self._root_parent = os.path.dirname(self._root_b + b"/x")
         self._trash_dev: int | None = None
+        self._parent_dev: dict[bytes, int] = {}
 
     def abspath(self, rel: bytes) -> bytes:
         return self._root_b + b"/" + rel
+
+    def parent_device(self, rel: bytes) -> int:
+        """The device of ``rel``'s parent directory (``lstat``; raises `OSError`), looked up
+        once per parent: keyed by the part of ``rel`` before its last "/", so that most
+        paths cost a dict lookup."""
+        head = rel.rpartition(b"/")[0]
+        dev = self._parent_dev.get(head)
+        if dev is None:
+            dev = self._parent_dev[head] = os.lstat(_parent(self.abspath(rel))).st_dev
+        return dev
 
     def trash_device(self) -> int:
         """The device of ``.trash`` (of the root before the first apply creates it): where
@@ -290,7 +301,6 @@ class LocalTrashStore(LocalStore):
         super().__init__(root)
         self._dirty: set[bytes] = set()
         self._tx_ok: set[bytes] = set()  # transaction directories checked by _verify_tx_dir
-        self._parent_dev: dict[bytes, int] = {}
 
     def verify_trash(self) -> None:
         """Refuse a ``.trash`` that is not a real directory inside the root (a symlink there
@@ -336,16 +346,11 @@ class LocalTrashStore(LocalStore):
     def same_filesystem(self, rel: bytes, dev_of_rel: int | None = None) -> bool:
         """Whether ``rel`` can be renamed into trash (same device as the trash).
         ``dev_of_rel``: its device if already known (from `measure`)."""
-        trash_dev = self.trash_device()
-        path = self.abspath(rel)
-        parent = _parent(path)
-        dev = self._parent_dev.get(parent)
-        if dev is None:
-            dev = self._parent_dev[parent] = os.lstat(parent).st_dev
+        dev = self.parent_device(rel)
         # A directory that is itself a mount point has its own device: check it too.
         if dev_of_rel is None:
-            dev_of_rel = os.lstat(path).st_dev
-        return dev == trash_dev and dev_of_rel == dev
+            dev_of_rel = os.lstat(self.abspath(rel)).st_dev
+        return dev == self.trash_device() and dev_of_rel == dev
 
     def ensure_dir(self, rel: bytes) -> None:
         fsio.ensure_dir(self.abspath(rel), 0o755)
