@@ -8,14 +8,17 @@ floor and the ratio to it:
 
 * ``retention plan --keep-last RUNS-DIRS`` against the *scan floor*: one read-only SELECT
   of the runs (id, time) plus an ``os.scandir``/``lstat`` walk of the candidate
-  directories, in one process, on the copy plan read (the faster of two runs);
+  directories, in one process, on the copy plan read (the faster of two runs, after each
+  round's plan);
 * ``retention apply`` of that manifest against the *bare floor* (rename each directory
   into a staging directory, one set-based DELETE per table in one transaction, fsyncs of
   the two directories) and against the *naive way* (per run: ``shutil.rmtree``, DELETE
   from each table, COMMIT), timed on ``--naive-sample`` runs and scaled to all of them;
   plan, apply, apply's floors and the naive way are each the fastest of ``--rounds``
   samples (default 3; plan, apply and the floors each on a fresh copy, the naive way on
-  different runs of one copy), as one sample swings with the machine;
+  different runs of one copy), as one sample swings with the machine; ``round_ratios``
+  gives each round's plan against that round's scan floor and apply against that round's
+  bare and two-core safe floors (the same minutes of the machine), and their median;
   beside them, the *safe floors*: the bare floor plus an ``lstat`` walk of each directory
   before its rename and a tombstone copy of every deleted row, in one process and with the
   walk in a second process ahead of the renames (``safe_floor_2cores``);
@@ -46,6 +49,7 @@ import platform
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -334,11 +338,17 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
     # when it also sums the apply's tombstones and their pages.
     out["status_noop_s"] = startup([EXE, "status"], ws)
     # The scan floors read the copy plan read (read-only), the faster of two runs: a floor
-    # must not look slow because its files went cold while other copies were made.
-    for name, script in (("scan_floor", SCAN), ("safe_scan_floor", SAFE_SCAN)):
-        out[name] = fig(
-            min(timed([sys.executable, "-c", script, str(ws), str(dirs)], base) for _ in range(2))
+    # must not look slow because its files went cold while other copies were made. The
+    # scan floor is taken again after each round's plan, on that plan's copy.
+    scans: list[tuple[float, int]] = []
+
+    def scan_floor(copy_: Path, script: str = SCAN) -> tuple[float, int]:
+        return min(
+            timed([sys.executable, "-c", script, str(copy_), str(dirs)], base) for _ in range(2)
         )
+
+    scans.append(scan_floor(ws))
+    out["safe_scan_floor"] = fig(scan_floor(ws, SAFE_SCAN))
     # plan, apply and apply's floors: the fastest of --rounds samples, each on a fresh copy,
     # taken in turn (the floors, then plan and apply, in each round), so that one slow spell
     # of the machine does not decide a ratio; every sample is kept in the JSON.
@@ -364,11 +374,25 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
         again = copy(template, base / "apply-again")
         with open(again / "manifest.json", "wb") as f:
             plans.append(timed([EXE, "plan", "--keep-last", keep], again, f))
+        scans.append(scan_floor(again))
         samples["apply"].append(timed([EXE, "apply", "manifest.json"], again, subprocess.DEVNULL))
         shutil.rmtree(again)
     samples["plan"] = plans
+    samples["scan_floor"] = scans
     for name, got in samples.items():
         out[name] = {**fig(min(got)), "samples_s": [round(s, 3) for s, _ in got]}
+    # Each round's command against the floor taken beside it (the same minutes of the
+    # machine): the median of these says what one slow spell cannot.
+    out["round_ratios"] = {
+        f"{cmd}/{floor}": [
+            round(c / f, 3) for (c, _), (f, _) in zip(samples[cmd], samples[floor], strict=True)
+        ]
+        for cmd, floor in (
+            ("plan", "scan_floor"),
+            ("apply", "bare_floor"),
+            ("apply", "safe_floor_2cores"),
+        )
+    }
     # The naive way: --rounds samples of --naive-sample runs each (different runs of one
     # copy), the fastest scaled to all the directories.
     sample = min(args.naive_sample, dirs // args.rounds)
@@ -460,6 +484,13 @@ def report(r: dict) -> None:
         f" of {r['safe_scan_floor']['s']:.2f} s, apply {a['s'] / s1:.2f}x of {s1:.2f} s"
         f" ({s1 / bare:.2f}x bare) and {a['s'] / s2:.2f}x of {s2:.2f} s on two cores"
         f" ({s2 / bare:.2f}x bare)"
+    )
+    print(
+        f"{'':<7} round by round, against the floor taken in the same round: "
+        + "; ".join(
+            f"{pair} {', '.join(f'{x:.2f}x' for x in got)} (median {statistics.median(got):.2f}x)"
+            for pair, got in r["round_ratios"].items()
+        )
     )
     naive = r["naive"]
     print(
