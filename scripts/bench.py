@@ -17,13 +17,15 @@ floor and the ratio to it:
   plan, apply, apply's floors and the naive way are each the fastest of ``--rounds``
   samples (default 3; plan, apply and the floors each on a fresh copy, the naive way on
   different runs of one copy), as one sample swings with the machine; ``round_ratios``
-  gives each round's plan against that round's scan floor and apply against that round's
-  bare and two-core safe floors (the same minutes of the machine), and their median;
+  gives each round's plan against that round's scan floor, apply against that round's
+  bare and two-core safe floors (the same minutes of the machine) and undo against the
+  apply it undoes, and their median;
   beside them, the *safe floors*: the bare floor plus an ``lstat`` walk of each directory
   before its rename and a tombstone copy of every deleted row, in one process and with the
   walk in a second process ahead of the renames (``safe_floor_2cores``);
-* ``retention undo`` of that apply against the apply; ``retention purge --all`` of it
-  against ``rm -rf`` of the same trees;
+* ``retention undo`` of each round's apply against the apply (the fastest of the rounds);
+  ``retention purge --all`` of the first round's apply against ``rm -rf`` of the same
+  trees;
 * the start-up of ``retention --help`` and of a no-op ``retention status`` (best of five),
   the status before the apply (nothing in trash) and again after it (``status_trash_s``:
   it then also sums the apply's tombstones);
@@ -357,7 +359,9 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
         "safe_floor": [],
         "safe_floor_2cores": [],
         "apply": [],
+        "undo": [],
     }
+    undo = [EXE, "undo", "--within", "3650d"]
     floors = (("bare_floor", BARE), ("safe_floor", SAFE), ("safe_floor_2cores", SAFE_2CORES))
     for k in range(args.rounds):
         for name, script in floors:
@@ -366,8 +370,11 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
                 timed([sys.executable, "-c", script, str(floor), str(dirs)], floor)
             )
             shutil.rmtree(floor)
-        if k == 0:  # the copy plan was timed on: undo and purge start from its apply
+        if k == 0:  # the copy plan was timed on: purge (later) starts from its apply
             samples["apply"].append(timed([EXE, "apply", "manifest.json"], ws, subprocess.DEVNULL))
+            undone = copy(ws, base / "ours-undo")
+            samples["undo"].append(timed(undo, undone, subprocess.DEVNULL))
+            shutil.rmtree(undone)
             continue
         # A copy of a catalog is another catalog: it gets its own plan, another sample of
         # plan's.
@@ -376,13 +383,15 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
             plans.append(timed([EXE, "plan", "--keep-last", keep], again, f))
         scans.append(scan_floor(again))
         samples["apply"].append(timed([EXE, "apply", "manifest.json"], again, subprocess.DEVNULL))
+        samples["undo"].append(timed(undo, again, subprocess.DEVNULL))  # of that apply
         shutil.rmtree(again)
     samples["plan"] = plans
     samples["scan_floor"] = scans
     for name, got in samples.items():
         out[name] = {**fig(min(got)), "samples_s": [round(s, 3) for s, _ in got]}
     # Each round's command against the floor taken beside it (the same minutes of the
-    # machine): the median of these says what one slow spell cannot.
+    # machine; undo against the apply it undid): the median of these says what one slow
+    # spell cannot.
     out["round_ratios"] = {
         f"{cmd}/{floor}": [
             round(c / f, 3) for (c, _), (f, _) in zip(samples[cmd], samples[floor], strict=True)
@@ -391,6 +400,7 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
             ("plan", "scan_floor"),
             ("apply", "bare_floor"),
             ("apply", "safe_floor_2cores"),
+            ("undo", "apply"),
         )
     }
     # The naive way: --rounds samples of --naive-sample runs each (different runs of one
@@ -410,9 +420,6 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
         "samples_s": [round(s, 3) for s, _ in naive_s],
     }
     shutil.rmtree(naive)
-    undone = copy(ws, base / "ours-undo")
-    out["undo"] = fig(timed([EXE, "undo", "--within", "3650d"], undone, subprocess.DEVNULL))
-    shutil.rmtree(undone)
     purged = copy(ws, base / "ours-purge")
     out["purge"] = fig(timed([EXE, "purge", "--all"], purged, subprocess.DEVNULL))
     shutil.rmtree(purged)
@@ -456,7 +463,7 @@ def report(r: dict) -> None:
         f" manifest {r['manifest_bytes'] / 2**20:.1f} MiB"
     )
     print(
-        f"plan, apply, its floors and the naive way: the fastest of"
+        f"plan, apply, its floors, undo and the naive way: the fastest of"
         f" {len(r['apply']['samples_s'])} samples"
     )
     print("command     time      peak RSS   against                 ratio   goal       rate")

@@ -62,6 +62,7 @@ def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) 
         "bare_floor",
         "safe_floor",
         "safe_floor_2cores",
+        "undo",
         "naive",
     ):
         got = f[name]["samples_s"]
@@ -70,7 +71,12 @@ def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) 
         assert fastest == pytest.approx(min(got), abs=0.001), name  # the fastest counts
     # Each round's command against the floor of the same round, in round order.
     ratios = f["round_ratios"]
-    assert set(ratios) == {"plan/scan_floor", "apply/bare_floor", "apply/safe_floor_2cores"}
+    assert set(ratios) == {
+        "plan/scan_floor",
+        "apply/bare_floor",
+        "apply/safe_floor_2cores",
+        "undo/apply",
+    }
     for pair, got in ratios.items():
         cmd, floor = pair.split("/")
         want = [c / fl for c, fl in zip(f[cmd]["samples_s"], f[floor]["samples_s"], strict=True)]
