@@ -14,12 +14,12 @@ floor and the ratio to it:
   into a staging directory, one set-based DELETE per table in one transaction, fsyncs of
   the two directories) and against the *naive way* (per run: ``shutil.rmtree``, DELETE
   from each table, COMMIT), timed on ``--naive-sample`` runs and scaled to all of them;
-  plan, apply, apply's floors and the naive way are each the fastest of ``--rounds``
-  samples (default 3; plan, apply and the floors each on a fresh copy, the naive way on
-  different runs of one copy), as one sample swings with the machine; ``round_ratios``
-  gives each round's plan against that round's scan floor, apply against that round's
-  bare and two-core safe floors (the same minutes of the machine) and undo against the
-  apply it undoes, and their median;
+  plan, its scan floor, apply, apply's floors, undo and the naive way are each the
+  fastest of ``--rounds`` samples (default 3; the floors each on a fresh copy, plan, the
+  scan floor, apply and undo on one more, the naive way on different runs of one copy),
+  as one sample swings with the machine; ``round_ratios`` gives each round's plan against
+  that round's scan floor, apply against that round's bare and two-core safe floors (the
+  same minutes of the machine) and undo against the apply it undoes, and their median;
   beside them, the *safe floors*: the bare floor plus an ``lstat`` walk of each directory
   before its rename and a tombstone copy of every deleted row, in one process and with the
   walk in a second process ahead of the renames (``safe_floor_2cores``);
@@ -351,9 +351,12 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
 
     scans.append(scan_floor(ws))
     out["safe_scan_floor"] = fig(scan_floor(ws, SAFE_SCAN))
-    # plan, apply and apply's floors: the fastest of --rounds samples, each on a fresh copy,
-    # taken in turn (the floors, then plan and apply, in each round), so that one slow spell
-    # of the machine does not decide a ratio; every sample is kept in the JSON.
+    # plan, its scan floor, apply, apply's floors and undo: the fastest of --rounds samples,
+    # taken in turn, so that one slow spell of the machine does not decide a ratio; every
+    # sample is kept in the JSON. Each round: the floors, each on a fresh copy, then plan,
+    # the scan floor, apply and undo on one more (the first round's plan and scan floor
+    # come before the loop, on the copy the start-up figures use; its undo is of a copy of
+    # its apply, which purge starts from later).
     samples: dict[str, list[tuple[float, int]]] = {
         "bare_floor": [],
         "safe_floor": [],
@@ -391,10 +394,11 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
         out[name] = {**fig(min(got)), "samples_s": [round(s, 3) for s, _ in got]}
     # Each round's command against the floor taken beside it (the same minutes of the
     # machine; undo against the apply it undid): the median of these says what one slow
-    # spell cannot.
+    # spell cannot. Of the samples as the JSON gives them (to the millisecond).
     out["round_ratios"] = {
         f"{cmd}/{floor}": [
-            round(c / f, 3) for (c, _), (f, _) in zip(samples[cmd], samples[floor], strict=True)
+            round(c / f, 4)
+            for c, f in zip(out[cmd]["samples_s"], out[floor]["samples_s"], strict=True)
         ]
         for cmd, floor in (
             ("plan", "scan_floor"),
@@ -493,7 +497,7 @@ def report(r: dict) -> None:
         f" ({s2 / bare:.2f}x bare)"
     )
     print(
-        f"{'':<7} round by round, against the floor taken in the same round: "
+        f"{'':<7} round by round, each against what was taken in the same round: "
         + "; ".join(
             f"{pair} {', '.join(f'{x:.2f}x' for x in got)} (median {statistics.median(got):.2f}x)"
             for pair, got in r["round_ratios"].items()
@@ -620,8 +624,8 @@ def main() -> None:
         "--rounds",
         type=int,
         default=3,
-        help="samples of plan, apply, apply's floors (each on a fresh copy) and the naive"
-        " way (on one copy): the fastest counts (default 3)",
+        help="samples of plan, its scan floor, apply, apply's floors, undo and the naive way"
+        " (on one copy): the fastest counts (default 3)",
     )
     ap.add_argument("--fsyncs", action="store_true", help="also count fsyncs (strace)")
     ap.add_argument(
