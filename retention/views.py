@@ -334,7 +334,10 @@ def load_verified(cfg: Config, manifest_path: str, now: datetime) -> Verified:
     with open_catalog(cfg) as cat:
         payload = verify_for_workspace(data, StateLayout(Path(cfg.state_dir)), cat, now=now)
         cat.load_ids(e.run_id for e in payload.entries)
-        gone = len(payload.entries) - len(cat.existing_ids())
+        # Counted entry by entry, as apply's preflight skips them: a run id a (signed,
+        # hand-made) manifest repeats is not one existing run less.
+        existing = cat.existing_ids()
+        gone = sum(1 for e in payload.entries if e.run_id not in existing)
         n = len(payload.entries)
         tables = tables_report(cat, f"this manifest's {plural(n, 'run')}", n)
         return Verified(payload, cat.applied_by_manifest(payload.manifest_id), gone, tables)

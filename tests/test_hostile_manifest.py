@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tracemalloc
@@ -555,3 +556,23 @@ def test_fuzz_re_signed_manifests_are_refused_or_applied_within_the_manifest(
         shutil.rmtree(ws)
 
     one()
+
+
+def test_show_counts_runs_gone_entry_by_entry_when_a_signed_manifest_repeats_one(
+    workspace: Path,
+) -> None:
+    """A signed manifest listing one existing run twice has no run gone from the catalog
+    (as apply's preflight finds: it skips none as "no longer in the catalog"); one entry
+    for a run deleted since counts once."""
+    payload = plan_payload()
+    entries = payload["entries"]
+    entries.append(dict(entries[0]))
+    Path("dup.json").write_bytes(resign(payload))
+    report = json.loads(invoke("show", "--json", "dup.json").stdout)
+    assert report["no_longer_in_catalog"] == 0
+    db = sqlite3.connect("data/catalog.db")
+    db.execute("DELETE FROM runs WHERE run_id = ?", (entries[1]["run_id"],))
+    db.commit()
+    db.close()
+    report = json.loads(invoke("show", "--json", "dup.json").stdout)
+    assert report["no_longer_in_catalog"] == 1
