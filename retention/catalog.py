@@ -29,7 +29,14 @@ from retention.config import (
     expression_problem,
     template_problem,
 )
-from retention.durations import _MS_THRESHOLD, parse_stored_time
+from retention.durations import (
+    _MS_THRESHOLD,
+    FIRST_INSTANT,
+    FIRST_US,
+    LAST_INSTANT,
+    LAST_US,
+    parse_stored_time,
+)
 from retention.errors import (
     CatalogError,
     ConfigError,
@@ -108,11 +115,12 @@ def template_fields(template: str) -> tuple[str, ...]:
 _EXACT = 2**53  # an int below this in size is exactly a float: the same instant either way
 
 
-# A datetime's range in whole seconds since the epoch: 0001-01-01 to 9999-12-31T23:59:59.
-_FIRST, _LAST = -62_135_596_800, 253_402_300_799
+# The instants a manifest can carry (`parse_stored_time`) in whole seconds since the epoch:
+# 1100-01-01 to 8000-12-31T23:59:59.
+_FIRST, _LAST = FIRST_US // 1_000_000, LAST_US // 1_000_000
 
-# The ints each format reads as whole seconds since the epoch that a datetime can hold:
-# (low, high), exclusive. Read inline as `Item.at` (seconds times a million: what
+# The ints each format reads as whole seconds since the epoch in that range: (low, high),
+# exclusive. Read inline as `Item.at` (seconds times a million: what
 # `time_reader` gives, without a datetime); any other value goes through `time_reader`.
 WHOLE_SECONDS = {
     "auto": (max(-_MS_THRESHOLD, _FIRST - 1), min(_MS_THRESHOLD, _LAST + 1)),
@@ -135,10 +143,12 @@ def time_reader(fmt: str, *, keep_offset: bool = False) -> Callable[[object], da
             return general(value)
         try:
             if fmt == "epoch_ms" or (fmt == "auto" and abs(value) >= _MS_THRESHOLD):
-                return from_ts(value / 1000.0, UTC)
-            return from_ts(value, UTC)
+                t = from_ts(value / 1000.0, UTC)
+            else:
+                t = from_ts(value, UTC)
         except (OverflowError, OSError, ValueError):
             return None
+        return t if FIRST_INSTANT <= t <= LAST_INSTANT else None
 
     return parse
 

@@ -42,7 +42,10 @@ from retention.catalog import (
 from retention.catalogs import open_catalog
 from retention.config import Config
 from retention.durations import (
+    FIRST_US,
+    LAST_US,
     format_instant,
+    format_instant_us,
     parse_duration,
     parse_instant,
     parse_span,
@@ -90,7 +93,8 @@ from retention.store import (
     text_and_raw,
 )
 
-_NO_TIME = datetime.min.replace(tzinfo=UTC)
+_NO_TIME = -(1 << 63)  # the sort key of an entry without a time: before any instant
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -1125,7 +1129,7 @@ def _build_plan(
         found = missing = 0  # candidates whose directory exists / is absent
         verdicts: dict[Any, Verdict] = {v.item.id: v for v in remove}
         entries: list[Entry] = []
-        order: list[tuple[datetime, str]] = []  # each entry's sort key, in step with entries
+        order: list[tuple[int, str]] = []  # each entry's sort key, in step with entries
         skipped: list[SkippedEntry] = []
         paths: list[tuple[Any, bytes | None]] = []
         placed: set[Any] = set()
@@ -1210,12 +1214,12 @@ def _build_plan(
                     )
                     continue
                 text, raw = text_and_raw(rel) if rel is not None else (None, None)
-                t = v.item.time
-                order.append((_instant_key(t), str(run_id)))
+                at = v.item.at
+                order.append((_instant_key(at), str(run_id)))
                 entries.append(
                     Entry(
                         run_id=run_id,
-                        time=format_instant(t) if t is not None else None,
+                        time=format_instant_us(at) if at is not None else None,
                         path=text,
                         path_raw=raw,
                         exists=bool(m and m.exists),
@@ -1277,16 +1281,16 @@ def _build_plan(
     )
 
 
-def _instant_key(t: datetime | None) -> datetime:
+def _instant_key(at: int | None) -> int:
     """An entry's place in the manifest: the instant its ``time`` text
-    (`format_instant`) names, as `parse_instant` reads it back, without the round trip
-    (which still refuses a year it would refuse); `_NO_TIME` for none."""
-    if t is None:
+    (`format_instant_us`) names, in microseconds since the epoch (`Item.at`), so by
+    instant, as `parse_instant` reads the text back; `_NO_TIME` (before any) for none.
+    Refuses (`UsageError`) a year `parse_instant` would refuse, as the round trip did."""
+    if at is None:
         return _NO_TIME
-    utc = t.astimezone(UTC)
-    if not 1100 <= utc.year <= 8000:
-        return parse_instant(format_instant(t))  # raises UsageError, as before
-    return utc
+    if not FIRST_US <= at <= LAST_US:
+        parse_instant(format_instant(_EPOCH + timedelta(microseconds=at)))  # raises
+    return at
 
 
 def erasure_spec(cfg: Config, erase: tuple[str, str]) -> PolicySpec:

@@ -3,11 +3,16 @@
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from retention.durations import (
+    FIRST_US,
+    LAST_US,
     format_bytes,
     format_duration,
     format_instant,
+    format_instant_us,
     parse_duration,
     parse_instant,
 )
@@ -63,3 +68,28 @@ def test_human_formats() -> None:
     assert format_duration(timedelta(hours=24)) == "24 h"
     assert format_duration(timedelta(days=7)) == "7 d"
     assert format_instant(datetime(2026, 3, 1, 12, tzinfo=UTC)) == "2026-03-01T12:00:00Z"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@given(st.integers(FIRST_US, LAST_US))
+def test_an_instant_in_microseconds_is_written_as_format_instant_writes_it(at: int) -> None:
+    # A plan writes each entry's time from the run's integer instant (`Item.at`): the text
+    # must be the one `format_instant` gives for the same instant, before 1970 too.
+    assert format_instant_us(at) == format_instant(_EPOCH + timedelta(microseconds=at))
+
+
+@pytest.mark.parametrize(
+    ("at", "text"),
+    [
+        (FIRST_US, "1100-01-01T00:00:00Z"),
+        (LAST_US, "8000-12-31T23:59:59.999999Z"),
+        (-1, "1969-12-31T23:59:59.999999Z"),
+        (0, "1970-01-01T00:00:00Z"),
+        (1_600_000_000_500_000, "2020-09-13T12:26:40.500000Z"),
+    ],
+)
+def test_format_instant_us_at_the_edges(at: int, text: str) -> None:
+    assert format_instant_us(at) == text
+    assert parse_instant(text) == _EPOCH + timedelta(microseconds=at)

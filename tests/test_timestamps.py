@@ -89,10 +89,28 @@ def test_parse_stored_time_accepts_iso_and_epoch_forms(value, fmt, expected) -> 
         (str(EPOCH), "iso"),
         ("2026-03-01T12:30:15Z", "epoch_s"),  # ISO text is not a number
         ("2026-03-01T12:30:15Z", "epoch_ms"),
+        # Instants no manifest can carry (outside the years 1100 to 8000):
+        ("1050-06-01T00:00:00", "auto"),
+        ("1100-01-01T00:30:00+01:00", "auto"),  # 1099 in UTC
+        ("8001-01-01T00:00:00Z", "auto"),
+        (-30_610_224_000, "auto"),  # 1000-01-01 in seconds
+        (-30_610_224_000, "epoch_s"),
+        ("-30610224000", "epoch_s"),
+        (221_845_392_000_000, "auto"),  # 9000-01-01 in milliseconds
+        (221_845_392_000_000, "epoch_ms"),
+        (datetime(9000, 1, 1, tzinfo=UTC), "auto"),  # a typed column (PostgreSQL)
     ],
 )
 def test_parse_stored_time_returns_none_for_anything_else_and_never_raises(value, fmt) -> None:
     assert parse_stored_time(value, fmt) is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1100-01-01T00:00:00Z", "1100-01-01T01:00:00+01:00", "8000-12-31T23:59:59.999999Z"],
+)
+def test_parse_stored_time_accepts_the_first_and_last_instants_a_manifest_carries(value) -> None:
+    assert parse_stored_time(value) is not None
 
 
 def test_parse_stored_time_with_other_zone_converts_to_utc() -> None:
@@ -153,6 +171,11 @@ def test_plan_keeps_runs_with_garbage_or_missing_timestamps(ws: Path) -> None:
         ("bool-like", None, "true"),
         ("nan", None, "NaN"),
         ("huge", None, 10**18),
+        # Old beyond what a manifest carries (years 1100 to 8000): kept, as unparseable,
+        # where one such run used to refuse the whole plan ("invalid time '1050-…'").
+        ("ancient-iso", None, "1050-06-01T00:00:00"),
+        ("ancient-epoch-s", None, -30_610_224_000),
+        ("ancient-epoch-ms", None, -30_610_224_000_000),
     ]
     _catalog(ws, rows)
     assert _plan_ids() == ["old-epoch-ms", "old-epoch-s", "old-epoch-text", "old-iso"]
