@@ -19,10 +19,12 @@ floor and the ratio to it:
   scan floor, apply and undo on one more, the naive way on different runs of one copy),
   as one sample swings with the machine; ``round_ratios`` gives each round's plan against
   that round's scan floor, apply against that round's bare and two-core safe floors (the
-  same minutes of the machine) and undo against the apply it undoes, and their median;
-  beside them, the *safe floors*: the bare floor plus an ``lstat`` walk of each directory
-  before its rename and a tombstone copy of every deleted row, in one process and with the
-  walk in a second process ahead of the renames (``safe_floor_2cores``);
+  same minutes of the machine), undo against the apply it undoes and the two-core safe
+  floor against the bare floor, and their median; beside them, the *safe floors*: the bare
+  floor plus the intents written (and fsynced) before the first rename, an ``lstat`` walk
+  of each directory before its rename, each run's rows fingerprinted again inside the
+  transaction and a tombstone copy of every deleted row, in one process and with the walk
+  in a second process ahead of the renames (``safe_floor_2cores``);
 * ``retention undo`` of each round's apply against the apply (the fastest of the rounds);
   ``retention purge --all`` of the first round's apply against ``rm -rf`` of the same
   trees;
@@ -182,15 +184,22 @@ trash = os.path.join(arts, ".trash")
 os.mkdir(trash)
 """
 
-_FLOOR_BEGIN = r"""
+# A temp table of the ids (``ids``), that set-based statements join against.
+_IDS_TABLE = r"""
+db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
+db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
+"""
+
+_FLOOR_BEGIN = (
+    r"""
 for d in (arts, trash):
     fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
 db = sqlite3.connect(os.path.join(root, "data/catalog.db"), isolation_level=None)
 db.execute("PRAGMA synchronous=FULL")
 db.execute("BEGIN IMMEDIATE")
-db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
-db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
 """
+    + _IDS_TABLE
+)
 
 BARE = (
     _FLOOR_START
@@ -206,43 +215,71 @@ db.execute("COMMIT")
 """
 )
 
-# The least any plan must do that fingerprints what it would delete (so that apply can
-# refuse what changed since): the scan floor, plus reading the candidates' rows from every
-# table (one join per table on a temp table of ids) and one sha256 per run over them.
-SAFE_SCAN = r"""
-import hashlib, os, sqlite3, sys
-root, n = sys.argv[1], int(sys.argv[2])
-db = sqlite3.connect(f"file:{os.path.join(root, 'data/catalog.db')}?mode=ro", uri=True)
-rows = db.execute("SELECT run_id, created_at FROM runs").fetchall()
-old = [rid for rid, _ in sorted(rows, key=lambda r: r[1])[:n]]
-arts = os.path.join(root, "data/backtests")
-for rid in old:
-    with os.scandir(os.path.join(arts, rid)) as it:
-        for e in it:
-            e.stat(follow_symlinks=False)
-db.execute("CREATE TEMP TABLE ids (id PRIMARY KEY)")
-db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in old))
+# Each run's rows read (one join per table on the temp table of ids) and fingerprinted
+# (one sha256 per run): what a plan must do so that apply can refuse what changed since,
+# and what apply must do again inside its transaction to refuse it.
+_FINGERPRINTS = r"""
+import hashlib
 by_run = {}
 for t in ("runs", "run_metrics", "run_params"):
     for row in db.execute(f"SELECT t.* FROM {t} AS t JOIN ids ON ids.id = t.run_id"):
         by_run.setdefault(row[0] if t == "runs" else row[1], []).append(row)
 fps = {rid: hashlib.sha256(repr(rs).encode()).hexdigest() for rid, rs in by_run.items()}
+if len(fps) != len(ids):
+    sys.exit("runs missing")
 """
 
-# The safe floors' commit: a copy of every deleted row into a tombstone table (INSERT ...
-# SELECT on the temp table of ids), in the same transaction as the DELETEs.
-_TOMBS_AND_DELETES = r"""
+# The least any plan must do that fingerprints what it would delete: the scan floor, plus
+# reading the candidates' rows from every table and one sha256 per run over them.
+SAFE_SCAN = (
+    r"""
+import os, sqlite3, sys
+root, n = sys.argv[1], int(sys.argv[2])
+db = sqlite3.connect(f"file:{os.path.join(root, 'data/catalog.db')}?mode=ro", uri=True)
+rows = db.execute("SELECT run_id, created_at FROM runs").fetchall()
+ids = [rid for rid, _ in sorted(rows, key=lambda r: r[1])[:n]]
+arts = os.path.join(root, "data/backtests")
+for rid in ids:
+    with os.scandir(os.path.join(arts, rid)) as it:
+        for e in it:
+            e.stat(follow_symlinks=False)
+"""
+    + _IDS_TABLE
+    + _FINGERPRINTS
+)
+
+# Before the first rename, what each run's directory will be moved to, written and fsynced
+# (with the directory holding it) as one file: a write-ahead intent a crash can be
+# recovered from.
+_INTENTS = r"""
+with open(os.path.join(root, "intents"), "wb") as f:
+    f.write(b"".join(b"%s .trash/%s\n" % (i.encode(), i.encode()) for i in ids))
+    f.flush()
+    os.fsync(f.fileno())
+fd = os.open(root, os.O_RDONLY); os.fsync(fd); os.close(fd)
+"""
+
+# The safe floors' commit: the deleted runs' rows fingerprinted again inside the
+# transaction (a row changed since the plan must be refused), a copy of every deleted row
+# into a tombstone table (INSERT ... SELECT on the temp table of ids), the DELETEs.
+_CHECKS_TOMBS_AND_DELETES = (
+    _FINGERPRINTS
+    + r"""
 for t in ("run_metrics", "run_params", "runs"):
     db.execute(f"CREATE TABLE tomb_{t} AS SELECT * FROM {t} WHERE 0")
     db.execute(f"INSERT INTO tomb_{t} SELECT * FROM {t} WHERE run_id IN (SELECT id FROM ids)")
     db.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT id FROM ids)")
 db.execute("COMMIT")
 """
+)
 
-# The least any apply must do that re-checks each directory for drift and can undo: the
-# bare floor, plus an lstat walk of each directory before its rename, and the tombstones.
+# The least any apply must do that is recoverable, re-checks each directory and each run's
+# rows for drift and can undo: the bare floor, plus the intents written first, an lstat
+# walk of each directory before its rename, the rows fingerprinted again in the
+# transaction and the tombstones.
 SAFE = (
     _FLOOR_START
+    + _INTENTS
     + r"""
 for i in ids:
     with os.scandir(os.path.join(arts, i)) as it:
@@ -251,14 +288,16 @@ for i in ids:
     os.rename(os.path.join(arts, i), os.path.join(trash, i))
 """
     + _FLOOR_BEGIN
-    + _TOMBS_AND_DELETES
+    + _CHECKS_TOMBS_AND_DELETES
 )
 
 # The safe floor on two cores: the same work, with the walk in a second process running
 # ahead of the renames (each directory is renamed once the walker has been through it), as
-# apply's measuring worker does. The least a drift-checked, undoable apply can take here.
+# apply's measuring worker does. The least a recoverable, drift-checked, undoable apply can
+# take here.
 SAFE_2CORES = (
     _FLOOR_START
+    + _INTENTS
     + r"""
 r, w = os.pipe()
 pid = os.fork()
@@ -284,7 +323,7 @@ if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
     sys.exit("the walker failed")
 """
     + _FLOOR_BEGIN
-    + _TOMBS_AND_DELETES
+    + _CHECKS_TOMBS_AND_DELETES
 )
 
 NAIVE = r"""
@@ -405,6 +444,8 @@ def measure(base: Path, template: Path, runs: int, dirs: int, args: argparse.Nam
             ("apply", "bare_floor"),
             ("apply", "safe_floor_2cores"),
             ("undo", "apply"),
+            # what the least safe apply costs over the bare one, in the same minutes
+            ("safe_floor_2cores", "bare_floor"),
         )
     }
     # The naive way: --rounds samples of --naive-sample runs each (different runs of one
@@ -491,7 +532,8 @@ def report(r: dict) -> None:
     s1, s2, bare = r["safe_floor"]["s"], r["safe_floor_2cores"]["s"], r["bare_floor"]["s"]
     print(
         f"{'':<7} the safety floors (the least work of a fingerprinting plan and of a"
-        f" drift-checked, undoable apply): plan {p['s'] / r['safe_scan_floor']['s']:.2f}x"
+        " recoverable, drift-checked, undoable apply):"
+        f" plan {p['s'] / r['safe_scan_floor']['s']:.2f}x"
         f" of {r['safe_scan_floor']['s']:.2f} s, apply {a['s'] / s1:.2f}x of {s1:.2f} s"
         f" ({s1 / bare:.2f}x bare) and {a['s'] / s2:.2f}x of {s2:.2f} s on two cores"
         f" ({s2 / bare:.2f}x bare)"

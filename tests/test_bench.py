@@ -77,6 +77,7 @@ def test_scripts_bench_measures_every_command_against_its_floor(tmp_path: Path) 
         "apply/bare_floor",
         "apply/safe_floor_2cores",
         "undo/apply",
+        "safe_floor_2cores/bare_floor",
     }
     for pair, got in ratios.items():
         cmd, floor = pair.split("/")
