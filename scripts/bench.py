@@ -22,9 +22,10 @@ floor and the ratio to it:
   same minutes of the machine), undo against the apply it undoes and the two-core safe
   floor against the bare floor, and their median; beside them, the *safe floors*: the bare
   floor plus the intents written (and fsynced) before the first rename, an ``lstat`` walk
-  of each directory before its rename, each run's rows fingerprinted again inside the
-  transaction and a tombstone copy of every deleted row, in one process and with the walk
-  in a second process ahead of the renames (``safe_floor_2cores``);
+  of each directory before its rename, each run's rows fingerprinted again and a tombstone
+  copy of every deleted row, in one process (the fingerprints inside the transaction) and
+  on two cores (``safe_floor_2cores``: the walk, then the fingerprints, in a second process
+  beside the renames, as apply's workers and its fingerprints helper do);
 * ``retention undo`` of each round's apply against the apply (the fastest of the rounds);
   ``retention purge --all`` of the first round's apply against ``rm -rf`` of the same
   trees;
@@ -57,6 +58,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -225,8 +227,6 @@ for t in ("runs", "run_metrics", "run_params"):
     for row in db.execute(f"SELECT t.* FROM {t} AS t JOIN ids ON ids.id = t.run_id"):
         by_run.setdefault(row[0] if t == "runs" else row[1], []).append(row)
 fps = {rid: hashlib.sha256(repr(rs).encode()).hexdigest() for rid, rs in by_run.items()}
-if len(fps) != len(ids):
-    sys.exit("runs missing")
 """
 
 # The least any plan must do that fingerprints what it would delete: the scan floor, plus
@@ -259,24 +259,20 @@ with open(os.path.join(root, "intents"), "wb") as f:
 fd = os.open(root, os.O_RDONLY); os.fsync(fd); os.close(fd)
 """
 
-# The safe floors' commit: the deleted runs' rows fingerprinted again inside the
-# transaction (a row changed since the plan must be refused), a copy of every deleted row
-# into a tombstone table (INSERT ... SELECT on the temp table of ids), the DELETEs.
-_CHECKS_TOMBS_AND_DELETES = (
-    _FINGERPRINTS
-    + r"""
+# The safe floors' commit: a copy of every deleted row into a tombstone table (INSERT ...
+# SELECT on the temp table of ids), the DELETEs, in one transaction.
+_TOMBS_AND_DELETES = r"""
 for t in ("run_metrics", "run_params", "runs"):
     db.execute(f"CREATE TABLE tomb_{t} AS SELECT * FROM {t} WHERE 0")
     db.execute(f"INSERT INTO tomb_{t} SELECT * FROM {t} WHERE run_id IN (SELECT id FROM ids)")
     db.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT id FROM ids)")
 db.execute("COMMIT")
 """
-)
 
 # The least any apply must do that is recoverable, re-checks each directory and each run's
-# rows for drift and can undo: the bare floor, plus the intents written first, an lstat
-# walk of each directory before its rename, the rows fingerprinted again in the
-# transaction and the tombstones.
+# rows for drift and can undo, in one process: the bare floor, plus the intents written
+# first, an lstat walk of each directory before its rename, the rows fingerprinted again
+# in the transaction (one process has no other time for it) and the tombstones.
 SAFE = (
     _FLOOR_START
     + _INTENTS
@@ -288,19 +284,25 @@ for i in ids:
     os.rename(os.path.join(arts, i), os.path.join(trash, i))
 """
     + _FLOOR_BEGIN
-    + _CHECKS_TOMBS_AND_DELETES
+    + _FINGERPRINTS
+    + r"""
+if len(fps) != len(ids):
+    sys.exit("runs missing")
+"""
+    + _TOMBS_AND_DELETES
 )
 
-# The safe floor on two cores: the same work, with the walk in a second process running
-# ahead of the renames (each directory is renamed once the walker has been through it), as
-# apply's measuring worker does. The least a recoverable, drift-checked, undoable apply can
-# take here.
+# The safe floor on two cores: the same work, with the walk and then the rows' fingerprints
+# in a second process, beside the renames (each directory is renamed once the walker has
+# been through it), as apply's measuring worker and its fingerprints helper do (the commit
+# then only asks SQLite whether anyone wrote since: `PRAGMA data_version`). The least a
+# recoverable, drift-checked, undoable apply can take here.
 SAFE_2CORES = (
     _FLOOR_START
     + _INTENTS
     + r"""
 r, w = os.pipe()
-pid = os.fork()
+pid = os.fork()  # (before this process opens the catalog: the child opens its own)
 if pid == 0:
     os.close(r)
     out = os.fdopen(w, "wb", buffering=1 << 16)
@@ -311,6 +313,13 @@ if pid == 0:
         out.write(b".")
         if k % 256 == 0:  # in frames of 256 walks, as apply's worker sends its measures
             out.flush()
+    out.flush()
+    db = sqlite3.connect(f"file:{os.path.join(root, 'data/catalog.db')}?mode=ro", uri=True)
+    db.execute("PRAGMA data_version")
+"""
+    + textwrap.indent(_IDS_TABLE + _FINGERPRINTS, "    ")
+    + r"""
+    out.write(b"F" if len(fps) == len(ids) else b"?")
     out.close()
     os._exit(0)
 os.close(w)
@@ -319,11 +328,16 @@ for i in ids:
     if walked.read(1) != b".":
         sys.exit("the walker died")
     os.rename(os.path.join(arts, i), os.path.join(trash, i))
+if walked.read(1) != b"F":
+    sys.exit("the rows' fingerprints failed")
 if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
     sys.exit("the walker failed")
 """
     + _FLOOR_BEGIN
-    + _CHECKS_TOMBS_AND_DELETES
+    + r"""
+db.execute("PRAGMA data_version")
+"""
+    + _TOMBS_AND_DELETES
 )
 
 NAIVE = r"""
