@@ -692,3 +692,21 @@ def test_a_large_document_is_removed_from_and_restored_to_the_same_bytes(
     )
     for name, secs in times.items():
         print(f"  {name:42} {secs:6.2f} s")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1050-06-01T00:00:00Z",
+        "1050-06-01T00:00:00",
+        "1050-06-01T00:00:00+00:00",
+        "9000-01-01T00:00:00Z",
+        "1100-01-01T00:30:00+01:00",
+    ],
+)
+def test_a_record_time_outside_what_a_manifest_carries_reads_as_malformed(text: str) -> None:
+    # As the SQL catalogs read it (`parse_stored_time`): outside the years 1100 to 8000 a
+    # time is no time, whichever way it is written (the "…Z" form has a faster reader).
+    assert jsondoc._parse_time(text, "auto") is None
+    assert jsondoc._parse_time("1100-01-01T00:00:00Z", "auto") is not None
+    assert jsondoc._parse_time("8000-12-31T23:59:59.999999Z", "auto") is not None

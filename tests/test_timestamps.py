@@ -223,3 +223,39 @@ def test_plan_with_explicit_epoch_ms_format_reads_small_numbers_as_milliseconds(
     (ws / "retention.toml").write_text('[catalog]\ntime_format = "epoch_ms"\n')
     # NEW is ISO text, which epoch_ms does not accept: that run is kept as unparseable.
     assert _plan_ids() == ["ms"]
+
+
+FIRST_S = -27_454_550_400  # 1100-01-01T00:00:00Z, the first instant a manifest carries
+LAST_S = 190_320_019_199  # 8000-12-31T23:59:59Z, the last whole second
+
+
+def test_the_years_a_manifest_carries_are_read_to_the_second_at_both_edges(ws: Path) -> None:
+    # Whole epoch seconds are read inline (without a datetime) within the edges and by
+    # `time_reader` beyond them: both must draw the line at the same second.
+    assert parse_stored_time(FIRST_S, "epoch_s") == datetime(1100, 1, 1, tzinfo=UTC)
+    assert parse_stored_time(FIRST_S - 1, "epoch_s") is None
+    assert parse_stored_time(LAST_S, "epoch_s") == datetime(8000, 12, 31, 23, 59, 59, tzinfo=UTC)
+    assert parse_stored_time(LAST_S + 1, "epoch_s") is None
+    assert parse_stored_time("1100-01-01T01:00:00+01:00", keep_offset=True) is not None
+    assert parse_stored_time("1100-01-01T00:30:00+01:00", keep_offset=True) is None
+    # A run one second past the last instant has no time: it does not take a keep-last
+    # place from the older runs (read as the newest run, it would, and "b" would go too).
+    _catalog(
+        ws,
+        [
+            ("first", None, FIRST_S),  # old: removed
+            ("before-first", None, FIRST_S - 1),  # no time: kept
+            ("a", None, 1_577_836_800),
+            ("b", None, 1_577_836_801),
+            ("last", None, LAST_S),
+            ("after-last", None, LAST_S + 1),  # no time: kept, takes no place
+        ],
+    )
+    (ws / "retention.toml").write_text('[catalog]\ntime_format = "epoch_s"\n')
+    result = invoke("plan", "--keep-last", "2", "--now", NOW_TEXT)
+    assert result.exit_code == 0, result.stderr
+    entries = json.loads(result.stdout)["payload"]["entries"]
+    assert [(e["run_id"], e["time"]) for e in entries] == [
+        ("first", "1100-01-01T00:00:00Z"),
+        ("a", "2020-01-01T00:00:00Z"),
+    ]
