@@ -20,12 +20,16 @@ floor and the ratio to it:
   as one sample swings with the machine; ``round_ratios`` gives each round's plan against
   that round's scan floor, apply against that round's bare and two-core safe floors (the
   same minutes of the machine), undo against the apply it undoes and the two-core safe
-  floor against the bare floor, and their median; beside them, the *safe floors*: the bare
-  floor plus the intents written (and fsynced) before the first rename, an ``lstat`` walk
-  of each directory before its rename, each run's rows fingerprinted again and a tombstone
-  copy of every deleted row, in one process (the fingerprints inside the transaction) and
-  on two cores (``safe_floor_2cores``: the walk, then the fingerprints, in a second process
-  beside the renames, as apply's workers and its fingerprints helper do);
+  floor against the bare floor, and their median; beside them, the *safe floors*, the main
+  costs of apply's safety: the bare floor plus an ``lstat`` of each directory and the
+  intents written (and fsynced) before the first rename, an ``lstat`` walk of each
+  directory before its rename, the directories fsynced every 10,000 renames, each run's
+  rows fingerprinted again, a transaction id row and a tombstone copy of every deleted row
+  in the transaction, and two fsynced journal records after it; in one process (the
+  fingerprints inside the transaction) and on two cores (``safe_floor_2cores``: the walk,
+  then the fingerprints, in a second process beside the renames, as apply's workers and
+  its fingerprints helper do). Not in them: reading and verifying the signed manifest,
+  the commit's checks of protect, the filter and rows shared with kept runs;
 * ``retention undo`` of each round's apply against the apply (the fastest of the rounds);
   ``retention purge --all`` of the first round's apply against ``rm -rf`` of the same
   trees;
@@ -248,26 +252,48 @@ for rid in ids:
     + _FINGERPRINTS
 )
 
-# Before the first rename, what each run's directory will be moved to, written and fsynced
-# (with the directory holding it) as one file: a write-ahead intent a crash can be
-# recovered from.
+# Before the first rename: whether each directory is there (one lstat each: an intent is
+# written only for one that is), then what each will be moved to, written and fsynced
+# (with the directory holding it) as one file: write-ahead intents a crash is recovered
+# from. And the journal's two closing records (committed, done), each fsynced.
 _INTENTS = r"""
-with open(os.path.join(root, "intents"), "wb") as f:
-    f.write(b"".join(b"%s .trash/%s\n" % (i.encode(), i.encode()) for i in ids))
-    f.flush()
-    os.fsync(f.fileno())
+for i in ids:
+    os.lstat(os.path.join(arts, i))
+journal = open(os.path.join(root, "intents"), "wb")
+journal.write(b"".join(b"%s .trash/%s\n" % (i.encode(), i.encode()) for i in ids))
+journal.flush()
+os.fsync(journal.fileno())
 fd = os.open(root, os.O_RDONLY); os.fsync(fd); os.close(fd)
+"""
+_JOURNAL_END = r"""
+for record in (b"committed\n", b"done\n"):
+    journal.write(record)
+    journal.flush()
+    os.fsync(journal.fileno())
+"""
+
+# The renames of the safe floors: the two directories fsynced after every 10,000 (as
+# apply's batches of moves do), before the transaction's own fsyncs of them.
+_BATCH_FSYNC = r"""
+    if k % 10_000 == 0:
+        for d in (arts, trash):
+            fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
 """
 
 # The safe floors' commit: a copy of every deleted row into a tombstone table (INSERT ...
 # SELECT on the temp table of ids), the DELETEs, in one transaction.
-_TOMBS_AND_DELETES = r"""
+_TOMBS_AND_DELETES = (
+    r"""
+db.execute("CREATE TABLE txids (txid TEXT PRIMARY KEY)")  # what recovery decides on
+db.execute("INSERT INTO txids VALUES ('t-1')")
 for t in ("run_metrics", "run_params", "runs"):
     db.execute(f"CREATE TABLE tomb_{t} AS SELECT * FROM {t} WHERE 0")
     db.execute(f"INSERT INTO tomb_{t} SELECT * FROM {t} WHERE run_id IN (SELECT id FROM ids)")
     db.execute(f"DELETE FROM {t} WHERE run_id IN (SELECT id FROM ids)")
 db.execute("COMMIT")
 """
+    + _JOURNAL_END
+)
 
 # The least any apply must do that is recoverable, re-checks each directory and each run's
 # rows for drift and can undo, in one process: the bare floor, plus the intents written
@@ -277,12 +303,13 @@ SAFE = (
     _FLOOR_START
     + _INTENTS
     + r"""
-for i in ids:
+for k, i in enumerate(ids, 1):
     with os.scandir(os.path.join(arts, i)) as it:
         for e in it:
             e.stat(follow_symlinks=False)
     os.rename(os.path.join(arts, i), os.path.join(trash, i))
 """
+    + _BATCH_FSYNC
     + _FLOOR_BEGIN
     + _FINGERPRINTS
     + r"""
@@ -324,10 +351,13 @@ if pid == 0:
     os._exit(0)
 os.close(w)
 walked = os.fdopen(r, "rb", buffering=1 << 16)
-for i in ids:
+for k, i in enumerate(ids, 1):
     if walked.read(1) != b".":
         sys.exit("the walker died")
     os.rename(os.path.join(arts, i), os.path.join(trash, i))
+"""
+    + _BATCH_FSYNC
+    + r"""
 if walked.read(1) != b"F":
     sys.exit("the rows' fingerprints failed")
 if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
