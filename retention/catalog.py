@@ -473,6 +473,14 @@ class SqlCatalog:
                 # Whole seconds since the epoch read inline (as `time_reader` reads them).
                 lo, hi = WHOLE_SECONDS.get(cfg.time_format, (0, 0))
                 make = Item.make
+                if not cfg.protect:  # (most catalogs) not a column of zeros read and tested
+                    sql = f"SELECT {q(cfg.id_column)}, {cols} FROM {q(cfg.runs_table)}"
+                    for rid, value in self.conn.execute(sql + self._where()):
+                        if type(value) is int and lo < value < hi:
+                            yield Item(rid, value * 1_000_000)
+                        else:
+                            yield make(rid, None if value is None else parse(value))
+                    return
                 for rid, protected, value in self.conn.execute(sql):
                     if type(value) is int and lo < value < hi:
                         yield Item(rid, value * 1_000_000, bool(protected))

@@ -87,6 +87,29 @@ def test_text_ids_with_equal_times_are_ordered_by_id_as_sort_key_orders(items, n
     assert [v.item for v in d.keep + d.remove] == want
 
 
+@given(
+    st.lists(
+        st.builds(
+            Item,
+            id=st.text(min_size=1, max_size=8),
+            at=st.integers(-(10**15), 10**15),
+        ),
+        max_size=60,
+        unique_by=(lambda i: i.id, lambda i: i.at),
+    ),
+    st.integers(0, 70),
+)
+@settings(max_examples=150, deadline=None)
+def test_text_ids_with_distinct_times_are_ordered_by_instant_alone(items, n) -> None:
+    """No two runs share an instant (the usual catalog): one sort by instant gives
+    descending `sort_key` order, in whatever order the ids come (UUIDs: random)."""
+    from retention.policy import sort_key
+
+    d = evaluate(items, PolicySpec(keep_last=n), NOW)
+    want = sorted(items, key=sort_key, reverse=True)
+    assert [v.item for v in d.keep + d.remove] == want
+
+
 @given(item_lists, st.integers(0, 70))
 @settings(max_examples=150, deadline=None)
 def test_keep_last_keeps_exactly_the_n_newest_valid_runs(items, n) -> None:
