@@ -7,7 +7,9 @@ sum. Forked workers run beside the caller for real, on every core: worker ``w`` 
 measures jobs ``w, w + W, ...`` in order and streams the results back through a pipe,
 which a thread of the caller's drains as it fills (a pipe holds a few hundred measures:
 undrained, workers would wait for the caller, which reads the catalog meanwhile); `take`
-returns one, waiting for it if need be.
+returns one, waiting for it if need be; or, with ``steal`` (plan's, which leaves itself a
+core while it reads the catalog), measuring the last jobs nobody has claimed in the caller
+instead of waiting (marked in a shared map the workers read, so that they skip them).
 
 What a worker does is exactly `measure` (read-only: ``open``/``lstat``/``listdir``, never
 following a symlink), so its results are the ones the caller would have computed. Anything
@@ -25,6 +27,7 @@ buffers). Leaving the
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import select
 import signal
@@ -110,6 +113,7 @@ class ForkedMeasurer:
         *,
         workers: int | None = None,
         min_jobs: int = MIN_JOBS,
+        steal: bool = False,
     ) -> None:
         self._store = store
         self._jobs = jobs
@@ -120,11 +124,21 @@ class ForkedMeasurer:
         self._decoder = msgspec.msgpack.Decoder(list[_Row])
         self._cond = threading.Condition()
         self._drainer: threading.Thread | None = None
+        # With ``steal``, a `take` that would wait measures the last jobs not yet claimed
+        # in this process instead, and marks them in ``_claimed`` (shared with the workers,
+        # which skip a marked job): the caller is one more walker once it has nothing
+        # else to do, so that plan can leave it a core of its own while it reads the catalog.
+        self._steal = steal
+        self._claimed: mmap.mmap | None = None
+        self._tail = len(jobs)  # jobs from here on are the caller's
+        self._stolen: dict[int, Measure] = {}
 
     def __enter__(self) -> ForkedMeasurer:
         n = min(self._n, len(self._jobs))
         if len(self._jobs) >= max(self._min, 1) and hasattr(os, "fork"):
             try:
+                if self._steal:  # anonymous and shared: the workers see the caller's marks
+                    self._claimed = mmap.mmap(-1, len(self._jobs))
                 for w in range(n):
                     self._fork(w, n)
                 # Forks first: a thread must not be running while this process forks.
@@ -161,6 +175,11 @@ class ForkedMeasurer:
         """How many workers were started."""
         return len(self._workers)
 
+    @property
+    def stolen(self) -> int:
+        """How many jobs the caller measured itself instead of waiting (``steal``)."""
+        return len(self._jobs) - self._tail if self._claimed is not None else 0
+
     def _fork(self, w: int, n: int) -> None:
         r, wfd = os.pipe()
         with contextlib.suppress(AttributeError, OSError):  # Linux: more room, fewer wakeups
@@ -175,7 +194,7 @@ class ForkedMeasurer:
             os.close(wfd)
             raise
         if pid == 0:  # the worker: never returns
-            _work(self._store, self._jobs[w::n], wfd, parent)
+            _work(self._store, self._jobs, w, n, wfd, parent, self._claimed)
         os.close(wfd)
         self._workers.append(_Worker(pid, r))
 
@@ -183,12 +202,19 @@ class ForkedMeasurer:
         i = self._at.get(key)
         if i is None or not self._workers:
             return self._store.measure(rel)
+        if i >= self._tail:  # the caller's own (``steal``)
+            m = self._stolen.pop(i, None)
+            return m if m is not None else self._store.measure(rel)
         nw = len(self._workers)
         wk, pos = self._workers[i % nw], i // nw
         while len(wk.got) <= pos and not wk.over:
-            self._decode(wk)
+            if self._claimed is not None and self._tail - 1 > i:
+                self._steal_one()  # instead of waiting
+                self._decode(wk, wait=False)
+            else:
+                self._decode(wk)
         row = wk.got[pos] if pos < len(wk.got) else None
-        if row is None:  # not delivered (the worker died), or taken already
+        if row is None or row[1] < 0:  # not delivered (the worker died), or taken already
             return self._store.measure(rel)
         wk.got[pos] = None
         exists, nbytes, files, fp, error, dev = row
@@ -227,14 +253,24 @@ class ForkedMeasurer:
                     wk.eof = True
                 self._cond.notify_all()
 
-    def _decode(self, wk: _Worker) -> None:
-        """Wait for more of ``wk``'s pipe and decode every whole message in it."""
+    def _steal_one(self) -> None:
+        """Measure the last job not yet claimed, here (marked first: a worker that has not
+        reached it skips it; one that took it already measures it too, harmlessly)."""
+        assert self._claimed is not None
+        self._tail = t = self._tail - 1
+        self._claimed[t] = 1
+        self._stolen[t] = self._store.measure(self._jobs[t][1])
+
+    def _decode(self, wk: _Worker, *, wait: bool = True) -> None:
+        """Wait for more of ``wk``'s pipe (unless not ``wait``) and decode every whole
+        message in it."""
         with self._cond:
-            while not wk.chunks and not wk.eof:
+            while wait and not wk.chunks and not wk.eof:
                 self._cond.wait()
             chunks, wk.chunks = wk.chunks, []
-            if not chunks:  # EOF, every chunk before it decoded already
-                wk.over = True
+            if not chunks:
+                if wk.eof:  # EOF, every chunk before it decoded already
+                    wk.over = True
                 return
         buf = wk.buf
         for data in chunks:
@@ -254,8 +290,22 @@ class ForkedMeasurer:
         del buf[:at]
 
 
-def _work(store: Measures, jobs: Sequence[tuple[Any, bytes]], fd: int, parent: int) -> None:
-    """A worker's whole life: measure ``jobs`` in order, write them to ``fd``, exit."""
+# What a worker sends for a job the caller claimed (`ForkedMeasurer._steal_one`): a byte
+# count no measure has.
+_SKIPPED: _Row = (False, -1, 0, "", None, None)
+
+
+def _work(
+    store: Measures,
+    jobs: Sequence[tuple[Any, bytes]],
+    w: int,
+    n: int,
+    fd: int,
+    parent: int,
+    claimed: mmap.mmap | None,
+) -> None:
+    """A worker's whole life: measure jobs ``w, w + n, ...`` in order (but those the caller
+    ``claimed``), write them to ``fd``, exit."""
     code = 0
     try:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -268,9 +318,12 @@ def _work(store: Measures, jobs: Sequence[tuple[Any, bytes]], fd: int, parent: i
         encode = msgspec.msgpack.Encoder().encode
         measure = store.measure
         rows: list[_Row] = []
-        for _, rel in jobs:
-            m = measure(rel)
-            rows.append((m.exists, m.bytes, m.files, m.fingerprint, m.error, m.dev))
+        for i in range(w, len(jobs), n):
+            if claimed is not None and claimed[i]:
+                rows.append(_SKIPPED)
+            else:
+                m = measure(jobs[i][1])
+                rows.append((m.exists, m.bytes, m.files, m.fingerprint, m.error, m.dev))
             if len(rows) == _FRAME:
                 _send(fd, encode(rows))
                 rows.clear()

@@ -92,6 +92,42 @@ def test_workers_finish_while_the_caller_is_busy_elsewhere(
     assert got == [store.measure(b"d")] * len(jobs)
 
 
+class _SlowInWorkers:
+    """`LocalStore.measure`, slowed down in forked workers only (a worker that has much
+    more to walk than the caller): the caller's own measures run at full speed."""
+
+    def __init__(self, store: LocalStore) -> None:
+        self._store = store
+        self._caller = os.getpid()
+
+    def measure(self, rel: bytes) -> Any:
+        if os.getpid() != self._caller:
+            time.sleep(0.004)
+        return self._store.measure(rel)
+
+
+def test_a_caller_that_would_wait_measures_the_last_jobs_itself(tmp_path: Path) -> None:
+    """``steal``: while the worker has not delivered the job asked for, the caller measures
+    the last jobs nobody has claimed (the worker skips them once marked), instead of
+    waiting; every answer still equals `measure`'s, and the worker measured the first."""
+    store = LocalStore(tmp_path / "arts")
+    jobs = _tree(tmp_path / "arts", 500)
+    slow = _SlowInWorkers(store)
+    with ForkedMeasurer(slow, jobs, workers=1, min_jobs=0, steal=True) as fm:
+        assert fm.forked == 1
+        got = [fm.take(k, rel) for k, rel in jobs]
+        assert 0 < fm.stolen < len(jobs)
+        (wk,) = fm._workers
+        while not wk.over:  # everything the worker sent: it skipped what was claimed
+            fm._decode(wk)
+        skipped = sum(1 for row in wk.got if row == measuring._SKIPPED)
+        assert 0 < skipped <= fm.stolen
+    assert got == [store.measure(rel) for _, rel in jobs]
+    with ForkedMeasurer(slow, jobs, workers=1, min_jobs=0) as fm:  # without: it waits
+        assert [fm.take(k, rel) for k, rel in jobs[:3]] == [store.measure(r) for _, r in jobs[:3]]
+        assert fm.stolen == 0
+
+
 def test_killed_workers_cost_time_never_an_answer(tmp_path: Path) -> None:
     """Workers SIGKILLed at once: whatever they delivered or not, every take is answered,
     and equals `measure`'s."""
