@@ -3,7 +3,7 @@
 Plan and apply measure every candidate directory: at a million runs, 100,000 directories
 and about half of each command's CPU. In a thread, that work takes turns with the catalog's
 on the GIL (each SQLite row step releases it and must win it back), so the two cost their
-sum. Forked workers run beside the caller for real, on every core: worker ``w`` of ``W``
+sum. Forked workers run beside the caller for real, on other cores: worker ``w`` of ``W``
 measures jobs ``w, w + W, ...`` in order and streams the results back through a pipe,
 which a thread of the caller's drains as it fills (a pipe holds a few hundred measures:
 undrained, workers would wait for the caller, which reads the catalog meanwhile); `take`
@@ -130,8 +130,9 @@ class ForkedMeasurer:
         # else to do, so that plan can leave it a core of its own while it reads the catalog.
         self._steal = steal
         self._claimed: mmap.mmap | None = None
-        self._tail = len(jobs)  # jobs from here on are the caller's
+        self._tail = len(jobs)  # jobs from here on were the caller's to steal
         self._stolen: dict[int, Measure] = {}
+        self._stolen_count = 0
 
     def __enter__(self) -> ForkedMeasurer:
         n = min(self._n, len(self._jobs))
@@ -169,6 +170,10 @@ class ForkedMeasurer:
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(wk.pid, 0)
         self._workers.clear()
+        self._stolen.clear()
+        if self._claimed is not None:  # every worker is gone: nobody reads it any more
+            self._claimed.close()
+            self._claimed = None
 
     @property
     def forked(self) -> int:
@@ -178,7 +183,7 @@ class ForkedMeasurer:
     @property
     def stolen(self) -> int:
         """How many jobs the caller measured itself instead of waiting (``steal``)."""
-        return len(self._jobs) - self._tail if self._claimed is not None else 0
+        return self._stolen_count
 
     def _fork(self, w: int, n: int) -> None:
         r, wfd = os.pipe()
@@ -202,9 +207,9 @@ class ForkedMeasurer:
         i = self._at.get(key)
         if i is None or not self._workers:
             return self._store.measure(rel)
-        if i >= self._tail:  # the caller's own (``steal``)
-            m = self._stolen.pop(i, None)
-            return m if m is not None else self._store.measure(rel)
+        m = self._stolen.pop(i, None)
+        if m is not None:  # measured here (``steal``)
+            return m
         nw = len(self._workers)
         wk, pos = self._workers[i % nw], i // nw
         while len(wk.got) <= pos and not wk.over:
@@ -214,7 +219,9 @@ class ForkedMeasurer:
             else:
                 self._decode(wk)
         row = wk.got[pos] if pos < len(wk.got) else None
-        if row is None or row[1] < 0:  # not delivered (the worker died), or taken already
+        # Not delivered (the worker died), taken already, or skipped (claimed by this
+        # process: defensive, as a claimed job's measure is taken from `_stolen`).
+        if row is None or row[1] < 0:
             return self._store.measure(rel)
         wk.got[pos] = None
         exists, nbytes, files, fp, error, dev = row
@@ -255,11 +262,17 @@ class ForkedMeasurer:
 
     def _steal_one(self) -> None:
         """Measure the last job not yet claimed, here (marked first: a worker that has not
-        reached it skips it; one that took it already measures it too, harmlessly)."""
+        reached it skips it; one that took it already measures it too, harmlessly), unless
+        its worker delivered it already (with several workers, one may be done while
+        another is still walking)."""
         assert self._claimed is not None
         self._tail = t = self._tail - 1
+        nw = len(self._workers)
+        if len(self._workers[t % nw].got) > t // nw:
+            return
         self._claimed[t] = 1
         self._stolen[t] = self._store.measure(self._jobs[t][1])
+        self._stolen_count += 1
 
     def _decode(self, wk: _Worker, *, wait: bool = True) -> None:
         """Wait for more of ``wk``'s pipe (unless not ``wait``) and decode every whole

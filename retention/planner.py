@@ -1162,10 +1162,11 @@ def _build_plan(
             paths.append((run_id, rel))
         # The directories are measured in forked workers while this process reads the
         # catalog (in a thread, the two took turns on the GIL and cost their sum): one
-        # worker per core but this process's, which has the catalog's work to do (on two
-        # cores, a second worker made three processes share them: plan 0.3-0.4 s slower at
-        # a million runs), and which measures the last directories itself once it would
-        # otherwise wait for the workers (``steal``: large trees keep every core walking).
+        # worker per core but this process's (at most four), which has the catalog's work
+        # to do (on two cores, a second worker made three processes share them: plan
+        # 0.3-0.4 s slower at a million runs), and which measures the last directories
+        # itself once it would otherwise wait for the workers (``steal``: large trees keep
+        # every core walking).
         jobs = [(k, rel) for k, (rid, rel) in enumerate(paths) if rel and rid not in measured]
         if odd is not None and jobs:
             odd.wait()  # (done long since, at scale): no thread may run while forking

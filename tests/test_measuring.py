@@ -94,38 +94,62 @@ def test_workers_finish_while_the_caller_is_busy_elsewhere(
 
 class _SlowInWorkers:
     """`LocalStore.measure`, slowed down in forked workers only (a worker that has much
-    more to walk than the caller): the caller's own measures run at full speed."""
+    more to walk than the caller), counting the measures the caller makes itself."""
 
     def __init__(self, store: LocalStore) -> None:
         self._store = store
         self._caller = os.getpid()
+        self.in_caller = 0
 
     def measure(self, rel: bytes) -> Any:
         if os.getpid() != self._caller:
             time.sleep(0.004)
+        else:
+            self.in_caller += 1
         return self._store.measure(rel)
 
 
-def test_a_caller_that_would_wait_measures_the_last_jobs_itself(tmp_path: Path) -> None:
-    """``steal``: while the worker has not delivered the job asked for, the caller measures
-    the last jobs nobody has claimed (the worker skips them once marked), instead of
-    waiting; every answer still equals `measure`'s, and the worker measured the first."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_caller_that_would_wait_measures_the_last_jobs_itself(
+    tmp_path: Path, workers: int
+) -> None:
+    """``steal``: while a worker has not delivered the job asked for, the caller measures
+    the last jobs nobody has claimed (the workers skip them once marked) instead of
+    waiting. Every answer equals `measure`'s; the caller measured exactly the jobs it
+    stole (the others came from the workers, the first among them)."""
     store = LocalStore(tmp_path / "arts")
     jobs = _tree(tmp_path / "arts", 500)
     slow = _SlowInWorkers(store)
-    with ForkedMeasurer(slow, jobs, workers=1, min_jobs=0, steal=True) as fm:
-        assert fm.forked == 1
+    with ForkedMeasurer(slow, jobs, workers=workers, min_jobs=0, steal=True) as fm:
+        assert fm.forked == workers
         got = [fm.take(k, rel) for k, rel in jobs]
-        assert 0 < fm.stolen < len(jobs)
-        (wk,) = fm._workers
-        while not wk.over:  # everything the worker sent: it skipped what was claimed
-            fm._decode(wk)
-        skipped = sum(1 for row in wk.got if row == measuring._SKIPPED)
+        assert fm.stolen > 0 and slow.in_caller == fm.stolen
+        skipped = 0
+        for wk in fm._workers:  # everything they sent: they skipped what was claimed
+            while not wk.over:
+                fm._decode(wk)
+            skipped += sum(1 for row in wk.got if row == measuring._SKIPPED)
         assert 0 < skipped <= fm.stolen
     assert got == [store.measure(rel) for _, rel in jobs]
+    slow.in_caller = 0
     with ForkedMeasurer(slow, jobs, workers=1, min_jobs=0) as fm:  # without: it waits
         assert [fm.take(k, rel) for k, rel in jobs[:3]] == [store.measure(r) for _, r in jobs[:3]]
-        assert fm.stolen == 0
+        assert fm.stolen == 0 and slow.in_caller == 0
+
+
+def test_a_worker_killed_while_the_caller_steals_costs_time_never_an_answer(
+    tmp_path: Path,
+) -> None:
+    store = LocalStore(tmp_path / "arts")
+    jobs = _tree(tmp_path / "arts", 400)
+    slow = _SlowInWorkers(store)
+    with ForkedMeasurer(slow, jobs, workers=1, min_jobs=0, steal=True) as fm:
+        first = [fm.take(k, rel) for k, rel in jobs[:5]]
+        assert fm.stolen > 0
+        (wk,) = fm._workers
+        os.kill(wk.pid, signal.SIGKILL)
+        got = first + [fm.take(k, rel) for k, rel in jobs[5:]]
+    assert got == [store.measure(rel) for _, rel in jobs]
 
 
 def test_killed_workers_cost_time_never_an_answer(tmp_path: Path) -> None:
