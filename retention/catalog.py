@@ -31,10 +31,9 @@ from retention.config import (
 )
 from retention.durations import (
     _MS_THRESHOLD,
-    FIRST_INSTANT,
     FIRST_US,
-    LAST_INSTANT,
     LAST_US,
+    manifest_instant,
     parse_stored_time,
 )
 from retention.errors import (
@@ -148,7 +147,7 @@ def time_reader(fmt: str, *, keep_offset: bool = False) -> Callable[[object], da
                 t = from_ts(value, UTC)
         except (OverflowError, OSError, ValueError):
             return None
-        return t if FIRST_INSTANT <= t <= LAST_INSTANT else None
+        return manifest_instant(t)
 
     return parse
 

@@ -6,7 +6,7 @@ Pure functions: no I/O, no clock.
 from __future__ import annotations
 
 import re
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import msgspec
@@ -198,7 +198,7 @@ def parse_instant(text: str) -> datetime:
             f"invalid time {text!r}", hint="use ISO-8601, e.g. 2026-03-01T12:00:00Z"
         ) from None
     dt = dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-    if not 1100 <= dt.year <= 8000:
+    if manifest_instant(dt) is None:
         raise UsageError(f"invalid time {text!r}: outside the years 1100 to 8000")
     return dt
 
@@ -210,11 +210,23 @@ def format_instant(dt: datetime) -> str:
     return text.replace("+00:00", "Z")
 
 
+# The instants a manifest can carry (years 1100 to 8000: `parse_instant`, the manifest's
+# `Instant` pattern), as aware datetimes and in microseconds since the epoch.
+FIRST_INSTANT = datetime(1100, 1, 1, tzinfo=UTC)
+LAST_INSTANT = datetime(8000, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIRST_US = (FIRST_INSTANT - _EPOCH) // timedelta(microseconds=1)
+LAST_US = (LAST_INSTANT - _EPOCH) // timedelta(microseconds=1)
+
+
+def manifest_instant(t: datetime) -> datetime | None:
+    """``t`` (aware) if a manifest can carry it (`FIRST_INSTANT` to `LAST_INSTANT`), else
+    None: how every reader of stored timestamps draws the line."""
+    return t if FIRST_INSTANT <= t <= LAST_INSTANT else None
+
+
 _US_PER_DAY = 86_400_000_000
-_EPOCH_DAY = date(1970, 1, 1)
-# The instants `parse_instant` accepts (years 1100 to 8000), in microseconds since the epoch.
-FIRST_US = (date(1100, 1, 1) - _EPOCH_DAY).days * _US_PER_DAY
-LAST_US = (date(8001, 1, 1) - _EPOCH_DAY).days * _US_PER_DAY - 1
+_EPOCH_DAY = _EPOCH.date()
 
 
 @lru_cache(maxsize=4096)
@@ -239,11 +251,6 @@ def format_instant_us(at: int) -> str:
 _MS_THRESHOLD = 100_000_000_000  # 1e11: as seconds that is year 5138, as milliseconds 1973
 
 
-# The instants a manifest can carry (`parse_instant`'s years), as aware datetimes.
-FIRST_INSTANT = datetime(1100, 1, 1, tzinfo=UTC)
-LAST_INSTANT = datetime(8000, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
-
-
 def parse_stored_time(
     value: object, fmt: str = "auto", *, keep_offset: bool = False
 ) -> datetime | None:
@@ -258,9 +265,7 @@ def parse_stored_time(
     recorded (the same instant: calendar rules take a run's day in its own offset).
     """
     t = _parse_stored_time(value, fmt, keep_offset)
-    if t is None or FIRST_INSTANT <= t <= LAST_INSTANT:
-        return t
-    return None
+    return None if t is None else manifest_instant(t)
 
 
 def _parse_stored_time(value: object, fmt: str, keep_offset: bool) -> datetime | None:

@@ -22,7 +22,7 @@ import os
 import string
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -77,6 +77,7 @@ from retention.policy import (
     evaluate,
     other_type,
 )
+from retention.policy.calendar import EPOCH
 from retention.reporting import Progress, without_cyclic_gc
 from retention.reports import SkippedEntry
 from retention.status import journal_warnings
@@ -94,7 +95,6 @@ from retention.store import (
 )
 
 _NO_TIME = -(1 << 63)  # the sort key of an entry without a time: before any instant
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass
@@ -1296,7 +1296,7 @@ def _instant_key(at: int | None) -> int:
     if at is None:
         return _NO_TIME
     if not FIRST_US <= at <= LAST_US:
-        parse_instant(format_instant(_EPOCH + timedelta(microseconds=at)))  # raises
+        parse_instant(format_instant(EPOCH + timedelta(microseconds=at)))  # raises
     return at
 
 

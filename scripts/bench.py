@@ -188,6 +188,11 @@ ids = [f"r{i:08d}" for i in range(n)]
 arts = os.path.join(root, "data/backtests")
 trash = os.path.join(arts, ".trash")
 os.mkdir(trash)
+
+def fsync_dir(d):
+    fd = os.open(d, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
 """
 
 # A temp table of the ids (``ids``), that set-based statements join against.
@@ -199,7 +204,7 @@ db.executemany("INSERT INTO ids VALUES (?)", ((i,) for i in ids))
 _FLOOR_BEGIN = (
     r"""
 for d in (arts, trash):
-    fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+    fsync_dir(d)
 db = sqlite3.connect(os.path.join(root, "data/catalog.db"), isolation_level=None)
 db.execute("PRAGMA synchronous=FULL")
 db.execute("BEGIN IMMEDIATE")
@@ -263,7 +268,7 @@ journal = open(os.path.join(root, "intents"), "wb")
 journal.write(b"".join(b"%s .trash/%s\n" % (i.encode(), i.encode()) for i in ids))
 journal.flush()
 os.fsync(journal.fileno())
-fd = os.open(root, os.O_RDONLY); os.fsync(fd); os.close(fd)
+fsync_dir(root)
 """
 _JOURNAL_END = r"""
 for record in (b"committed\n", b"done\n"):
@@ -277,7 +282,7 @@ for record in (b"committed\n", b"done\n"):
 _BATCH_FSYNC = r"""
     if k % 10_000 == 0:
         for d in (arts, trash):
-            fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+            fsync_dir(d)
 """
 
 # The safe floors' commit: a copy of every deleted row into a tombstone table (INSERT ...

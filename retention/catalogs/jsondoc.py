@@ -48,7 +48,7 @@ from typing import Any, Literal
 import msgspec
 
 from journal import fsio
-from retention.durations import FIRST_INSTANT, LAST_INSTANT, parse_stored_time
+from retention.durations import manifest_instant, parse_stored_time
 from retention.errors import CatalogError, ConfigError, StorageError
 from retention.failpoints import failpoint
 
@@ -381,8 +381,8 @@ def _parse_time(value: object, fmt: str) -> datetime | None:
     if fmt in ("auto", "iso") and type(value) is str and value[4:5] == "-" and value[:4].isdigit():
         if value[-1:] == "Z":  # what applications write: fromisoformat reads the Z itself
             with contextlib.suppress(ValueError):
-                t = datetime.fromisoformat(value)  # (5 times faster than the general way)
-                return t if FIRST_INSTANT <= t <= LAST_INSTANT else None
+                # (5 times faster than the general way)
+                return manifest_instant(datetime.fromisoformat(value))
         return parse_stored_time(value, "iso")
     return parse_stored_time(value, fmt)
 
