@@ -214,9 +214,9 @@ def format_instant(dt: datetime) -> str:
 # `Instant` pattern), as aware datetimes and in microseconds since the epoch.
 FIRST_INSTANT = datetime(1100, 1, 1, tzinfo=UTC)
 LAST_INSTANT = datetime(8000, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-FIRST_US = (FIRST_INSTANT - _EPOCH) // timedelta(microseconds=1)
-LAST_US = (LAST_INSTANT - _EPOCH) // timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # what instants in microseconds count from
+FIRST_US = (FIRST_INSTANT - EPOCH) // timedelta(microseconds=1)
+LAST_US = (LAST_INSTANT - EPOCH) // timedelta(microseconds=1)
 
 
 def manifest_instant(t: datetime) -> datetime | None:
@@ -226,7 +226,7 @@ def manifest_instant(t: datetime) -> datetime | None:
 
 
 _US_PER_DAY = 86_400_000_000
-_EPOCH_DAY = _EPOCH.date()
+_EPOCH_DAY = EPOCH.date()
 
 
 @lru_cache(maxsize=4096)

@@ -47,7 +47,6 @@ from retention.durations import (
     format_instant,
     format_instant_us,
     parse_duration,
-    parse_instant,
     parse_span,
     plural,
 )
@@ -77,7 +76,6 @@ from retention.policy import (
     evaluate,
     other_type,
 )
-from retention.policy.calendar import EPOCH
 from retention.reporting import Progress, without_cyclic_gc
 from retention.reports import SkippedEntry
 from retention.status import journal_warnings
@@ -1292,11 +1290,14 @@ def _instant_key(at: int | None) -> int:
     """An entry's place in the manifest: the instant its ``time`` text
     (`format_instant_us`) names, in microseconds since the epoch (`Item.at`), so by
     instant, as `parse_instant` reads the text back; `_NO_TIME` (before any) for none.
-    Refuses (`UsageError`) a year `parse_instant` would refuse, as the round trip did."""
+    Refuses (`UsageError`) an instant outside the years `parse_instant` reads (every
+    catalog reader reads such a time as none: a guard for items made elsewhere)."""
     if at is None:
         return _NO_TIME
     if not FIRST_US <= at <= LAST_US:
-        parse_instant(format_instant(EPOCH + timedelta(microseconds=at)))  # raises
+        raise UsageError(
+            f"invalid time: {at} microseconds since 1970 is outside the years 1100 to 8000"
+        )
     return at
 
 
